@@ -1,0 +1,150 @@
+"""Walk a prepared model with the per-op rules and turn the result into groups."""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+import math
+from collections import defaultdict
+from collections.abc import Sequence
+
+import numpy as np
+import onnx
+
+from onnxprune.analysis import rules as _rules  # noqa: F401 - registers the rules
+from onnxprune.analysis.context import RuleContext
+from onnxprune.analysis.registry import Unsupported, rule_for
+from onnxprune.analysis.result import Analysis, BlockedRegion, Group
+from onnxprune.flops import node_macs
+from onnxprune.graph import GraphIndex
+from onnxprune.modelio import fingerprint
+
+log = logging.getLogger(__name__)
+
+MAX_REASONS = 4
+
+
+def analyze(model: onnx.ModelProto, *, ignore: Sequence[str] = ()) -> Analysis:
+    """Find the coupled channel groups of a prepared model (see ``onnxprune.prepare``).
+
+    ``ignore`` holds node names or fnmatch patterns whose channels must stay.
+    """
+    index = GraphIndex(model)
+    ctx = RuleContext(index)
+    for node in index.topo_nodes():
+        ctx.node = node
+        rule, reason = rule_for(node)
+        try:
+            if rule is None:
+                raise Unsupported(reason)
+            rule(node, ctx)
+        except Unsupported as exc:
+            ctx.block_all_inputs(str(exc))
+    ctx.node = None
+    _block_ignored(ctx, index, ignore)
+    for name in index.graph_outputs:
+        for elems in ctx.spaces_of(name).values():
+            ctx.block(elems, f"reaches graph output '{name}' (outputs keep their shapes)")
+    return _collect(ctx, index, model)
+
+
+def _block_ignored(ctx: RuleContext, index: GraphIndex, patterns: Sequence[str]) -> None:
+    for pattern in patterns:
+        matched = [n for n in index.nodes.values() if fnmatch.fnmatchcase(n.name, pattern)]
+        if not matched:
+            log.warning("--ignore pattern %r matches no node", pattern)
+        for node in matched:
+            ctx.node = node
+            for name in list(node.input) + list(node.output):
+                for elems in ctx.spaces_of(name).values():
+                    ctx.block(elems, f"node '{node.name}' is ignored by the user (pattern {pattern!r})")
+    ctx.node = None
+
+
+def _collect(ctx: RuleContext, index: GraphIndex, model: onnx.ModelProto) -> Analysis:
+    roots = ctx.uf.roots()
+    reasons: dict[int, list[str]] = defaultdict(list)
+    blocked_by: dict[tuple[str | None, str | None, str], set[int]] = defaultdict(set)
+    for rec in ctx.blocks:
+        blocked_by[(rec.node, rec.op, rec.reason)].update(rec.elems.tolist())
+        for r in np.unique(roots[rec.elems]).tolist():
+            if len(reasons[r]) < MAX_REASONS and rec.reason not in reasons[r]:
+                reasons[r].append(rec.reason)
+    macs = {n.name: node_macs(index, n) for n in model.graph.node}
+    unit_params, unit_macs = _unit_costs(ctx, index, roots, macs)
+    signature: dict[int, list[int]] = defaultdict(list)
+    for sid, space in enumerate(ctx.spaces):
+        for r in np.unique(roots[space.elems]).tolist():
+            signature[r].append(sid)
+    by_sig: dict[tuple[int, ...], list[int]] = defaultdict(list)
+    for r, sig in signature.items():
+        by_sig[tuple(sig)].append(r)
+    roles = _node_roles(ctx, roots)
+    groups = [
+        _make_group(ctx, sig, members, roots, reasons, roles, unit_params, unit_macs)
+        for sig, members in sorted(by_sig.items())
+    ]
+    blocked = [BlockedRegion(node, op, reason, len(elems)) for (node, op, reason), elems in blocked_by.items()]
+    used = {name for n in model.graph.node for name in n.input}
+    total_params = sum(math.prod(t.dims) for t in model.graph.initializer if t.name in used)
+    return Analysis(
+        fingerprint=fingerprint(model), groups=groups, blocked=blocked, roots=roots, spaces=ctx.spaces,
+        params=ctx.params, consumers=ctx.consumers, fixups=ctx.fixups, node_macs=macs,
+        total_params=int(total_params),
+    )
+
+
+def _unit_costs(ctx: RuleContext, index: GraphIndex, roots: np.ndarray,
+                node_mac: dict[str, int]) -> tuple[dict[int, int], dict[int, int]]:
+    params: dict[int, int] = defaultdict(int)
+    macs: dict[int, int] = defaultdict(int)
+    nodes = index.nodes
+    for ref in ctx.params:
+        shape = index.const_shape(nodes[ref.node].input[ref.slot]) or ()
+        per_index = math.prod(shape) // max(1, shape[ref.axis]) if shape else 0
+        node_macs = node_mac.get(ref.node, 0) if ref.is_weight and ref.role != "param" else 0
+        per_mac = node_macs // max(1, shape[ref.axis]) if shape else 0
+        for r in roots[ref.elems].tolist():
+            params[r] += per_index
+            macs[r] += per_mac
+    return params, macs
+
+
+def _node_roles(ctx: RuleContext, roots: np.ndarray) -> dict[int, tuple[set[str], set[str]]]:
+    roles: dict[int, tuple[set[str], set[str]]] = defaultdict(lambda: (set(), set()))
+    for ref in ctx.params:
+        if ref.role == "param":
+            continue
+        for r in np.unique(roots[ref.elems]).tolist():
+            roles[r][0 if ref.role == "producer" else 1].add(ref.node)
+    return roles
+
+
+def _make_group(ctx: RuleContext, sig: tuple[int, ...], members: list[int], roots: np.ndarray,
+                reasons: dict[int, list[str]], roles: dict, unit_params: dict[int, int],
+                unit_macs: dict[int, int]) -> Group:
+    anchor = ctx.spaces[sig[0]]
+    anchor_roots = roots[anchor.elems]
+    member_set = set(members)
+    in_group = np.fromiter((r in member_set for r in anchor_roots.tolist()), dtype=bool, count=len(anchor_roots))
+    uniq, first = np.unique(anchor_roots[in_group], return_index=True)
+    units = uniq[np.argsort(first)]
+    positions = np.flatnonzero(in_group)
+    gid = f"{anchor.tensor}:{anchor.axis}"
+    if len(positions) != len(anchor.elems):
+        gid += f"@{int(positions[0])}"
+    group_reasons: list[str] = []
+    for r in units.tolist():
+        for reason in reasons.get(r, ()):
+            if reason not in group_reasons and len(group_reasons) < MAX_REASONS:
+                group_reasons.append(reason)
+    producers = sorted(set().union(*(roles[r][0] for r in units.tolist()))) if units.size else []
+    consumers = sorted(set().union(*(roles[r][1] for r in units.tolist()))) if units.size else []
+    spaces = tuple((ctx.spaces[s].tensor, ctx.spaces[s].axis) for s in sig)
+    return Group(
+        id=gid, units=units, channels=int(in_group.sum()), anchor=(anchor.tensor, anchor.axis), spaces=spaces,
+        producers=tuple(producers), consumers=tuple(consumers),
+        unit_params=np.array([unit_params.get(r, 0) for r in units.tolist()], dtype=np.int64),
+        unit_macs=np.array([unit_macs.get(r, 0) for r in units.tolist()], dtype=np.int64),
+        reasons=tuple(group_reasons),
+    )

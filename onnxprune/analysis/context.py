@@ -1,0 +1,200 @@
+"""The state per-op rules write into while the graph is walked.
+
+Every channel that exists in the graph is an *element* (an integer id). A channel
+space (tensor, axis) holds an array of element ids, one per index along the axis;
+ops that only move channels around (elementwise ops, Concat, Split, Transpose,
+Flatten, ...) pass element arrays through, so a channel keeps its id wherever it
+flows. Where two spaces must lose the same channels (a residual Add), their
+elements are unioned. After the walk, the union-find roots are the atomic pruning
+*units*.
+
+Rules also record what has to change when units are removed: weight slices
+(``ParamRef``), mixing reads for the masked reference (``ConsumerRef``), attribute
+and shape-constant fix-ups (``Fixup``), and the reasons a unit cannot be pruned.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+import onnx
+
+from onnxprune.graph import Dim, GraphIndex
+
+Role = Literal["producer", "consumer", "param"]
+
+
+class UnionFind:
+    """Union-find over integer ids, growing on demand."""
+
+    def __init__(self) -> None:
+        self.parent = np.zeros(0, dtype=np.int64)
+        self._size = 0
+
+    def grow(self, n: int) -> np.ndarray:
+        start = self._size
+        self._size += n
+        if self._size > len(self.parent):
+            new = np.arange(max(self._size, 2 * len(self.parent)), dtype=np.int64)
+            new[: len(self.parent)] = self.parent
+            self.parent = new
+        return np.arange(start, start + n, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return self._size
+
+    def find(self, x: int) -> int:
+        p = self.parent
+        root = x
+        while p[root] != root:
+            root = p[root]
+        while p[x] != root:
+            p[x], x = root, p[x]
+        return int(root)
+
+    def union_arrays(self, a: np.ndarray, b: np.ndarray) -> None:
+        for x, y in zip(a.tolist(), b.tolist()):
+            rx, ry = self.find(x), self.find(y)
+            if rx != ry:
+                if rx < ry:
+                    self.parent[ry] = rx
+                else:
+                    self.parent[rx] = ry
+
+    def roots(self) -> np.ndarray:
+        """The root of every element, by pointer jumping (vectorised)."""
+        p = self.parent[: self._size].copy()
+        while True:
+            q = p[p]
+            if np.array_equal(q, p):
+                return p
+            p = q
+
+
+@dataclass(frozen=True)
+class ParamRef:
+    """Along ``axis`` of constant input ``slot`` of ``node``, index i belongs to element elems[i]."""
+
+    node: str
+    slot: int
+    axis: int
+    elems: np.ndarray
+    role: Role
+    is_weight: bool  # counted by magnitude criteria (weights and norm scales, not biases/statistics)
+
+
+@dataclass(frozen=True)
+class ConsumerRef:
+    """``node`` reads input ``slot`` mixing channels along ``axis`` (where the masked reference masks)."""
+
+    node: str
+    slot: int
+    axis: int
+    elems: np.ndarray
+
+
+@dataclass(frozen=True)
+class Fixup:
+    """A non-weight edit (attribute or shape constant) a pass must make when channels go."""
+
+    kind: str
+    node: str
+    data: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SpaceRecord:
+    tensor: str
+    axis: int
+    elems: np.ndarray
+
+
+@dataclass(frozen=True)
+class BlockRecord:
+    elems: np.ndarray
+    reason: str
+    node: str | None
+    op: str | None
+
+
+class RuleContext:
+    """What a rule sees and writes. One instance per analysis."""
+
+    def __init__(self, index: GraphIndex) -> None:
+        self.index = index
+        self.uf = UnionFind()
+        self.live: dict[str, dict[int, np.ndarray]] = {}
+        self.spaces: list[SpaceRecord] = []
+        self.params: list[ParamRef] = []
+        self.consumers: list[ConsumerRef] = []
+        self.fixups: list[Fixup] = []
+        self.blocks: list[BlockRecord] = []
+        self.node: onnx.NodeProto | None = None  # the node being analysed
+
+    # -- shapes and constants ----------------------------------------------
+    def shape(self, name: str) -> tuple[Dim, ...] | None:
+        return self.index.shape(name)
+
+    def dim(self, name: str, axis: int) -> Dim:
+        s = self.shape(name)
+        return None if s is None or axis >= len(s) else s[axis]
+
+    def const(self, name: str) -> np.ndarray | None:
+        return self.index.const(name) if name else None
+
+    def is_const(self, name: str) -> bool:
+        return bool(name) and self.index.is_const(name)
+
+    # -- channel spaces --------------------------------------------------
+    def spaces_of(self, tensor: str) -> dict[int, np.ndarray]:
+        """Live channel spaces of a tensor: axis -> element ids."""
+        return self.live.get(tensor, {})
+
+    def set_space(self, tensor: str, axis: int, elems: np.ndarray) -> None:
+        existing = self.live.setdefault(tensor, {}).get(axis)
+        if existing is not None:
+            self.union(existing, elems)
+            return
+        self.live[tensor][axis] = elems
+        self.spaces.append(SpaceRecord(tensor, axis, elems))
+
+    def new_elements(self, n: int) -> np.ndarray:
+        return self.uf.grow(n)
+
+    def opaque(self, tensor: str, axis: int, size: int, reason: str) -> np.ndarray:
+        """Elements for channels that no prunable op produced (a graph input, an unsupported op)."""
+        elems = self.new_elements(size)
+        self.block(elems, reason)
+        self.set_space(tensor, axis, elems)
+        return elems
+
+    def union(self, a: np.ndarray, b: np.ndarray) -> None:
+        if len(a) != len(b):
+            raise ValueError(f"cannot couple channel spaces of sizes {len(a)} and {len(b)}")
+        self.uf.union_arrays(a, b)
+
+    # -- records ---------------------------------------------------------
+    def block(self, elems: np.ndarray, reason: str) -> None:
+        node = self.node
+        self.blocks.append(BlockRecord(elems, reason, node.name if node else None, node.op_type if node else None))
+
+    def block_all_inputs(self, reason: str) -> None:
+        """Block every live channel space read by the current node."""
+        assert self.node is not None
+        for name in self.node.input:
+            for elems in self.spaces_of(name).values():
+                self.block(elems, reason)
+
+    def param(self, slot: int, axis: int, elems: np.ndarray, role: Role, *, is_weight: bool = False) -> None:
+        assert self.node is not None
+        self.params.append(ParamRef(self.node.name, slot, axis, elems, role, is_weight))
+
+    def consumer(self, slot: int, axis: int, elems: np.ndarray) -> None:
+        assert self.node is not None
+        self.consumers.append(ConsumerRef(self.node.name, slot, axis, elems))
+
+    def fixup(self, kind: str, **data) -> None:  # noqa: ANN003
+        assert self.node is not None
+        self.fixups.append(Fixup(kind, self.node.name, data))

@@ -1,0 +1,266 @@
+"""Ops that move channels without mixing them: Concat, Split, Slice, Transpose,
+Squeeze/Unsqueeze, Flatten, Reshape (dense layers, channel shuffle), Gather, Expand, Tile.
+
+Index maps, written as element arrays:
+- Concat along the channel axis: the output's elements are the inputs' concatenated.
+- Split / Slice (step 1) on it: each output holds a contiguous range; the pass rewrites
+  sizes and bounds to the kept counts.
+- Flatten / Reshape merging a C x H x W block: channel c owns every flat index whose
+  block coordinate on the channel axis is c (blocks of H*W for NCHW, strided for NHWC).
+- Reshape splitting a channel axis of size A*B into (A, B) (channel shuffle, heads):
+  the b-th channel of every a-block is tied into one unit, so every block keeps the
+  same local channels and the split shape becomes (A, B_kept).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+
+from onnxprune.analysis.context import RuleContext
+from onnxprune.analysis.registry import Unsupported, register
+from onnxprune.analysis.rules.common import int_list, norm_axis, passthrough, rank_of, static_dim
+from onnxprune.graph import Dim, attr
+
+
+@register("Concat")
+def concat(node: onnx.NodeProto, ctx: RuleContext) -> None:
+    out = node.output[0]
+    rank = rank_of(ctx, out)
+    axis = norm_axis(int(attr(node, "axis")), rank)
+    inputs = [n for n in node.input if n]
+    live = set().union(*(set(ctx.spaces_of(n)) for n in inputs))
+    for a in sorted(live):
+        if a == axis:
+            parts = []
+            for name in inputs:
+                elems = ctx.spaces_of(name).get(axis)
+                if elems is None:
+                    size = static_dim(ctx, name, axis)
+                    reason = f"'{name}' is concatenated but not produced by a prunable op"
+                    elems = ctx.opaque(name, axis, size, reason)
+                parts.append(elems)
+            ctx.set_space(out, axis, np.concatenate(parts))
+        else:
+            base = None
+            for name in inputs:
+                elems = ctx.spaces_of(name).get(a)
+                if elems is None:
+                    size = static_dim(ctx, name, a)
+                    elems = ctx.opaque(name, a, size, f"'{name}' is not produced by a prunable op")
+                if base is None:
+                    base = elems
+                else:
+                    ctx.union(base, elems)
+            assert base is not None
+            ctx.set_space(out, a, base)
+
+
+@register("Split")
+def split(node: onnx.NodeProto, ctx: RuleContext) -> None:
+    x = node.input[0]
+    rank = rank_of(ctx, x)
+    axis = norm_axis(int(attr(node, "axis", 0)), rank)
+    outputs = list(node.output)
+    for out in outputs:
+        passthrough(ctx, x, out, {a: a for a in ctx.spaces_of(x) if a != axis})
+    elems = ctx.spaces_of(x).get(axis)
+    if elems is None:
+        return
+    sizes = int_list(ctx, node, "split", 1)
+    total = len(elems)
+    if sizes is None:
+        n = len(outputs)
+        chunk = -(-total // n)
+        sizes = [min(chunk, total - i * chunk) for i in range(n)]
+    if sum(sizes) != total:
+        raise Unsupported(f"Split sizes {sizes} do not add up to {total}")
+    parts, offset = [], 0
+    for out, size in zip(outputs, sizes):
+        part = elems[offset:offset + size]
+        offset += size
+        parts.append(part)
+        if out:
+            ctx.set_space(out, axis, part)
+    ctx.fixup("split_sizes", parts=parts)
+
+
+@register("Slice")
+def slice_(node: onnx.NodeProto, ctx: RuleContext) -> None:
+    x, y = node.input[0], node.output[0]
+    rank = rank_of(ctx, x)
+    starts = int_list(ctx, node, "starts", 1)
+    ends = int_list(ctx, node, "ends", 2)
+    axes = int_list(ctx, node, "axes", 3) or list(range(len(starts or [])))
+    steps = int_list(ctx, node, "steps", 4) or [1] * len(axes)
+    assert starts is not None and ends is not None
+    axes = [norm_axis(a, rank) for a in axes]
+    for axis, elems in ctx.spaces_of(x).items():
+        if axis not in axes:
+            ctx.set_space(y, axis, elems)
+            continue
+        i = axes.index(axis)
+        if steps[i] != 1:
+            raise Unsupported(f"Slice with step {steps[i]} on a channel axis")
+        start, stop, _ = slice(starts[i], ends[i]).indices(len(elems))
+        ctx.set_space(y, axis, elems[start:max(start, stop)])
+        ctx.fixup("slice_bounds", position=i, elems=elems, start=start, stop=max(start, stop))
+
+
+@register("Transpose")
+def transpose(node: onnx.NodeProto, ctx: RuleContext) -> None:
+    x = node.input[0]
+    rank = rank_of(ctx, x)
+    perm = attr(node, "perm") or list(reversed(range(rank)))
+    passthrough(ctx, x, node.output[0], {int(src): dst for dst, src in enumerate(perm)})
+
+
+@register("Squeeze")
+def squeeze(node: onnx.NodeProto, ctx: RuleContext) -> None:
+    x = node.input[0]
+    shape = ctx.shape(x) or ()
+    rank = len(shape)
+    axes = int_list(ctx, node, "axes", 1)
+    dropped = {norm_axis(a, rank) for a in axes} if axes is not None else {
+        i for i, d in enumerate(shape) if d == 1}
+    kept = [a for a in range(rank) if a not in dropped]
+    passthrough(ctx, x, node.output[0], {a: i for i, a in enumerate(kept)})
+
+
+@register("Unsqueeze")
+def unsqueeze(node: onnx.NodeProto, ctx: RuleContext) -> None:
+    x, y = node.input[0], node.output[0]
+    axes = int_list(ctx, node, "axes", 1) or []
+    out_rank = rank_of(ctx, x) + len(axes)
+    inserted = {norm_axis(a, out_rank) for a in axes}
+    remaining = [a for a in range(out_rank) if a not in inserted]
+    passthrough(ctx, x, y, {i: a for i, a in enumerate(remaining)})
+
+
+@register("Flatten")
+def flatten(node: onnx.NodeProto, ctx: RuleContext) -> None:
+    x, y = node.input[0], node.output[0]
+    shape = ctx.shape(x)
+    if shape is None:
+        raise Unsupported(f"shape of '{x}' is unknown")
+    axis = norm_axis(int(attr(node, "axis", 1)), len(shape))
+    for a, elems in ctx.spaces_of(x).items():
+        lo, hi, out_axis = (0, axis, 0) if a < axis else (axis, len(shape), 1)
+        ctx.set_space(y, out_axis, _merged(elems, shape[lo:hi], a - lo))
+
+
+@register("Reshape")
+def reshape(node: onnx.NodeProto, ctx: RuleContext) -> None:
+    x, y = node.input[0], node.output[0]
+    if not ctx.spaces_of(x):
+        return
+    if not ctx.is_const(node.input[1]):
+        raise Unsupported("Reshape with a computed (data-dependent) shape")
+    in_shape, out_shape = ctx.shape(x), ctx.shape(y)
+    if in_shape is None or out_shape is None:
+        raise Unsupported("Reshape whose input or output shape is unknown")
+    blocks = _match_blocks(in_shape, out_shape)
+    for a, elems in ctx.spaces_of(x).items():
+        ins, outs = next((i, o) for i, o in blocks if a in i)
+        if len(ins) > 1 and sum(1 for b in ins if b in ctx.spaces_of(x)) > 1:
+            raise Unsupported("Reshape merges two channel axes")
+        if len(outs) == 1:
+            merged = _merged(elems, tuple(in_shape[b] for b in ins), ins.index(a))
+            ctx.set_space(y, outs[0], merged)
+            ctx.fixup("shape_entry", slot=1, index=outs[0], elems=merged)
+        elif len(ins) == 1:
+            _split_axis(ctx, elems, y, [int(out_shape[o]) for o in outs], outs)  # type: ignore[arg-type]
+        else:
+            raise Unsupported("Reshape regroups a channel axis together with other axes")
+
+
+def _split_axis(ctx: RuleContext, elems: np.ndarray, y: str, dims: list[int], outs: list[int]) -> None:
+    """Channel axis of size A*B*...*Z reshaped to (A, ..., Z): tie across all but the last."""
+    inner = dims[-1]
+    if inner == 1:
+        raise Unsupported("Reshape splits a channel axis into blocks of one")
+    blocks = elems.reshape(-1, inner)
+    for row in blocks[1:]:
+        ctx.union(blocks[0], row)
+    ctx.set_space(y, outs[-1], blocks[0])
+    ctx.fixup("shape_entry", slot=1, index=outs[-1], elems=blocks[0])
+
+
+def _merged(elems: np.ndarray, dims: tuple[Dim, ...], pos: int) -> np.ndarray:
+    """Element ids of a block of axes flattened into one, channel axis at position pos."""
+    if len(dims) == 1:
+        return elems
+    if not all(isinstance(d, int) for d in dims):
+        raise Unsupported("a channel axis is flattened together with a dynamic axis")
+    shape = [1] * len(dims)
+    shape[pos] = len(elems)
+    return np.broadcast_to(elems.reshape(shape), tuple(int(d) for d in dims)).reshape(-1).copy()
+
+
+def _match_blocks(a: tuple[Dim, ...], b: tuple[Dim, ...]) -> list[tuple[list[int], list[int]]]:
+    """Group axes of two shapes of equal volume into blocks with equal products."""
+    blocks: list[tuple[list[int], list[int]]] = []
+    i = j = 0
+    while i < len(a) and j < len(b):
+        if not isinstance(a[i], int) or not isinstance(b[j], int):
+            if isinstance(a[i], int) or isinstance(b[j], int):
+                raise Unsupported("Reshape moves a dynamic axis")
+            blocks.append(([i], [j]))
+            i, j = i + 1, j + 1
+            continue
+        ins, outs = [i], [j]
+        pa, pb = a[i], b[j]
+        i, j = i + 1, j + 1
+        while pa != pb:
+            if pa < pb and i < len(a) and isinstance(a[i], int):
+                pa *= a[i]
+                ins.append(i)
+                i += 1
+            elif pb < pa and j < len(b) and isinstance(b[j], int):
+                pb *= b[j]
+                outs.append(j)
+                j += 1
+            else:
+                raise Unsupported("Reshape shapes could not be matched axis by axis")
+        blocks.append((ins, outs))
+    rest_a, rest_b = list(range(i, len(a))), list(range(j, len(b)))
+    if any(a[k] != 1 for k in rest_a) or any(b[k] != 1 for k in rest_b):
+        raise Unsupported("Reshape shapes could not be matched axis by axis")
+    if blocks and (rest_a or rest_b):
+        blocks[-1] = (blocks[-1][0] + rest_a, blocks[-1][1] + rest_b)
+    return blocks
+
+
+@register("Gather")
+def gather(node: onnx.NodeProto, ctx: RuleContext) -> None:
+    x, idx, y = node.input[0], node.input[1], node.output[0]
+    axis = norm_axis(int(attr(node, "axis", 0)), rank_of(ctx, x))
+    if axis in ctx.spaces_of(x):
+        raise Unsupported("Gather selects along a channel axis")
+    if ctx.spaces_of(idx):
+        raise Unsupported("Gather indices carry channels")
+    extra = rank_of(ctx, idx) - 1
+    passthrough(ctx, x, y, {a: (a if a < axis else a + extra) for a in ctx.spaces_of(x)})
+
+
+@register("Expand")
+def expand(node: onnx.NodeProto, ctx: RuleContext) -> None:
+    x, y = node.input[0], node.output[0]
+    shift = rank_of(ctx, y) - rank_of(ctx, x)
+    target = int_list(ctx, node, "shape", 1) or []
+    for a, elems in ctx.spaces_of(x).items():
+        pos = a + shift - (rank_of(ctx, y) - len(target))
+        if 0 <= pos < len(target) and target[pos] not in (1, -1):
+            ctx.fixup("shape_entry", slot=1, index=pos, elems=elems)
+        ctx.set_space(y, a + shift, elems)
+
+
+@register("Tile")
+def tile(node: onnx.NodeProto, ctx: RuleContext) -> None:
+    x = node.input[0]
+    repeats = int_list(ctx, node, "repeats", 1) or []
+    for a in ctx.spaces_of(x):
+        if a < len(repeats) and repeats[a] != 1:
+            raise Unsupported("Tile repeats a channel axis")
+    passthrough(ctx, x, node.output[0])
+

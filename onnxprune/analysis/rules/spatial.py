@@ -1,0 +1,137 @@
+"""Ops that work along spatial axes: pooling, Resize/Upsample, Pad, reductions,
+Softmax-like ops, and Shape. Channels pass through as long as the op does not act
+along a channel axis; when it does, the channels are blocked (a reduction or a
+softmax over channels computes something else once a channel is gone).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+
+from onnxprune.analysis.context import RuleContext
+from onnxprune.analysis.registry import Unsupported, register
+from onnxprune.analysis.rules.common import int_list, norm_axis, passthrough, rank_of
+from onnxprune.graph import attr
+
+POOLS = ("MaxPool", "AveragePool", "LpPool", "GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool",
+         "MaxRoiPool")
+
+
+@register(*POOLS)
+def pool(node: onnx.NodeProto, ctx: RuleContext) -> None:
+    x = node.input[0]
+    if len([o for o in node.output if o]) > 1:
+        raise Unsupported(f"{node.op_type} with an indices output")
+    for axis, elems in ctx.spaces_of(x).items():
+        if axis > 1:
+            ctx.block(elems, f"{node.op_type} pools along this channel axis")
+    passthrough(ctx, x, node.output[0], {a: a for a in ctx.spaces_of(x) if a <= 1})
+
+
+@register("Resize", "Upsample")
+def resize(node: onnx.NodeProto, ctx: RuleContext) -> None:
+    x, y = node.input[0], node.output[0]
+    in_shape, out_shape = ctx.shape(x), ctx.shape(y)
+    sizes_slot = 3 if node.op_type == "Resize" else None
+    for axis, elems in ctx.spaces_of(x).items():
+        if in_shape is None or out_shape is None or in_shape[axis] != out_shape[axis]:
+            raise Unsupported(f"{node.op_type} resizes along a channel axis (or its shape is unknown)")
+        ctx.set_space(y, axis, elems)
+        if sizes_slot is not None and len(node.input) > sizes_slot and node.input[sizes_slot]:
+            ctx.fixup("shape_entry", slot=sizes_slot, index=axis, elems=elems)
+
+
+@register("Pad")
+def pad(node: onnx.NodeProto, ctx: RuleContext) -> None:
+    x = node.input[0]
+    rank = rank_of(ctx, x)
+    pads = int_list(ctx, node, "pads", 1) or [0] * (2 * rank)
+    axes = int_list(ctx, node, "axes", 3) if ctx.index.opset >= 18 else None
+    axes = [norm_axis(a, rank) for a in axes] if axes else list(range(rank))
+    n = len(axes)
+    padded = {axes[i] for i in range(n) if pads[i] != 0 or pads[i + n] != 0}
+    for axis in ctx.spaces_of(x):
+        if axis in padded:
+            raise Unsupported("Pad adds entries along a channel axis")
+    passthrough(ctx, x, node.output[0])
+
+
+REDUCE = ("ReduceMean", "ReduceMax", "ReduceMin", "ReduceSum", "ReduceProd", "ReduceL1", "ReduceL2",
+          "ReduceLogSum", "ReduceLogSumExp", "ReduceSumSquare")
+
+
+@register(*REDUCE)
+def reduce(node: onnx.NodeProto, ctx: RuleContext) -> None:
+    x = node.input[0]
+    rank = rank_of(ctx, x)
+    axes = int_list(ctx, node, "axes", 1)
+    if not axes:
+        if int(attr(node, "noop_with_empty_axes", 0)):
+            passthrough(ctx, x, node.output[0])
+            return
+        axes = list(range(rank))
+    reduced = {norm_axis(a, rank) for a in axes}
+    _reduce_along(node, ctx, reduced, keepdims=bool(attr(node, "keepdims", 1)))
+
+
+@register("ArgMax", "ArgMin")
+def arg_reduce(node: onnx.NodeProto, ctx: RuleContext) -> None:
+    rank = rank_of(ctx, node.input[0])
+    reduced = {norm_axis(int(attr(node, "axis", 0)), rank)}
+    _reduce_along(node, ctx, reduced, keepdims=bool(attr(node, "keepdims", 1)))
+
+
+def _reduce_along(node: onnx.NodeProto, ctx: RuleContext, reduced: set[int], keepdims: bool) -> None:
+    x, rank = node.input[0], rank_of(ctx, node.input[0])
+    for axis, elems in ctx.spaces_of(x).items():
+        if axis in reduced:
+            ctx.block(elems, f"{node.op_type} reduces over this channel axis")
+    kept = [a for a in range(rank) if keepdims or a not in reduced]
+    mapping = {a: kept.index(a) for a in ctx.spaces_of(x) if a not in reduced}
+    passthrough(ctx, x, node.output[0], mapping)
+
+
+@register("Softmax", "LogSoftmax", "Hardmax")
+def softmax(node: onnx.NodeProto, ctx: RuleContext) -> None:
+    x = node.input[0]
+    rank = rank_of(ctx, x)
+    axis = norm_axis(int(attr(node, "axis", -1 if ctx.index.opset >= 13 else 1)), rank)
+    along = {axis} if ctx.index.opset >= 13 else set(range(axis, rank))
+    for a, elems in ctx.spaces_of(x).items():
+        if a in along:
+            ctx.block(elems, f"{node.op_type} normalises over this channel axis")
+    passthrough(ctx, x, node.output[0])
+
+
+@register("Shape")
+def shape(node: onnx.NodeProto, ctx: RuleContext) -> None:
+    """Shape reads channel counts; harmless when only non-channel entries are used."""
+    x = node.input[0]
+    live = ctx.spaces_of(x)
+    if not live:
+        return
+    rank = rank_of(ctx, x)
+    start = norm_axis(int(attr(node, "start", 0)), rank)
+    end = attr(node, "end")
+    end = rank if end is None else norm_axis(int(end), rank)
+    read = set(range(start, min(end, rank))) & set(live)
+    if not read:
+        return
+    for user, slot in ctx.index.users(node.output[0]):
+        entries = _entries_read(ctx, user, slot, start)
+        if entries is None or entries & read:
+            for axis in read:
+                ctx.block(live[axis], f"its channel count is read by Shape node '{node.name}' "
+                                      f"and used by {user.op_type} '{user.name}'")
+            return
+
+
+def _entries_read(ctx: RuleContext, user: onnx.NodeProto, slot: int, offset: int) -> set[int] | None:
+    """Which Shape entries a Gather/Slice user reads (None: cannot tell)."""
+    if slot != 0:
+        return None
+    if user.op_type == "Gather" and int(attr(user, "axis", 0)) == 0:
+        idx = ctx.const(user.input[1])
+        return None if idx is None else {int(i) + offset for i in np.asarray(idx).reshape(-1)}
+    return None

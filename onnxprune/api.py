@@ -1,0 +1,75 @@
+"""The public pipeline: load -> analyze -> score -> select -> rewrite -> save.
+
+Each step is a function of plain data; only ``apply_plan`` edits a graph, and only
+through the passes.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import onnx
+
+from onnxprune.analysis import Analysis, analyze
+from onnxprune.criteria import score
+from onnxprune.flops import Cost, model_cost
+from onnxprune.graph import GraphIndex
+from onnxprune.modelio import load_model
+from onnxprune.passes import PruneContext, default_pipeline, run_passes
+from onnxprune.plan import Plan
+from onnxprune.prepare import prepare
+from onnxprune.selection import SelectionOptions, select
+
+log = logging.getLogger(__name__)
+
+
+def load(path: str | os.PathLike[str]) -> onnx.ModelProto:
+    """Load, check and normalise a model for pruning (see ``onnxprune.prepare``)."""
+    return prepare(load_model(path))
+
+
+def plan_by_ratio(model: onnx.ModelProto, analysis: Analysis, *, ratio: float, criterion: str = "l2",
+                  mode: str = "per-group", round_to: int = 1, min_channels: int = 1,
+                  max_ratio: float = 1.0) -> Plan:
+    """Score channels with a data-free criterion and keep the best (1 - ratio) per group or globally."""
+    options = SelectionOptions(ratio=ratio, mode=mode, round_to=round_to, min_channels=min_channels,
+                               max_ratio=max_ratio)
+    scores = score(criterion, GraphIndex(model), analysis)
+    return select(analysis, scores, options, criterion=criterion)
+
+
+@dataclass(frozen=True)
+class PruneResult:
+    model: onnx.ModelProto
+    plan: Plan
+    before: Cost
+    after: Cost
+    history: tuple[tuple[str, bool], ...]
+
+
+def apply_plan(model: onnx.ModelProto, analysis: Analysis, plan: Plan, *, debug: bool = False,
+               inplace: bool = False) -> PruneResult:
+    """Validate a plan against the analysed model and rewrite a copy (or the model itself)."""
+    plan.validate(analysis)
+    before = model_cost(model)
+    if not inplace:
+        copy = onnx.ModelProto()
+        copy.CopyFrom(model)
+        model = copy
+    ctx = PruneContext(analysis, plan.removed_units(analysis))
+    model, history = run_passes(default_pipeline(), model, ctx, debug=debug)
+    return PruneResult(model, plan, before, model_cost(model), tuple(history))
+
+
+def prune(model: onnx.ModelProto, *, ratio: float | None = None, plan: Plan | None = None,
+          criterion: str = "l2", ignore: Sequence[str] = (), debug: bool = False, **select_options) -> PruneResult:
+    """One call: analyse a prepared model, plan (or replay ``plan``) and rewrite a copy."""
+    analysis = analyze(model, ignore=ignore)
+    if plan is None:
+        if ratio is None:
+            raise ValueError("give either ratio or plan")
+        plan = plan_by_ratio(model, analysis, ratio=ratio, criterion=criterion, **select_options)
+    return apply_plan(model, analysis, plan, debug=debug)

@@ -1,0 +1,132 @@
+"""The one place that knows how the ONNX protobuf is laid out.
+
+GraphIndex answers the questions analysis and passes ask: who produces a tensor,
+who uses it (node and input slot, so ``Add(x, x)`` is two uses), its static shape,
+and the value of a constant input.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterator
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+Dim = int | str | None
+
+
+class GraphIndex:
+    """A read-only index over a model's main graph. Rebuild it after editing the graph."""
+
+    def __init__(self, model: onnx.ModelProto) -> None:
+        self.model = model
+        g = model.graph
+        self.graph = g
+        self.initializers: dict[str, onnx.TensorProto] = {t.name: t for t in g.initializer}
+        self.producer: dict[str, onnx.NodeProto] = {}
+        self.uses: dict[str, list[tuple[onnx.NodeProto, int]]] = defaultdict(list)
+        self.nodes: dict[str, onnx.NodeProto] = {}
+        for node in g.node:
+            self.nodes[node.name] = node
+            for out in node.output:
+                if out:
+                    self.producer[out] = node
+            for slot, name in enumerate(node.input):
+                if name:
+                    self.uses[name].append((node, slot))
+            for name in _subgraph_inputs(node):
+                self.uses[name].append((node, -1))
+        self.graph_inputs = {vi.name for vi in g.input if vi.name not in self.initializers}
+        self.graph_outputs = [vi.name for vi in g.output]
+        self._value_info: dict[str, onnx.ValueInfoProto] = {}
+        for vi in list(g.input) + list(g.value_info) + list(g.output):
+            self._value_info[vi.name] = vi
+        self.opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
+        self._arrays: dict[str, np.ndarray] = {}
+
+    # -- values -----------------------------------------------------------
+    def is_const(self, name: str) -> bool:
+        return name in self.initializers
+
+    def const(self, name: str) -> np.ndarray | None:
+        """The value of an initializer, or None for a computed tensor."""
+        if name not in self.initializers:
+            return None
+        if name not in self._arrays:
+            self._arrays[name] = numpy_helper.to_array(self.initializers[name])
+        return self._arrays[name]
+
+    def const_shape(self, name: str) -> tuple[int, ...] | None:
+        init = self.initializers.get(name)
+        return tuple(init.dims) if init is not None else None
+
+    def shape(self, name: str) -> tuple[Dim, ...] | None:
+        """The tensor's shape: ints for static dims, strings for symbolic ones, None when unknown."""
+        if name in self.initializers:
+            return tuple(int(d) for d in self.initializers[name].dims)
+        vi = self._value_info.get(name)
+        if vi is None or not vi.type.HasField("tensor_type") or not vi.type.tensor_type.HasField("shape"):
+            return None
+        dims: list[Dim] = []
+        for d in vi.type.tensor_type.shape.dim:
+            if d.HasField("dim_value"):
+                dims.append(int(d.dim_value))
+            elif d.HasField("dim_param"):
+                dims.append(d.dim_param)
+            else:
+                dims.append(None)
+        return tuple(dims)
+
+    def rank(self, name: str) -> int | None:
+        s = self.shape(name)
+        return None if s is None else len(s)
+
+    def elem_type(self, name: str) -> int | None:
+        if name in self.initializers:
+            return self.initializers[name].data_type
+        vi = self._value_info.get(name)
+        if vi is None or not vi.type.HasField("tensor_type"):
+            return None
+        return vi.type.tensor_type.elem_type
+
+    def users(self, name: str) -> list[tuple[onnx.NodeProto, int]]:
+        return self.uses.get(name, [])
+
+    def topo_nodes(self) -> Iterator[onnx.NodeProto]:
+        return iter(self.graph.node)
+
+
+def attr(node: onnx.NodeProto, name: str, default=None):  # noqa: ANN001, ANN201 - mirrors onnx helper
+    """An attribute's value, or default when absent."""
+    for a in node.attribute:
+        if a.name == name:
+            return onnx.helper.get_attribute_value(a)
+    return default
+
+
+def set_attr(node: onnx.NodeProto, name: str, value) -> None:  # noqa: ANN001
+    """Set (replace) an attribute on a node."""
+    for i, a in enumerate(node.attribute):
+        if a.name == name:
+            del node.attribute[i]
+            break
+    node.attribute.append(onnx.helper.make_attribute(name, value))
+
+
+def _subgraph_inputs(node: onnx.NodeProto) -> set[str]:
+    """Names a node's subgraphs (If/Loop/Scan bodies) read from the outer scope."""
+    names: set[str] = set()
+    for a in node.attribute:
+        graphs = [a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)
+        for sub in graphs:
+            local = {t.name for t in sub.initializer} | {vi.name for vi in sub.input}
+            for n in sub.node:
+                local.update(n.output)
+            for n in sub.node:
+                for name in n.input:
+                    if name and name not in local:
+                        names.add(name)
+                names.update(_subgraph_inputs(n) - local)
+    return names

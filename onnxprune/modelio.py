@@ -1,0 +1,116 @@
+"""Loading, checking, fingerprinting and atomically saving ONNX models."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import onnx
+from google.protobuf.message import DecodeError
+
+from onnxprune.errors import ModelLoadError, OutputPathError
+
+TWO_GB = 2**31 - 1
+
+
+def load_model(path: str | os.PathLike[str], *, check: bool = True) -> onnx.ModelProto:
+    """Load an ONNX model (with its external data) and run the basic checker.
+
+    Raises ModelLoadError naming the file and what is wrong with it.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise ModelLoadError(f"{p}: file not found")
+    if not p.is_file():
+        raise ModelLoadError(f"{p}: not a regular file")
+    if p.stat().st_size == 0:
+        raise ModelLoadError(f"{p}: file is empty")
+    try:
+        model = onnx.load_model(str(p), load_external_data=True)
+    except (DecodeError, RuntimeError, ValueError, OSError) as exc:
+        raise ModelLoadError(f"{p}: not a readable ONNX model ({type(exc).__name__}: {exc})") from exc
+    if not model.graph.node and not model.graph.output:
+        raise ModelLoadError(f"{p}: not an ONNX model (no graph found; truncated or wrong file type?)")
+    if check:
+        check_basic(model, p)
+    return model
+
+
+def check_basic(model: onnx.ModelProto, source: str | os.PathLike[str] = "<model>") -> None:
+    """Run onnx's basic checker; raise ModelLoadError naming the source on failure."""
+    try:
+        if model.ByteSize() > TWO_GB:
+            return  # the in-memory checker cannot serialise >2 GB protos; full check runs on save
+        onnx.checker.check_model(model)
+    except (onnx.checker.ValidationError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelLoadError(f"{source}: model fails the ONNX checker: {first}") from exc
+
+
+def check_output_path(input_path: str | os.PathLike[str] | None, output_path: str | os.PathLike[str]) -> Path:
+    """Refuse an output path equal to the input or inside a missing directory."""
+    out = Path(output_path)
+    if input_path is not None:
+        inp = Path(input_path)
+        if out.resolve() == inp.resolve() or (out.exists() and inp.exists() and out.samefile(inp)):
+            raise OutputPathError(f"{out}: output path is the input model; refusing to overwrite it")
+    if not out.parent.exists():
+        raise OutputPathError(f"{out}: directory {out.parent} does not exist")
+    if out.is_dir():
+        raise OutputPathError(f"{out}: is a directory")
+    return out
+
+
+def save_model(model: onnx.ModelProto, path: str | os.PathLike[str], *, external_data: bool | None = None) -> Path:
+    """Write a model atomically: to a temporary directory beside the target, then rename.
+
+    Models over 2 GB (or when external_data=True) are written with their tensors in
+    ``<name>.data`` beside the model file.
+    """
+    out = Path(path)
+    if external_data is None:
+        external_data = _needs_external_data(model)
+    tmpdir = Path(tempfile.mkdtemp(prefix=".onnxprune-", dir=out.parent))
+    try:
+        tmp_model = tmpdir / out.name
+        if external_data:
+            location = out.name + ".data"
+            onnx.save_model(model, str(tmp_model), save_as_external_data=True,
+                            all_tensors_to_one_file=True, location=location, size_threshold=1024)
+            os.replace(tmpdir / location, out.parent / location)
+        else:
+            onnx.save_model(model, str(tmp_model))
+        os.replace(tmp_model, out)
+    finally:
+        shutil.rmtree(tmpdir, ignore_errors=True)
+    return out
+
+
+def _needs_external_data(model: onnx.ModelProto) -> bool:
+    total = 0
+    for init in model.graph.initializer:
+        total += len(init.raw_data) if init.HasField("raw_data") else init.ByteSize()
+        if total > TWO_GB - 64 * 2**20:
+            return True
+    return False
+
+
+def fingerprint(model: onnx.ModelProto) -> str:
+    """A hash of the graph's structure: nodes, wiring, attributes and weight shapes (not values)."""
+    h = hashlib.sha256()
+    g = model.graph
+    for vi in list(g.input) + list(g.output):
+        h.update(f"io:{vi.name};".encode())
+    for init in g.initializer:
+        h.update(f"w:{init.name}:{init.data_type}:{tuple(init.dims)};".encode())
+    for node in g.node:
+        h.update(f"n:{node.name}:{node.domain}:{node.op_type}:{tuple(node.input)}:{tuple(node.output)};".encode())
+        for attr in node.attribute:
+            if attr.type in (onnx.AttributeProto.INT, onnx.AttributeProto.FLOAT, onnx.AttributeProto.STRING):
+                h.update(f"a:{attr.name}:{onnx.helper.get_attribute_value(attr)!r};".encode())
+            elif attr.type in (onnx.AttributeProto.INTS, onnx.AttributeProto.FLOATS):
+                h.update(f"a:{attr.name}:{tuple(onnx.helper.get_attribute_value(attr))!r};".encode())
+    return h.hexdigest()[:32]

@@ -1,0 +1,119 @@
+"""A pruning plan: for each channel group, the unit indices it keeps.
+
+Plans are frozen, validated data: they can be saved, inspected, edited, loaded and
+replayed. A plan names the model it was made for by fingerprint and is refused for
+any other model.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+import numpy as np
+
+from onnxprune.analysis import Analysis
+from onnxprune.errors import PlanError
+
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Group id -> sorted kept unit indices. Groups absent from ``keep`` keep everything."""
+
+    fingerprint: str
+    keep: Mapping[str, tuple[int, ...]]
+    sizes: Mapping[str, int]
+    criterion: str | None = None
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "keep", MappingProxyType(
+            {k: tuple(sorted(int(i) for i in v)) for k, v in self.keep.items()}))
+        object.__setattr__(self, "sizes", MappingProxyType({k: int(v) for k, v in self.sizes.items()}))
+        object.__setattr__(self, "options", MappingProxyType(dict(self.options)))
+
+    # -- serialisation ---------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format_version": FORMAT_VERSION,
+            "fingerprint": self.fingerprint,
+            "criterion": self.criterion,
+            "options": dict(self.options),
+            "groups": {gid: {"size": self.sizes[gid], "keep": list(keep)} for gid, keep in self.keep.items()},
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Plan:
+        try:
+            if data.get("format_version") != FORMAT_VERSION:
+                raise PlanError(f"unsupported plan format_version {data.get('format_version')!r}")
+            groups = data["groups"]
+            return cls(
+                fingerprint=str(data["fingerprint"]),
+                keep={gid: tuple(g["keep"]) for gid, g in groups.items()},
+                sizes={gid: int(g["size"]) for gid, g in groups.items()},
+                criterion=data.get("criterion"),
+                options=data.get("options") or {},
+            )
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise PlanError(f"malformed plan: {exc!r}") from exc
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        from onnxprune.fileutil import write_text_atomic
+
+        return write_text_atomic(path, json.dumps(self.to_dict(), indent=1))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> Plan:
+        p = Path(path)
+        try:
+            data = json.loads(p.read_text())
+        except FileNotFoundError as exc:
+            raise PlanError(f"{p}: plan file not found") from exc
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise PlanError(f"{p}: not a JSON plan ({exc})") from exc
+        return cls.from_dict(data)
+
+    # -- checks ----------------------------------------------------------
+    def validate(self, analysis: Analysis) -> None:
+        """Refuse a plan for another model, unknown or unprunable groups, bad indices."""
+        if self.fingerprint != analysis.fingerprint:
+            raise PlanError(
+                f"plan was made for another model (fingerprint {self.fingerprint}, "
+                f"this model is {analysis.fingerprint})")
+        for gid, keep in self.keep.items():
+            group = analysis.groups_by_id.get(gid)
+            if group is None:
+                raise PlanError(f"plan names group '{gid}', which this model does not have")
+            if self.sizes.get(gid) != group.size:
+                raise PlanError(f"group '{gid}' has {group.size} units, plan expects {self.sizes.get(gid)}")
+            if not keep:
+                raise PlanError(f"group '{gid}' keeps no channel; at least one must stay")
+            if keep[0] < 0 or keep[-1] >= group.size or len(set(keep)) != len(keep):
+                raise PlanError(f"group '{gid}': kept indices must be distinct and in [0, {group.size})")
+            if len(keep) < group.size and not group.prunable:
+                raise PlanError(f"group '{gid}' cannot be pruned: {'; '.join(group.reasons) or 'one unit'}")
+
+    def removed_units(self, analysis: Analysis) -> np.ndarray:
+        """Union-find roots of the units this plan removes."""
+        removed: list[np.ndarray] = []
+        for gid, keep in self.keep.items():
+            units = analysis.group(gid).units
+            mask = np.ones(len(units), dtype=bool)
+            mask[list(keep)] = False
+            removed.append(units[mask])
+        return np.concatenate(removed) if removed else np.zeros(0, dtype=np.int64)
+
+    def removed_channels(self, analysis: Analysis) -> int:
+        total = 0
+        for gid, keep in self.keep.items():
+            g = analysis.group(gid)
+            total += (g.size - len(keep)) * g.unit_width
+        return total

@@ -1,0 +1,138 @@
+"""Normalise a loaded model before analysis.
+
+Real exports are messy; this makes them uniform without changing what they compute:
+unique node names, Constant-node weights promoted to initializers, Identity nodes on
+weights folded away, initializers removed from the graph inputs (IR >= 4), and every
+intermediate shape dropped and re-inferred (stale annotations are common).
+"""
+
+from __future__ import annotations
+
+import logging
+import onnx
+from onnx import numpy_helper
+
+from onnxprune.errors import ShapeInferenceError
+
+log = logging.getLogger(__name__)
+
+
+def prepare(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Normalise ``model`` in place and return it."""
+    name_nodes(model.graph)
+    promote_constants(model.graph)
+    fold_identity_on_weights(model.graph)
+    drop_initializer_inputs(model)
+    infer_shapes(model)
+    return model
+
+
+def name_nodes(graph: onnx.GraphProto) -> None:
+    """Give every node a unique, deterministic name (unnamed ones get ``<op>_<index>``)."""
+    used: set[str] = set()
+    for i, node in enumerate(graph.node):
+        base = node.name or f"{node.op_type}_{i}"
+        name, k = base, 1
+        while name in used:
+            name, k = f"{base}__{k}", k + 1
+        used.add(name)
+        node.name = name
+
+
+def promote_constants(graph: onnx.GraphProto) -> int:
+    """Turn ``Constant`` nodes into initializers (Paddle and TF exporters store weights this way)."""
+    outputs = {o.name for o in graph.output}
+    keep: list[onnx.NodeProto] = []
+    promoted = 0
+    for node in graph.node:
+        if node.op_type == "Constant" and node.domain in ("", "ai.onnx") and node.output[0] not in outputs:
+            tensor = _constant_value(node)
+            if tensor is not None:
+                tensor.name = node.output[0]
+                graph.initializer.append(tensor)
+                promoted += 1
+                continue
+        keep.append(node)
+    if promoted:
+        del graph.node[:]
+        graph.node.extend(keep)
+    return promoted
+
+
+def _constant_value(node: onnx.NodeProto) -> onnx.TensorProto | None:
+    for a in node.attribute:
+        if a.name == "value" and a.type == onnx.AttributeProto.TENSOR:
+            t = onnx.TensorProto()
+            t.CopyFrom(a.t)
+            return t
+        if a.name in ("value_float", "value_floats", "value_int", "value_ints"):
+            import numpy as np
+
+            value = onnx.helper.get_attribute_value(a)
+            dtype = np.float32 if "float" in a.name else np.int64
+            return numpy_helper.from_array(np.array(value, dtype=dtype))
+    return None
+
+
+def fold_identity_on_weights(graph: onnx.GraphProto) -> int:
+    """Remove Identity nodes whose input is an initializer, rewiring their users to it."""
+    inits = {t.name for t in graph.initializer}
+    outputs = {o.name for o in graph.output}
+    rename: dict[str, str] = {}
+    keep: list[onnx.NodeProto] = []
+    for node in graph.node:
+        src = node.input[0] if node.input else ""
+        src = rename.get(src, src)
+        if node.op_type == "Identity" and src in inits and node.output[0] not in outputs:
+            rename[node.output[0]] = src
+            continue
+        keep.append(node)
+    if not rename:
+        return 0
+    for node in keep:
+        for i, name in enumerate(node.input):
+            if name in rename:
+                node.input[i] = rename[name]
+    del graph.node[:]
+    graph.node.extend(keep)
+    return len(rename)
+
+
+def drop_initializer_inputs(model: onnx.ModelProto) -> None:
+    """IR >= 4 models need not list initializers as inputs; doing so makes weights overridable."""
+    if model.ir_version < 4:
+        return
+    inits = {t.name for t in model.graph.initializer}
+    kept = [vi for vi in model.graph.input if vi.name not in inits]
+    if len(kept) != len(model.graph.input):
+        del model.graph.input[:]
+        model.graph.input.extend(kept)
+
+
+def infer_shapes(model: onnx.ModelProto, *, strict: bool = False) -> onnx.ModelProto:
+    """Drop every intermediate shape annotation and infer them again, in place."""
+    del model.graph.value_info[:]
+    try:
+        if model.ByteSize() > 2**31 - 1:
+            inferred = _infer_large(model, strict)
+        else:
+            inferred = onnx.shape_inference.infer_shapes(model, strict_mode=strict, data_prop=True)
+    except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError) as exc:
+        raise ShapeInferenceError(f"shape inference failed: {str(exc).splitlines()[0]}") from exc
+    model.graph.value_info.extend(inferred.graph.value_info)
+    for out, inf in zip(model.graph.output, inferred.graph.output):
+        if not out.type.tensor_type.HasField("shape") and inf.type.tensor_type.HasField("shape"):
+            out.type.CopyFrom(inf.type)
+    return model
+
+
+def _infer_large(model: onnx.ModelProto, strict: bool) -> onnx.ModelProto:
+    """Shape inference without the 2 GB protobuf limit: infer on a weightless copy."""
+    light = onnx.ModelProto()
+    light.CopyFrom(model)
+    for t in light.graph.initializer:
+        if t.HasField("raw_data") and len(t.raw_data) > 1024:
+            t.ClearField("raw_data")
+            t.data_location = onnx.TensorProto.DEFAULT
+            # Keep shape information via the dims field; values are not needed for shapes.
+    return onnx.shape_inference.infer_shapes(light, strict_mode=strict, data_prop=True)

@@ -1,0 +1,88 @@
+"""Running models in onnxruntime: sessions, inputs, timing."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+
+import numpy as np
+import onnx
+
+from onnxprune.errors import RuntimeUnavailableError
+from onnxprune.graph import GraphIndex
+
+Feeds = dict[str, np.ndarray]
+
+
+def _ort():  # noqa: ANN202
+    try:
+        import onnxruntime
+    except ImportError as exc:
+        raise RuntimeUnavailableError(
+            "onnxruntime is not installed: pip install 'onnxprune[cpu]' (or 'onnxprune[gpu]' on GPU machines)"
+        ) from exc
+    return onnxruntime
+
+
+def providers() -> list[str]:
+    """Available execution providers, best first (CUDA before CPU when present)."""
+    available = _ort().get_available_providers()
+    order = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+    return [p for p in order if p in available] or available
+
+
+def session(model: onnx.ModelProto | str, *, optimize: bool = False, provider: str = "CPUExecutionProvider",
+            threads: int = 0):  # noqa: ANN201
+    """An InferenceSession; graph optimisations are off unless asked (exact comparisons)."""
+    ort = _ort()
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = (
+        ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
+    opts.log_severity_level = 3
+    if threads:
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+    src = model if isinstance(model, str) else model.SerializeToString()
+    return ort.InferenceSession(src, sess_options=opts, providers=[provider])
+
+
+def random_inputs(model: onnx.ModelProto, *, seed: int = 0, batch: int = 1) -> Feeds:
+    """Random feeds for every graph input; symbolic dims become ``batch`` (first axis) or 1."""
+    rng = np.random.default_rng(seed)
+    index = GraphIndex(model)
+    feeds: Feeds = {}
+    for vi in model.graph.input:
+        if vi.name in index.initializers:
+            continue
+        shape = [d if isinstance(d, int) else (batch if i == 0 else 1)
+                 for i, d in enumerate(index.shape(vi.name) or ())]
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(vi.type.tensor_type.elem_type)
+        if np.issubdtype(dtype, np.floating):
+            feeds[vi.name] = rng.standard_normal(shape).astype(dtype)
+        elif dtype == np.bool_:
+            feeds[vi.name] = rng.random(shape) > 0.5
+        else:
+            feeds[vi.name] = rng.integers(0, 8, size=shape).astype(dtype)
+    return feeds
+
+
+def run(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray], *, optimize: bool = False) -> dict[str, np.ndarray]:
+    sess = session(model, optimize=optimize)
+    names = [o.name for o in sess.get_outputs()]
+    return dict(zip(names, sess.run(names, dict(feeds))))
+
+
+def latency_ms(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray], *, warmup: int = 5, runs: int = 30,
+               provider: str = "CPUExecutionProvider", threads: int = 0) -> dict[str, float]:
+    """Latency percentiles (ms) with all graph optimisations on, after warm-up."""
+    sess = session(model, optimize=True, provider=provider, threads=threads)
+    feeds = dict(feeds)
+    for _ in range(warmup):
+        sess.run(None, feeds)
+    times = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        sess.run(None, feeds)
+        times.append((time.perf_counter() - t) * 1e3)
+    arr = np.array(times)
+    return {"p50": float(np.percentile(arr, 50)), "p90": float(np.percentile(arr, 90)), "mean": float(arr.mean())}

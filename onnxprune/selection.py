@@ -1,0 +1,96 @@
+"""Turn scores into a plan: how many units each group keeps, and which.
+
+Two modes: ``per-group`` removes the same fraction from every prunable group;
+``global`` ranks all units of all groups together (scores divided by their group's
+mean, so groups are comparable) and removes the lowest until the channel ratio is
+met. Both then round every group's kept channel count up to a multiple of
+``round_to`` and respect ``min_channels`` and ``max_ratio``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+from onnxprune.analysis import Analysis, Group
+from onnxprune.errors import SelectionError
+from onnxprune.plan import Plan
+
+
+@dataclass(frozen=True)
+class SelectionOptions:
+    ratio: float
+    mode: str = "per-group"  # or "global"
+    round_to: int = 1
+    min_channels: int = 1
+    max_ratio: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.ratio < 1.0:
+            raise SelectionError(f"ratio must be in [0, 1), got {self.ratio}")
+        if self.mode not in ("per-group", "global"):
+            raise SelectionError(f"mode must be 'per-group' or 'global', got {self.mode!r}")
+        if self.round_to < 1:
+            raise SelectionError(f"round_to must be >= 1, got {self.round_to}")
+        if self.min_channels < 1:
+            raise SelectionError(f"min_channels must be >= 1, got {self.min_channels}")
+        if not 0.0 < self.max_ratio <= 1.0:
+            raise SelectionError(f"max_ratio must be in (0, 1], got {self.max_ratio}")
+
+
+def select(analysis: Analysis, scores: Mapping[str, np.ndarray], options: SelectionOptions,
+           criterion: str | None = None) -> Plan:
+    """Choose kept units per prunable group; returns a validated plan."""
+    groups = [g for g in analysis.prunable_groups if g.id in scores]
+    for g in groups:
+        if len(scores[g.id]) != g.size:
+            raise SelectionError(f"criterion gave {len(scores[g.id])} scores for group '{g.id}' of {g.size}")
+    if options.mode == "global":
+        targets = _global_keep_counts(groups, scores, options.ratio)
+    else:
+        targets = {g.id: g.size - math.floor(g.size * options.ratio) for g in groups}
+    keep: dict[str, tuple[int, ...]] = {}
+    for g in groups:
+        k = _legal_keep_count(g, targets[g.id], options)
+        if k < g.size:
+            order = np.lexsort((np.arange(g.size), -np.asarray(scores[g.id], dtype=np.float64)))
+            keep[g.id] = tuple(sorted(order[:k].tolist()))
+    plan = Plan(
+        fingerprint=analysis.fingerprint, keep=keep, sizes={gid: analysis.group(gid).size for gid in keep},
+        criterion=criterion,
+        options={"ratio": options.ratio, "mode": options.mode, "round_to": options.round_to,
+                 "min_channels": options.min_channels, "max_ratio": options.max_ratio},
+    )
+    plan.validate(analysis)
+    return plan
+
+
+def _global_keep_counts(groups: list[Group], scores: Mapping[str, np.ndarray], ratio: float) -> dict[str, int]:
+    entries = []
+    for g in groups:
+        s = np.asarray(scores[g.id], dtype=np.float64)
+        mean = s.mean()
+        normed = s / mean if mean > 0 else np.zeros_like(s)
+        entries.extend((float(v), g.id, g.unit_width) for v in normed)
+    entries.sort(key=lambda e: e[0])
+    budget = ratio * sum(g.channels for g in groups)
+    removed: dict[str, int] = {g.id: 0 for g in groups}
+    done = 0.0
+    for _, gid, width in entries:
+        if done + width > budget + 1e-9:
+            continue
+        removed[gid] += 1
+        done += width
+    return {g.id: g.size - removed[g.id] for g in groups}
+
+
+def _legal_keep_count(g: Group, k: int, options: SelectionOptions) -> int:
+    """Round a kept unit count up so that channels are a multiple of round_to and limits hold."""
+    width = g.unit_width
+    k = max(k, 1, math.ceil(g.size * (1.0 - options.max_ratio)), math.ceil(options.min_channels / width))
+    step = options.round_to // math.gcd(options.round_to, width)
+    k = min(g.size, math.ceil(k / step) * step)
+    return k

@@ -1,0 +1,32 @@
+"""Graph-rewrite passes that apply a pruning plan (installed as ``onnxprune.passes``)."""
+
+from onnxprune.passes.base import Pass, PassResult, PruneContext, run_passes
+from onnxprune.passes.check_model import CheckModelPass
+from onnxprune.passes.refresh_shapes import RefreshShapesPass
+from onnxprune.passes.remove_dead_nodes import RemoveDeadNodesPass
+from onnxprune.passes.rewrite_shape_constants import RewriteShapeConstantsPass
+from onnxprune.passes.slice_channel_params import SliceChannelParamsPass
+from onnxprune.passes.slice_consumer_inputs import SliceConsumerInputsPass
+from onnxprune.passes.slice_producer_weights import SliceProducerWeightsPass
+from onnxprune.passes.sort_topologically import SortTopologicallyPass
+
+
+def default_pipeline() -> list[Pass]:
+    """The passes ``prune`` runs, in order."""
+    return [
+        SliceProducerWeightsPass(),
+        SliceChannelParamsPass(),
+        SliceConsumerInputsPass(),
+        RewriteShapeConstantsPass(),
+        RemoveDeadNodesPass(),
+        SortTopologicallyPass(),
+        RefreshShapesPass(),
+        CheckModelPass(),
+    ]
+
+
+__all__ = [
+    "CheckModelPass", "Pass", "PassResult", "PruneContext", "RefreshShapesPass", "RemoveDeadNodesPass",
+    "RewriteShapeConstantsPass", "SliceChannelParamsPass", "SliceConsumerInputsPass",
+    "SliceProducerWeightsPass", "SortTopologicallyPass", "default_pipeline", "run_passes",
+]

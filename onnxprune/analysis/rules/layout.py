@@ -63,7 +63,9 @@ def split(node: onnx.NodeProto, ctx: RuleContext) -> None:
     axis = norm_axis(int(attr(node, "axis", 0)), rank)
     outputs = list(node.output)
     for out in outputs:
-        passthrough(ctx, x, out, {a: a for a in ctx.spaces_of(x) if a != axis})
+        for a, elems in ctx.spaces_of(x).items():
+            if a != axis and out:
+                ctx.set_space(out, a, elems)
     elems = ctx.spaces_of(x).get(axis)
     if elems is None:
         return

@@ -1,0 +1,198 @@
+"""The ``onnxprune`` command line: analyze, prune, verify, demo."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from collections.abc import Callable
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+from onnxprune.errors import OnnxPruneError, SelectionError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="A structured-pruning compiler for ONNX models.")
+console = Console(stderr=False)
+err = Console(stderr=True)
+
+ModelArg = Annotated[Path, typer.Argument(help="Input .onnx model (never modified).")]
+
+
+def _steps(debug: bool) -> Progress:
+    return Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
+                    console=err, transient=True, disable=debug or not err.is_terminal)
+
+
+def _run_step(progress: Progress, label: str, fn: Callable, *args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+    task = progress.add_task(label, total=None)
+    try:
+        return fn(*args, **kwargs)
+    finally:
+        progress.remove_task(task)
+
+
+@app.callback()
+def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log details.")] = False) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, format="%(message)s",
+                        handlers=[RichHandler(console=err, show_time=False, show_path=False)])
+
+
+@app.command()
+def analyze(
+    model: ModelArg,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the analysis as JSON.")] = False,
+    ignore: Annotated[Optional[list[str]], typer.Option(help="Node name or pattern whose channels stay.")] = None,
+    show_all: Annotated[bool, typer.Option("--all", help="Also list groups with no producer.")] = False,
+) -> None:
+    """Find the coupled channel groups, what each accounts for, and what blocks the rest."""
+    from onnxprune.analysis import analyze as run_analysis
+    from onnxprune.api import load
+    from onnxprune.report import analysis_tables
+
+    with _steps(False) as progress:
+        m = _run_step(progress, "loading and inferring shapes", load, model)
+        analysis = _run_step(progress, "analysing channel groups", run_analysis, m, ignore=ignore or ())
+    if json_out:
+        console.print_json(json.dumps(analysis.to_dict()))
+    else:
+        analysis_tables(analysis, console, show_all=show_all)
+
+
+@app.command()
+def prune(
+    model: ModelArg,
+    output: Annotated[Path, typer.Option("--output", "-o", help="Where to write the pruned model.")],
+    ratio: Annotated[Optional[float], typer.Option(help="Fraction of channels to remove, in [0, 1).")] = None,
+    plan: Annotated[Optional[Path], typer.Option(help="Replay a saved plan instead of --ratio.")] = None,
+    criterion: Annotated[str, typer.Option(help="Channel criterion: l1, l2, random.")] = "l2",
+    mode: Annotated[str, typer.Option(help="per-group (same ratio everywhere) or global ranking.")] = "per-group",
+    round_to: Annotated[int, typer.Option(help="Keep channel counts in multiples of N (8 for GPUs).")] = 1,
+    min_channels: Annotated[int, typer.Option(help="Never keep fewer channels in a group.")] = 1,
+    max_ratio: Annotated[float, typer.Option(help="Never remove more than this fraction of a group.")] = 1.0,
+    ignore: Annotated[Optional[list[str]], typer.Option(help="Node name or pattern whose channels stay.")] = None,
+    save_plan: Annotated[Optional[Path], typer.Option(help="Also write the plan used as JSON.")] = None,
+    debug: Annotated[bool, typer.Option(help="Check the graph after every pass.")] = False,
+) -> None:
+    """Prune MODEL by --ratio (scored with --criterion) or by a saved --plan, and write OUTPUT."""
+    from onnxprune.analysis import analyze as run_analysis
+    from onnxprune.api import apply_plan, load, plan_by_ratio
+    from onnxprune.modelio import check_output_path, save_model
+    from onnxprune.plan import Plan
+    from onnxprune.report import cost_table
+
+    if (ratio is None) == (plan is None):
+        raise SelectionError("give exactly one of --ratio or --plan")
+    if ratio is not None and not 0.0 <= ratio < 1.0:
+        raise SelectionError(f"--ratio must be in [0, 1), got {ratio}")
+    check_output_path(model, output)
+    if save_plan is not None:
+        check_output_path(model, save_plan)
+    with _steps(debug) as progress:
+        m = _run_step(progress, "loading and inferring shapes", load, model)
+        analysis = _run_step(progress, "analysing channel groups", run_analysis, m, ignore=ignore or ())
+        if plan is not None:
+            the_plan = Plan.load(plan)
+        else:
+            the_plan = _run_step(progress, f"scoring channels ({criterion})", plan_by_ratio, m, analysis,
+                                 ratio=ratio, criterion=criterion, mode=mode, round_to=round_to,
+                                 min_channels=min_channels, max_ratio=max_ratio)
+        result = _run_step(progress, "rewriting the graph", apply_plan, m, analysis, the_plan, debug=debug,
+                           inplace=True)
+        _run_step(progress, f"writing {output}", save_model, result.model, output)
+    if save_plan is not None:
+        the_plan.save(save_plan)
+    cost_table(result.before, result.after, console)
+    console.print(f"removed {the_plan.removed_channels(analysis)} channels in {len(the_plan.keep)} groups; "
+                  f"wrote [bold]{output}[/]")
+
+
+@app.command()
+def verify(
+    original: Annotated[Path, typer.Argument(help="The original model.")],
+    pruned: Annotated[Path, typer.Argument(help="The pruned model.")],
+    inputs: Annotated[Optional[Path], typer.Option(help=".npz with one array per model input.")] = None,
+    labels: Annotated[Optional[str], typer.Option(help="Array name in --inputs holding class labels.")] = None,
+    runs: Annotated[int, typer.Option(help="Timed runs per model.")] = 30,
+    json_path: Annotated[Optional[Path], typer.Option("--json", help="Also write the report as JSON.")] = None,
+) -> None:
+    """Run ORIGINAL and PRUNED in onnxruntime and compare outputs, cost and latency."""
+    import numpy as np
+
+    from onnxprune.fileutil import write_text_atomic
+    from onnxprune.modelio import load_model
+    from onnxprune.report import verify_table
+    from onnxprune.verify import load_inputs
+    from onnxprune.verify import verify as run_verify
+
+    mo, mp = load_model(original), load_model(pruned)
+    feeds = load_inputs(inputs, mo) if inputs is not None else None
+    label_arr = np.load(inputs)[labels] if (inputs is not None and labels) else None
+    with _steps(False) as progress:
+        report = _run_step(progress, "running both models", run_verify, mo, mp, feeds, labels=label_arr, runs=runs)
+    verify_table(report, console)
+    if json_path is not None:
+        write_text_atomic(json_path, json.dumps(report, indent=1))
+
+
+@app.command()
+def demo(
+    ratio: Annotated[float, typer.Option(help="Fraction of channels to remove.")] = 0.5,
+    output_dir: Annotated[Optional[Path], typer.Option(help="Keep the pruned model here.")] = None,
+) -> None:
+    """Prune the small digits classifier shipped with onnxprune and report what changed."""
+    import tempfile
+
+    from onnxprune.analysis import analyze as run_analysis
+    from onnxprune.api import apply_plan, load, plan_by_ratio
+    from onnxprune.modelio import load_model, save_model
+    from onnxprune.report import analysis_tables, cost_table, verify_table
+    from onnxprune.verify import verify as run_verify
+
+    data = resources.files("onnxprune") / "data"
+    with resources.as_file(data / "digits_cnn.onnx") as model_path, \
+            resources.as_file(data / "digits_test.npz") as test_path:
+        import numpy as np
+
+        test = np.load(test_path)
+        m = load(model_path)
+        analysis = run_analysis(m)
+        analysis_tables(analysis, console)
+        the_plan = plan_by_ratio(m, analysis, ratio=ratio, criterion="l2")
+        result = apply_plan(m, analysis, the_plan)
+        out_dir = output_dir or Path(tempfile.mkdtemp(prefix="onnxprune-demo-"))
+        out_dir.mkdir(parents=True, exist_ok=True)
+        out = save_model(result.model, out_dir / "digits_cnn_pruned.onnx")
+        cost_table(result.before, result.after, console, title=f"Digits CNN, {ratio:.0%} of channels removed (l2)")
+        report = run_verify(load_model(model_path), load_model(out), {"input": test["input"]}, labels=test["labels"])
+        verify_table(report, console)
+        console.print(f"pruned model written to [bold]{out}[/]")
+
+
+def main() -> None:
+    """Console entry point: one-line errors and a non-zero exit on failure."""
+    try:
+        app(standalone_mode=False)
+    except OnnxPruneError as exc:
+        err.print(f"[red]error:[/] {exc}", highlight=False)
+        sys.exit(1)
+    except (typer.Exit, typer.Abort) as exc:
+        sys.exit(getattr(exc, "exit_code", 1))
+    except Exception as exc:  # click usage errors and the unexpected
+        import click
+
+        if isinstance(exc, click.exceptions.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        err.print(f"[red]error:[/] unexpected {type(exc).__name__}: {exc}", highlight=False)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,3 @@
+import logging
+
+logging.getLogger("onnxprune").setLevel(logging.ERROR)

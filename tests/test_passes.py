@@ -1,0 +1,219 @@
+"""Each pass: it made the expected change, reported ``modified`` truthfully, and is a
+no-op when run again. The whole pipeline: outputs equal the masked reference."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+
+from onnxprune.analysis import analyze
+from onnxprune.graph import GraphIndex, attr
+from onnxprune.masking import random_masking_plan
+from onnxprune.passes import (
+    CheckModelPass, PruneContext, RefreshShapesPass, RemoveDeadNodesPass, RewriteShapeConstantsPass,
+    SliceChannelParamsPass, SliceConsumerInputsPass, SliceProducerWeightsPass, SortTopologicallyPass,
+    default_pipeline, run_passes,
+)
+from onnxprune.plan import Plan
+from onnxprune.errors import RewriteError
+from tests.equivalence import prune_randomly_and_check
+from tests.graphs import pass_fixture
+
+PIPELINE_ORDER = [type(p) for p in default_pipeline()]
+
+
+def _setup(shared: bool = False):
+    model = pass_fixture(shared_weight=shared)
+    analysis = analyze(model)
+    # remove channel 0 of every prunable group: deterministic and touches every pass
+    keep = {g.id: tuple(range(1, g.size)) for g in analysis.prunable_groups}
+    plan = Plan(analysis.fingerprint, keep, {g.id: g.size for g in analysis.prunable_groups})
+    return model, analysis, PruneContext(analysis, plan.removed_units(analysis))
+
+
+def _run_until(pass_type, model, ctx):
+    """Run the pipeline's passes before ``pass_type``; return a copy of the model."""
+    work = onnx.ModelProto()
+    work.CopyFrom(model)
+    before = [p() for p in PIPELINE_ORDER[:PIPELINE_ORDER.index(pass_type)]]
+    run_passes(before, work, ctx)
+    return work
+
+
+def _shape(model, name):
+    return tuple(next(t for t in model.graph.initializer if t.name == name).dims)
+
+
+def _const(model, name):
+    return numpy_helper.to_array(next(t for t in model.graph.initializer if t.name == name))
+
+
+def _twice(pass_, model, ctx):
+    first = pass_.call(model, ctx)
+    snapshot = model.SerializeToString(deterministic=True)
+    second = pass_.call(model, ctx)
+    assert not second.modified, f"{pass_.name} is not idempotent"
+    assert model.SerializeToString(deterministic=True) == snapshot, f"{pass_.name} changed the model again"
+    return first
+
+
+def test_fixture_has_the_expected_groups():
+    _, analysis, _ = _setup()
+    ids = {g.id for g in analysis.prunable_groups}
+    # conv_a's channels: split part 1, part 2 in the slice range, part 2 outside; conv_b's
+    assert len(ids) == 4
+    assert all(g.size >= 2 for g in analysis.prunable_groups)
+
+
+def test_slice_producer_weights():
+    model, _, ctx = _setup()
+    work = _run_until(SliceProducerWeightsPass, model, ctx)
+    result = _twice(SliceProducerWeightsPass(), work, ctx)
+    assert result.modified
+    # conv_a feeds three groups: split part 1 (3), and split part 2 (5) whose depthwise
+    # outputs are cut by the slice into 3 kept in range and 2 dropped; each loses one
+    assert _shape(work, "wa")[0] == 5
+    assert _shape(work, "ba") == (5,)
+    assert _shape(work, "wb")[0] == 5
+    assert _shape(work, "wd")[0] == 3  # depthwise loses channels with its input
+    assert _shape(work, "wg")[0] == 3  # graph output: untouched
+
+
+def test_slice_channel_params():
+    model, _, ctx = _setup()
+    work = _run_until(SliceChannelParamsPass, model, ctx)
+    result = _twice(SliceChannelParamsPass(), work, ctx)
+    assert result.modified
+    for name in ("bn_s", "bn_b", "bn_m", "bn_v"):
+        assert _shape(work, name) == (5,)
+    assert _shape(work, "scale") == (1, 5, 1, 1)
+
+
+def test_slice_consumer_inputs_and_group_count():
+    model, _, ctx = _setup()
+    work = _run_until(SliceConsumerInputsPass, model, ctx)
+    result = _twice(SliceConsumerInputsPass(), work, ctx)
+    assert result.modified
+    assert _shape(work, "wb")[1] == 2
+    dw = next(n for n in work.graph.node if n.name == "conv_dw")
+    assert attr(dw, "group") == 3
+    # the slice keeps concat[0:9] = b (6 -> 5 kept) + d[0:3] (3 -> 2 kept)
+    assert _shape(work, "wg")[1] == (5 + 2) * 36
+
+
+def test_rewrite_shape_constants():
+    model, analysis, ctx = _setup()
+    work = _run_until(RewriteShapeConstantsPass, model, ctx)
+    result = _twice(RewriteShapeConstantsPass(), work, ctx)
+    assert result.modified
+    index = GraphIndex(work)
+    split = index.nodes["split"]
+    sizes = _const(work, split.input[1]).tolist()
+    assert sizes == [2, 3]
+    sl = index.nodes["slice"]
+    assert _const(work, sl.input[2]).tolist() == [int(_shape(work, "wg")[1] / 36)]
+    assert _const(work, index.nodes["reshape"].input[1]).tolist() == [1, _shape(work, "wg")[1]]
+
+
+def test_rewrite_shape_constants_reports_modified():
+    model, _, ctx = _setup()
+    work = _run_until(RewriteShapeConstantsPass, model, ctx)
+    before = work.SerializeToString(deterministic=True)
+    result = RewriteShapeConstantsPass().call(work, ctx)
+    assert result.modified == (work.SerializeToString(deterministic=True) != before)
+    assert result.modified
+
+
+def test_remove_dead_nodes_drops_unused_weights_after_copy_on_write():
+    model, _, ctx = _setup(shared=True)
+    work = _run_until(RemoveDeadNodesPass, model, ctx)
+    names = {t.name for t in work.graph.initializer}
+    assert "wa" in names  # still read by conv_shared, whose output is a graph output
+    work.graph.initializer.append(numpy_helper.from_array(np.zeros(3, np.float32), "unused"))
+    result = _twice(RemoveDeadNodesPass(), work, ctx)
+    assert result.modified
+    assert "unused" not in {t.name for t in work.graph.initializer}
+
+
+def test_shared_weight_is_copied_not_sliced_in_place():
+    model, _, ctx = _setup(shared=True)
+    work = onnx.ModelProto()
+    work.CopyFrom(model)
+    run_passes(default_pipeline(), work, ctx)
+    index = GraphIndex(work)
+    assert index.nodes["conv_shared"].input[1] == "wa"
+    assert _shape(work, "wa") == (8, 4, 3, 3)
+    assert index.nodes["conv_a"].input[1] != "wa"
+
+
+def test_sort_topologically():
+    model, _, ctx = _setup()
+    work = onnx.ModelProto()
+    work.CopyFrom(model)
+    nodes = list(work.graph.node)
+    del work.graph.node[:]
+    work.graph.node.extend(reversed(nodes))
+    result = _twice(SortTopologicallyPass(), work, ctx)
+    assert result.modified
+    onnx.checker.check_model(work)
+    assert [n.name for n in work.graph.node][0] == "conv_a"
+
+
+def test_refresh_shapes():
+    model, _, ctx = _setup()
+    work = _run_until(RefreshShapesPass, model, ctx)
+    result = _twice(RefreshShapesPass(), work, ctx)
+    assert result.modified
+    a_shape = GraphIndex(work).shape("a")
+    assert a_shape == (1, 5, 6, 6)
+
+
+def test_check_model_never_modifies_and_rejects_invalid():
+    model, _, ctx = _setup()
+    result = _twice(CheckModelPass(), model, ctx)
+    assert not result.modified
+    broken = onnx.ModelProto()
+    broken.CopyFrom(model)
+    broken.graph.node[0].input[1] = "missing"
+    with pytest.raises(onnx.checker.ValidationError):
+        CheckModelPass().call(broken, ctx)
+
+
+def test_pipeline_error_names_failing_pass_and_previous():
+    model, _, ctx = _setup()
+    work = onnx.ModelProto()
+    work.CopyFrom(model)
+    next(t for t in work.graph.initializer if t.name == "wb").dims[0] = 7  # corrupt: not the analysed model
+    with pytest.raises(RewriteError, match="slice_producer_weights"):
+        run_passes(default_pipeline(), work, ctx)
+
+
+@pytest.mark.parametrize("opset", [11, 13, 17])
+def test_pipeline_matches_masked_reference(opset):
+    model = pass_fixture(opset=opset) if opset >= 13 else _opset11_fixture()
+    for seed in range(3):
+        prune_randomly_and_check(model, seed=seed)
+
+
+def test_debug_mode_checks_after_every_pass():
+    model, analysis, _ = _setup()
+    plan = random_masking_plan(analysis, seed=1)
+    from onnxprune.api import apply_plan
+
+    result = apply_plan(model, analysis, plan, debug=True)
+    assert [name for name, _ in result.history] == [p.name for p in default_pipeline()]
+
+
+def _opset11_fixture():
+    model = pass_fixture(opset=13)
+    # opset 11: Split sizes as an attribute
+    split = next(n for n in model.graph.node if n.op_type == "Split")
+    sizes = numpy_helper.to_array(next(t for t in model.graph.initializer if t.name == split.input[1]))
+    del split.input[1]
+    split.attribute.append(onnx.helper.make_attribute("split", sizes.tolist()))
+    model.opset_import[0].version = 11
+    from onnxprune.prepare import prepare
+
+    return prepare(model)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import onnx
@@ -17,18 +17,22 @@ from onnxprune.analysis import Analysis, analyze
 from onnxprune.criteria import score
 from onnxprune.flops import Cost, model_cost
 from onnxprune.graph import GraphIndex
-from onnxprune.modelio import load_model
+from onnxprune.modelio import check_basic, load_model
 from onnxprune.passes import PruneContext, default_pipeline, run_passes
 from onnxprune.plan import Plan
-from onnxprune.prepare import prepare
+from onnxprune.prepare import prepare, set_input_shapes
 from onnxprune.selection import SelectionOptions, select
 
 log = logging.getLogger(__name__)
 
 
-def load(path: str | os.PathLike[str]) -> onnx.ModelProto:
+def load(path: str | os.PathLike[str], *, input_shapes: Mapping[str, Sequence[int | str]] | None = None
+         ) -> onnx.ModelProto:
     """Load, check and normalise a model for pruning (see ``onnxprune.prepare``)."""
-    return prepare(load_model(path))
+    model = load_model(path, check=False)
+    set_input_shapes(model, input_shapes or {}, str(path))
+    check_basic(model, path)
+    return prepare(model)
 
 
 def plan_by_ratio(model: onnx.ModelProto, analysis: Analysis, *, ratio: float, criterion: str = "l2",

@@ -23,6 +23,18 @@ console = Console(stderr=False)
 err = Console(stderr=True)
 
 ModelArg = Annotated[Path, typer.Argument(help="Input .onnx model (never modified).")]
+InputShapeOpt = Annotated[Optional[list[str]], typer.Option(
+    "--input-shape", help="Set an input's shape: NAME=1,3,224,224 (a name for a dynamic axis).")]
+
+
+def _parse_shapes(specs: list[str] | None) -> dict[str, list[str]]:
+    shapes: dict[str, list[str]] = {}
+    for spec in specs or ():
+        name, sep, dims = spec.partition("=")
+        if not sep or not dims:
+            raise SelectionError(f"--input-shape expects NAME=d1,d2,...; got {spec!r}")
+        shapes[name] = [d.strip() for d in dims.split(",")]
+    return shapes
 
 
 def _steps(debug: bool) -> Progress:
@@ -50,6 +62,7 @@ def analyze(
     json_out: Annotated[bool, typer.Option("--json", help="Print the analysis as JSON.")] = False,
     ignore: Annotated[Optional[list[str]], typer.Option(help="Node name or pattern whose channels stay.")] = None,
     show_all: Annotated[bool, typer.Option("--all", help="Also list groups with no producer.")] = False,
+    input_shape: InputShapeOpt = None,
 ) -> None:
     """Find the coupled channel groups, what each accounts for, and what blocks the rest."""
     from onnxprune.analysis import analyze as run_analysis
@@ -57,7 +70,8 @@ def analyze(
     from onnxprune.report import analysis_tables
 
     with _steps(False) as progress:
-        m = _run_step(progress, "loading and inferring shapes", load, model)
+        m = _run_step(progress, "loading and inferring shapes", load, model,
+                      input_shapes=_parse_shapes(input_shape))
         analysis = _run_step(progress, "analysing channel groups", run_analysis, m, ignore=ignore or ())
     if json_out:
         console.print_json(json.dumps(analysis.to_dict()))
@@ -79,6 +93,7 @@ def prune(
     ignore: Annotated[Optional[list[str]], typer.Option(help="Node name or pattern whose channels stay.")] = None,
     save_plan: Annotated[Optional[Path], typer.Option(help="Also write the plan used as JSON.")] = None,
     debug: Annotated[bool, typer.Option(help="Check the graph after every pass.")] = False,
+    input_shape: InputShapeOpt = None,
 ) -> None:
     """Prune MODEL by --ratio (scored with --criterion) or by a saved --plan, and write OUTPUT."""
     from onnxprune.analysis import analyze as run_analysis
@@ -95,7 +110,8 @@ def prune(
     if save_plan is not None:
         check_output_path(model, save_plan)
     with _steps(debug) as progress:
-        m = _run_step(progress, "loading and inferring shapes", load, model)
+        m = _run_step(progress, "loading and inferring shapes", load, model,
+                      input_shapes=_parse_shapes(input_shape))
         analysis = _run_step(progress, "analysing channel groups", run_analysis, m, ignore=ignore or ())
         if plan is not None:
             the_plan = Plan.load(plan)

@@ -9,6 +9,7 @@ intermediate shape dropped and re-inferred (stale annotations are common).
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping, Sequence
 import onnx
 from onnx import numpy_helper
 
@@ -19,12 +20,36 @@ log = logging.getLogger(__name__)
 
 def prepare(model: onnx.ModelProto) -> onnx.ModelProto:
     """Normalise ``model`` in place and return it."""
+    set_input_shapes(model, {}, "<model>")
     name_nodes(model.graph)
     promote_constants(model.graph)
     fold_identity_on_weights(model.graph)
     drop_initializer_inputs(model)
     infer_shapes(model)
     return model
+
+
+def set_input_shapes(model: onnx.ModelProto, shapes: Mapping[str, Sequence[int | str]], source: str) -> None:
+    """Apply user-given input shapes; refuse inputs whose rank is unknown."""
+    inits = {t.name for t in model.graph.initializer}
+    inputs = {vi.name: vi for vi in model.graph.input if vi.name not in inits}
+    for name, dims in shapes.items():
+        if name not in inputs:
+            raise ShapeInferenceError(f"{source}: --input-shape names '{name}', which is not a model input "
+                                      f"(inputs: {', '.join(inputs)})")
+        tt = inputs[name].type.tensor_type
+        tt.ClearField("shape")
+        for d in dims:
+            dim = tt.shape.dim.add()
+            if isinstance(d, int) or str(d).isdigit():
+                dim.dim_value = int(d)
+            else:
+                dim.dim_param = str(d)
+    for name, vi in inputs.items():
+        if vi.type.HasField("tensor_type") and not vi.type.tensor_type.HasField("shape"):
+            raise ShapeInferenceError(
+                f"{source}: input '{name}' has no shape information, so channel sizes cannot be inferred; "
+                f"give it with --input-shape {name}=1,3,224,224 (use a name for a dynamic axis)")
 
 
 def name_nodes(graph: onnx.GraphProto) -> None:

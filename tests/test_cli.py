@@ -1,0 +1,164 @@
+"""The command line: happy paths, and every bad input gets a clear one-line error, a
+non-zero exit, and nothing written."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+from onnxprune.cli import main
+from tests.graphs import pass_fixture
+
+
+def cli(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
+    monkeypatch.setattr(sys, "argv", ["onnxprune", *map(str, args)])
+    monkeypatch.setenv("COLUMNS", "200")
+    with pytest.raises(SystemExit) as exc:
+        main()
+        raise SystemExit(0)
+    out = capsys.readouterr()
+    return int(exc.value.code or 0), out.out, out.err
+
+
+@pytest.fixture()
+def model_path(tmp_path):
+    path = tmp_path / "model.onnx"
+    onnx.save(pass_fixture(), path)
+    return path
+
+
+def _files(d):
+    return sorted(p.name for p in d.iterdir())
+
+
+def test_analyze_prints_groups_and_blocked(monkeypatch, capsys, model_path):
+    code, out, _ = cli(monkeypatch, capsys, "analyze", model_path)
+    assert code == 0
+    assert "Channel groups" in out and "graph output" in out
+
+
+def test_analyze_json(monkeypatch, capsys, model_path):
+    code, out, _ = cli(monkeypatch, capsys, "analyze", model_path, "--json")
+    assert code == 0
+    data = json.loads(out)
+    assert data["summary"]["prunable_groups"] == 4
+    assert any("graph output" in b["reason"] for b in data["blocked"])
+
+
+def test_prune_save_plan_and_replay(monkeypatch, capsys, model_path, tmp_path):
+    out1, plan = tmp_path / "p1.onnx", tmp_path / "plan.json"
+    code, out, _ = cli(monkeypatch, capsys, "prune", model_path, "-o", out1, "--ratio", "0.5", "--save-plan", plan)
+    assert code == 0, out
+    assert out1.exists() and plan.exists()
+    out2 = tmp_path / "p2.onnx"
+    code, _, _ = cli(monkeypatch, capsys, "prune", model_path, "-o", out2, "--plan", plan)
+    assert code == 0
+    assert onnx.load(out1).SerializeToString() == onnx.load(out2).SerializeToString()
+    onnx.checker.check_model(onnx.load(out1), full_check=True)
+
+
+def test_verify_writes_json(monkeypatch, capsys, model_path, tmp_path):
+    pruned, report = tmp_path / "p.onnx", tmp_path / "r.json"
+    assert cli(monkeypatch, capsys, "prune", model_path, "-o", pruned, "--ratio", "0.3")[0] == 0
+    inputs = tmp_path / "in.npz"
+    np.savez(inputs, x=np.random.default_rng(0).standard_normal((1, 4, 6, 6)).astype(np.float32))
+    code, out, _ = cli(monkeypatch, capsys, "verify", model_path, pruned, "--inputs", inputs, "--runs", "3",
+                       "--json", report)
+    assert code == 0
+    data = json.loads(report.read_text())
+    assert data["pruned"]["params"] < data["original"]["params"]
+    assert data["outputs"]["y"]["original_shape"] == data["outputs"]["y"]["pruned_shape"] == [1, 3]
+
+
+def _bad_model_files(tmp_path, model_path):
+    text = tmp_path / "text.onnx"
+    text.write_text("this is not an onnx model\n" * 10)
+    truncated = tmp_path / "truncated.onnx"
+    truncated.write_bytes(model_path.read_bytes()[: model_path.stat().st_size // 2])
+    broken = tmp_path / "broken.onnx"
+    m = pass_fixture()
+    m.graph.node[0].input[1] = "does_not_exist"
+    onnx.save(m, broken)
+    noshape = tmp_path / "noshape.onnx"
+    g = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, None)],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), noshape)
+    return {
+        "missing": (tmp_path / "missing.onnx", "not found"),
+        "text": (text, "not"),
+        "truncated": (truncated, "not"),
+        "checker": (broken, "checker"),
+        "no-shape": (noshape, "no shape information"),
+    }
+
+
+@pytest.mark.parametrize("case", ["missing", "text", "truncated", "checker", "no-shape"])
+@pytest.mark.parametrize("command", ["analyze", "prune"])
+def test_bad_model_files(monkeypatch, capsys, tmp_path, model_path, case, command):
+    path, fragment = _bad_model_files(tmp_path, model_path)[case]
+    before = _files(tmp_path)
+    args = [command, path] + (["-o", tmp_path / "out.onnx", "--ratio", "0.5"] if command == "prune" else [])
+    code, _, err = cli(monkeypatch, capsys, *args)
+    assert code != 0
+    assert "error:" in err and fragment in err
+    assert str(path.name) in err
+    assert len(err.strip().splitlines()) <= 2  # one line (rich may wrap a long one)
+    assert _files(tmp_path) == before
+
+
+@pytest.mark.parametrize("ratio", ["1.0", "-0.1", "1.5"])
+def test_ratio_out_of_range(monkeypatch, capsys, tmp_path, model_path, ratio):
+    before = _files(tmp_path)
+    code, _, err = cli(monkeypatch, capsys, "prune", model_path, "-o", tmp_path / "o.onnx", f"--ratio={ratio}")
+    assert code != 0 and "ratio" in err
+    assert _files(tmp_path) == before
+
+
+def test_plan_for_another_model(monkeypatch, capsys, tmp_path, model_path):
+    other = tmp_path / "other.onnx"
+    onnx.save(pass_fixture(shared_weight=True), other)
+    plan = tmp_path / "plan.json"
+    assert cli(monkeypatch, capsys, "prune", other, "-o", tmp_path / "o1.onnx", "--ratio", "0.5",
+               "--save-plan", plan)[0] == 0
+    before = _files(tmp_path)
+    code, _, err = cli(monkeypatch, capsys, "prune", model_path, "-o", tmp_path / "o2.onnx", "--plan", plan)
+    assert code != 0 and "another model" in err
+    assert _files(tmp_path) == before
+
+
+def test_output_equal_to_input_is_refused(monkeypatch, capsys, tmp_path, model_path):
+    original = model_path.read_bytes()
+    code, _, err = cli(monkeypatch, capsys, "prune", model_path, "-o", model_path, "--ratio", "0.5")
+    assert code != 0 and "input model" in err
+    assert model_path.read_bytes() == original
+    alias = tmp_path / "." / "model.onnx"
+    assert cli(monkeypatch, capsys, "prune", model_path, "-o", alias, "--ratio", "0.5")[0] != 0
+
+
+def test_ratio_and_plan_are_exclusive(monkeypatch, capsys, tmp_path, model_path):
+    code, _, err = cli(monkeypatch, capsys, "prune", model_path, "-o", tmp_path / "o.onnx")
+    assert code != 0 and "exactly one" in err
+
+
+def test_input_shape_option_rescues_shapeless_model(monkeypatch, capsys, tmp_path, model_path):
+    m = pass_fixture()
+    m.graph.input[0].type.tensor_type.ClearField("shape")
+    del m.graph.value_info[:]
+    path = tmp_path / "noshape.onnx"
+    onnx.save(m, path)
+    code, out, _ = cli(monkeypatch, capsys, "analyze", path, "--input-shape", "x=1,4,6,6", "--json")
+    assert code == 0
+    assert json.loads(out)["summary"]["prunable_groups"] == 4
+
+
+def test_unknown_criterion(monkeypatch, capsys, tmp_path, model_path):
+    code, _, err = cli(monkeypatch, capsys, "prune", model_path, "-o", tmp_path / "o.onnx", "--ratio", "0.5",
+                       "--criterion", "nope")
+    assert code != 0 and "unknown criterion" in err
+    assert not (tmp_path / "o.onnx").exists()

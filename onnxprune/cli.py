@@ -125,7 +125,8 @@ def prune(
     if save_plan is not None:
         the_plan.save(save_plan)
     cost_table(result.before, result.after, console)
-    console.print(f"removed {the_plan.removed_channels(analysis)} channels in {len(the_plan.keep)} groups; "
+    console.print(f"removed {the_plan.removed_channels(analysis)} channels in {len(the_plan.keep)} groups "
+                  f"({result.before.params - result.after.params} parameters); "
                   f"wrote [bold]{output}[/]")
 
 

@@ -191,7 +191,6 @@ def batchnorm_block(draw: Draw, b: GraphBuilder, x: T, pool: list[T]) -> T:
 
 
 def instancenorm_block(draw: Draw, b: GraphBuilder, x: T, pool: list[T]) -> T:
-    assume(x.h * x.w > 1)  # statistics of a single value: fine for ONNX, pointless here
     y = b.one("InstanceNormalization", [x.name, b.uniform((x.c,), 0.5, 1.5, "in_s"), b.normal((x.c,), "in_b", 0.2)])
     b.log.append(f"{y} = InstanceNormalization({x.name})")
     return T(y, x.c, x.h, x.w)
@@ -258,8 +257,7 @@ def residual_block(draw: Draw, b: GraphBuilder, x: T, pool: list[T]) -> T:
 
 def skip_block(draw: Draw, b: GraphBuilder, x: T, pool: list[T]) -> T:
     """A long skip: join x with an earlier tensor of the same shape."""
-    same = [p for p in pool if (p.c, p.h, p.w) == (x.c, x.h, x.w) and p.name != x.name]
-    assume(same)
+    same = _same_shape(x, pool)
     other = draw(st.sampled_from(same))
     lhs, rhs = (x, other) if draw(st.booleans()) else (other, x)
     return binary(draw, b, lhs, rhs, op=draw(st.sampled_from(["Add", "Add", "Mul", "Sub"])))
@@ -293,9 +291,11 @@ def se_block(draw: Draw, b: GraphBuilder, x: T, pool: list[T]) -> T:
 
 def concat_block(draw: Draw, b: GraphBuilder, x: T, pool: list[T]) -> T:
     n = draw(st.sampled_from([2, 3]))
-    parts = [_branch(draw, b, x, None) for _ in range(n)]
+    parts = []
+    for i in range(n):
+        room = MAX_CHANNELS - sum(p.c for p in parts) - (n - 1 - i)
+        parts.append(_branch(draw, b, x, None if room >= 6 else draw(st.integers(1, room))))
     total = sum(p.c for p in parts)
-    assume(total <= MAX_CHANNELS)
     axis = draw(st.sampled_from([1, -3]))
     y = b.one("Concat", [p.name for p in parts], axis=axis)
     b.log.append(f"{y} = Concat[axis={axis}]({', '.join(f'{p.name}:{p.c}' for p in parts)})")
@@ -304,7 +304,6 @@ def concat_block(draw: Draw, b: GraphBuilder, x: T, pool: list[T]) -> T:
 
 def split_block(draw: Draw, b: GraphBuilder, x: T, pool: list[T]) -> T:
     """Split on axis 1 (sizes as an input, equal or not, or omitted); every part is used."""
-    assume(x.c >= 2)
     n = draw(st.integers(2, min(3, x.c)))
     style = draw(st.sampled_from(["sizes", "equal_sizes", "no_sizes"]))
     if style != "sizes" and x.c % n:
@@ -335,7 +334,6 @@ def split_block(draw: Draw, b: GraphBuilder, x: T, pool: list[T]) -> T:
 def slice_block(draw: Draw, b: GraphBuilder, x: T, pool: list[T]) -> T:
     """Slice on the channel axis (constant bounds, step 1; negative / INT_MAX forms), and
     sometimes a spatial axis in the same node."""
-    assume(x.c >= 2)
     start = draw(st.integers(0, x.c - 1))
     end = draw(st.integers(start + 1, x.c))
     s_val = start - x.c if draw(st.booleans()) and start > 0 else start
@@ -362,7 +360,6 @@ def slice_block(draw: Draw, b: GraphBuilder, x: T, pool: list[T]) -> T:
 
 
 def spatial_slice_block(draw: Draw, b: GraphBuilder, x: T, pool: list[T]) -> T:
-    assume(x.h >= 3)
     axis = draw(st.sampled_from([2, 3, -1, -2]))
     y = b.one("Slice", [x.name, b.ints([1], "starts"), b.ints([INT64_MAX], "ends"), b.ints([axis], "axes")])
     b.log.append(f"{y} = Slice[spatial axis {axis}]({x.name}, 1:)")
@@ -390,7 +387,6 @@ def pool_block(draw: Draw, b: GraphBuilder, x: T, pool: list[T]) -> T:
 
 def resize_block(draw: Draw, b: GraphBuilder, x: T, pool: list[T]) -> T:
     up = max(x.h, x.w) <= 4 or (x.h % 2 or x.w % 2)
-    assume(max(x.h, x.w) <= 8)
     f = 2.0 if up else 0.5
     y = b.one("Resize", [x.name, "", b.const(np.array([1, 1, f, f], np.float32), "scales")], mode="nearest")
     b.log.append(f"{y} = Resize[nearest, x{f}]({x.name})")
@@ -398,10 +394,7 @@ def resize_block(draw: Draw, b: GraphBuilder, x: T, pool: list[T]) -> T:
 
 
 def pad_block(draw: Draw, b: GraphBuilder, x: T, pool: list[T]) -> T:
-    assume(max(x.h, x.w) <= 8)
-    mode = draw(st.sampled_from(["constant", "reflect", "edge"]))
-    if mode == "reflect":
-        assume(min(x.h, x.w) >= 2)
+    mode = draw(st.sampled_from(["constant", "reflect", "edge"] if min(x.h, x.w) >= 2 else ["constant", "edge"]))
     p = 1
     inputs = [x.name, b.ints([0, 0, p, p, 0, 0, p, p], "pads")]
     if mode == "constant" and draw(st.booleans()):
@@ -433,8 +426,7 @@ def nhwc_block(draw: Draw, b: GraphBuilder, x: T, pool: list[T]) -> T:
 
 def shuffle_block(draw: Draw, b: GraphBuilder, x: T, pool: list[T]) -> T:
     """Channel shuffle: Reshape [N, g, C/g, H, W] -> Transpose(0,2,1,3,4) -> Reshape [N, C, H, W]."""
-    gs = [g for g in (2, 3) if x.c % g == 0 and x.c // g >= 1]
-    assume(gs)
+    gs = [g for g in (2, 3) if x.c % g == 0]
     g = draw(st.sampled_from(gs))
     first = draw(st.sampled_from([[1, g, x.c // g, x.h, x.w], [0, g, x.c // g, x.h, x.w], [1, g, -1, x.h, x.w]]))
     r = b.one("Reshape", [x.name, b.ints(first, "shape")])
@@ -466,6 +458,23 @@ BLOCKS: dict[str, Block] = {
     "reducemean": reducemean_block,
     "nhwc": nhwc_block,
     "shuffle": shuffle_block,
+}
+
+def _same_shape(x: T, pool: list[T]) -> list[T]:
+    return [p for p in pool if (p.c, p.h, p.w) == (x.c, x.h, x.w) and p.name != x.name]
+
+
+# When a block can be drawn (the current tensor x, the earlier tensors pool).
+APPLICABLE: dict[str, Callable[[T, list[T]], bool]] = {
+    "instancenorm": lambda x, pool: x.h * x.w > 1,
+    "skip": lambda x, pool: bool(_same_shape(x, pool)),
+    "split": lambda x, pool: x.c >= 2,
+    "slice": lambda x, pool: x.c >= 2,
+    "spatial_slice": lambda x, pool: min(x.h, x.w) >= 3,
+    "resize": lambda x, pool: max(x.h, x.w) <= 8,
+    "pad": lambda x, pool: max(x.h, x.w) <= 8,
+    "shuffle": lambda x, pool: x.c % 2 == 0 or x.c % 3 == 0,
+    "concat": lambda x, pool: x.c <= MAX_CHANNELS - 2,
 }
 
 # conv appears more often: it is what makes channels prunable
@@ -516,7 +525,8 @@ def random_models(draw: Draw, min_blocks: int = 3, max_blocks: int = 10,
     choices = list(blocks) if blocks else _BLOCK_CHOICES
     n_blocks = draw(st.integers(min_blocks, max_blocks))
     for _ in range(n_blocks):
-        kind = draw(st.sampled_from(choices))
+        usable = [k for k in choices if APPLICABLE.get(k, lambda *_: True)(cur, pool)] or ["conv"]
+        kind = draw(st.sampled_from(usable))
         nxt = BLOCKS[kind](draw, b, cur, pool)
         assume(nxt.c <= MAX_CHANNELS and 1 <= nxt.h <= 16 and 1 <= nxt.w <= 16)
         if nxt.name != cur.name:

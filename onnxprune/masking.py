@@ -48,11 +48,11 @@ def masked_model(model: onnx.ModelProto, analysis: Analysis, plan: Plan) -> onnx
 
 
 def random_masking_plan(analysis: Analysis, seed: int, max_ratio: float = 0.6) -> Plan:
-    """A plan removing a random subset (at least one unit kept) of every prunable group."""
+    """A plan removing a random, non-empty subset (at least one unit kept) of every prunable group."""
     rng = np.random.default_rng(seed)
     keep, sizes = {}, {}
     for g in analysis.prunable_groups:
-        n_keep = int(rng.integers(max(1, int(np.ceil(g.size * (1 - max_ratio)))), g.size + 1))
+        n_keep = int(rng.integers(max(1, int(np.ceil(g.size * (1 - max_ratio)))), g.size))
         keep[g.id] = tuple(sorted(rng.choice(g.size, size=n_keep, replace=False).tolist()))
         sizes[g.id] = g.size
     return Plan(fingerprint=analysis.fingerprint, keep=keep, sizes=sizes, criterion="random-test")

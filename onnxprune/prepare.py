@@ -3,7 +3,8 @@
 Real exports are messy; this makes them uniform without changing what they compute:
 unique node names, Constant-node weights promoted to initializers, Identity nodes on
 weights folded away, initializers removed from the graph inputs (IR >= 4), and every
-intermediate shape dropped and re-inferred (stale annotations are common).
+intermediate shape dropped and re-inferred (stale annotations are common), and shape
+arithmetic over static shapes folded into constants.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import onnx
 from onnx import numpy_helper
 
 from onnxprune.errors import ShapeInferenceError
+from onnxprune.shapefold import fold_shape_computations
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +28,8 @@ def prepare(model: onnx.ModelProto) -> onnx.ModelProto:
     fold_identity_on_weights(model.graph)
     drop_initializer_inputs(model)
     infer_shapes(model)
+    if fold_shape_computations(model):
+        infer_shapes(model)
     return model
 
 

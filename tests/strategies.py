@@ -30,6 +30,11 @@ OPSET = 17
 INT64_MAX = 2**63 - 1
 MAX_CHANNELS = 16  # keep graphs tiny: blocks that would grow past this are not drawn
 
+Draw = Callable  # hypothesis' draw function
+
+# channel counts of drawn convs: mostly >= 2 (a one-channel group can never be pruned)
+CHANNELS = st.sampled_from([2, 3, 4, 5, 6, 8, 1])
+
 
 @dataclass(frozen=True)
 class T:
@@ -60,9 +65,11 @@ class GeneratedModel:
 class GraphBuilder:
     """Accumulates nodes and initializers; names everything deterministically."""
 
-    def __init__(self, rng: np.random.Generator, opset: int = OPSET) -> None:
+    def __init__(self, rng: np.random.Generator, opset: int = OPSET, draw: Draw | None = None) -> None:
         self.rng = rng
         self.opset = opset
+        self.draw = draw
+        self._shared: dict[tuple, list[str]] = {}
         self.nodes: list[onnx.NodeProto] = []
         self.inits: list[onnx.TensorProto] = []
         self.log: list[str] = []
@@ -81,15 +88,28 @@ class GraphBuilder:
     def ints(self, values, prefix: str = "i") -> str:  # noqa: ANN001
         return self.const(np.array(values, dtype=np.int64), prefix)
 
+    def shared(self, key: tuple, make: Callable[[], str]) -> str:
+        """Now and then reuse an earlier constant of the same kind and shape (one initializer read
+        by several nodes, which pruning must slice copy-on-write); otherwise make a new one."""
+        earlier = self._shared.setdefault(key, [])
+        if earlier and self.draw is not None and self.draw(st.integers(0, 3)) == 0:
+            return self.draw(st.sampled_from(earlier))
+        name = make()
+        earlier.append(name)
+        return name
+
     def weight(self, shape: tuple[int, ...], fan_in: int, prefix: str = "w") -> str:
         std = 1.0 / np.sqrt(max(1, fan_in))
-        return self.const((self.rng.standard_normal(shape) * std).astype(np.float32), prefix)
+        return self.shared(("w", prefix, shape), lambda: self.const(
+            (self.rng.standard_normal(shape) * std).astype(np.float32), prefix))
 
     def normal(self, shape: tuple[int, ...], prefix: str, scale: float = 1.0) -> str:
-        return self.const((self.rng.standard_normal(shape) * scale).astype(np.float32), prefix)
+        return self.shared(("n", prefix, shape, scale), lambda: self.const(
+            (self.rng.standard_normal(shape) * scale).astype(np.float32), prefix))
 
     def uniform(self, shape: tuple[int, ...], lo: float, hi: float, prefix: str) -> str:
-        return self.const(self.rng.uniform(lo, hi, size=shape).astype(np.float32), prefix)
+        return self.shared(("u", prefix, shape, lo, hi), lambda: self.const(
+            self.rng.uniform(lo, hi, size=shape).astype(np.float32), prefix))
 
     # -- nodes ---------------------------------------------------------------
     def node(self, op: str, inputs: list[str], n_out: int = 1, *, domain: str = "", **attrs) -> list[str]:
@@ -112,7 +132,6 @@ class GraphBuilder:
         return model
 
 
-Draw = Callable  # hypothesis' draw function
 Block = Callable[[Draw, GraphBuilder, T, list[T]], T]
 
 
@@ -133,11 +152,11 @@ def conv(draw: Draw, b: GraphBuilder, x: T, cout: int | None = None, kind: str |
     kind = kind if kind in kinds else draw(st.sampled_from(kinds))
     if kind == "dense":
         groups = 1
-        cout = cout or draw(st.integers(1, 6))
+        cout = cout or draw(CHANNELS)
     elif kind == "grouped":
         groups = draw(st.sampled_from([g for g in _divisors(x.c) if g > 1]))
         if cout is None or cout % groups:
-            cout = groups * draw(st.integers(1, max(1, 6 // groups)))
+            cout = groups * draw(st.sampled_from([m for m in (2, 1, 3) if groups * m <= MAX_CHANNELS]))
     else:
         groups = x.c
         if cout is None or cout % groups:
@@ -166,7 +185,7 @@ def conv_transpose_block(draw: Draw, b: GraphBuilder, x: T, pool: list[T]) -> T:
     groups = 1
     if x.c > 1 and draw(st.integers(0, 3)) == 0:  # sometimes grouped (the spec asks group 1 mostly)
         groups = draw(st.sampled_from([g for g in _divisors(x.c) if g > 1]))
-    og = draw(st.integers(1, 4))
+    og = draw(st.sampled_from([o for o in (2, 3, 4, 1) if o * groups <= MAX_CHANNELS]))
     up = max(x.h, x.w) <= 4 and draw(st.booleans())
     k, stride, pad = (2, 2, 0) if up else (3, 1, 1)
     inputs = [x.name, b.weight((x.c, og, k, k), fan_in=x.c // groups * k * k)]
@@ -291,10 +310,13 @@ def se_block(draw: Draw, b: GraphBuilder, x: T, pool: list[T]) -> T:
 
 def concat_block(draw: Draw, b: GraphBuilder, x: T, pool: list[T]) -> T:
     n = draw(st.sampled_from([2, 3]))
-    parts = []
+    parts: list[T] = []
     for i in range(n):
         room = MAX_CHANNELS - sum(p.c for p in parts) - (n - 1 - i)
-        parts.append(_branch(draw, b, x, None if room >= 6 else draw(st.integers(1, room))))
+        if room < 1:
+            break
+        free = room >= max(6, 2 * x.c)  # any branch fits (a depthwise conv may double x.c)
+        parts.append(_branch(draw, b, x, None if free else draw(st.integers(1, min(6, room)))))
     total = sum(p.c for p in parts)
     axis = draw(st.sampled_from([1, -3]))
     y = b.one("Concat", [p.name for p in parts], axis=axis)
@@ -388,9 +410,14 @@ def pool_block(draw: Draw, b: GraphBuilder, x: T, pool: list[T]) -> T:
 def resize_block(draw: Draw, b: GraphBuilder, x: T, pool: list[T]) -> T:
     up = max(x.h, x.w) <= 4 or (x.h % 2 or x.w % 2)
     f = 2.0 if up else 0.5
-    y = b.one("Resize", [x.name, "", b.const(np.array([1, 1, f, f], np.float32), "scales")], mode="nearest")
-    b.log.append(f"{y} = Resize[nearest, x{f}]({x.name})")
-    return T(y, x.c, int(x.h * f), int(x.w * f))
+    h, w = int(x.h * f), int(x.w * f)
+    if draw(st.booleans()):
+        y = b.one("Resize", [x.name, "", b.const(np.array([1, 1, f, f], np.float32), "scales")], mode="nearest")
+        b.log.append(f"{y} = Resize[nearest, scales x{f}]({x.name})")
+    else:  # sizes hold the channel count: it must follow the pruned channels
+        y = b.one("Resize", [x.name, "", "", b.ints([1, x.c, h, w], "sizes")], mode="nearest")
+        b.log.append(f"{y} = Resize[nearest, sizes {[1, x.c, h, w]}]({x.name})")
+    return T(y, x.c, h, w)
 
 
 def pad_block(draw: Draw, b: GraphBuilder, x: T, pool: list[T]) -> T:
@@ -437,7 +464,55 @@ def shuffle_block(draw: Draw, b: GraphBuilder, x: T, pool: list[T]) -> T:
     return T(y, x.c, x.h, x.w)
 
 
+def expand_block(draw: Draw, b: GraphBuilder, x: T, pool: list[T]) -> T:
+    """Squeeze-excitation whose gate is Expand-ed to the full shape (a shape constant holding C)."""
+    s = b.one("GlobalAveragePool", [x.name])
+    s = b.one("Conv", [s, b.weight((x.c, x.c, 1, 1), x.c)], kernel_shape=[1, 1])
+    s = b.one("HardSigmoid", [s])
+    target = draw(st.sampled_from([[1, x.c, x.h, x.w], [1, 1, x.h, x.w], [x.h, x.w]]))
+    e = b.one("Expand", [s, b.ints(target, "shape")])
+    y = b.one("Mul", [x.name, e])
+    b.log.append(f"{y} = ExpandGate[{target}]({x.name})")
+    return T(y, x.c, x.h, x.w)
+
+
+def tile_block(draw: Draw, b: GraphBuilder, x: T, pool: list[T]) -> T:
+    reps = draw(st.sampled_from([[1, 1, 2, 2], [1, 1, 1, 2], [1, 1, 2, 1]]))
+    y = b.one("Tile", [x.name, b.ints(reps, "repeats")])
+    b.log.append(f"{y} = Tile[{reps}]({x.name})")
+    return T(y, x.c, x.h * reps[2], x.w * reps[3])
+
+
+def spatial_softmax_block(draw: Draw, b: GraphBuilder, x: T, pool: list[T]) -> T:
+    """Reshape [N, C, H*W] -> Softmax over H*W -> Reshape back (channels pass through)."""
+    shape = draw(st.sampled_from([[1, x.c, x.h * x.w], [1, x.c, -1], [0, x.c, -1], [1, -1, x.h * x.w]]))
+    r = b.one("Reshape", [x.name, b.ints(shape, "shape")])
+    r = b.one(draw(st.sampled_from(["Softmax", "LogSoftmax"])), [r], axis=-1)
+    y = b.one("Reshape", [r, b.ints([1, x.c, x.h, x.w], "shape")])
+    b.log.append(f"{y} = SpatialSoftmax[{shape}]({x.name})")
+    return T(y, x.c, x.h, x.w)
+
+
+def unsqueeze_block(draw: Draw, b: GraphBuilder, x: T, pool: list[T]) -> T:
+    """Unsqueeze a unit axis (axes as an input, opset 13+) and Squeeze it away again."""
+    axis = draw(st.sampled_from([0, 2, 4, -1]))
+    u = b.one("Unsqueeze", [x.name, b.ints([axis], "axes")])
+    if draw(st.booleans()):
+        y = b.one("Squeeze", [u, b.ints([axis], "axes")])
+    else:  # no axes: every unit axis goes (only safe when the tensor has no other unit axis)
+        if x.c == 1 or x.h == 1 or x.w == 1:
+            y = b.one("Squeeze", [u, b.ints([axis], "axes")])
+        else:
+            y = b.one("Reshape", [b.one("Squeeze", [u]), b.ints([1, x.c, x.h, x.w], "shape")])
+    b.log.append(f"{y} = Unsqueeze/Squeeze[{axis}]({x.name})")
+    return T(y, x.c, x.h, x.w)
+
+
 BLOCKS: dict[str, Block] = {
+    "expand": expand_block,
+    "tile": tile_block,
+    "spatial_softmax": spatial_softmax_block,
+    "unsqueeze": unsqueeze_block,
     "conv": conv_block,
     "conv_transpose": conv_transpose_block,
     "batchnorm": batchnorm_block,
@@ -475,6 +550,7 @@ APPLICABLE: dict[str, Callable[[T, list[T]], bool]] = {
     "pad": lambda x, pool: max(x.h, x.w) <= 8,
     "shuffle": lambda x, pool: x.c % 2 == 0 or x.c % 3 == 0,
     "concat": lambda x, pool: x.c <= MAX_CHANNELS - 2,
+    "tile": lambda x, pool: max(x.h, x.w) <= 4,
 }
 
 # conv appears more often: it is what makes channels prunable
@@ -489,15 +565,26 @@ def head(draw: Draw, b: GraphBuilder, x: T, kind: str | None = None) -> tuple[st
     kind = kind or draw(st.sampled_from(["gemm", "matmul", "conv"]))
     n = draw(st.integers(2, 5))
     if kind == "gemm":
-        f = b.one("Flatten", [x.name], axis=1)
         k = x.c * x.h * x.w
+        flat = draw(st.sampled_from(["flatten", "reshape", "reshape_k", "nhwc", "reducemean"]))
+        if flat == "flatten":
+            f = b.one("Flatten", [x.name], axis=1)
+        elif flat == "reshape":
+            f = b.one("Reshape", [x.name, b.ints([1, -1], "shape")])
+        elif flat == "reshape_k":
+            f = b.one("Reshape", [x.name, b.ints([1, k], "shape")])
+        elif flat == "nhwc":
+            f = b.one("Flatten", [b.one("Transpose", [x.name], perm=[0, 2, 3, 1])], axis=1)
+        else:
+            f = b.one("ReduceMean", [x.name], axes=[2, 3], keepdims=0)
+            k = x.c
         trans_b = draw(st.sampled_from([0, 1]))
         w = b.weight((n, k) if trans_b else (k, n), k)
         inputs = [f, w]
         if draw(st.booleans()):
             inputs.append(b.normal((n,), "gb", 0.1))
         y = b.one("Gemm", inputs, transB=trans_b)
-        b.log.append(f"{y} = Gemm[transB={trans_b}](Flatten({x.name}): {k}->{n})")
+        b.log.append(f"{y} = Gemm[transB={trans_b}]({flat}({x.name}): {k}->{n})")
         return y, [1, n]
     if kind == "matmul":
         g = b.one("GlobalAveragePool", [x.name])
@@ -506,7 +593,7 @@ def head(draw: Draw, b: GraphBuilder, x: T, kind: str | None = None) -> tuple[st
         y = b.one("Add", [m, b.normal((n,), "mb", 0.1)])
         b.log.append(f"{y} = MatMul+Add(Flatten(GAP({x.name})): {x.c}->{n})")
         return y, [1, n]
-    out = conv(draw, b, x, cout=draw(st.integers(1, 4)), kind="dense", stride_ok=False)
+    out = conv(draw, b, x, cout=draw(st.sampled_from([2, 3, 1])), kind="dense", stride_ok=False)
     return out.name, [1, out.c, out.h, out.w]
 
 
@@ -515,7 +602,7 @@ def random_models(draw: Draw, min_blocks: int = 3, max_blocks: int = 10,
                   blocks: tuple[str, ...] | None = None) -> GeneratedModel:
     """A prepared, checked, runnable random CNN (see the module docstring)."""
     seed = draw(st.integers(0, 2**32 - 1))
-    b = GraphBuilder(np.random.default_rng(seed))
+    b = GraphBuilder(np.random.default_rng(seed), draw=draw)
     c = draw(st.integers(1, 6))
     hw = draw(st.sampled_from([4, 6, 8]))
     x = T("input", c, hw, hw)

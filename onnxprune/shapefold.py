@@ -1,0 +1,104 @@
+"""Fold shape computations into constants where the shapes they read are static.
+
+PyTorch's exporter turns ``x.size(0)``, ``x.chunk(2, 1)`` or ``x.view(b, -1, ...)`` into
+Shape -> Gather -> Unsqueeze -> Concat chains feeding Reshape, Slice or Split. When the
+tensor's shape is fully static these are constants in disguise; folding them lets the
+analysis see constant split points and reshape targets (and rewrite them).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+from onnx.reference import ReferenceEvaluator
+
+from onnxprune.graph import GraphIndex, attr
+
+log = logging.getLogger(__name__)
+
+FOLDABLE = {"Gather", "Unsqueeze", "Squeeze", "Concat", "Slice", "Cast", "Mul", "Div", "Add", "Sub",
+            "Reshape", "Identity", "Floor", "Ceil", "Neg", "Abs", "Min", "Max", "Equal", "Where",
+            "ConstantOfShape", "Range", "Mod", "ReduceProd", "ReduceSum", "Expand"}
+MAX_ELEMENTS = 4096
+
+
+def fold_shape_computations(model: onnx.ModelProto) -> int:
+    """Replace Shape of static tensors, and small constant-only shape arithmetic, by initializers."""
+    g = model.graph
+    index = GraphIndex(model)
+    outputs = set(index.graph_outputs)
+    consts: dict[str, np.ndarray] = {}
+    partial: dict[str, tuple] = {}  # Shape outputs with some dynamic entries
+    folded: set[str] = set()
+    for node in g.node:
+        if node.domain not in ("", "ai.onnx") or any(o in outputs for o in node.output):
+            continue
+        value = None
+        if node.op_type == "Shape":
+            value = _shape_value(index, node, partial)
+        elif node.op_type == "Gather" and node.input[0] in partial:
+            value = _gather_static_entries(index, node, partial[node.input[0]])
+        elif node.op_type in FOLDABLE and len(node.output) == 1:
+            value = _evaluate(index, node, consts)
+        if value is not None:
+            consts[node.output[0]] = value
+            folded.add(node.name)
+    if not folded:
+        return 0
+    keep = [n for n in g.node if n.name not in folded]
+    del g.node[:]
+    g.node.extend(keep)
+    used = {name for n in g.node for name in n.input} | outputs
+    for name, value in consts.items():
+        if name in used:
+            g.initializer.append(numpy_helper.from_array(np.asarray(value), name))
+    log.debug("folded %d shape computations", len(folded))
+    return len(folded)
+
+
+def _shape_value(index: GraphIndex, node: onnx.NodeProto, partial: dict[str, tuple]) -> np.ndarray | None:
+    shape = index.shape(node.input[0])
+    if shape is None:
+        return None
+    start, end = attr(node, "start", 0), attr(node, "end")
+    dims = shape[start:end]
+    if all(isinstance(d, int) for d in dims):
+        return np.array(dims, dtype=np.int64)
+    partial[node.output[0]] = dims
+    return None
+
+
+def _gather_static_entries(index: GraphIndex, node: onnx.NodeProto, dims: tuple) -> np.ndarray | None:
+    """Gather of static entries of a partly dynamic shape (e.g. the channel count)."""
+    idx = index.const(node.input[1])
+    if idx is None or int(attr(node, "axis", 0)) != 0:
+        return None
+    picked = [dims[int(i)] for i in np.asarray(idx).reshape(-1)]
+    if not all(isinstance(d, int) for d in picked):
+        return None
+    return np.array(picked, dtype=np.int64).reshape(np.asarray(idx).shape)
+
+
+def _evaluate(index: GraphIndex, node: onnx.NodeProto, consts: dict[str, np.ndarray]) -> np.ndarray | None:
+    feeds = {}
+    for name in node.input:
+        if not name:
+            continue
+        value = consts.get(name)
+        if value is None:
+            value = index.const(name) if index.is_const(name) else None
+        if value is None or value.size > MAX_ELEMENTS:
+            return None
+        feeds[name] = value
+    if not any(name in consts for name in node.input if name):
+        return None  # only fold what a Shape started; leave the exporter's own constants alone
+    try:
+        (out,) = ReferenceEvaluator(node).run(None, feeds)
+    except Exception as exc:  # noqa: BLE001 - the reference evaluator raises many types; skip folding
+        log.debug("could not fold %s '%s': %s", node.op_type, node.name, exc)
+        return None
+    out = np.asarray(out)
+    return out if out.size <= MAX_ELEMENTS else None

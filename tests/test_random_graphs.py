@@ -8,6 +8,7 @@ decorator or save ``generated.model`` from a debugger.
 from __future__ import annotations
 
 import os
+from collections import Counter
 
 import numpy as np
 import onnx
@@ -92,7 +93,7 @@ def test_empty_plan_changes_nothing(generated: GeneratedModel) -> None:
 @given(random_models(), st.sampled_from([0.25, 0.5]))
 def test_public_prune_by_ratio(generated: GeneratedModel, ratio: float) -> None:
     """Property 4: ``prune(model, ratio=r)`` (l2) gives a valid model with unchanged output shapes,
-    equal to the masked reference of the plan it chose, and never costs more."""
+    equal to the masked reference of the plan it chose, and never costs more MACs."""
     model = generated.model
     result = prune(model, ratio=ratio, criterion="l2")
     check_pruned_model(result.model, model)
@@ -102,10 +103,13 @@ def test_public_prune_by_ratio(generated: GeneratedModel, ratio: float) -> None:
     analysis = analyze(model)
     note(_describe(analysis))
     assert_matches_masked(model, analysis, result.plan, result, seed=1)
-    assert result.after.params <= result.before.params
     assert result.after.macs <= result.before.macs
-    if result.plan.keep:
-        assert result.after.params < result.before.params
+    uses = Counter(name for node in model.graph.node for name in node.input)
+    if not any(uses[t.name] > 1 for t in model.graph.initializer):
+        # (a constant shared by differently pruned nodes is copied on write: it may grow)
+        assert result.after.params <= result.before.params
+        if result.plan.keep:
+            assert result.after.params < result.before.params
 
 
 @pytest.mark.parametrize("block", sorted(BLOCKS))

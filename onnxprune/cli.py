@@ -137,6 +137,7 @@ def verify(
     inputs: Annotated[Optional[Path], typer.Option(help=".npz with one array per model input.")] = None,
     labels: Annotated[Optional[str], typer.Option(help="Array name in --inputs holding class labels.")] = None,
     runs: Annotated[int, typer.Option(help="Timed runs per model.")] = 30,
+    provider: Annotated[str, typer.Option(help="Latency on: auto (CUDA if available), cpu, cuda, tensorrt.")] = "auto",
     json_path: Annotated[Optional[Path], typer.Option("--json", help="Also write the report as JSON.")] = None,
 ) -> None:
     """Run ORIGINAL and PRUNED in onnxruntime and compare outputs, cost and latency."""
@@ -145,6 +146,7 @@ def verify(
     from onnxprune.fileutil import write_text_atomic
     from onnxprune.modelio import load_model
     from onnxprune.report import verify_table
+    from onnxprune.runtime import resolve_provider
     from onnxprune.verify import load_inputs
     from onnxprune.verify import verify as run_verify
 
@@ -152,7 +154,8 @@ def verify(
     feeds = load_inputs(inputs, mo) if inputs is not None else None
     label_arr = np.load(inputs)[labels] if (inputs is not None and labels) else None
     with _steps(False) as progress:
-        report = _run_step(progress, "running both models", run_verify, mo, mp, feeds, labels=label_arr, runs=runs)
+        report = _run_step(progress, "running both models", run_verify, mo, mp, feeds, labels=label_arr, runs=runs,
+                            provider=resolve_provider(provider))
     verify_table(report, console)
     if json_path is not None:
         write_text_atomic(json_path, json.dumps(report, indent=1))

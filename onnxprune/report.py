@@ -56,7 +56,7 @@ def cost_table(before: Cost, after: Cost, console: Console, title: str = "Prunin
 
 
 def verify_table(report: Mapping, console: Console) -> None:
-    t = Table(title="Verification")
+    t = Table(title=f"Verification ({report.get('provider', 'CPUExecutionProvider')})")
     for col in ("", "original", "pruned"):
         t.add_column(col)
     o, p = report["original"], report["pruned"]

@@ -24,11 +24,21 @@ def _ort():  # noqa: ANN202
     return onnxruntime
 
 
-def providers() -> list[str]:
-    """Available execution providers, best first (CUDA before CPU when present)."""
+PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider",
+             "tensorrt": "TensorrtExecutionProvider"}
+
+
+def resolve_provider(name: str) -> str:
+    """'auto' picks CUDA when onnxruntime-gpu sees a GPU, else CPU; otherwise cpu|cuda|tensorrt."""
     available = _ort().get_available_providers()
-    order = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
-    return [p for p in order if p in available] or available
+    if name == "auto":
+        return "CUDAExecutionProvider" if "CUDAExecutionProvider" in available else "CPUExecutionProvider"
+    full = PROVIDERS.get(name)
+    if full is None:
+        raise RuntimeUnavailableError(f"unknown provider '{name}' (choose auto, {', '.join(PROVIDERS)})")
+    if full not in available:
+        raise RuntimeUnavailableError(f"provider '{name}' is not available here (available: {', '.join(available)})")
+    return full
 
 
 def session(model: onnx.ModelProto | str, *, optimize: bool = False, provider: str = "CPUExecutionProvider",
@@ -43,7 +53,8 @@ def session(model: onnx.ModelProto | str, *, optimize: bool = False, provider: s
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
     src = model if isinstance(model, str) else model.SerializeToString()
-    return ort.InferenceSession(src, sess_options=opts, providers=[provider])
+    chain = [provider] if provider == "CPUExecutionProvider" else [provider, "CPUExecutionProvider"]
+    return ort.InferenceSession(src, sess_options=opts, providers=chain)
 
 
 def random_inputs(model: onnx.ModelProto, *, seed: int = 0, batch: int = 1) -> Feeds:

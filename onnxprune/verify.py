@@ -32,7 +32,8 @@ def load_inputs(path: str | os.PathLike[str], model: onnx.ModelProto) -> Feeds:
 
 
 def verify(original: onnx.ModelProto, pruned: onnx.ModelProto, feeds: Feeds | None = None, *,
-           labels: np.ndarray | None = None, runs: int = 30) -> dict[str, Any]:
+           labels: np.ndarray | None = None, runs: int = 30, provider: str = "CPUExecutionProvider"
+           ) -> dict[str, Any]:
     """Run both models on the same inputs and report agreement, cost and latency."""
     for m in (original, pruned):
         if not m.graph.value_info:
@@ -53,11 +54,13 @@ def verify(original: onnx.ModelProto, pruned: onnx.ModelProto, feeds: Feeds | No
             entry["max_abs_diff"] = float("nan")
         outputs[name] = entry
     co, cp = model_cost(original), model_cost(pruned)
-    lat_o, lat_p = latency_ms(original, feeds, runs=runs), latency_ms(pruned, feeds, runs=runs)
+    lat_o = latency_ms(original, feeds, runs=runs, provider=provider)
+    lat_p = latency_ms(pruned, feeds, runs=runs, provider=provider)
     report: dict[str, Any] = {
         "original": {"params": co.params, "macs": co.macs, "latency_ms": lat_o},
         "pruned": {"params": cp.params, "macs": cp.macs, "latency_ms": lat_p},
         "outputs": outputs,
+        "provider": provider,
         "macs_ratio": cp.macs / co.macs if co.macs else 1.0,
         "speedup": lat_o["p50"] / lat_p["p50"] if lat_p["p50"] else float("nan"),
     }

@@ -15,6 +15,7 @@ import onnx
 from onnx import numpy_helper
 
 Dim = int | str | None
+SMALL_CONST_BYTES = 64 * 1024
 
 
 class GraphIndex:
@@ -51,12 +52,21 @@ class GraphIndex:
         return name in self.initializers
 
     def const(self, name: str) -> np.ndarray | None:
-        """The value of an initializer, or None for a computed tensor."""
-        if name not in self.initializers:
+        """The value of an initializer, or None for a computed tensor.
+
+        Small constants (shapes, split sizes) are cached; weights are decoded on each call
+        so that a pass over every weight never holds a second copy of the model.
+        """
+        cached = self._arrays.get(name)
+        if cached is not None:
+            return cached
+        init = self.initializers.get(name)
+        if init is None:
             return None
-        if name not in self._arrays:
-            self._arrays[name] = numpy_helper.to_array(self.initializers[name])
-        return self._arrays[name]
+        value = numpy_helper.to_array(init)
+        if value.nbytes <= SMALL_CONST_BYTES:
+            self._arrays[name] = value
+        return value
 
     def const_shape(self, name: str) -> tuple[int, ...] | None:
         init = self.initializers.get(name)

@@ -156,12 +156,14 @@ def infer_shapes(model: onnx.ModelProto, *, strict: bool = False) -> onnx.ModelP
 
 
 def _infer_large(model: onnx.ModelProto, strict: bool) -> onnx.ModelProto:
-    """Shape inference without the 2 GB protobuf limit: infer on a weightless copy."""
-    light = onnx.ModelProto()
-    light.CopyFrom(model)
-    for t in light.graph.initializer:
+    """Shape inference past the 2 GB protobuf limit: weights' bytes are set aside meanwhile."""
+    stash: dict[int, bytes] = {}
+    for i, t in enumerate(model.graph.initializer):
         if t.HasField("raw_data") and len(t.raw_data) > 1024:
+            stash[i] = t.raw_data
             t.ClearField("raw_data")
-            t.data_location = onnx.TensorProto.DEFAULT
-            # Keep shape information via the dims field; values are not needed for shapes.
-    return onnx.shape_inference.infer_shapes(light, strict_mode=strict, data_prop=True)
+    try:
+        return onnx.shape_inference.infer_shapes(model, strict_mode=strict, data_prop=True)
+    finally:
+        for i, raw in stash.items():
+            model.graph.initializer[i].raw_data = raw

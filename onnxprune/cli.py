@@ -6,7 +6,6 @@ import json
 import logging
 import sys
 from collections.abc import Callable
-from importlib import resources
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -163,7 +162,7 @@ def verify(
 
 @app.command()
 def demo(
-    ratio: Annotated[float, typer.Option(help="Fraction of channels to remove.")] = 0.5,
+    ratio: Annotated[float, typer.Option(help="Fraction of channels to remove.")] = 0.2,
     output_dir: Annotated[Optional[Path], typer.Option(help="Keep the pruned model here.")] = None,
 ) -> None:
     """Prune the small digits classifier shipped with onnxprune and report what changed."""
@@ -175,11 +174,11 @@ def demo(
     from onnxprune.report import analysis_tables, cost_table, verify_table
     from onnxprune.verify import verify as run_verify
 
-    data = resources.files("onnxprune") / "data"
-    with resources.as_file(data / "digits_cnn.onnx") as model_path, \
-            resources.as_file(data / "digits_test.npz") as test_path:
-        import numpy as np
+    import numpy as np
 
+    data = Path(__file__).parent / "data"
+    model_path, test_path = data / "digits_cnn.onnx", data / "digits_test.npz"
+    if True:
         test = np.load(test_path)
         m = load(model_path)
         analysis = run_analysis(m)

@@ -23,6 +23,7 @@ log = logging.getLogger(__name__)
 def prepare(model: onnx.ModelProto) -> onnx.ModelProto:
     """Normalise ``model`` in place and return it."""
     set_input_shapes(model, {}, "<model>")
+    fix_negative_dims(model.graph)
     name_nodes(model.graph)
     promote_constants(model.graph)
     fold_identity_on_weights(model.graph)
@@ -54,6 +55,16 @@ def set_input_shapes(model: onnx.ModelProto, shapes: Mapping[str, Sequence[int |
             raise ShapeInferenceError(
                 f"{source}: input '{name}' has no shape information, so channel sizes cannot be inferred; "
                 f"give it with --input-shape {name}=1,3,224,224 (use a name for a dynamic axis)")
+
+
+def fix_negative_dims(graph: onnx.GraphProto) -> None:
+    """Some exporters (Paddle) write a dynamic axis as dim_value -1; make it symbolic."""
+    for vi in list(graph.input) + list(graph.output):
+        if not vi.type.HasField("tensor_type"):
+            continue
+        for i, dim in enumerate(vi.type.tensor_type.shape.dim):
+            if dim.HasField("dim_value") and dim.dim_value < 0:
+                dim.dim_param = f"{vi.name}_dim{i}"
 
 
 def name_nodes(graph: onnx.GraphProto) -> None:

@@ -22,11 +22,12 @@ log = logging.getLogger(__name__)
 FOLDABLE = {"Gather", "Unsqueeze", "Squeeze", "Concat", "Slice", "Cast", "Mul", "Div", "Add", "Sub",
             "Reshape", "Identity", "Floor", "Ceil", "Neg", "Abs", "Min", "Max", "Equal", "Where",
             "ConstantOfShape", "Range", "Mod", "ReduceProd", "ReduceSum", "Expand"}
-MAX_ELEMENTS = 4096
+MAX_ELEMENTS = 1 << 16
 
 
 def fold_shape_computations(model: onnx.ModelProto) -> int:
-    """Replace Shape of static tensors, and small constant-only shape arithmetic, by initializers."""
+    """Replace Shape of static tensors, and small computations on constants only (shape
+    arithmetic, Paddle's Reshape of a bias to [1, C, 1, 1]), by initializers."""
     g = model.graph
     index = GraphIndex(model)
     outputs = set(index.graph_outputs)
@@ -55,6 +56,10 @@ def fold_shape_computations(model: onnx.ModelProto) -> int:
     for name, value in consts.items():
         if name in used:
             g.initializer.append(numpy_helper.from_array(np.asarray(value), name))
+    live_inits = [t for t in g.initializer if t.name in used]
+    if len(live_inits) != len(g.initializer):  # inputs of folded nodes nothing else reads
+        del g.initializer[:]
+        g.initializer.extend(live_inits)
     log.debug("folded %d shape computations", len(folded))
     return len(folded)
 
@@ -93,8 +98,6 @@ def _evaluate(index: GraphIndex, node: onnx.NodeProto, consts: dict[str, np.ndar
         if value is None or value.size > MAX_ELEMENTS:
             return None
         feeds[name] = value
-    if not any(name in consts for name in node.input if name):
-        return None  # only fold what a Shape started; leave the exporter's own constants alone
     try:
         (out,) = ReferenceEvaluator(node).run(None, feeds)
     except Exception as exc:  # noqa: BLE001 - the reference evaluator raises many types; skip folding

@@ -131,11 +131,18 @@ class RuleContext:
         self.consumers: list[ConsumerRef] = []
         self.fixups: list[Fixup] = []
         self.blocks: list[BlockRecord] = []
+        self.derived_shapes: dict[str, tuple[Dim, ...]] = {}
         self.node: onnx.NodeProto | None = None  # the node being analysed
 
     # -- shapes and constants ----------------------------------------------
     def shape(self, name: str) -> tuple[Dim, ...] | None:
-        return self.index.shape(name)
+        shape = self.index.shape(name)
+        return shape if shape is not None else self.derived_shapes.get(name)
+
+    def derive_shape(self, name: str, shape: tuple[Dim, ...]) -> None:
+        """A shape a rule worked out where shape inference gave up (a computed Reshape target)."""
+        if self.index.shape(name) is None:
+            self.derived_shapes[name] = shape
 
     def dim(self, name: str, axis: int) -> Dim:
         s = self.shape(name)
@@ -195,6 +202,7 @@ class RuleContext:
         assert self.node is not None
         self.consumers.append(ConsumerRef(self.node.name, slot, axis, elems))
 
-    def fixup(self, kind: str, **data) -> None:  # noqa: ANN003
+    def fixup(self, kind: str, *, at: str | None = None, **data) -> None:  # noqa: ANN003
+        """Record an edit on the current node (or on node ``at``, e.g. a Concat building a shape)."""
         assert self.node is not None
-        self.fixups.append(Fixup(kind, self.node.name, data))
+        self.fixups.append(Fixup(kind, at or self.node.name, data))

@@ -57,7 +57,7 @@ def _load_families() -> None:
 class Node:
     """What an implementation knows about its node besides the input tensors."""
 
-    __slots__ = ("name", "op_type", "opset", "attrs", "static", "outputs", "inputs")
+    __slots__ = ("name", "op_type", "opset", "attrs", "static", "outputs", "inputs", "cache")
 
     def __init__(self, proto: onnx.NodeProto, opset: int, static: dict[int, np.ndarray]) -> None:
         self.name = proto.name
@@ -67,6 +67,7 @@ class Node:
         self.static = static  # slot -> value of a constant integer input, decoded once
         self.inputs = list(proto.input)
         self.outputs = list(proto.output)
+        self.cache: dict = {}  # per-node memo (e.g. Resize index tables per input shape and device)
 
     def __repr__(self) -> str:
         return f"Node({self.name!r}, {self.op_type})"

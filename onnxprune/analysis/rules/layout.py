@@ -19,6 +19,7 @@ import onnx
 
 from onnxprune.analysis.context import RuleContext
 from onnxprune.analysis.registry import Unsupported, register
+from onnxprune.analysis.rules.shape_expr import Entry, effective_shape, resolve
 from onnxprune.analysis.rules.common import int_list, norm_axis, passthrough, rank_of, static_dim
 from onnxprune.graph import Dim, attr
 
@@ -156,27 +157,46 @@ def reshape(node: onnx.NodeProto, ctx: RuleContext) -> None:
     x, y = node.input[0], node.output[0]
     if not ctx.spaces_of(x):
         return
-    if not ctx.is_const(node.input[1]):
+    in_shape = ctx.shape(x)
+    if in_shape is None:
+        raise Unsupported("Reshape whose input shape is unknown")
+    entries = resolve(ctx, node.input[1], (node.name, 1))
+    if entries is None:
         raise Unsupported("Reshape with a computed (data-dependent) shape")
-    in_shape, out_shape = ctx.shape(x), ctx.shape(y)
-    if in_shape is None or out_shape is None:
-        raise Unsupported("Reshape whose input or output shape is unknown")
-    blocks = _match_blocks(in_shape, out_shape)
+    for e in entries:
+        if e.ref is not None and e.ref[1] in ctx.spaces_of(e.ref[0]):
+            raise Unsupported("Reshape target copies a channel count from a Shape")
+    out_shape = effective_shape(in_shape, entries)
+    if out_shape is None:
+        raise Unsupported("Reshape whose output shape cannot be determined")
+    ctx.derive_shape(y, tuple(out_shape))
+    blocks = _match_blocks(in_shape, tuple(out_shape))
     for a, elems in ctx.spaces_of(x).items():
         ins, outs = next((i, o) for i, o in blocks if a in i)
         if len(ins) > 1 and sum(1 for b in ins if b in ctx.spaces_of(x)) > 1:
             raise Unsupported("Reshape merges two channel axes")
         if len(outs) == 1:
-            merged = _merged(elems, tuple(in_shape[b] for b in ins), ins.index(a))
-            ctx.set_space(y, outs[0], merged)
-            ctx.fixup("shape_entry", slot=1, index=outs[0], elems=merged)
+            target = _merged(elems, tuple(in_shape[b] for b in ins), ins.index(a))
         elif len(ins) == 1:
-            _split_axis(ctx, elems, y, [int(out_shape[o]) for o in outs], outs)  # type: ignore[arg-type]
+            target = _split_axis(ctx, elems, [int(out_shape[o]) for o in outs])  # type: ignore[arg-type]
         else:
             raise Unsupported("Reshape regroups a channel axis together with other axes")
+        ctx.set_space(y, outs[-1], target)
+        _fix_target_entry(ctx, entries[outs[-1]], target)
 
 
-def _split_axis(ctx: RuleContext, elems: np.ndarray, y: str, dims: list[int], outs: list[int]) -> None:
+def _fix_target_entry(ctx: RuleContext, entry: Entry, elems: np.ndarray) -> None:
+    """The target entry of a channel axis must follow the kept count: -1 and 0 do by themselves."""
+    if entry.ref is not None:
+        raise Unsupported("Reshape target of a channel axis is copied from another tensor's shape")
+    if entry.value in (0, -1):
+        return
+    assert entry.const_at is not None
+    node, slot, index = entry.const_at
+    ctx.fixup("shape_entry", at=node, slot=slot, index=index, elems=elems)
+
+
+def _split_axis(ctx: RuleContext, elems: np.ndarray, dims: list[int]) -> np.ndarray:
     """Channel axis of size A*B*...*Z reshaped to (A, ..., Z): tie across all but the last."""
     inner = dims[-1]
     if inner == 1:
@@ -184,8 +204,7 @@ def _split_axis(ctx: RuleContext, elems: np.ndarray, y: str, dims: list[int], ou
     blocks = elems.reshape(-1, inner)
     for row in blocks[1:]:
         ctx.union(blocks[0], row)
-    ctx.set_space(y, outs[-1], blocks[0])
-    ctx.fixup("shape_entry", slot=1, index=outs[-1], elems=blocks[0])
+    return blocks[0]
 
 
 def _merged(elems: np.ndarray, dims: tuple[Dim, ...], pos: int) -> np.ndarray:

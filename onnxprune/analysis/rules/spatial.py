@@ -106,7 +106,12 @@ def softmax(node: onnx.NodeProto, ctx: RuleContext) -> None:
 
 @register("Shape")
 def shape(node: onnx.NodeProto, ctx: RuleContext) -> None:
-    """Shape reads channel counts; harmless when only non-channel entries are used."""
+    """Shape reads sizes; harmless unless a channel count flows into the computation.
+
+    The Shape's value is followed through shape plumbing (Cast, Gather, Slice, Concat,
+    (Un)Squeeze) to where it is used. A Reshape target is checked by the Reshape rule
+    (entry by entry); any other use of a live channel count blocks those channels.
+    """
     x = node.input[0]
     live = ctx.spaces_of(x)
     if not live:
@@ -115,23 +120,43 @@ def shape(node: onnx.NodeProto, ctx: RuleContext) -> None:
     start = norm_axis(int(attr(node, "start", 0)), rank)
     end = attr(node, "end")
     end = rank if end is None else norm_axis(int(end), rank)
-    read = set(range(start, min(end, rank))) & set(live)
-    if not read:
-        return
-    for user, slot in ctx.index.users(node.output[0]):
-        entries = _entries_read(ctx, user, slot, start)
-        if entries is None or entries & read:
-            for axis in read:
-                ctx.block(live[axis], f"its channel count is read by Shape node '{node.name}' "
-                                      f"and used by {user.op_type} '{user.name}'")
-            return
+    axes = list(range(start, min(end, rank)))
+    for user, slot, read in _terminal_uses(ctx, node.output[0], axes):
+        if user.op_type == "Reshape" and slot == 1:
+            continue
+        for axis in set(read) & set(live):
+            ctx.block(live[axis], f"its channel count is read by Shape node '{node.name}' "
+                                  f"and used by {user.op_type} '{user.name}'")
 
 
-def _entries_read(ctx: RuleContext, user: onnx.NodeProto, slot: int, offset: int) -> set[int] | None:
-    """Which Shape entries a Gather/Slice user reads (None: cannot tell)."""
+def _terminal_uses(ctx: RuleContext, name: str, axes: list[int], depth: int = 0):  # noqa: ANN202
+    """(node, slot, axes it may read) for the uses of a shape value, past shape plumbing."""
+    for user, slot in ctx.index.users(name):
+        picked = _picked(ctx, user, slot, axes)
+        if picked is None or depth > 16 or not user.output:
+            yield user, slot, axes
+        else:
+            yield from _terminal_uses(ctx, user.output[0], picked, depth + 1)
+
+
+def _picked(ctx: RuleContext, user: onnx.NodeProto, slot: int, axes: list[int]) -> list[int] | None:
     if slot != 0:
         return None
-    if user.op_type == "Gather" and int(attr(user, "axis", 0)) == 0:
+    op = user.op_type
+    if op in ("Cast", "Identity", "Unsqueeze", "Squeeze"):
+        return axes
+    if op == "Concat":
+        return None  # mixes with other entries; the Reshape rule resolves what it needs
+    if op == "Gather" and int(attr(user, "axis", 0)) == 0:
         idx = ctx.const(user.input[1])
-        return None if idx is None else {int(i) + offset for i in np.asarray(idx).reshape(-1)}
+        if idx is None:
+            return None
+        return [axes[int(i)] for i in np.asarray(idx).reshape(-1)]
+    if op == "Slice" and ctx.is_const(user.input[1]) and ctx.is_const(user.input[2]):
+        steps = ctx.const(user.input[4]) if len(user.input) > 4 and user.input[4] else np.ones(1)
+        if steps is None or int(np.asarray(steps).reshape(-1)[0]) != 1:
+            return None
+        lo, hi, _ = slice(int(ctx.const(user.input[1]).reshape(-1)[0]),
+                          int(ctx.const(user.input[2]).reshape(-1)[0])).indices(len(axes))
+        return axes[lo:hi]
     return None

@@ -1,0 +1,334 @@
+"""OnnxModule: an ONNX graph executed node by node with torch ops (differentiable)."""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+import torch
+from onnx import numpy_helper
+
+from onnxprune.torchexec.convert import tensor_from_proto, to_numpy
+from onnxprune.torchexec.ops import Node, OpFn, implementation
+
+# Constant inputs read as weights: float initializers there are trainable by default.
+WEIGHT_SLOTS: dict[str, set[int]] = {
+    "Conv": {1, 2}, "ConvTranspose": {1, 2}, "Gemm": {0, 1, 2}, "MatMul": {0, 1},
+    "BatchNormalization": {1, 2}, "InstanceNormalization": {1, 2}, "LayerNormalization": {1, 2},
+    "GroupNormalization": {1, 2}, "PRelu": {1}, "Add": {0, 1}, "Mul": {0, 1},
+    "LSTM": {1, 2, 3, 7}, "GRU": {1, 2, 3}, "RNN": {1, 2, 3},
+}
+# Elementwise constants are trainable only when they are per-channel (not scalars such as
+# the 0.5 of a decomposed activation or an epsilon).
+_ELEMENTWISE = {"Add", "Mul"}
+# Float constants that steer an op rather than feed data into it: buffers, not parameters.
+CONTROL_SLOTS: dict[str, set[int]] = {"Resize": {1, 2, 3}, "Upsample": {1}, "Dropout": {1, 2}}
+STATIC_MAX_ELEMS = 1 << 16  # constant buffers up to this size are also kept as numpy (no device sync)
+_DEFAULT_DOMAINS = ("", "ai.onnx")
+
+
+@dataclass
+class _Step:
+    node: Node
+    fn: OpFn
+    inputs: list[str]
+    outputs: list[str]
+    free: list[str]  # tensors not read after this step
+
+
+@dataclass(frozen=True)
+class _Slot:
+    container: str  # "params" or "consts"
+    key: str
+    source: str  # "initializer" or "constant" (a Constant node's output)
+
+
+def _opset(model: onnx.ModelProto) -> int:
+    return next((o.version for o in model.opset_import if o.domain in _DEFAULT_DOMAINS), 1)
+
+
+def _topological(nodes: list[onnx.NodeProto], available: set[str]) -> list[onnx.NodeProto]:
+    """The nodes in an order where every input exists before it is read (stable)."""
+    known = set(available)
+    pending, order = list(nodes), []
+    while pending:
+        rest = []
+        for node in pending:
+            if all(not name or name in known for name in node.input):
+                order.append(node)
+                known.update(o for o in node.output if o)
+            else:
+                rest.append(node)
+        if len(rest) == len(pending):
+            node = rest[0]
+            missing = [name for name in node.input if name and name not in known]
+            raise ValueError(f"node '{node.name}' ({node.op_type}) reads {missing}, which nothing produces")
+        pending = rest
+    return order
+
+
+class OnnxModule(torch.nn.Module):
+    """Executes an ONNX graph node by node with torch ops.
+
+    Float initializers (and float ``Constant`` node values) are ``nn.Parameter``s; by
+    default only those read as weights/biases (Conv, ConvTranspose, Gemm, MatMul,
+    normalisation scale/bias, PRelu, recurrent weights, per-channel Add/Mul constants)
+    require grad, ``trainable(name)`` decides otherwise. Integer, boolean and control
+    constants (Resize scales, ...) are buffers and are treated as constant. Every tensor
+    is addressed by its ONNX name (``parameter(name)``).
+    """
+
+    def __init__(self, model: onnx.ModelProto, *, trainable: Callable[[str], bool] | None = None) -> None:
+        super().__init__()
+        graph = model.graph
+        self.opset = _opset(model)
+        self.params = torch.nn.Module()
+        self.consts = torch.nn.Module()
+        self._slots: dict[str, _Slot] = {}
+        self._static: dict[str, np.ndarray] = {}
+        uses = self._uses(graph.node)
+        trainable = trainable or self._default_trainable(graph, uses)
+
+        for init in graph.initializer:
+            self._register(init.name, tensor_from_proto(init), uses, trainable, "initializer")
+        self.input_names = [vi.name for vi in graph.input if vi.name not in self._slots]
+        self.output_names = [vi.name for vi in graph.output]
+
+        constants = [n for n in graph.node if n.op_type == "Constant" and n.domain in _DEFAULT_DOMAINS]
+        for node in constants:
+            value = implementation(node, self.opset)(Node(node, self.opset, {}))
+            self._register(node.output[0], value.clone(), uses, trainable, "constant")
+
+        nodes = [n for n in graph.node if not (n.op_type == "Constant" and n.domain in _DEFAULT_DOMAINS)]
+        nodes = _topological(nodes, set(self._slots) | set(self.input_names))
+        self._steps = self._plan(nodes)
+        self._hooks: dict[tuple[str, int], Callable[[torch.Tensor], torch.Tensor]] = {}
+        self._hooks_by_node: dict[str, list[tuple[int, Callable[[torch.Tensor], torch.Tensor]]]] = {}
+        self._capture: tuple[set[str], dict[str, torch.Tensor]] | None = None
+        self._known = set(self._slots) | set(self.input_names) | {o for s in self._steps for o in s.outputs if o}
+
+    # -- construction --------------------------------------------------------------
+    @staticmethod
+    def _uses(nodes: Iterable[onnx.NodeProto]) -> dict[str, list[tuple[str, int]]]:
+        uses: dict[str, list[tuple[str, int]]] = {}
+        for node in nodes:
+            for slot, name in enumerate(node.input):
+                if name:
+                    uses.setdefault(name, []).append((node.op_type, slot))
+        return uses
+
+    @staticmethod
+    def _default_trainable(graph: onnx.GraphProto, uses: dict[str, list[tuple[str, int]]]) -> Callable[[str], bool]:
+        numel = {t.name: int(np.prod(t.dims)) for t in graph.initializer}
+        for node in graph.node:
+            if node.op_type == "Constant" and node.output:
+                numel.setdefault(node.output[0], 2)
+
+        def weight_like(name: str) -> bool:
+            for op_type, slot in uses.get(name, ()):
+                if slot in WEIGHT_SLOTS.get(op_type, ()) and (op_type not in _ELEMENTWISE or numel.get(name, 0) > 1):
+                    return True
+            return False
+
+        return weight_like
+
+    def _register(self, name: str, value: torch.Tensor, uses: dict[str, list[tuple[str, int]]],
+                  trainable: Callable[[str], bool], source: str) -> None:
+        used = uses.get(name, [])
+        control = bool(used) and all(slot in CONTROL_SLOTS.get(op_type, ()) for op_type, slot in used)
+        key = self._key(name)
+        if value.dtype.is_floating_point and not control:
+            self.params.register_parameter(key, torch.nn.Parameter(value, requires_grad=bool(trainable(name))))
+            self._slots[name] = _Slot("params", key, source)
+        else:
+            self.consts.register_buffer(key, value)
+            self._slots[name] = _Slot("consts", key, source)
+            if value.numel() <= STATIC_MAX_ELEMS:
+                self._static[name] = value.numpy() if value.dtype != torch.bfloat16 else value.float().numpy()
+
+    def _key(self, name: str) -> str:
+        key = re.sub(r"\W", "_", name) or "t"
+        if key[0].isdigit():
+            key = "t_" + key
+        base, k = key, 1
+        taken = set(self.params._parameters) | set(self.consts._buffers)
+        while key in taken:
+            key, k = f"{base}_{k}", k + 1
+        return key
+
+    def _plan(self, nodes: list[onnx.NodeProto]) -> list[_Step]:
+        steps = []
+        for node in nodes:
+            fn = implementation(node, self.opset)
+            static = {slot: self._static[name] for slot, name in enumerate(node.input) if name in self._static}
+            steps.append(_Step(Node(node, self.opset, static), fn, list(node.input), list(node.output), []))
+        keep = set(self.output_names) | set(self._slots)
+        last: dict[str, int] = {}
+        for i, step in enumerate(steps):
+            for name in step.inputs:
+                if name:
+                    last[name] = i
+        for name, i in last.items():
+            if name not in keep:
+                steps[i].free.append(name)
+        return steps
+
+    # -- access ----------------------------------------------------------------------
+    def parameter(self, name: str) -> torch.Tensor:
+        """The parameter (or constant buffer) holding the ONNX initializer / constant ``name``."""
+        slot = self._slots.get(name)
+        if slot is None:
+            raise KeyError(f"no initializer or constant named '{name}' in this model")
+        container = self.params if slot.container == "params" else self.consts
+        return getattr(container, slot.key)
+
+    def named_initializers(self) -> Iterator[tuple[str, torch.Tensor]]:
+        """(ONNX name, tensor) for every initializer and Constant value, parameters and buffers."""
+        for name in self._slots:
+            yield name, self.parameter(name)
+
+    @property
+    def node_names(self) -> list[str]:
+        return [s.node.name for s in self._steps]
+
+    def extra_repr(self) -> str:
+        return f"nodes={len(self._steps)}, inputs={self.input_names}, outputs={self.output_names}, opset={self.opset}"
+
+    # -- hooks and capture ---------------------------------------------------------------
+    def set_input_hook(self, node_name: str, slot: int,
+                       fn: Callable[[torch.Tensor], torch.Tensor] | None) -> None:
+        """Pass input ``slot`` of node ``node_name`` through ``fn`` before the node reads it (None removes)."""
+        step = next((s for s in self._steps if s.node.name == node_name), None)
+        if step is None:
+            raise KeyError(f"no node named '{node_name}' in this model")
+        if not 0 <= slot < len(step.inputs) or not step.inputs[slot]:
+            raise IndexError(f"node '{node_name}' ({step.node.op_type}) has no input in slot {slot}")
+        if fn is None:
+            self._hooks.pop((node_name, slot), None)
+        else:
+            self._hooks[(node_name, slot)] = fn
+        self._hooks_by_node = {}
+        for (node, s), f in sorted(self._hooks.items(), key=lambda kv: kv[0]):
+            self._hooks_by_node.setdefault(node, []).append((s, f))
+
+    def clear_input_hooks(self) -> None:
+        self._hooks.clear()
+        self._hooks_by_node = {}
+
+    @contextlib.contextmanager
+    def capture(self, tensor_names: Iterable[str]) -> Iterator[dict[str, torch.Tensor]]:
+        """Within the block, forward() records the named tensors (as computed, graph attached)."""
+        names = set(tensor_names)
+        unknown = sorted(names - self._known)
+        if unknown:
+            raise KeyError(f"no tensor(s) named {unknown} in this model")
+        store: dict[str, torch.Tensor] = {}
+        previous = self._capture
+        self._capture = (names, store)
+        try:
+            yield store
+        finally:
+            self._capture = previous
+
+    # -- execution ---------------------------------------------------------------------
+    def _device(self) -> torch.device:
+        for t in self.params.parameters():
+            return t.device
+        for t in self.consts.buffers():
+            return t.device
+        return torch.device("cpu")
+
+    def _feeds(self, inputs: tuple, named: dict) -> dict[str, torch.Tensor]:
+        if len(inputs) > len(self.input_names):
+            raise TypeError(f"expected at most {len(self.input_names)} inputs {self.input_names}, got {len(inputs)}")
+        feeds = dict(zip(self.input_names, inputs))
+        for name, value in named.items():
+            if name not in self.input_names:
+                raise TypeError(f"unknown input '{name}' (inputs: {self.input_names})")
+            if name in feeds:
+                raise TypeError(f"input '{name}' given twice")
+            feeds[name] = value
+        missing = [n for n in self.input_names if n not in feeds]
+        if missing:
+            raise TypeError(f"missing input(s) {missing}")
+        for name, value in feeds.items():
+            if not isinstance(value, torch.Tensor):
+                feeds[name] = torch.as_tensor(np.asarray(value), device=self._device())
+        return feeds
+
+    def forward(self, *inputs: torch.Tensor, **named: torch.Tensor) -> tuple[torch.Tensor, ...] | torch.Tensor:
+        env: dict[str, torch.Tensor] = {name: self.parameter(name) for name in self._slots}
+        env.update(self._feeds(inputs, named))
+        capture = self._capture
+        if capture is not None:
+            for name in capture[0]:
+                if name in env:
+                    capture[1][name] = env[name]
+        hooks = self._hooks_by_node
+        for step in self._steps:
+            node = step.node
+            args = [env[name] if name else None for name in step.inputs]
+            for slot, fn in hooks.get(node.name, ()):
+                args[slot] = fn(args[slot])
+            try:
+                result = step.fn(node, *args)
+            except NotImplementedError:
+                raise
+            except Exception as exc:
+                if hasattr(exc, "add_note"):
+                    exc.add_note(f"while executing node '{node.name}' ({node.op_type})")
+                raise
+            results = result if isinstance(result, tuple) else (result,)
+            for name, value in zip(step.outputs, results):
+                if name:
+                    if value is None:
+                        raise node.error(f"output '{name}' is not produced by this implementation")
+                    env[name] = value
+                    if capture is not None and name in capture[0]:
+                        capture[1][name] = value
+            for name in step.free:
+                env.pop(name, None)
+        outs = tuple(env[name] for name in self.output_names)
+        return outs[0] if len(outs) == 1 else outs
+
+    # -- back to ONNX ----------------------------------------------------------------------
+    def write_back(self, model: onnx.ModelProto) -> onnx.ModelProto:
+        """A copy of ``model`` with the current values written into the initializers (and
+        Constant nodes) of the same names; dtypes, shapes and graph structure unchanged."""
+        out = onnx.ModelProto()
+        out.CopyFrom(model)
+        for init in out.graph.initializer:
+            slot = self._slots.get(init.name)
+            if slot is None or slot.source != "initializer":
+                continue
+            value = self.parameter(init.name)
+            if tuple(value.shape) != tuple(init.dims):
+                raise ValueError(f"initializer '{init.name}': module holds shape {tuple(value.shape)}, "
+                                 f"model has {tuple(init.dims)}")
+            doc = init.doc_string
+            init.CopyFrom(numpy_helper.from_array(to_numpy(value, init.data_type), init.name))
+            if doc:
+                init.doc_string = doc
+        for node in out.graph.node:
+            if node.op_type != "Constant" or node.domain not in _DEFAULT_DOMAINS or not node.output:
+                continue
+            slot = self._slots.get(node.output[0])
+            if slot is None or slot.source != "constant":
+                continue
+            self._write_constant(node, self.parameter(node.output[0]))
+        return out
+
+    @staticmethod
+    def _write_constant(node: onnx.NodeProto, value: torch.Tensor) -> None:
+        for attr in node.attribute:
+            if attr.name == "value":
+                attr.t.CopyFrom(numpy_helper.from_array(to_numpy(value, attr.t.data_type), attr.t.name))
+            elif attr.name == "value_float":
+                attr.f = float(value.item())
+            elif attr.name == "value_floats":
+                del attr.floats[:]
+                attr.floats.extend(value.detach().cpu().reshape(-1).tolist())

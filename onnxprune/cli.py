@@ -137,6 +137,7 @@ def verify(
     labels: Annotated[Optional[str], typer.Option(help="Array name in --inputs holding class labels.")] = None,
     runs: Annotated[int, typer.Option(help="Timed runs per model.")] = 30,
     provider: Annotated[str, typer.Option(help="Latency on: auto (CUDA if available), cpu, cuda, tensorrt.")] = "auto",
+    input_shape: InputShapeOpt = None,
     json_path: Annotated[Optional[Path], typer.Option("--json", help="Also write the report as JSON.")] = None,
 ) -> None:
     """Run ORIGINAL and PRUNED in onnxruntime and compare outputs, cost and latency."""
@@ -150,7 +151,10 @@ def verify(
     from onnxprune.verify import verify as run_verify
 
     mo, mp = load_model(original), load_model(pruned)
-    feeds = load_inputs(inputs, mo) if inputs is not None else None
+    from onnxprune.runtime import random_inputs
+
+    shapes = {k: [int(d) for d in v] for k, v in _parse_shapes(input_shape).items()}
+    feeds = load_inputs(inputs, mo) if inputs is not None else random_inputs(mo, shapes=shapes)
     label_arr = np.load(inputs)[labels] if (inputs is not None and labels) else None
     with _steps(False) as progress:
         report = _run_step(progress, "running both models", run_verify, mo, mp, feeds, labels=label_arr, runs=runs,

@@ -81,7 +81,7 @@ class GraphIndex:
             return None
         dims: list[Dim] = []
         for d in vi.type.tensor_type.shape.dim:
-            if d.HasField("dim_value"):
+            if d.HasField("dim_value") and d.dim_value >= 0:
                 dims.append(int(d.dim_value))
             elif d.HasField("dim_param"):
                 dims.append(d.dim_param)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import onnx
@@ -57,16 +57,22 @@ def session(model: onnx.ModelProto | str, *, optimize: bool = False, provider: s
     return ort.InferenceSession(src, sess_options=opts, providers=chain)
 
 
-def random_inputs(model: onnx.ModelProto, *, seed: int = 0, batch: int = 1) -> Feeds:
-    """Random feeds for every graph input; symbolic dims become ``batch`` (first axis) or 1."""
+UNKNOWN_DIM = 32
+
+
+def random_inputs(model: onnx.ModelProto, *, seed: int = 0, batch: int = 1,
+                  shapes: Mapping[str, Sequence[int]] | None = None) -> Feeds:
+    """Random feeds for every graph input. ``shapes`` overrides; otherwise dynamic dims become
+    ``batch`` on the first axis and 32 elsewhere."""
     rng = np.random.default_rng(seed)
     index = GraphIndex(model)
     feeds: Feeds = {}
     for vi in model.graph.input:
         if vi.name in index.initializers:
             continue
-        shape = [d if isinstance(d, int) else (batch if i == 0 else 1)
-                 for i, d in enumerate(index.shape(vi.name) or ())]
+        shape = list((shapes or {}).get(vi.name) or [
+            d if isinstance(d, int) else (batch if i == 0 else UNKNOWN_DIM)
+            for i, d in enumerate(index.shape(vi.name) or ())])
         dtype = onnx.helper.tensor_dtype_to_np_dtype(vi.type.tensor_type.elem_type)
         if np.issubdtype(dtype, np.floating):
             feeds[vi.name] = rng.standard_normal(shape).astype(dtype)

@@ -11,7 +11,7 @@ import onnx
 
 from onnxprune.errors import ModelLoadError
 from onnxprune.flops import model_cost
-from onnxprune.prepare import infer_shapes
+from onnxprune.prepare import prepare
 from onnxprune.runtime import Feeds, latency_ms, random_inputs, run
 
 
@@ -34,10 +34,11 @@ def load_inputs(path: str | os.PathLike[str], model: onnx.ModelProto) -> Feeds:
 def verify(original: onnx.ModelProto, pruned: onnx.ModelProto, feeds: Feeds | None = None, *,
            labels: np.ndarray | None = None, runs: int = 30, provider: str = "CPUExecutionProvider"
            ) -> dict[str, Any]:
-    """Run both models on the same inputs and report agreement, cost and latency."""
+    """Run both models on the same inputs and report agreement, cost and latency.
+
+    Both models are normalised in place first (see ``onnxprune.prepare``)."""
     for m in (original, pruned):
-        if not m.graph.value_info:
-            infer_shapes(m)
+        prepare(m)  # count Constant-node weights as parameters, fresh shapes for MACs
     feeds = feeds if feeds is not None else random_inputs(original)
     out_o, out_p = run(original, feeds), run(pruned, feeds)
     outputs: dict[str, Any] = {}

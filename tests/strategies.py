@@ -223,7 +223,7 @@ def prelu_block(draw: Draw, b: GraphBuilder, x: T, pool: list[T]) -> T:
 
 
 UNARY = ["Relu", "LeakyRelu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Clip", "Elu", "Softplus",
-         "Identity", "Dropout"]
+         "Identity", "Dropout", "Abs", "Neg", "Softsign", "Erf", "Selu", "Celu"]
 
 
 def unary(draw: Draw, b: GraphBuilder, x: T, op: str | None = None) -> T:
@@ -267,10 +267,16 @@ def binary(draw: Draw, b: GraphBuilder, lhs: T, rhs: T, op: str | None = None) -
 
 
 def residual_block(draw: Draw, b: GraphBuilder, x: T, pool: list[T]) -> T:
-    """Two live branches of equal channels joined by Add/Sub/Mul/Div."""
+    """Two live branches of equal channels joined by Add/Sub/Mul/Div (or three by Sum/Mean/Max/Min)."""
     cout = draw(st.sampled_from([None, x.c]))
     left = _branch(draw, b, x, cout)
     right = _branch(draw, b, x, left.c)
+    if draw(st.integers(0, 3)) == 0:
+        op = draw(st.sampled_from(["Sum", "Mean", "Max", "Min"]))
+        branches = [left, right] + ([_branch(draw, b, x, left.c)] if draw(st.booleans()) else [])
+        y = b.one(op, [t.name for t in branches])
+        b.log.append(f"{y} = {op}({', '.join(t.name for t in branches)})")
+        return T(y, left.c, left.h, left.w)
     return binary(draw, b, left, right)
 
 
@@ -508,7 +514,23 @@ def unsqueeze_block(draw: Draw, b: GraphBuilder, x: T, pool: list[T]) -> T:
     return T(y, x.c, x.h, x.w)
 
 
+def nhwc_linear_block(draw: Draw, b: GraphBuilder, x: T, pool: list[T]) -> T:
+    """A pointwise conv written as a Linear in NHWC (ConvNeXt-style): Transpose -> MatMul (+ Add)
+    -> activation -> Transpose back."""
+    d = draw(CHANNELS)
+    t = b.one("Transpose", [x.name], perm=[0, 2, 3, 1])
+    t = b.one("MatMul", [t, b.weight((x.c, d), x.c, "lw")])
+    bias = draw(st.booleans())
+    if bias:
+        t = b.one("Add", [t, b.normal((d,), "lb", 0.1)])
+    t = b.one(draw(st.sampled_from(["Relu", "Tanh", "Identity"])), [t])
+    y = b.one("Transpose", [t], perm=[0, 3, 1, 2])
+    b.log.append(f"{y} = NHWC-Linear[bias={bias}]({x.name}: {x.c}->{d})")
+    return T(y, d, x.h, x.w)
+
+
 BLOCKS: dict[str, Block] = {
+    "nhwc_linear": nhwc_linear_block,
     "expand": expand_block,
     "tile": tile_block,
     "spatial_softmax": spatial_softmax_block,
@@ -562,13 +584,36 @@ _BLOCK_CHOICES = ["conv", "conv"] + list(BLOCKS)
 # ---------------------------------------------------------------------------------------------
 
 def head(draw: Draw, b: GraphBuilder, x: T, kind: str | None = None) -> tuple[str, list[int]]:
-    kind = kind or draw(st.sampled_from(["gemm", "matmul", "conv"]))
+    kind = kind or draw(st.sampled_from(["gemm", "matmul", "conv", "mlp"]))
     n = draw(st.integers(2, 5))
+    if kind == "mlp":  # GAP / Flatten -> Gemm -> (BatchNorm1d) -> act -> (Dropout) -> Gemm
+        if x.h * x.w > 4 and draw(st.booleans()):
+            x = T(b.one("GlobalAveragePool", [x.name]), x.c, 1, 1)
+        k = x.c * x.h * x.w
+        f = b.one("Flatten", [x.name], axis=1)
+        hidden = draw(CHANNELS)
+        bias_shape = draw(st.sampled_from([(hidden,), (1, hidden)]))
+        hdn = b.one("Gemm", [f, b.weight((hidden, k), k), b.normal(bias_shape, "gb", 0.1)], transB=1)
+        bn = draw(st.booleans())
+        if bn:
+            hdn = b.one("BatchNormalization", [hdn, b.uniform((hidden,), 0.5, 1.5, "bn_s"), b.normal((hidden,), "bn_b", 0.2),
+                                               b.normal((hidden,), "bn_m", 0.2), b.uniform((hidden,), 0.5, 1.5, "bn_v")])
+        hdn = b.one(draw(st.sampled_from(["Relu", "Tanh", "Sigmoid"])), [hdn])
+        if draw(st.booleans()):
+            hdn = b.one("Dropout", [hdn])
+        trans_b = draw(st.sampled_from([0, 1]))
+        y = b.one("Gemm", [hdn, b.weight((n, hidden) if trans_b else (hidden, n), hidden)], transB=trans_b)
+        b.log.append(f"{y} = MLP[bias{list(bias_shape)}, bn={bn}, transB={trans_b}]({x.name}: {k}->{hidden}->{n})")
+        return y, [1, n]
     if kind == "gemm":
         k = x.c * x.h * x.w
-        flat = draw(st.sampled_from(["flatten", "reshape", "reshape_k", "nhwc", "reducemean"]))
+        flat = draw(st.sampled_from(["flatten", "reshape", "reshape_k", "nhwc", "reducemean", "view"]))
         if flat == "flatten":
             f = b.one("Flatten", [x.name], axis=1)
+        elif flat == "view":  # torch's x.view(x.size(0), -1): prepare folds the static shape chain
+            n0 = b.one("Gather", [b.one("Shape", [x.name]), b.ints(0, "idx")], axis=0)
+            target = b.one("Concat", [b.one("Unsqueeze", [n0, b.ints([0], "axes")]), b.ints([-1], "rest")], axis=0)
+            f = b.one("Reshape", [x.name, target])
         elif flat == "reshape":
             f = b.one("Reshape", [x.name, b.ints([1, -1], "shape")])
         elif flat == "reshape_k":

@@ -78,9 +78,14 @@ def test_empty_plan_changes_nothing(generated: GeneratedModel) -> None:
     check_pruned_model(result.model, model)
     assert [n.SerializeToString(deterministic=True) for n in result.model.graph.node] == \
         [n.SerializeToString(deterministic=True) for n in model.graph.node]
+    # initializers no node reads (prepare's shape folding leaves the inputs of folded nodes
+    # behind) may be dropped; every other initializer stays byte-identical
+    read = {name for node in model.graph.node for name in node.input}
     assert sorted(t.SerializeToString(deterministic=True) for t in result.model.graph.initializer) == \
-        sorted(t.SerializeToString(deterministic=True) for t in model.graph.initializer)
-    assert not any(modified for _, modified in result.history), result.history
+        sorted(t.SerializeToString(deterministic=True) for t in model.graph.initializer if t.name in read)
+    dead = any(t.name not in read for t in model.graph.initializer)
+    assert not any(modified for name, modified in result.history
+                   if not (name == "remove_dead_nodes" and dead)), result.history
     assert result.after == result.before
     feeds = random_inputs(model, seed=0)
     before, after = run(model, feeds), run(result.model, feeds)

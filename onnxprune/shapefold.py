@@ -23,6 +23,7 @@ FOLDABLE = {"Gather", "Unsqueeze", "Squeeze", "Concat", "Slice", "Cast", "Mul", 
             "Reshape", "Identity", "Floor", "Ceil", "Neg", "Abs", "Min", "Max", "Equal", "Where",
             "ConstantOfShape", "Range", "Mod", "ReduceProd", "ReduceSum", "Expand"}
 MAX_ELEMENTS = 1 << 16
+WEIGHT_VIEWS = {"Cast", "Identity"}  # a weight stored in another dtype: folded whatever its size
 
 
 def fold_shape_computations(model: onnx.ModelProto) -> int:
@@ -95,7 +96,7 @@ def _evaluate(index: GraphIndex, node: onnx.NodeProto, consts: dict[str, np.ndar
         value = consts.get(name)
         if value is None:
             value = index.const(name) if index.is_const(name) else None
-        if value is None or value.size > MAX_ELEMENTS:
+        if value is None or (value.size > MAX_ELEMENTS and node.op_type not in WEIGHT_VIEWS):
             return None
         feeds[name] = value
     try:
@@ -104,4 +105,4 @@ def _evaluate(index: GraphIndex, node: onnx.NodeProto, consts: dict[str, np.ndar
         log.debug("could not fold %s '%s': %s", node.op_type, node.name, exc)
         return None
     out = np.asarray(out)
-    return out if out.size <= MAX_ELEMENTS else None
+    return out if out.size <= MAX_ELEMENTS or node.op_type in WEIGHT_VIEWS else None

@@ -50,7 +50,7 @@ class T:
 class GeneratedModel:
     model: onnx.ModelProto
     blocks: list[str]
-    input_shape: tuple[int, ...]
+    input_shape: tuple[int | str, ...]
     outputs: list[str] = field(default_factory=list)
 
     def __repr__(self) -> str:
@@ -65,10 +65,13 @@ class GeneratedModel:
 class GraphBuilder:
     """Accumulates nodes and initializers; names everything deterministically."""
 
-    def __init__(self, rng: np.random.Generator, opset: int = OPSET, draw: Draw | None = None) -> None:
+    def __init__(self, rng: np.random.Generator, opset: int = OPSET, draw: Draw | None = None,
+                 dynamic_batch: bool = False) -> None:
         self.rng = rng
         self.opset = opset
         self.draw = draw
+        self.dynamic = dynamic_batch
+        self.batch: int | str = "N" if dynamic_batch else 1
         self._shared: dict[tuple, list[str]] = {}
         self.nodes: list[onnx.NodeProto] = []
         self.inits: list[onnx.TensorProto] = []
@@ -124,8 +127,8 @@ class GraphBuilder:
     def build(self, x: T, outputs: list[tuple[str, list[int]]]) -> onnx.ModelProto:
         graph = helper.make_graph(
             self.nodes, "random",
-            [helper.make_tensor_value_info(x.name, TensorProto.FLOAT, [1, x.c, x.h, x.w])],
-            [helper.make_tensor_value_info(n, TensorProto.FLOAT, s) for n, s in outputs],
+            [helper.make_tensor_value_info(x.name, TensorProto.FLOAT, [self.batch, x.c, x.h, x.w])],
+            [helper.make_tensor_value_info(n, TensorProto.FLOAT, [self.batch] + list(s[1:])) for n, s in outputs],
             self.inits)
         model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", self.opset)])
         model.ir_version = 8
@@ -417,7 +420,7 @@ def resize_block(draw: Draw, b: GraphBuilder, x: T, pool: list[T]) -> T:
     up = max(x.h, x.w) <= 4 or (x.h % 2 or x.w % 2)
     f = 2.0 if up else 0.5
     h, w = int(x.h * f), int(x.w * f)
-    if draw(st.booleans()):
+    if b.dynamic or draw(st.booleans()):
         y = b.one("Resize", [x.name, "", b.const(np.array([1, 1, f, f], np.float32), "scales")], mode="nearest")
         b.log.append(f"{y} = Resize[nearest, scales x{f}]({x.name})")
     else:  # sizes hold the channel count: it must follow the pruned channels
@@ -461,10 +464,18 @@ def shuffle_block(draw: Draw, b: GraphBuilder, x: T, pool: list[T]) -> T:
     """Channel shuffle: Reshape [N, g, C/g, H, W] -> Transpose(0,2,1,3,4) -> Reshape [N, C, H, W]."""
     gs = [g for g in (2, 3) if x.c % g == 0]
     g = draw(st.sampled_from(gs))
-    first = draw(st.sampled_from([[1, g, x.c // g, x.h, x.w], [0, g, x.c // g, x.h, x.w], [1, g, -1, x.h, x.w]]))
+    if b.dynamic:  # the batch entry must follow the input: 0 (copy) or -1 (infer)
+        first = draw(st.sampled_from([[0, g, x.c // g, x.h, x.w], [-1, g, x.c // g, x.h, x.w],
+                                      [0, g, -1, x.h, x.w]]))
+    else:
+        first = draw(st.sampled_from([[1, g, x.c // g, x.h, x.w], [0, g, x.c // g, x.h, x.w],
+                                      [1, g, -1, x.h, x.w]]))
     r = b.one("Reshape", [x.name, b.ints(first, "shape")])
     t = b.one("Transpose", [r], perm=[0, 2, 1, 3, 4])
-    last = draw(st.sampled_from([[1, x.c, x.h, x.w], [1, -1, x.h, x.w], [0, x.c, x.h, x.w]]))
+    if b.dynamic:
+        last = draw(st.sampled_from([[0, x.c, x.h, x.w], [-1, x.c, x.h, x.w], [0, -1, x.h, x.w]]))
+    else:
+        last = draw(st.sampled_from([[1, x.c, x.h, x.w], [1, -1, x.h, x.w], [0, x.c, x.h, x.w]]))
     y = b.one("Reshape", [t, b.ints(last, "shape")])
     b.log.append(f"{y} = ChannelShuffle[g={g}, {first} -> {last}]({x.name})")
     return T(y, x.c, x.h, x.w)
@@ -491,10 +502,15 @@ def tile_block(draw: Draw, b: GraphBuilder, x: T, pool: list[T]) -> T:
 
 def spatial_softmax_block(draw: Draw, b: GraphBuilder, x: T, pool: list[T]) -> T:
     """Reshape [N, C, H*W] -> Softmax over H*W -> Reshape back (channels pass through)."""
-    shape = draw(st.sampled_from([[1, x.c, x.h * x.w], [1, x.c, -1], [0, x.c, -1], [1, -1, x.h * x.w]]))
+    if b.dynamic:
+        shape = draw(st.sampled_from([[0, x.c, x.h * x.w], [0, x.c, -1], [-1, x.c, x.h * x.w]]))
+        back = draw(st.sampled_from([[0, x.c, x.h, x.w], [-1, x.c, x.h, x.w]]))
+    else:
+        shape = draw(st.sampled_from([[1, x.c, x.h * x.w], [1, x.c, -1], [0, x.c, -1], [1, -1, x.h * x.w]]))
+        back = [1, x.c, x.h, x.w]
     r = b.one("Reshape", [x.name, b.ints(shape, "shape")])
     r = b.one(draw(st.sampled_from(["Softmax", "LogSoftmax"])), [r], axis=-1)
-    y = b.one("Reshape", [r, b.ints([1, x.c, x.h, x.w], "shape")])
+    y = b.one("Reshape", [r, b.ints(back, "shape")])
     b.log.append(f"{y} = SpatialSoftmax[{shape}]({x.name})")
     return T(y, x.c, x.h, x.w)
 
@@ -506,7 +522,7 @@ def unsqueeze_block(draw: Draw, b: GraphBuilder, x: T, pool: list[T]) -> T:
     if draw(st.booleans()):
         y = b.one("Squeeze", [u, b.ints([axis], "axes")])
     else:  # no axes: every unit axis goes (only safe when the tensor has no other unit axis)
-        if x.c == 1 or x.h == 1 or x.w == 1:
+        if x.c == 1 or x.h == 1 or x.w == 1 or b.dynamic:
             y = b.one("Squeeze", [u, b.ints([axis], "axes")])
         else:
             y = b.one("Reshape", [b.one("Squeeze", [u]), b.ints([1, x.c, x.h, x.w], "shape")])
@@ -615,9 +631,9 @@ def head(draw: Draw, b: GraphBuilder, x: T, kind: str | None = None) -> tuple[st
             target = b.one("Concat", [b.one("Unsqueeze", [n0, b.ints([0], "axes")]), b.ints([-1], "rest")], axis=0)
             f = b.one("Reshape", [x.name, target])
         elif flat == "reshape":
-            f = b.one("Reshape", [x.name, b.ints([1, -1], "shape")])
+            f = b.one("Reshape", [x.name, b.ints([0 if b.dynamic else 1, -1], "shape")])
         elif flat == "reshape_k":
-            f = b.one("Reshape", [x.name, b.ints([1, k], "shape")])
+            f = b.one("Reshape", [x.name, b.ints([-1 if b.dynamic else 1, k], "shape")])
         elif flat == "nhwc":
             f = b.one("Flatten", [b.one("Transpose", [x.name], perm=[0, 2, 3, 1])], axis=1)
         else:
@@ -644,10 +660,11 @@ def head(draw: Draw, b: GraphBuilder, x: T, kind: str | None = None) -> tuple[st
 
 @st.composite
 def random_models(draw: Draw, min_blocks: int = 3, max_blocks: int = 10,
-                  blocks: tuple[str, ...] | None = None) -> GeneratedModel:
-    """A prepared, checked, runnable random CNN (see the module docstring)."""
+                  blocks: tuple[str, ...] | None = None, dynamic_batch: bool = False) -> GeneratedModel:
+    """A prepared, checked, runnable random CNN (see the module docstring); with ``dynamic_batch``
+    the input is [N, C, H, W] with a symbolic N (shape constants use 0 / -1 for it)."""
     seed = draw(st.integers(0, 2**32 - 1))
-    b = GraphBuilder(np.random.default_rng(seed), draw=draw)
+    b = GraphBuilder(np.random.default_rng(seed), draw=draw, dynamic_batch=dynamic_batch)
     c = draw(st.integers(1, 6))
     hw = draw(st.sampled_from([4, 6, 8]))
     x = T("input", c, hw, hw)
@@ -674,7 +691,7 @@ def random_models(draw: Draw, min_blocks: int = 3, max_blocks: int = 10,
     model = b.build(x, outputs)
     _check_generated(model, x)
     prepare(model)
-    return GeneratedModel(model, b.log, (1, x.c, x.h, x.w), [o for o, _ in outputs])
+    return GeneratedModel(model, b.log, (b.batch, x.c, x.h, x.w), [o for o, _ in outputs])
 
 
 def _check_generated(model: onnx.ModelProto, x: T) -> None:
@@ -682,9 +699,11 @@ def _check_generated(model: onnx.ModelProto, x: T) -> None:
     onnx.checker.check_model(model, full_check=True)
     from onnxprune.runtime import random_inputs, run
 
-    outs = run(model, random_inputs(model, seed=0))
-    for name, value in outs.items():
-        assert np.all(np.isfinite(value)), f"generated model gives non-finite values in {name}"
-        expected = next(o for o in model.graph.output if o.name == name)
-        dims = [d.dim_value for d in expected.type.tensor_type.shape.dim]
-        assert list(value.shape) == dims, f"generator bookkeeping: {name} is {value.shape}, expected {dims}"
+    dynamic = not model.graph.input[0].type.tensor_type.shape.dim[0].HasField("dim_value")
+    for batch in (1, 2) if dynamic else (1,):
+        outs = run(model, random_inputs(model, seed=0, batch=batch))
+        for name, value in outs.items():
+            assert np.all(np.isfinite(value)), f"generated model gives non-finite values in {name}"
+            expected = next(o for o in model.graph.output if o.name == name)
+            dims = [d.dim_value if d.HasField("dim_value") else batch for d in expected.type.tensor_type.shape.dim]
+            assert list(value.shape) == dims, f"generator bookkeeping: {name} is {value.shape}, expected {dims}"

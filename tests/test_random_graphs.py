@@ -51,6 +51,20 @@ def test_random_pruning_matches_masked_reference(generated: GeneratedModel, seed
 
 
 @SETTINGS
+@given(random_models(dynamic_batch=True), st.sampled_from([(0, 1), (2, 3)]))
+def test_random_pruning_with_dynamic_batch(generated: GeneratedModel, seeds: tuple[int, int]) -> None:
+    """Property 1 on [N, C, H, W] inputs (symbolic N; reshape targets use 0 / -1 for it): the
+    pruned model equals the masked reference at batch 1 and at batch 2."""
+    model = generated.model
+    analysis = analyze(model)
+    note(_describe(analysis))
+    for seed in seeds:
+        analysis, plan, result = prune_randomly_and_check(model, seed=seed,
+                                                          require_prunable=bool(analysis.prunable_groups))
+        assert_matches_masked(model, analysis, plan, result, seed=seed, batch=2)
+
+
+@SETTINGS
 @given(random_models())
 def test_analysis_is_deterministic(generated: GeneratedModel) -> None:
     """Property 2: the same model (or a byte-identical copy) always gives the same groups."""

@@ -39,13 +39,27 @@ def analyze(model: onnx.ModelProto, *, ignore: Sequence[str] = ()) -> Analysis:
                 raise Unsupported(reason)
             rule(node, ctx)
         except Unsupported as exc:
-            ctx.block_all_inputs(str(exc))
+            _left_alone(ctx, node, str(exc))
     ctx.node = None
     _block_ignored(ctx, index, ignore)
     for name in index.graph_outputs:
         for elems in ctx.spaces_of(name).values():
             ctx.block(elems, f"reaches graph output '{name}' (outputs keep their shapes)")
     return _collect(ctx, index, model)
+
+
+OUTPUT_CHANNEL_AXIS = {"Conv": 1, "ConvTranspose": 1, "Gemm": -1, "MatMul": -1}
+
+
+def _left_alone(ctx: RuleContext, node: onnx.NodeProto, reason: str) -> None:
+    """Block what the node reads; for a weighted op, also its output channels (so they are
+    reported, not silently missing)."""
+    ctx.block_all_inputs(reason)
+    ctx.block(np.zeros(0, dtype=np.int64), reason)  # the node is listed even when nothing live reached it
+    axis = OUTPUT_CHANNEL_AXIS.get(node.op_type)
+    shape = ctx.shape(node.output[0]) if node.output else None
+    if axis is not None and shape and isinstance(shape[axis], int) and not ctx.spaces_of(node.output[0]):
+        ctx.opaque(node.output[0], axis % len(shape), int(shape[axis]), reason)
 
 
 def _block_ignored(ctx: RuleContext, index: GraphIndex, patterns: Sequence[str]) -> None:

@@ -188,7 +188,7 @@ def lp_norm(n: Node, x: torch.Tensor) -> torch.Tensor:
         norm = torch.sqrt((x * x).sum(dim=axis, keepdim=True))
     else:
         raise n.error(f"p={p} (only 1 and 2 are defined)")
-    return x / norm
+    return x / torch.where(norm == 0, torch.ones_like(norm), norm)  # a zero vector stays zero
 
 
 @op("MeanVarianceNormalization")

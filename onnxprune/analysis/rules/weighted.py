@@ -28,6 +28,10 @@ from onnxprune.graph import attr
 def _weight_shape(node: onnx.NodeProto, ctx: RuleContext, slot: int) -> tuple[int, ...]:
     name = node.input[slot] if len(node.input) > slot else ""
     if not ctx.is_const(name):
+        producer = ctx.index.producer.get(name)
+        if producer is not None and producer.op_type == "DequantizeLinear":
+            raise Unsupported(f"weight '{name}' of {node.op_type} is quantized (QDQ): "
+                              "quantized weights and their scales are left alone")
         raise Unsupported(f"weight input '{name}' of {node.op_type} is computed, not a constant")
     shape = ctx.index.const_shape(name)
     assert shape is not None

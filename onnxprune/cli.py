@@ -97,7 +97,7 @@ def prune(
     """Prune MODEL by --ratio (scored with --criterion) or by a saved --plan, and write OUTPUT."""
     from onnxprune.analysis import analyze as run_analysis
     from onnxprune.api import apply_plan, load, plan_by_ratio
-    from onnxprune.modelio import check_output_path, save_model
+    from onnxprune.modelio import check_output_path, has_external_data, save_model
     from onnxprune.plan import Plan
     from onnxprune.report import cost_table
 
@@ -120,7 +120,8 @@ def prune(
                                  min_channels=min_channels, max_ratio=max_ratio)
         result = _run_step(progress, "rewriting the graph", apply_plan, m, analysis, the_plan, debug=debug,
                            inplace=True)
-        _run_step(progress, f"writing {output}", save_model, result.model, output)
+        external = True if has_external_data(model) else None  # keep the input's format
+        _run_step(progress, f"writing {output}", save_model, result.model, output, external_data=external)
     if save_plan is not None:
         the_plan.save(save_plan)
     cost_table(result.before, result.after, console)

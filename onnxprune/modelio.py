@@ -39,11 +39,32 @@ def load_model(path: str | os.PathLike[str], *, check: bool = True) -> onnx.Mode
     return model
 
 
+def has_external_data(path: str | os.PathLike[str]) -> bool:
+    """Whether the model file keeps (some of) its tensors in external files."""
+    model = onnx.load_model(str(path), load_external_data=False)
+    return any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer)
+
+
+def is_large(model: onnx.ModelProto) -> bool:
+    """Whether the model's tensors exceed protobuf's 2 GB limit (ByteSize() itself fails then)."""
+    total = 0
+    for t in model.graph.initializer:
+        total += len(t.raw_data) if t.HasField("raw_data") else 0
+        if total > TWO_GB - 64 * 2**20:
+            return True
+    return False
+
+
 def check_basic(model: onnx.ModelProto, source: str | os.PathLike[str] = "<model>") -> None:
-    """Run onnx's basic checker; raise ModelLoadError naming the source on failure."""
+    """Run onnx's basic checker; raise ModelLoadError naming the source on failure.
+
+    Models over 2 GB are checked from their file (the in-memory checker cannot serialise them).
+    """
     try:
-        if model.ByteSize() > TWO_GB:
-            return  # the in-memory checker cannot serialise >2 GB protos; full check runs on save
+        if is_large(model):
+            if Path(source).exists():
+                onnx.checker.check_model(str(source))
+            return
         onnx.checker.check_model(model)
     except (onnx.checker.ValidationError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -72,7 +93,7 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike[str], *, external
     """
     out = Path(path)
     if external_data is None:
-        external_data = _needs_external_data(model)
+        external_data = is_large(model)
     tmpdir = Path(tempfile.mkdtemp(prefix=".onnxprune-", dir=out.parent))
     try:
         tmp_model = tmpdir / out.name
@@ -87,15 +108,6 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike[str], *, external
     finally:
         shutil.rmtree(tmpdir, ignore_errors=True)
     return out
-
-
-def _needs_external_data(model: onnx.ModelProto) -> bool:
-    total = 0
-    for init in model.graph.initializer:
-        total += len(init.raw_data) if init.HasField("raw_data") else init.ByteSize()
-        if total > TWO_GB - 64 * 2**20:
-            return True
-    return False
 
 
 def fingerprint(model: onnx.ModelProto) -> str:

@@ -15,6 +15,7 @@ import onnx
 from onnx import numpy_helper
 
 from onnxprune.errors import ShapeInferenceError
+from onnxprune.modelio import is_large
 from onnxprune.shapefold import fold_shape_computations
 
 log = logging.getLogger(__name__)
@@ -153,7 +154,7 @@ def infer_shapes(model: onnx.ModelProto, *, strict: bool = False) -> onnx.ModelP
     """Drop every intermediate shape annotation and infer them again, in place."""
     del model.graph.value_info[:]
     try:
-        if model.ByteSize() > 2**31 - 1:
+        if is_large(model):
             inferred = _infer_large(model, strict)
         else:
             inferred = onnx.shape_inference.infer_shapes(model, strict_mode=strict, data_prop=True)

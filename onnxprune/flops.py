@@ -54,10 +54,19 @@ def node_macs(index: GraphIndex, node: onnx.NodeProto) -> int:
     return 0
 
 
+FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16,
+               onnx.TensorProto.DOUBLE}
+
+
+def is_parameter(t: onnx.TensorProto) -> bool:
+    """Parameters are floating-point initializers (not shape constants or quantized codes' indices)."""
+    return t.data_type in FLOAT_TYPES
+
+
 def model_cost(model: onnx.ModelProto, index: GraphIndex | None = None) -> Cost:
-    """Parameters (elements of initializers that nodes read) and MACs of a model with shapes."""
+    """Parameters (elements of float initializers that nodes read) and MACs of a model with shapes."""
     index = index or GraphIndex(model)
     used = set(index.uses)
-    params = sum(math.prod(t.dims) for t in model.graph.initializer if t.name in used)
+    params = sum(math.prod(t.dims) for t in model.graph.initializer if t.name in used and is_parameter(t))
     macs = sum(node_macs(index, n) for n in model.graph.node)
     return Cost(int(params), int(macs))

@@ -124,3 +124,15 @@ def test_parameters_removed_equal_what_the_plan_predicts(shared, seed):
     assert result.after.params == predicted_params(model, analysis, plan)
     if not shared:  # a shared weight sliced for one user is a copy: the total may grow
         assert result.after.params < result.before.params
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_macs_after_pruning_equal_what_the_plan_predicts(seed):
+    from onnxprune.accounting import predicted_macs
+    from onnxprune.masking import random_masking_plan
+
+    model = pass_fixture()
+    analysis = analyze(model)
+    plan = random_masking_plan(analysis, seed=seed)
+    result = apply_plan(model, analysis, plan)
+    assert result.after.macs == predicted_macs(model, analysis, plan)

@@ -15,7 +15,7 @@ from onnxprune.analysis import rules as _rules  # noqa: F401 - registers the rul
 from onnxprune.analysis.context import RuleContext
 from onnxprune.analysis.registry import Unsupported, rule_for
 from onnxprune.analysis.result import Analysis, BlockedRegion, Group
-from onnxprune.flops import node_macs
+from onnxprune.flops import model_cost, node_macs
 from onnxprune.graph import GraphIndex
 from onnxprune.modelio import fingerprint
 
@@ -99,8 +99,7 @@ def _collect(ctx: RuleContext, index: GraphIndex, model: onnx.ModelProto) -> Ana
         for sig, members in sorted(by_sig.items())
     ]
     blocked = [BlockedRegion(node, op, reason, len(elems)) for (node, op, reason), elems in blocked_by.items()]
-    used = {name for n in model.graph.node for name in n.input}
-    total_params = sum(math.prod(t.dims) for t in model.graph.initializer if t.name in used)
+    total_params = model_cost(model, index).params
     return Analysis(
         fingerprint=fingerprint(model), groups=groups, blocked=blocked, roots=roots, spaces=ctx.spaces,
         params=ctx.params, consumers=ctx.consumers, fixups=ctx.fixups, node_macs=macs,

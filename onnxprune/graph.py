@@ -37,7 +37,7 @@ class GraphIndex:
             for slot, name in enumerate(node.input):
                 if name:
                     self.uses[name].append((node, slot))
-            for name in _subgraph_inputs(node):
+            for name in subgraph_inputs(node):
                 self.uses[name].append((node, -1))
         self.graph_inputs = {vi.name for vi in g.input if vi.name not in self.initializers}
         self.graph_outputs = [vi.name for vi in g.output]
@@ -125,7 +125,7 @@ def set_attr(node: onnx.NodeProto, name: str, value) -> None:  # noqa: ANN001
     node.attribute.append(onnx.helper.make_attribute(name, value))
 
 
-def _subgraph_inputs(node: onnx.NodeProto) -> set[str]:
+def subgraph_inputs(node: onnx.NodeProto) -> set[str]:
     """Names a node's subgraphs (If/Loop/Scan bodies) read from the outer scope."""
     names: set[str] = set()
     for a in node.attribute:
@@ -138,5 +138,5 @@ def _subgraph_inputs(node: onnx.NodeProto) -> set[str]:
                 for name in n.input:
                     if name and name not in local:
                         names.add(name)
-                names.update(_subgraph_inputs(n) - local)
+                names.update(subgraph_inputs(n) - local)
     return names

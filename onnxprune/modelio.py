@@ -55,17 +55,49 @@ def is_large(model: onnx.ModelProto) -> bool:
     return False
 
 
+LIGHT_THRESHOLD = 64 * 2**20
+
+
+def weight_bytes(model: onnx.ModelProto) -> int:
+    return sum(len(t.raw_data) for t in model.graph.initializer if t.HasField("raw_data"))
+
+
+def light_copy(model: onnx.ModelProto, min_bytes: int = 1024) -> onnx.ModelProto:
+    """A copy without the bytes of large weights, for checking and shape inference.
+
+    Large initializers become graph inputs of the same type and shape: the checker and
+    shape inference see every shape, and nothing serialises gigabytes of weights. The
+    original is left as it was.
+    """
+    stash: dict[int, bytes] = {}
+    for i, t in enumerate(model.graph.initializer):
+        if t.HasField("raw_data") and len(t.raw_data) > min_bytes:
+            stash[i] = t.raw_data
+            t.ClearField("raw_data")
+    try:
+        light = onnx.ModelProto()
+        light.CopyFrom(model)
+    finally:
+        for i, raw in stash.items():
+            model.graph.initializer[i].raw_data = raw
+    if light.ir_version < 4:
+        light.ir_version = 4
+    keep = [t for i, t in enumerate(light.graph.initializer) if i not in stash]
+    for i in stash:
+        t = light.graph.initializer[i]
+        light.graph.input.append(onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
+    del light.graph.initializer[:]
+    light.graph.initializer.extend(keep)
+    return light
+
+
 def check_basic(model: onnx.ModelProto, source: str | os.PathLike[str] = "<model>") -> None:
     """Run onnx's basic checker; raise ModelLoadError naming the source on failure.
 
-    Models over 2 GB are checked from their file (the in-memory checker cannot serialise them).
+    Large models are checked on a light copy (their weights' bytes are not serialised).
     """
     try:
-        if is_large(model):
-            if Path(source).exists():
-                onnx.checker.check_model(str(source))
-            return
-        onnx.checker.check_model(model)
+        onnx.checker.check_model(light_copy(model) if weight_bytes(model) > LIGHT_THRESHOLD else model)
     except (onnx.checker.ValidationError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelLoadError(f"{source}: model fails the ONNX checker: {first}") from exc

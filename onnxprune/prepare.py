@@ -15,7 +15,7 @@ import onnx
 from onnx import numpy_helper
 
 from onnxprune.errors import ShapeInferenceError
-from onnxprune.modelio import is_large
+from onnxprune.modelio import LIGHT_THRESHOLD, light_copy, weight_bytes
 from onnxprune.shapefold import fold_shape_computations
 
 log = logging.getLogger(__name__)
@@ -151,13 +151,14 @@ def drop_initializer_inputs(model: onnx.ModelProto) -> None:
 
 
 def infer_shapes(model: onnx.ModelProto, *, strict: bool = False) -> onnx.ModelProto:
-    """Drop every intermediate shape annotation and infer them again, in place."""
+    """Drop every intermediate shape annotation and infer them again, in place.
+
+    Large models are inferred on a light copy (see ``modelio.light_copy``).
+    """
     del model.graph.value_info[:]
+    source = light_copy(model) if weight_bytes(model) > LIGHT_THRESHOLD else model
     try:
-        if is_large(model):
-            inferred = _infer_large(model, strict)
-        else:
-            inferred = onnx.shape_inference.infer_shapes(model, strict_mode=strict, data_prop=True)
+        inferred = onnx.shape_inference.infer_shapes(source, strict_mode=strict, data_prop=True)
     except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError) as exc:
         raise ShapeInferenceError(f"shape inference failed: {str(exc).splitlines()[0]}") from exc
     model.graph.value_info.extend(inferred.graph.value_info)
@@ -165,17 +166,3 @@ def infer_shapes(model: onnx.ModelProto, *, strict: bool = False) -> onnx.ModelP
         if not out.type.tensor_type.HasField("shape") and inf.type.tensor_type.HasField("shape"):
             out.type.CopyFrom(inf.type)
     return model
-
-
-def _infer_large(model: onnx.ModelProto, strict: bool) -> onnx.ModelProto:
-    """Shape inference past the 2 GB protobuf limit: weights' bytes are set aside meanwhile."""
-    stash: dict[int, bytes] = {}
-    for i, t in enumerate(model.graph.initializer):
-        if t.HasField("raw_data") and len(t.raw_data) > 1024:
-            stash[i] = t.raw_data
-            t.ClearField("raw_data")
-    try:
-        return onnx.shape_inference.infer_shapes(model, strict_mode=strict, data_prop=True)
-    finally:
-        for i, raw in stash.items():
-            model.graph.initializer[i].raw_data = raw

@@ -77,7 +77,7 @@ def random_inputs(model: onnx.ModelProto, *, seed: int = 0, batch: int = 1,
         if np.issubdtype(dtype, np.floating):
             feeds[vi.name] = rng.standard_normal(shape).astype(dtype)
         elif dtype == np.bool_:
-            feeds[vi.name] = rng.random(shape) > 0.5
+            feeds[vi.name] = np.asarray(rng.random(shape) > 0.5)
         else:
             feeds[vi.name] = rng.integers(0, 8, size=shape).astype(dtype)
     return feeds

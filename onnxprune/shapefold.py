@@ -53,7 +53,7 @@ def fold_shape_computations(model: onnx.ModelProto) -> int:
     keep = [n for n in g.node if n.name not in folded]
     del g.node[:]
     g.node.extend(keep)
-    used = {name for n in g.node for name in n.input} | outputs
+    used = set(GraphIndex(model).uses) | outputs  # includes names read inside subgraphs
     for name, value in consts.items():
         if name in used:
             g.initializer.append(numpy_helper.from_array(np.asarray(value), name))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import onnx
 
-from onnxprune.modelio import is_large
+from onnxprune.modelio import LIGHT_THRESHOLD, light_copy, weight_bytes
 from onnxprune.passes.base import Pass, PassResult, PruneContext
 
 
@@ -12,6 +12,6 @@ class CheckModelPass(Pass):
     name = "check_model"
 
     def call(self, model: onnx.ModelProto, ctx: PruneContext) -> PassResult:
-        if not is_large(model):  # a >2 GB model is checked from its file after saving
-            onnx.checker.check_model(model, full_check=True)
+        big = weight_bytes(model) > LIGHT_THRESHOLD  # checked without serialising the weights
+        onnx.checker.check_model(light_copy(model) if big else model, full_check=True)
         return PassResult(model, False)

@@ -16,7 +16,7 @@ from onnxprune.analysis.context import RuleContext
 from onnxprune.analysis.registry import Unsupported, rule_for
 from onnxprune.analysis.result import Analysis, BlockedRegion, Group
 from onnxprune.flops import model_cost, node_macs
-from onnxprune.graph import GraphIndex
+from onnxprune.graph import GraphIndex, subgraph_inputs
 from onnxprune.modelio import fingerprint
 
 log = logging.getLogger(__name__)
@@ -33,6 +33,7 @@ def analyze(model: onnx.ModelProto, *, ignore: Sequence[str] = ()) -> Analysis:
     ctx = RuleContext(index)
     for node in index.topo_nodes():
         ctx.node = node
+        _block_subgraph_reads(ctx, node)
         rule, reason = rule_for(node)
         try:
             if rule is None:
@@ -46,6 +47,14 @@ def analyze(model: onnx.ModelProto, *, ignore: Sequence[str] = ()) -> Analysis:
         for elems in ctx.spaces_of(name).values():
             ctx.block(elems, f"reaches graph output '{name}' (outputs keep their shapes)")
     return _collect(ctx, index, model)
+
+
+def _block_subgraph_reads(ctx: RuleContext, node: onnx.NodeProto) -> None:
+    """Channels read from the outer scope inside an If/Loop/Scan body are left alone."""
+    for name in subgraph_inputs(node):
+        for elems in ctx.spaces_of(name).values():
+            ctx.block(elems, f"'{name}' is read inside a subgraph of {node.op_type} "
+                             f"'{node.name}' (control flow: subgraphs are not analysed)")
 
 
 OUTPUT_CHANNEL_AXIS = {"Conv": 1, "ConvTranspose": 1, "Gemm": -1, "MatMul": -1}

@@ -124,8 +124,9 @@ def squeeze(node: onnx.NodeProto, ctx: RuleContext) -> None:
     shape = ctx.shape(x) or ()
     rank = len(shape)
     axes = int_list(ctx, node, "axes", 1)
-    dropped = {norm_axis(a, rank) for a in axes} if axes is not None else {
-        i for i, d in enumerate(shape) if d == 1}
+    if axes is None and ctx.spaces_of(x):
+        raise Unsupported("Squeeze without axes would also squeeze a channel axis pruned down to one")
+    dropped = {norm_axis(a, rank) for a in axes} if axes is not None else set()
     kept = [a for a in range(rank) if a not in dropped]
     passthrough(ctx, x, node.output[0], {a: i for i, a in enumerate(kept)})
 

@@ -34,12 +34,17 @@ def resize(node: onnx.NodeProto, ctx: RuleContext) -> None:
     x, y = node.input[0], node.output[0]
     in_shape, out_shape = ctx.shape(x), ctx.shape(y)
     sizes_slot = 3 if node.op_type == "Resize" else None
+    axes = attr(node, "axes")  # opset 18: sizes / scales are given for these axes only
+    rank = len(in_shape) if in_shape is not None else 0
+    axes = [norm_axis(int(a), rank) for a in axes] if axes is not None else None
     for axis, elems in ctx.spaces_of(x).items():
         if in_shape is None or out_shape is None or in_shape[axis] != out_shape[axis]:
             raise Unsupported(f"{node.op_type} resizes along a channel axis (or its shape is unknown)")
         ctx.set_space(y, axis, elems)
-        if sizes_slot is not None and len(node.input) > sizes_slot and node.input[sizes_slot]:
-            ctx.fixup("shape_entry", slot=sizes_slot, index=axis, elems=elems)
+        position = axis if axes is None else (axes.index(axis) if axis in axes else None)
+        if sizes_slot is not None and len(node.input) > sizes_slot and node.input[sizes_slot] \
+                and position is not None:
+            ctx.fixup("shape_entry", slot=sizes_slot, index=position, elems=elems)
 
 
 @register("Pad")

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import tempfile
@@ -19,7 +18,14 @@ from rich.console import Console
 from rich.table import Table
 
 WORKER = """
-import resource, sys, time, json
+import sys, time, json
+
+
+def peak_mb():  # VmHWM is this process image's own peak (ru_maxrss also counts the parent before exec)
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+
 t0 = time.perf_counter()
 import onnxprune
 from onnxprune.analysis import analyze
@@ -35,7 +41,7 @@ print(json.dumps({"import_s": t_import - t0, "load_s": t_load - t_import, "analy
                   "total_s": t_save - t_import, "params_before": result.before.params,
                   "params_after": result.after.params, "nodes": len(model.graph.node),
                   "groups": len(analysis.groups), "prunable_groups": len(analysis.prunable_groups),
-                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+                  "peak_rss_mb": peak_mb()}))
 """
 
 

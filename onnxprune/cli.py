@@ -97,7 +97,7 @@ def prune(
     """Prune MODEL by --ratio (scored with --criterion) or by a saved --plan, and write OUTPUT."""
     from onnxprune.analysis import analyze as run_analysis
     from onnxprune.api import apply_plan, load, plan_by_ratio
-    from onnxprune.modelio import check_output_path, has_external_data, save_model
+    from onnxprune.modelio import check_output_path, save_model
     from onnxprune.plan import Plan
     from onnxprune.report import cost_table
 
@@ -120,8 +120,7 @@ def prune(
                                  min_channels=min_channels, max_ratio=max_ratio)
         result = _run_step(progress, "rewriting the graph", apply_plan, m, analysis, the_plan, debug=debug,
                            inplace=True)
-        external = True if has_external_data(model) else None  # keep the input's format
-        _run_step(progress, f"writing {output}", save_model, result.model, output, external_data=external)
+        _run_step(progress, f"writing {output}", save_model, result.model, output)
     if save_plan is not None:
         the_plan.save(save_plan)
     cost_table(result.before, result.after, console)
@@ -151,7 +150,7 @@ def verify(
     from onnxprune.verify import load_inputs
     from onnxprune.verify import verify as run_verify
 
-    mo, mp = load_model(original), load_model(pruned)
+    mo, mp = load_model(original, lazy=False), load_model(pruned, lazy=False)
     from onnxprune.runtime import random_inputs
 
     shapes = {k: [int(d) for d in v] for k, v in _parse_shapes(input_shape).items()}
@@ -194,7 +193,8 @@ def demo(
         out_dir.mkdir(parents=True, exist_ok=True)
         out = save_model(result.model, out_dir / "digits_cnn_pruned.onnx")
         cost_table(result.before, result.after, console, title=f"Digits CNN, {ratio:.0%} of channels removed (l2)")
-        report = run_verify(load_model(model_path), load_model(out), {"input": test["input"]}, labels=test["labels"])
+        report = run_verify(load_model(model_path), load_model(out), {"input": test["input"]},
+                            labels=test["labels"])
         verify_table(report, console)
         console.print(f"pruned model written to [bold]{out}[/]")
 

@@ -12,7 +12,8 @@ from collections.abc import Iterator
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
+
+from onnxprune.external import read_tensor
 
 Dim = int | str | None
 SMALL_CONST_BYTES = 64 * 1024
@@ -63,7 +64,7 @@ class GraphIndex:
         init = self.initializers.get(name)
         if init is None:
             return None
-        value = numpy_helper.to_array(init)
+        value = read_tensor(init, self.model)
         if value.nbytes <= SMALL_CONST_BYTES:
             self._arrays[name] = value
         return value

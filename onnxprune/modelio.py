@@ -11,14 +11,19 @@ from pathlib import Path
 import onnx
 from google.protobuf.message import DecodeError
 
+import numpy as np
+
 from onnxprune.errors import ModelLoadError, OutputPathError
+from onnxprune.external import base_dir, is_external, mark_lazy, write_model
 
 TWO_GB = 2**31 - 1
 
 
-def load_model(path: str | os.PathLike[str], *, check: bool = True) -> onnx.ModelProto:
-    """Load an ONNX model (with its external data) and run the basic checker.
+def load_model(path: str | os.PathLike[str], *, check: bool = True, lazy: bool = True) -> onnx.ModelProto:
+    """Load an ONNX model and run the basic checker.
 
+    With ``lazy`` (the default), tensors in external data files stay there and are read
+    one at a time when needed (see ``onnxprune.external``); otherwise they are loaded.
     Raises ModelLoadError naming the file and what is wrong with it.
     """
     p = Path(path)
@@ -29,7 +34,12 @@ def load_model(path: str | os.PathLike[str], *, check: bool = True) -> onnx.Mode
     if p.stat().st_size == 0:
         raise ModelLoadError(f"{p}: file is empty")
     try:
-        model = onnx.load_model(str(p), load_external_data=True)
+        model = onnx.load_model(str(p), load_external_data=False)
+        if any(is_external(t) for t in model.graph.initializer):
+            if lazy:
+                mark_lazy(model, p.parent)
+            else:
+                onnx.load_external_data_for_model(model, str(p.parent))
     except (DecodeError, RuntimeError, ValueError, OSError) as exc:
         raise ModelLoadError(f"{p}: not a readable ONNX model ({type(exc).__name__}: {exc})") from exc
     if not model.graph.node and not model.graph.output:
@@ -42,7 +52,7 @@ def load_model(path: str | os.PathLike[str], *, check: bool = True) -> onnx.Mode
 def has_external_data(path: str | os.PathLike[str]) -> bool:
     """Whether the model file keeps (some of) its tensors in external files."""
     model = onnx.load_model(str(path), load_external_data=False)
-    return any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer)
+    return any(is_external(t) for t in model.graph.initializer)
 
 
 def is_large(model: onnx.ModelProto) -> bool:
@@ -59,7 +69,9 @@ LIGHT_THRESHOLD = 64 * 2**20
 
 
 def weight_bytes(model: onnx.ModelProto) -> int:
-    return sum(len(t.raw_data) for t in model.graph.initializer if t.HasField("raw_data"))
+    """Bytes of weights, in memory or in external files."""
+    return sum(len(t.raw_data) if t.HasField("raw_data") else
+               (int(np.prod(t.dims)) * 4 if is_external(t) else 0) for t in model.graph.initializer)
 
 
 def light_copy(model: onnx.ModelProto, min_bytes: int = 1024) -> onnx.ModelProto:
@@ -69,25 +81,19 @@ def light_copy(model: onnx.ModelProto, min_bytes: int = 1024) -> onnx.ModelProto
     shape inference see every shape, and nothing serialises gigabytes of weights. The
     original is left as it was.
     """
-    stash: dict[int, bytes] = {}
-    for i, t in enumerate(model.graph.initializer):
-        if t.HasField("raw_data") and len(t.raw_data) > min_bytes:
-            stash[i] = t.raw_data
-            t.ClearField("raw_data")
-    try:
-        light = onnx.ModelProto()
-        light.CopyFrom(model)
-    finally:
-        for i, raw in stash.items():
-            model.graph.initializer[i].raw_data = raw
-    if light.ir_version < 4:
-        light.ir_version = 4
-    keep = [t for i, t in enumerate(light.graph.initializer) if i not in stash]
-    for i in stash:
-        t = light.graph.initializer[i]
-        light.graph.input.append(onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
-    del light.graph.initializer[:]
-    light.graph.initializer.extend(keep)
+    light = onnx.ModelProto()
+    light.ir_version = max(4, model.ir_version)
+    light.opset_import.extend(model.opset_import)
+    light.functions.extend(model.functions)
+    g, src = light.graph, model.graph
+    g.name = src.name
+    for field in ("node", "input", "output", "value_info", "sparse_initializer"):
+        getattr(g, field).extend(getattr(src, field))
+    for t in src.initializer:
+        if is_external(t) or (t.HasField("raw_data") and len(t.raw_data) > min_bytes):
+            g.input.append(onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
+        else:
+            g.initializer.add().CopyFrom(t)
     return light
 
 
@@ -120,20 +126,22 @@ def check_output_path(input_path: str | os.PathLike[str] | None, output_path: st
 def save_model(model: onnx.ModelProto, path: str | os.PathLike[str], *, external_data: bool | None = None) -> Path:
     """Write a model atomically: to a temporary directory beside the target, then rename.
 
-    Models over 2 GB (or when external_data=True) are written with their tensors in
-    ``<name>.data`` beside the model file.
+    Models over 2 GB, models loaded with external data, or any model when
+    external_data=True are written with their tensors in ``<name>.data`` beside the file.
     """
     out = Path(path)
+    lazy = base_dir(model) is not None
     if external_data is None:
-        external_data = is_large(model)
+        external_data = lazy or is_large(model)
     tmpdir = Path(tempfile.mkdtemp(prefix=".onnxprune-", dir=out.parent))
     try:
         tmp_model = tmpdir / out.name
         if external_data:
             location = out.name + ".data"
-            onnx.save_model(model, str(tmp_model), save_as_external_data=True,
-                            all_tensors_to_one_file=True, location=location, size_threshold=1024)
+            write_model(model, tmp_model, location)
             os.replace(tmpdir / location, out.parent / location)
+        elif lazy:
+            raise OutputPathError(f"{out}: the model keeps its weights in external data; save it with external data")
         else:
             onnx.save_model(model, str(tmp_model))
         os.replace(tmp_model, out)

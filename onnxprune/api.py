@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import onnx
 
 from onnxprune.analysis import Analysis, analyze
+from onnxprune.budget import Budget, BudgetResult, select_to_budget
 from onnxprune.criteria import score
 from onnxprune.flops import Cost, model_cost
 from onnxprune.graph import GraphIndex
@@ -43,6 +44,14 @@ def plan_by_ratio(model: onnx.ModelProto, analysis: Analysis, *, ratio: float, c
                                max_ratio=max_ratio)
     scores = score(criterion, GraphIndex(model), analysis)
     return select(analysis, scores, options, criterion=criterion)
+
+
+def plan_to_budget(model: onnx.ModelProto, analysis: Analysis, budget: Budget, *, criterion: str = "l2",
+                   round_to: int = 1, min_channels: int = 1, max_ratio: float = 1.0) -> BudgetResult:
+    """Score with a data-free criterion and keep the best units globally within a FLOPs/params budget."""
+    scores = score(criterion, GraphIndex(model), analysis)
+    return select_to_budget(model, analysis, scores, budget, round_to=round_to, min_channels=min_channels,
+                            max_ratio=max_ratio, criterion=criterion)
 
 
 @dataclass(frozen=True)

@@ -83,6 +83,10 @@ def prune(
     model: ModelArg,
     output: Annotated[Path, typer.Option("--output", "-o", help="Where to write the pruned model.")],
     ratio: Annotated[Optional[float], typer.Option(help="Fraction of channels to remove, in [0, 1).")] = None,
+    target_flops: Annotated[Optional[float], typer.Option(
+        help="Keep FLOPs at most this: a fraction of the original (<= 1) or an absolute count.")] = None,
+    target_params: Annotated[Optional[float], typer.Option(
+        help="Keep parameters at most this: a fraction of the original (<= 1) or an absolute count.")] = None,
     plan: Annotated[Optional[Path], typer.Option(help="Replay a saved plan instead of --ratio.")] = None,
     criterion: Annotated[str, typer.Option(help="Channel criterion: l1, l2, random.")] = "l2",
     mode: Annotated[str, typer.Option(help="per-group (same ratio everywhere) or global ranking.")] = "per-group",
@@ -96,13 +100,17 @@ def prune(
 ) -> None:
     """Prune MODEL by --ratio (scored with --criterion) or by a saved --plan, and write OUTPUT."""
     from onnxprune.analysis import analyze as run_analysis
-    from onnxprune.api import apply_plan, load, plan_by_ratio
+    from onnxprune.api import apply_plan, load, plan_by_ratio, plan_to_budget
+    from onnxprune.budget import Budget
     from onnxprune.modelio import check_output_path, save_model
     from onnxprune.plan import Plan
     from onnxprune.report import cost_table
 
-    if (ratio is None) == (plan is None):
-        raise SelectionError("give exactly one of --ratio or --plan")
+    chosen = [name for name, v in (("--ratio", ratio), ("--plan", plan), ("--target-flops", target_flops),
+                                   ("--target-params", target_params)) if v is not None]
+    if len(chosen) != 1:
+        raise SelectionError("give exactly one of --ratio, --plan, --target-flops or --target-params"
+                             + (f" (got {', '.join(chosen)})" if chosen else ""))
     if ratio is not None and not 0.0 <= ratio < 1.0:
         raise SelectionError(f"--ratio must be in [0, 1), got {ratio}")
     check_output_path(model, output)
@@ -112,8 +120,17 @@ def prune(
         m = _run_step(progress, "loading and inferring shapes", load, model,
                       input_shapes=_parse_shapes(input_shape))
         analysis = _run_step(progress, "analysing channel groups", run_analysis, m, ignore=ignore or ())
+        budget_note = ""
         if plan is not None:
             the_plan = Plan.load(plan)
+        elif target_flops is not None or target_params is not None:
+            budget = Budget("flops", target_flops) if target_flops is not None else Budget("params", target_params)
+            reached = _run_step(progress, f"allocating to the {budget.metric} budget ({criterion})", plan_to_budget,
+                                m, analysis, budget, criterion=criterion, round_to=round_to,
+                                min_channels=min_channels, max_ratio=max_ratio)
+            the_plan = reached.plan
+            budget_note = (f"{budget.metric}: target {reached.target:,.0f} ({reached.target / reached.original:.1%}), "
+                           f"achieved {reached.achieved:,} ({reached.achieved / reached.original:.1%})")
         else:
             the_plan = _run_step(progress, f"scoring channels ({criterion})", plan_by_ratio, m, analysis,
                                  ratio=ratio, criterion=criterion, mode=mode, round_to=round_to,
@@ -124,6 +141,8 @@ def prune(
     if save_plan is not None:
         the_plan.save(save_plan)
     cost_table(result.before, result.after, console)
+    if budget_note:
+        console.print(budget_note)
     console.print(f"removed {the_plan.removed_channels(analysis)} channels in {len(the_plan.keep)} groups "
                   f"({result.before.params - result.after.params} parameters); "
                   f"wrote [bold]{output}[/]")

@@ -54,7 +54,7 @@ def select(analysis: Analysis, scores: Mapping[str, np.ndarray], options: Select
         targets = {g.id: g.size - math.floor(g.size * options.ratio) for g in groups}
     keep: dict[str, tuple[int, ...]] = {}
     for g in groups:
-        k = _legal_keep_count(g, targets[g.id], options)
+        k = legal_keep_count(g, targets[g.id], options)
         if k < g.size:
             order = np.lexsort((np.arange(g.size), -np.asarray(scores[g.id], dtype=np.float64)))
             keep[g.id] = tuple(sorted(order[:k].tolist()))
@@ -87,7 +87,7 @@ def _global_keep_counts(groups: list[Group], scores: Mapping[str, np.ndarray], r
     return {g.id: g.size - removed[g.id] for g in groups}
 
 
-def _legal_keep_count(g: Group, k: int, options: SelectionOptions) -> int:
+def legal_keep_count(g: Group, k: int, options: SelectionOptions) -> int:
     """Round a kept unit count up so that channels are a multiple of round_to and limits hold."""
     width = g.unit_width
     k = max(k, 1, math.ceil(g.size * (1.0 - options.max_ratio)), math.ceil(options.min_channels / width))

@@ -144,6 +144,9 @@ def test_output_equal_to_input_is_refused(monkeypatch, capsys, tmp_path, model_p
 def test_ratio_and_plan_are_exclusive(monkeypatch, capsys, tmp_path, model_path):
     code, _, err = cli(monkeypatch, capsys, "prune", model_path, "-o", tmp_path / "o.onnx")
     assert code != 0 and "exactly one" in err
+    code, _, err = cli(monkeypatch, capsys, "prune", model_path, "-o", tmp_path / "o.onnx", "--ratio", "0.5",
+                       "--target-flops", "0.5")
+    assert code != 0 and "exactly one" in err and "--target-flops" in err
 
 
 def test_input_shape_option_rescues_shapeless_model(monkeypatch, capsys, tmp_path, model_path):

@@ -1,0 +1,110 @@
+"""Global allocation to a budget: keep the highest-scoring units across all groups
+such that the model's MACs (FLOPs = 2 x MACs) or parameters fit a target.
+
+Scores are normalised per group (divided by the group's mean) so one global ranking
+works across groups. Units are removed in order of normalised score; each group's kept
+count is rounded up to ``round_to`` channels and kept within ``min_channels`` /
+``max_ratio``; the number of units removed is found by bisection on the exact cost model
+(``accounting.CostModel``), so the achieved cost is the largest one that fits.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+
+from onnxprune.accounting import CostModel
+from onnxprune.analysis import Analysis
+from onnxprune.errors import SelectionError
+from onnxprune.plan import Plan
+from onnxprune.selection import SelectionOptions, legal_keep_count
+
+
+@dataclass(frozen=True)
+class Budget:
+    """A target for ``metric`` ('flops' or 'params'): a fraction of the original (<= 1) or absolute."""
+
+    metric: str
+    target: float
+
+    def __post_init__(self) -> None:
+        if self.metric not in ("flops", "params"):
+            raise SelectionError(f"budget metric must be 'flops' or 'params', got {self.metric!r}")
+        if self.target <= 0:
+            raise SelectionError(f"budget target must be positive, got {self.target}")
+
+    def absolute(self, original: int) -> float:
+        return self.target * original if self.target <= 1.0 else self.target
+
+
+@dataclass(frozen=True)
+class BudgetResult:
+    plan: Plan
+    original: int
+    target: float
+    achieved: int
+
+
+def select_to_budget(model: onnx.ModelProto, analysis: Analysis, scores: Mapping[str, np.ndarray],
+                     budget: Budget, *, round_to: int = 1, min_channels: int = 1, max_ratio: float = 1.0,
+                     criterion: str | None = None) -> BudgetResult:
+    """The plan that keeps the best units and whose cost is the largest that fits the budget."""
+    options = SelectionOptions(ratio=0.0, round_to=round_to, min_channels=min_channels, max_ratio=max_ratio)
+    costs = CostModel(model, analysis)
+    cost = (lambda removed: 2 * costs.macs(removed)) if budget.metric == "flops" else costs.params
+    groups = [g for g in analysis.prunable_groups if g.id in scores]
+    order = _global_order(groups, scores)
+    original = cost(np.zeros(0, dtype=np.int64))
+    target = budget.absolute(original)
+
+    def plan_for(k: int) -> dict[str, np.ndarray]:
+        removed_per_group: dict[str, int] = {}
+        for gid, _ in order[:k]:
+            removed_per_group[gid] = removed_per_group.get(gid, 0) + 1
+        keep = {}
+        for g in groups:
+            n_keep = legal_keep_count(g, g.size - removed_per_group.get(g.id, 0), options)
+            if n_keep < g.size:
+                ranked = np.lexsort((np.arange(g.size), -np.asarray(scores[g.id], dtype=np.float64)))
+                keep[g.id] = np.sort(ranked[:n_keep])
+        return keep
+
+    def removed_units(keep: dict[str, np.ndarray]) -> np.ndarray:
+        parts = [np.delete(analysis.group(gid).units, k) for gid, k in keep.items()]
+        return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+
+    lo, hi = 0, len(order)  # invariant: cost(plan_for(lo)) > target or lo == 0
+    if cost(removed_units(plan_for(hi))) > target:
+        floor = cost(removed_units(plan_for(hi)))
+        raise SelectionError(
+            f"the {budget.metric} budget {target:,.0f} cannot be reached: pruning every prunable group to its "
+            f"limit still leaves {floor:,.0f} ({floor / original:.1%} of {original:,.0f})")
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if cost(removed_units(plan_for(mid))) <= target:
+            hi = mid
+        else:
+            lo = mid + 1
+    keep = plan_for(lo)
+    plan = Plan(fingerprint=analysis.fingerprint, keep={gid: tuple(k.tolist()) for gid, k in keep.items()},
+                sizes={gid: analysis.group(gid).size for gid in keep}, criterion=criterion,
+                options={"budget": budget.metric, "target": budget.target, "round_to": round_to,
+                         "min_channels": min_channels, "max_ratio": max_ratio})
+    plan.validate(analysis)
+    return BudgetResult(plan, int(original), float(target), int(cost(removed_units(keep))))
+
+
+def _global_order(groups, scores: Mapping[str, np.ndarray]) -> list[tuple[str, int]]:  # noqa: ANN001
+    """(group id, unit) pairs from least to most important by per-group normalised score."""
+    entries = []
+    for g in groups:
+        s = np.asarray(scores[g.id], dtype=np.float64)
+        mean = s.mean()
+        normed = s / mean if mean > 0 else np.zeros_like(s)
+        entries.extend((float(v), g.id, i) for i, v in enumerate(normed))
+    entries.sort(key=lambda e: (e[0], e[1], e[2]))
+    return [(gid, i) for _, gid, i in entries]
+

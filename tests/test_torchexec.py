@@ -15,17 +15,27 @@ from onnx import TensorProto, helper, numpy_helper
 
 torch = pytest.importorskip("torch")
 
-from models import make_inputs  # noqa: E402
-from onnxprune.analysis import analyze  # noqa: E402
-from onnxprune.api import load  # noqa: E402
-from onnxprune.errors import RuntimeUnavailableError  # noqa: E402
-from onnxprune.masking import masked_model, random_masking_plan  # noqa: E402
-from onnxprune.passes import PruneContext  # noqa: E402
-from onnxprune.runtime import run  # noqa: E402
-from onnxprune.torchexec import OnnxModule  # noqa: E402
-from tests.zoo_cache import ZOO_NAMES, zoo_path  # noqa: E402
+from onnxprune.passes import PruneContext
+
+from models import make_inputs
+from onnxprune.analysis import analyze
+from onnxprune.api import load
+from onnxprune.errors import RuntimeUnavailableError
+from onnxprune.masking import masked_model, random_masking_plan
+from onnxprune.runtime import run
+from onnxprune.torchexec import OnnxModule
+from tests.zoo_cache import ZOO_NAMES, zoo_path
 
 RTOL = 1e-4
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """The test models are tiny: one intra-op thread is faster and immune to a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def _assert_close(got: torch.Tensor, ref: np.ndarray, what: str) -> None:
@@ -129,7 +139,7 @@ def test_input_hooks_match_masked_reference(name):
             masks.setdefault((ref.node, ref.slot), []).append((ref.axis, torch.from_numpy(keep.astype(np.float32))))
     assert masks, "the random plan removes nothing"
 
-    def gate(entries):  # noqa: ANN001, ANN202
+    def gate(entries):
         def hook(t: torch.Tensor) -> torch.Tensor:
             for axis, keep in entries:
                 shape = [1] * t.dim()
@@ -197,18 +207,16 @@ def test_capture_returns_intermediates():
     feeds = make_inputs("resnet18")
     reference = run(probe, feeds)
     module = OnnxModule(model)
-    with module.capture(wanted + ["input"]) as seen:
-        with torch.no_grad():
-            module(torch.from_numpy(feeds["input"]))
+    with module.capture(wanted + ["input"]) as seen, torch.no_grad():
+        module(torch.from_numpy(feeds["input"]))
     assert set(seen) == set(wanted) | {"input"}
     for name in wanted:
         _assert_close(seen[name], reference[name], f"captured {name}")
     with torch.no_grad():
         module(torch.from_numpy(feeds["input"]))
     assert set(seen) == set(wanted) | {"input"}  # nothing recorded after the block
-    with pytest.raises(KeyError, match="nope"):
-        with module.capture(["nope"]):
-            pass
+    with pytest.raises(KeyError, match="nope"), module.capture(["nope"]):
+        pass
 
 
 def _tiny(op_type: str, domain: str = "") -> onnx.ModelProto:
@@ -218,6 +226,38 @@ def _tiny(op_type: str, domain: str = "") -> onnx.ModelProto:
     graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])],
                               [helper.make_empty_tensor_value_info("y")])
     return helper.make_model(graph, opset_imports=opsets)
+
+
+def test_default_trainability_and_constant_nodes():
+    """Weights read through a Transpose train, scalar elementwise constants do not; a
+    Constant node's weight is a parameter and is written back into the node."""
+    rng = np.random.default_rng(0)
+    weight = numpy_helper.from_array(rng.standard_normal((4, 3, 3, 3)).astype(np.float32))
+    nodes = [
+        helper.make_node("Constant", [], ["w"], name="w_const", value=weight),
+        helper.make_node("Conv", ["x", "w"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+        helper.make_node("Mul", ["c", "half"], ["h"], name="scale"),
+        helper.make_node("Add", ["h", "shift"], ["a"], name="shift_add"),
+        helper.make_node("Flatten", ["a"], ["f"], name="flatten"),
+        helper.make_node("Transpose", ["fc_w"], ["fc_wt"], name="fc_t"),
+        helper.make_node("MatMul", ["f", "fc_wt"], ["y"], name="fc"),
+    ]
+    inits = [numpy_helper.from_array(np.array(0.5, np.float32), "half"),
+             numpy_helper.from_array(rng.standard_normal((4, 1, 1)).astype(np.float32), "shift"),
+             numpy_helper.from_array(rng.standard_normal((5, 4 * 5 * 5)).astype(np.float32), "fc_w")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, 5, 5])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 5])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    module = OnnxModule(model)
+    trains = {name: t.requires_grad for name, t in module.named_initializers()}
+    assert trains == {"w": True, "half": False, "shift": True, "fc_w": True}
+    with torch.no_grad():
+        module.parameter("w").mul_(-2.0)
+    written = module.write_back(model)
+    feeds = {"x": rng.standard_normal((2, 3, 5, 5)).astype(np.float32)}
+    reference = run(written, feeds)["y"]
+    assert not np.allclose(reference, run(model, feeds)["y"])
+    _assert_close(_outputs(module, feeds)["y"], reference, "constant written back")
 
 
 def test_unknown_op_is_named():
@@ -263,22 +303,22 @@ def test_runs_on_cuda():
 class C:
     """An input given as an initializer (a constant) rather than a graph input."""
 
-    def __init__(self, value) -> None:  # noqa: ANN001
+    def __init__(self, value) -> None:
         self.value = np.asarray(value)
 
 
 _RNG = np.random.default_rng(0)
 
 
-def R(*shape: int, dtype=np.float32) -> np.ndarray:  # noqa: N802, ANN001
+def R(*shape: int, dtype=np.float32) -> np.ndarray:
     return _RNG.standard_normal(shape).astype(dtype)
 
 
-def I(*values: int) -> C:  # noqa: N802, E743
+def I(*values: int) -> C:
     return C(np.array(values, dtype=np.int64))
 
 
-def F(*values: float) -> C:  # noqa: N802
+def F(*values: float) -> C:
     return C(np.array(values, dtype=np.float32))
 
 
@@ -305,7 +345,8 @@ def _single_op(op_type: str, inputs: list, attrs: dict, opset: int, n_out: int) 
     return model, feeds
 
 
-def case(op_type: str, *inputs, opset: int = 17, n_out: int = 1, id: str | None = None, **attrs):  # noqa: A002, ANN001, ANN201
+def case(op_type: str, *inputs, opset: int = 17, n_out: int = 1, id: str | None = None,
+         **attrs):
     return pytest.param(op_type, list(inputs), attrs, opset, n_out, id=id or op_type)
 
 
@@ -322,7 +363,8 @@ _INT_B = np.array([[2, 2, -3, -3], [4, 4, 3, 3]], dtype=np.int64)
 
 OP_CASES = [
     # convolutions
-    case("Conv", R(1, 4, 9, 9), C(R(6, 2, 3, 3)), C(R(6)), group=2, pads=[1, 0, 2, 1], strides=[2, 1], id="conv-asym"),
+    case("Conv", R(1, 4, 9, 9), C(R(6, 2, 3, 3)), C(R(6)), group=2, pads=[1, 0, 2, 1], strides=[2, 1],
+         id="conv-asym"),
     case("Conv", R(1, 3, 10, 11), C(R(4, 3, 3, 3)), auto_pad="SAME_UPPER", strides=[2, 2], id="conv-same-upper"),
     case("Conv", R(1, 3, 10, 11), C(R(4, 3, 4, 4)), auto_pad="SAME_LOWER", strides=[3, 2], id="conv-same-lower"),
     case("Conv", R(1, 3, 10, 11), C(R(4, 3, 3, 3)), auto_pad="VALID", dilations=[2, 2], id="conv-valid-dil"),
@@ -534,6 +576,8 @@ OP_CASES = [
     case("ReduceSum", R(2, 3, 4), C(np.zeros(0, np.int64)), noop_with_empty_axes=1, opset=13, id="reducesum-noop"),
     case("ReduceSum", R(2, 3, 4), opset=13, keepdims=0, id="reducesum-all"),
     case("ReduceMax", R(2, 3, 4), axes=[2], opset=13, id="reducemax"),
+    case("ReduceSum", _INT_A.astype(np.int32), I(1), opset=13, id="reducesum-int32"),
+    case("ReduceMean", _INT_A.astype(np.int32), axes=[1], opset=13, id="reducemean-int32"),
     case("ReduceMin", R(2, 3, 4), I(0), opset=18, id="reducemin"),
     case("ReduceProd", R(2, 3, 4), axes=[0, 2], opset=13, id="reduceprod"),
     case("ReduceL2", R(2, 3, 4), axes=[1], keepdims=0, opset=13, id="reducel2"),
@@ -566,7 +610,8 @@ OP_CASES = [
          hidden_size=4, direction="bidirectional", n_out=3, id="lstm-bidirectional-lens"),
     case("GRU", _X_SEQ, C(_GRU_W[1:]), C(_GRU_R[1:]), None, _LENS, hidden_size=4, direction="reverse", n_out=2,
          id="gru-reverse-lens-nobias"),
-    case("GRU", _X_SEQ, C(_GRU_W[:1]), C(_GRU_R[:1]), C(_GRU_B[:1]), hidden_size=4, activations=["HardSigmoid", "Tanh"],
+    case("GRU", _X_SEQ, C(_GRU_W[:1]), C(_GRU_R[:1]), C(_GRU_B[:1]), hidden_size=4,
+         activations=["HardSigmoid", "Tanh"],
          activation_alpha=[0.3], activation_beta=[0.4], n_out=2, id="gru-activations"),
     case("RNN", _X_SEQ, C(R(1, 4, 3)), C(R(1, 4, 4)), C(R(1, 8)), hidden_size=4, n_out=2, id="rnn"),
 ]

@@ -17,7 +17,7 @@ except ImportError as exc:  # pragma: no cover - exercised with torch hidden
         "onnxprune.torchexec needs torch, which is not installed: pip install 'onnxprune[torch]'"
     ) from exc
 
-from onnxprune.torchexec.module import OnnxModule  # noqa: E402
-from onnxprune.torchexec.ops import OPS, Node, op, supported_ops  # noqa: E402
+from onnxprune.torchexec.module import OnnxModule
+from onnxprune.torchexec.ops import OPS, Node, op, supported_ops
 
 __all__ = ["OPS", "Node", "OnnxModule", "op", "supported_ops"]

@@ -54,7 +54,7 @@ def to_torch(value: np.ndarray, onnx_type: int | None = None) -> torch.Tensor:
     """A torch tensor (own memory) holding a numpy array decoded from ONNX."""
     target = torch_dtype(onnx_type) if onnx_type is not None else None
     if target in _BIT_VIEWS:
-        bits, tbits = _BIT_VIEWS[target]
+        bits = _BIT_VIEWS[target][0]
         raw = np.array(np.ascontiguousarray(value).view(bits), copy=True)
         return torch.from_numpy(raw).view(target)
     if value.dtype == np.object_:
@@ -68,7 +68,7 @@ def to_numpy(tensor: torch.Tensor, onnx_type: int) -> np.ndarray:
     np_dtype = helper.tensor_dtype_to_np_dtype(onnx_type)
     target = torch_dtype(onnx_type)
     if target in _BIT_VIEWS:
-        bits, tbits = _BIT_VIEWS[target]
+        tbits = _BIT_VIEWS[target][1]
         return t.to(target).contiguous().view(tbits).numpy().view(np_dtype)
     return t.to(target).numpy().astype(np_dtype, copy=False)
 

@@ -22,6 +22,8 @@ WEIGHT_SLOTS: dict[str, set[int]] = {
     "GroupNormalization": {1, 2}, "PRelu": {1}, "Add": {0, 1}, "Mul": {0, 1},
     "LSTM": {1, 2, 3, 7}, "GRU": {1, 2, 3}, "RNN": {1, 2, 3},
 }
+# Ops that only re-lay a constant out: a weight read through them is still a weight.
+_PASS_THROUGH = {"Transpose", "Reshape", "Squeeze", "Unsqueeze", "Cast", "Identity", "Flatten"}
 # Elementwise constants are trainable only when they are per-channel (not scalars such as
 # the 0.5 of a decomposed activation or an epsilon).
 _ELEMENTWISE = {"Add", "Mul"}
@@ -113,33 +115,45 @@ class OnnxModule(torch.nn.Module):
 
     # -- construction --------------------------------------------------------------
     @staticmethod
-    def _uses(nodes: Iterable[onnx.NodeProto]) -> dict[str, list[tuple[str, int]]]:
-        uses: dict[str, list[tuple[str, int]]] = {}
+    def _uses(nodes: Iterable[onnx.NodeProto]) -> dict[str, list[tuple[str, int, str]]]:
+        """tensor -> [(op type, slot, first output)] for every read."""
+        uses: dict[str, list[tuple[str, int, str]]] = {}
         for node in nodes:
             for slot, name in enumerate(node.input):
                 if name:
-                    uses.setdefault(name, []).append((node.op_type, slot))
+                    uses.setdefault(name, []).append((node.op_type, slot, node.output[0] if node.output else ""))
         return uses
 
     @staticmethod
-    def _default_trainable(graph: onnx.GraphProto, uses: dict[str, list[tuple[str, int]]]) -> Callable[[str], bool]:
+    def _default_trainable(graph: onnx.GraphProto, uses: dict[str, list[tuple[str, int, str]]]
+                           ) -> Callable[[str], bool]:
         numel = {t.name: int(np.prod(t.dims)) for t in graph.initializer}
         for node in graph.node:
-            if node.op_type == "Constant" and node.output:
-                numel.setdefault(node.output[0], 2)
+            if node.op_type == "Constant" and node.output and node.output[0] not in numel:
+                value = next((a for a in node.attribute if a.name == "value"), None)
+                numel[node.output[0]] = int(np.prod(value.t.dims)) if value is not None else 1
 
         def weight_like(name: str) -> bool:
-            for op_type, slot in uses.get(name, ()):
-                if slot in WEIGHT_SLOTS.get(op_type, ()) and (op_type not in _ELEMENTWISE or numel.get(name, 0) > 1):
-                    return True
+            todo, seen = [name], set()
+            while todo:  # follow the constant through layout-only ops to the ops reading it
+                tensor = todo.pop()
+                if tensor in seen:
+                    continue
+                seen.add(tensor)
+                for op_type, slot, out in uses.get(tensor, ()):
+                    if slot in WEIGHT_SLOTS.get(op_type, ()) and (op_type not in _ELEMENTWISE
+                                                                  or numel.get(name, 2) > 1):
+                        return True
+                    if op_type in _PASS_THROUGH and slot == 0 and out:
+                        todo.append(out)
             return False
 
         return weight_like
 
-    def _register(self, name: str, value: torch.Tensor, uses: dict[str, list[tuple[str, int]]],
+    def _register(self, name: str, value: torch.Tensor, uses: dict[str, list[tuple[str, int, str]]],
                   trainable: Callable[[str], bool], source: str) -> None:
         used = uses.get(name, [])
-        control = bool(used) and all(slot in CONTROL_SLOTS.get(op_type, ()) for op_type, slot in used)
+        control = bool(used) and all(slot in CONTROL_SLOTS.get(op_type, ()) for op_type, slot, _ in used)
         key = self._key(name)
         if value.dtype.is_floating_point and not control:
             self.params.register_parameter(key, torch.nn.Parameter(value, requires_grad=bool(trainable(name))))
@@ -156,16 +170,18 @@ class OnnxModule(torch.nn.Module):
             key = "t_" + key
         base, k = key, 1
         taken = set(self.params._parameters) | set(self.consts._buffers)
-        while key in taken:
+        while key in taken or hasattr(self.params, key):  # Module attributes such as half, float
             key, k = f"{base}_{k}", k + 1
         return key
 
     def _plan(self, nodes: list[onnx.NodeProto]) -> list[_Step]:
         steps = []
-        for node in nodes:
+        for i, node in enumerate(nodes):
             fn = implementation(node, self.opset)
             static = {slot: self._static[name] for slot, name in enumerate(node.input) if name in self._static}
-            steps.append(_Step(Node(node, self.opset, static), fn, list(node.input), list(node.output), []))
+            info = Node(node, self.opset, static)
+            info.name = info.name or f"{node.op_type}_{i}"  # prepare() names every node; a fallback for messages
+            steps.append(_Step(info, fn, list(node.input), list(node.output), []))
         keep = set(self.output_names) | set(self._slots)
         last: dict[str, int] = {}
         for i, step in enumerate(steps):
@@ -202,9 +218,12 @@ class OnnxModule(torch.nn.Module):
     def set_input_hook(self, node_name: str, slot: int,
                        fn: Callable[[torch.Tensor], torch.Tensor] | None) -> None:
         """Pass input ``slot`` of node ``node_name`` through ``fn`` before the node reads it (None removes)."""
-        step = next((s for s in self._steps if s.node.name == node_name), None)
-        if step is None:
+        steps = [s for s in self._steps if s.node.name == node_name]
+        if not steps:
             raise KeyError(f"no node named '{node_name}' in this model")
+        if len(steps) > 1:
+            raise ValueError(f"node name '{node_name}' is not unique (onnxprune.prepare.prepare names every node)")
+        step = steps[0]
         if not 0 <= slot < len(step.inputs) or not step.inputs[slot]:
             raise IndexError(f"node '{node_name}' ({step.node.op_type}) has no input in slot {slot}")
         if fn is None:
@@ -261,7 +280,9 @@ class OnnxModule(torch.nn.Module):
         return feeds
 
     def forward(self, *inputs: torch.Tensor, **named: torch.Tensor) -> tuple[torch.Tensor, ...] | torch.Tensor:
-        env: dict[str, torch.Tensor] = {name: self.parameter(name) for name in self._slots}
+        params, consts = self.params._parameters, self.consts._buffers
+        env: dict[str, torch.Tensor] = {
+            name: (params if slot.container == "params" else consts)[slot.key] for name, slot in self._slots.items()}
         env.update(self._feeds(inputs, named))
         capture = self._capture
         if capture is not None:

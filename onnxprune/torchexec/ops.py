@@ -57,7 +57,7 @@ def _load_families() -> None:
 class Node:
     """What an implementation knows about its node besides the input tensors."""
 
-    __slots__ = ("name", "op_type", "opset", "attrs", "static", "outputs", "inputs", "cache")
+    __slots__ = ("attrs", "cache", "inputs", "name", "op_type", "opset", "outputs", "static")
 
     def __init__(self, proto: onnx.NodeProto, opset: int, static: dict[int, np.ndarray]) -> None:
         self.name = proto.name
@@ -72,7 +72,7 @@ class Node:
     def __repr__(self) -> str:
         return f"Node({self.name!r}, {self.op_type})"
 
-    def attr(self, key: str, default=None):  # noqa: ANN001, ANN201
+    def attr(self, key: str, default=None):
         return self.attrs.get(key, default)
 
     def wants(self, index: int) -> bool:
@@ -96,7 +96,7 @@ class Node:
         v = self.values(slot, value)
         return None if v is None else [int(x) for x in np.asarray(v).reshape(-1)]
 
-    def scalar(self, slot: int, value: torch.Tensor | None):  # noqa: ANN201
+    def scalar(self, slot: int, value: torch.Tensor | None):
         v = self.values(slot, value)
         return None if v is None else np.asarray(v).reshape(-1)[0].item()
 

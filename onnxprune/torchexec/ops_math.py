@@ -25,7 +25,7 @@ _UNARY = {
 }
 
 
-def _unary(fn):  # noqa: ANN001, ANN202
+def _unary(fn):
     def run(n: Node, x: torch.Tensor) -> torch.Tensor:
         return fn(x)
     return run
@@ -41,7 +41,7 @@ def identity(n: Node, x: torch.Tensor) -> torch.Tensor:
 
 
 @op("Dropout")
-def dropout(n: Node, x: torch.Tensor, ratio=None, training_mode=None):  # noqa: ANN001, ANN201
+def dropout(n: Node, x: torch.Tensor, ratio=None, training_mode=None):
     """Inference: the identity (and a mask of ones when asked for)."""
     if n.wants(1):
         return x, torch.ones(x.shape, dtype=torch.bool, device=x.device)
@@ -120,7 +120,7 @@ def cast_like(n: Node, x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 
 
 @op("Clip")
-def clip(n: Node, x: torch.Tensor, lo=None, hi=None):  # noqa: ANN001, ANN201
+def clip(n: Node, x: torch.Tensor, lo=None, hi=None):
     if n.opset < 11:
         lo, hi = n.attr("min"), n.attr("max")
     if lo is None and hi is None:
@@ -207,7 +207,7 @@ _BINARY = {
 }
 
 
-def _binary(fn):  # noqa: ANN001, ANN202
+def _binary(fn):
     def run(n: Node, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         return fn(a, b)
     return run
@@ -234,15 +234,16 @@ def _reduce_axes(n: Node, x: torch.Tensor, axes_input: torch.Tensor | None, inpu
     return sorted(set(axes_of(axes, x.dim())))
 
 
-def _reduction(fn, input_since: int = 18):  # noqa: ANN001, ANN202
+def _reduction(fn, input_since: int = 18):
     def run(n: Node, x: torch.Tensor, axes: torch.Tensor | None = None) -> torch.Tensor:
         dims = _reduce_axes(n, x, axes, input_since)
         if dims is None:
             return x
         keep = bool(n.attr("keepdims", 1))
         if x.dim() == 0:
-            return fn(x.reshape(1), [0], False).reshape(()) if not keep else x
-        return fn(x, dims, keep)
+            return fn(x.reshape(1), [0], False).reshape(()).to(x.dtype)
+        out = fn(x, dims, keep)
+        return out if out.dtype == x.dtype else out.to(x.dtype)  # torch sums integers as int64
     return run
 
 
@@ -252,8 +253,15 @@ def _prod(x: torch.Tensor, dims: list[int], keep: bool) -> torch.Tensor:
     return x
 
 
+def _mean(x: torch.Tensor, dims: list[int], keep: bool) -> torch.Tensor:
+    if x.dtype.is_floating_point or x.dtype.is_complex:
+        return torch.mean(x, dim=dims, keepdim=keep)
+    count = math.prod(x.shape[d] for d in dims)
+    return torch.div(torch.sum(x, dim=dims, keepdim=keep), count, rounding_mode="trunc").to(x.dtype)
+
+
 _REDUCTIONS = {
-    "ReduceMean": lambda x, d, k: torch.mean(x, dim=d, keepdim=k),
+    "ReduceMean": _mean,
     "ReduceSum": lambda x, d, k: torch.sum(x, dim=d, keepdim=k),
     "ReduceMax": lambda x, d, k: torch.amax(x, dim=d, keepdim=k),
     "ReduceMin": lambda x, d, k: torch.amin(x, dim=d, keepdim=k),
@@ -268,7 +276,7 @@ for _name, _fn in _REDUCTIONS.items():
     op(_name)(_reduction(_fn, 13 if _name == "ReduceSum" else 18))
 
 
-def _arg(fn):  # noqa: ANN001, ANN202
+def _arg(fn):
     def run(n: Node, x: torch.Tensor) -> torch.Tensor:
         axis = axis_of(n.attr("axis", 0), x.dim())
         keep = bool(n.attr("keepdims", 1))
@@ -283,7 +291,7 @@ op("ArgMax")(_arg(torch.argmax))
 op("ArgMin")(_arg(torch.argmin))
 
 
-def _softmax_like(fn):  # noqa: ANN001, ANN202
+def _softmax_like(fn):
     def run(n: Node, x: torch.Tensor) -> torch.Tensor:
         if n.opset >= 13:
             return fn(x, axis_of(n.attr("axis", -1), x.dim()))
@@ -309,7 +317,7 @@ def einsum(n: Node, *xs: torch.Tensor) -> torch.Tensor:
 
 
 @op("TopK")
-def topk(n: Node, x: torch.Tensor, k: torch.Tensor):  # noqa: ANN201
+def topk(n: Node, x: torch.Tensor, k: torch.Tensor):
     axis = axis_of(n.attr("axis", -1), x.dim())
     kk = n.ints(1, k)[0] if n.opset >= 10 else n.attr("k")
     values, indices = torch.topk(x, kk, dim=axis, largest=bool(n.attr("largest", 1)), sorted=True)
@@ -321,7 +329,7 @@ def cumsum(n: Node, x: torch.Tensor, axis: torch.Tensor) -> torch.Tensor:
     dim = axis_of(n.ints(1, axis)[0], x.dim())
     if n.attr("reverse", 0):
         x = torch.flip(x, [dim])
-    out = torch.cumsum(x, dim)
+    out = torch.cumsum(x, dim).to(x.dtype)
     if n.attr("exclusive", 0):
         out = out - x
     return torch.flip(out, [dim]) if n.attr("reverse", 0) else out

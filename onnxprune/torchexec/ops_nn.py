@@ -148,7 +148,7 @@ def _stash(n: Node, x: torch.Tensor) -> torch.Tensor:
 
 
 @op("LayerNormalization")
-def layer_norm(n: Node, x: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None = None):  # noqa: ANN201
+def layer_norm(n: Node, x: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None = None):
     axis = axis_of(n.attr("axis", -1), x.dim())
     dims = list(range(axis, x.dim()))
     xs = _stash(n, x)
@@ -216,7 +216,7 @@ def prelu(n: Node, x: torch.Tensor, slope: torch.Tensor) -> torch.Tensor:
 
 # -- pooling ----------------------------------------------------------------------------
 
-def _pool_layout(n: Node, x: torch.Tensor):  # noqa: ANN202
+def _pool_layout(n: Node, x: torch.Tensor):
     """Kernel, strides, dilations, pads and output sizes of a pooling node (ONNX rules)."""
     nd = _spatial(n, x)
     kernel = list(n.attr("kernel_shape"))
@@ -235,7 +235,8 @@ def _pool_layout(n: Node, x: torch.Tensor):  # noqa: ANN202
     return nd, kernel, strides, dilations, begins, ends, outs
 
 
-def _pad_for_windows(x: torch.Tensor, kernel, strides, dilations, begins, ends, outs, value: float):  # noqa: ANN001, ANN202
+def _pad_for_windows(x: torch.Tensor, kernel, strides, dilations, begins, ends, outs,
+                     value: float):
     """x padded so that exactly ``outs`` windows fit; returns it and the extra end pads."""
     extra = [max(0, (o - 1) * s + (k - 1) * d + 1 - (i + b + e))
              for o, s, k, d, i, b, e in zip(outs, strides, kernel, dilations, x.shape[2:], begins, ends)]
@@ -252,7 +253,7 @@ def _crop(y: torch.Tensor, outs: Sequence[int]) -> torch.Tensor:
     return y
 
 
-def _fast_pool_ok(kernel, begins, ends) -> bool:  # noqa: ANN001
+def _fast_pool_ok(kernel, begins, ends) -> bool:
     return begins == ends and all(2 * p <= k for p, k in zip(begins, kernel))
 
 
@@ -279,7 +280,7 @@ def _onnx_indices(idx: torch.Tensor, x: torch.Tensor, padded: Sequence[int], beg
 
 
 @op("MaxPool")
-def max_pool(n: Node, x: torch.Tensor):  # noqa: ANN201
+def max_pool(n: Node, x: torch.Tensor):
     nd, kernel, strides, dilations, begins, ends, outs = _pool_layout(n, x)
     want_idx = n.wants(1)
     fn = _MAX_POOL[nd]

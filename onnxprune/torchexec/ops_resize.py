@@ -72,7 +72,8 @@ def _cubic_weights(t: np.ndarray, a: float) -> np.ndarray:
     return np.stack([w0, w1, w2, w3], axis=1).astype(f32)
 
 
-def _axis_table(n: Node, mode: str, out: int, size: int, scale: float, roi, nearest_mode: str):  # noqa: ANN001, ANN202
+def _axis_table(n: Node, mode: str, out: int, size: int, scale: float, roi,
+                nearest_mode: str):
     """(indices [out, taps], weights [out, taps] or None, outside mask [out] or None)."""
     ctm = n.attr("coordinate_transformation_mode", "half_pixel") if n.opset >= 11 else "asymmetric"
     x = _coords(ctm, out, size, scale, roi)
@@ -142,7 +143,7 @@ def _mode(n: Node) -> str:
 
 
 @op("Resize")
-def resize(n: Node, x: torch.Tensor, roi=None, scales=None, sizes=None) -> torch.Tensor:  # noqa: ANN001
+def resize(n: Node, x: torch.Tensor, roi=None, scales=None, sizes=None) -> torch.Tensor:
     if n.opset < 11:  # Resize-10: (X, scales), asymmetric, simple nearest
         scales, roi = roi, None
     rank = x.dim()
@@ -182,7 +183,7 @@ def resize(n: Node, x: torch.Tensor, roi=None, scales=None, sizes=None) -> torch
 
 
 @op("Upsample")
-def upsample(n: Node, x: torch.Tensor, scales=None) -> torch.Tensor:  # noqa: ANN001
+def upsample(n: Node, x: torch.Tensor, scales=None) -> torch.Tensor:
     values = n.attr("scales") if scales is None else n.values(1, scales).reshape(-1).tolist()
     full_scales = [float(f32(s)) for s in values]
     out_sizes = [int(f32(s) * f32(d)) for s, d in zip(values, x.shape)]

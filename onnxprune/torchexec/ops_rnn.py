@@ -72,8 +72,8 @@ def _time_gather(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     return torch.gather(x, 0, idx)
 
 
-def _run(n: Node, x, w, r, b, lens, initial: list[torch.Tensor | None], gates: int,  # noqa: ANN001
-         defaults: list[str], step):  # noqa: ANN001
+def _run(n: Node, x, w, r, b, lens, initial: list[torch.Tensor | None], gates: int,
+         defaults: list[str], step):
     """Shared driver: returns (Y [T, D, B, H], [final states [D, B, H] per state])."""
     if n.attr("layout", 0):  # batch-major: X [B, T, I], initial states [B, D, H]
         x = x.transpose(0, 1)
@@ -128,10 +128,10 @@ def _outputs(n: Node, y: torch.Tensor, final: list[torch.Tensor]) -> tuple[torch
 
 
 @op("LSTM")
-def lstm(n: Node, x, w, r, b=None, lens=None, h0=None, c0=None, p=None):  # noqa: ANN001, ANN201
+def lstm(n: Node, x, w, r, b=None, lens=None, h0=None, c0=None, p=None):
     input_forget = bool(n.attr("input_forget", 0))
 
-    def step(xw, states, rd, wb, rb, acts, clip, d):  # noqa: ANN001, ANN202
+    def step(xw, states, rd, wb, rb, acts, clip, d):
         h, c = states
         f_act, g_act, h_act = acts
         g = xw + h @ rd.transpose(0, 1)
@@ -154,10 +154,10 @@ def lstm(n: Node, x, w, r, b=None, lens=None, h0=None, c0=None, p=None):  # noqa
 
 
 @op("GRU")
-def gru(n: Node, x, w, r, b=None, lens=None, h0=None):  # noqa: ANN001, ANN201
+def gru(n: Node, x, w, r, b=None, lens=None, h0=None):
     before_reset = bool(n.attr("linear_before_reset", 0))
 
-    def step(xw, states, rd, wb, rb, acts, clip, d):  # noqa: ANN001, ANN202
+    def step(xw, states, rd, wb, rb, acts, clip, d):
         (h,) = states
         f_act, g_act = acts
         hidden = h.shape[-1]
@@ -188,8 +188,8 @@ def gru(n: Node, x, w, r, b=None, lens=None, h0=None):  # noqa: ANN001, ANN201
 
 
 @op("RNN")
-def rnn(n: Node, x, w, r, b=None, lens=None, h0=None):  # noqa: ANN001, ANN201
-    def step(xw, states, rd, wb, rb, acts, clip, d):  # noqa: ANN001, ANN202
+def rnn(n: Node, x, w, r, b=None, lens=None, h0=None):
+    def step(xw, states, rd, wb, rb, acts, clip, d):
         (h,) = states
         g = xw + h @ rd.transpose(0, 1)
         if wb is not None:

@@ -28,7 +28,7 @@ def split(n: Node, x: torch.Tensor, sizes: torch.Tensor | None = None) -> tuple[
 
 
 @op("Slice")
-def slice_(n: Node, x: torch.Tensor, starts=None, ends=None, axes=None, steps=None) -> torch.Tensor:  # noqa: ANN001
+def slice_(n: Node, x: torch.Tensor, starts=None, ends=None, axes=None, steps=None) -> torch.Tensor:
     if n.opset < 10:
         st, en, ax, sp = n.attr("starts"), n.attr("ends"), n.attr("axes"), None
     else:
@@ -201,7 +201,7 @@ def range_(n: Node, start: torch.Tensor, limit: torch.Tensor, delta: torch.Tenso
 
 
 @op("Pad")
-def pad(n: Node, x: torch.Tensor, pads=None, value=None, axes=None) -> torch.Tensor:  # noqa: ANN001
+def pad(n: Node, x: torch.Tensor, pads=None, value=None, axes=None) -> torch.Tensor:
     mode = n.attr("mode", "constant")
     if n.opset < 11:
         flat, fill, dims = n.attr("pads", n.attr("paddings")), n.attr("value", 0.0), None

@@ -32,12 +32,17 @@ class Plan:
     sizes: Mapping[str, int]
     criterion: str | None = None
     options: Mapping[str, Any] = field(default_factory=dict)
+    # Recovery by merging (Srinivas & Babu): group id -> (removed unit j, kept unit i, factor):
+    # before j is removed, factor * (j's outgoing weights) are added to i's.
+    merges: Mapping[str, tuple[tuple[int, int, float], ...]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "keep", MappingProxyType(
             {k: tuple(sorted(int(i) for i in v)) for k, v in self.keep.items()}))
         object.__setattr__(self, "sizes", MappingProxyType({k: int(v) for k, v in self.sizes.items()}))
         object.__setattr__(self, "options", MappingProxyType(dict(self.options)))
+        object.__setattr__(self, "merges", MappingProxyType(
+            {k: tuple((int(j), int(i), float(f)) for j, i, f in v) for k, v in self.merges.items()}))
 
     # -- serialisation ---------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -47,6 +52,7 @@ class Plan:
             "criterion": self.criterion,
             "options": dict(self.options),
             "groups": {gid: {"size": self.sizes[gid], "keep": list(keep)} for gid, keep in self.keep.items()},
+            "merges": {gid: [list(m) for m in merges] for gid, merges in self.merges.items()},
         }
 
     @classmethod
@@ -61,6 +67,7 @@ class Plan:
                 sizes={gid: int(g["size"]) for gid, g in groups.items()},
                 criterion=data.get("criterion"),
                 options=data.get("options") or {},
+                merges={gid: tuple(tuple(m) for m in ms) for gid, ms in (data.get("merges") or {}).items()},
             )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise PlanError(f"malformed plan: {exc!r}") from exc
@@ -100,6 +107,11 @@ class Plan:
                 raise PlanError(f"group '{gid}': kept indices must be distinct and in [0, {group.size})")
             if len(keep) < group.size and not group.prunable:
                 raise PlanError(f"group '{gid}' cannot be pruned: {'; '.join(group.reasons) or 'one unit'}")
+        for gid, merges in self.merges.items():
+            kept = set(self.keep.get(gid, ()))
+            for j, i, _ in merges:
+                if gid not in self.keep or j in kept or i not in kept:
+                    raise PlanError(f"group '{gid}': merge ({j} -> {i}) must move a removed unit into a kept one")
 
     def removed_units(self, analysis: Analysis) -> np.ndarray:
         """Union-find roots of the units this plan removes."""

@@ -13,16 +13,22 @@ from dataclasses import dataclass
 
 import onnx
 
+from typing import TYPE_CHECKING
+
 from onnxprune.analysis import Analysis, analyze
 from onnxprune.budget import Budget, BudgetResult, select_to_budget
-from onnxprune.criteria import score
+from onnxprune.criteria import DATA_FREE, Scores, score
 from onnxprune.flops import Cost, model_cost
+from onnxprune.errors import SelectionError
 from onnxprune.graph import GraphIndex
 from onnxprune.modelio import check_basic, load_model
 from onnxprune.passes import PruneContext, default_pipeline, run_passes
 from onnxprune.plan import Plan
 from onnxprune.prepare import prepare, set_input_shapes
 from onnxprune.selection import SelectionOptions, select
+
+if TYPE_CHECKING:
+    from onnxprune.calib import CalibrationData
 
 log = logging.getLogger(__name__)
 
@@ -36,20 +42,37 @@ def load(path: str | os.PathLike[str], *, input_shapes: Mapping[str, Sequence[in
     return prepare(model)
 
 
+def score_channels(model: onnx.ModelProto, analysis: Analysis, criterion: str = "l2", *,
+                   calib: CalibrationData | None = None, **calib_options) -> Scores:
+    """Scores per prunable group's units (higher = keep): data-free (l1, l2, bn-scale, random)
+    or, with calibration data, data-driven (see ``onnxprune.calib.scores``)."""
+    if criterion in DATA_FREE:
+        return score(criterion, GraphIndex(model), analysis)
+    from onnxprune.calib import DATA_DRIVEN, calibration_scores
+
+    if criterion not in DATA_DRIVEN:
+        raise SelectionError(f"unknown criterion '{criterion}' (data-free: {', '.join(sorted(DATA_FREE))}; "
+                             f"with calibration data: {', '.join(DATA_DRIVEN)})")
+    if calib is None:
+        raise SelectionError(f"criterion '{criterion}' needs calibration data (--calib)")
+    return calibration_scores(model, analysis, calib, criterion, **calib_options)
+
+
 def plan_by_ratio(model: onnx.ModelProto, analysis: Analysis, *, ratio: float, criterion: str = "l2",
-                  mode: str = "per-group", round_to: int = 1, min_channels: int = 1,
+                  scores: Scores | None = None, mode: str = "per-group", round_to: int = 1, min_channels: int = 1,
                   max_ratio: float = 1.0) -> Plan:
-    """Score channels with a data-free criterion and keep the best (1 - ratio) per group or globally."""
+    """Keep the best (1 - ratio) units per group or globally, by ``scores`` or a data-free criterion."""
     options = SelectionOptions(ratio=ratio, mode=mode, round_to=round_to, min_channels=min_channels,
                                max_ratio=max_ratio)
-    scores = score(criterion, GraphIndex(model), analysis)
+    scores = scores if scores is not None else score_channels(model, analysis, criterion)
     return select(analysis, scores, options, criterion=criterion)
 
 
 def plan_to_budget(model: onnx.ModelProto, analysis: Analysis, budget: Budget, *, criterion: str = "l2",
-                   round_to: int = 1, min_channels: int = 1, max_ratio: float = 1.0) -> BudgetResult:
-    """Score with a data-free criterion and keep the best units globally within a FLOPs/params budget."""
-    scores = score(criterion, GraphIndex(model), analysis)
+                   scores: Scores | None = None, round_to: int = 1, min_channels: int = 1,
+                   max_ratio: float = 1.0) -> BudgetResult:
+    """Keep the best units globally within a FLOPs / parameters budget."""
+    scores = scores if scores is not None else score_channels(model, analysis, criterion)
     return select_to_budget(model, analysis, scores, budget, round_to=round_to, min_channels=min_channels,
                             max_ratio=max_ratio, criterion=criterion)
 

@@ -26,6 +26,64 @@ InputShapeOpt = Annotated[Optional[list[str]], typer.Option(
     "--input-shape", help="Set an input's shape: NAME=1,3,224,224 (a name for a dynamic axis).")]
 
 
+CalibOpt = Annotated[Optional[Path], typer.Option(
+    help="Calibration data: .npz or folder of .npy named after the inputs, or an image folder.")]
+LabelsOpt = Annotated[Optional[str], typer.Option(help="Name of the labels array in the calibration data.")]
+SamplesOpt = Annotated[Optional[int], typer.Option("--calib-samples", help="Use at most N calibration samples.")]
+BatchOpt = Annotated[int, typer.Option(help="Calibration batch size.")]
+LossOpt = Annotated[str, typer.Option(help="auto, ce, mse, pseudo (own argmax) or fisher (random projection).")]
+ReductionOpt = Annotated[str, typer.Option(help="Reduce a unit's scores over its consumers: sum, mean, max.")]
+DeviceOpt = Annotated[str, typer.Option(help="Torch device for calibration: cpu, cuda, cuda:1, ...")]
+ImageSizeOpt = Annotated[Optional[str], typer.Option(help="Image folder preprocessing: H,W.")]
+MeanOpt = Annotated[str, typer.Option(help="Image folder preprocessing: per-channel mean (after /255).")]
+StdOpt = Annotated[str, typer.Option(help="Image folder preprocessing: per-channel std.")]
+LayoutOpt = Annotated[str, typer.Option(help="Image folder preprocessing: NCHW or NHWC.")]
+FlopsRegOpt = Annotated[float, typer.Option(help="taylor-act: subtract this x the unit's FLOPs share.")]
+
+
+def _distributed_rank(device: str) -> int:
+    """Under torchrun (WORLD_SIZE > 1) join the process group; returns this process's rank."""
+    import os
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return 0
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+    return dist.get_rank()
+
+
+def _floats(text: str) -> list[float]:
+    return [float(v) for v in text.split(",") if v.strip()]
+
+
+def _scores(progress: Progress, m, analysis, criterion: str, calib: Path | None, labels: str | None,  # noqa: ANN001
+            samples: int | None, batch_size: int, loss: str, reduction: str, device: str, image_size: str | None,
+            mean: str, std: str, layout: str, flops_reg: float):  # noqa: ANN202
+    """Scores for a criterion, loading calibration data when one is given or needed."""
+    from onnxprune.api import score_channels
+    from onnxprune.calib import load_calibration
+
+    data = None
+    if calib is not None:
+        _distributed_rank(device)
+        data = _run_step(progress, "loading calibration data", load_calibration, calib, m, labels=labels,
+                         samples=samples, image_size=[int(v) for v in image_size.split(",")] if image_size else None,
+                         mean=_floats(mean), std=_floats(std), layout=layout)
+    task = progress.add_task(f"scoring channels ({criterion})", total=None)
+
+    def advance(done: int, total: int) -> None:
+        progress.update(task, completed=done, total=total)
+
+    try:
+        return score_channels(m, analysis, criterion, calib=data, **({} if data is None else dict(
+            loss=loss, reduction=reduction, batch_size=batch_size, device=device, flops_reg=flops_reg,
+            progress=advance)))
+    finally:
+        progress.remove_task(task)
+
+
 def _parse_shapes(specs: list[str] | None) -> dict[str, list[str]]:
     shapes: dict[str, list[str]] = {}
     for spec in specs or ():
@@ -97,8 +155,21 @@ def prune(
     save_plan: Annotated[Optional[Path], typer.Option(help="Also write the plan used as JSON.")] = None,
     debug: Annotated[bool, typer.Option(help="Check the graph after every pass.")] = False,
     input_shape: InputShapeOpt = None,
+    calib: CalibOpt = None,
+    labels: LabelsOpt = None,
+    calib_samples: SamplesOpt = None,
+    batch_size: BatchOpt = 32,
+    loss: LossOpt = "auto",
+    reduction: ReductionOpt = "sum",
+    device: DeviceOpt = "cpu",
+    image_size: ImageSizeOpt = None,
+    mean: MeanOpt = "0",
+    std: StdOpt = "1",
+    layout: LayoutOpt = "NCHW",
+    flops_reg: FlopsRegOpt = 0.0,
 ) -> None:
-    """Prune MODEL by --ratio (scored with --criterion) or by a saved --plan, and write OUTPUT."""
+    """Prune MODEL by --ratio or a FLOPs/params budget (scored with --criterion, data-free or
+    on --calib data), or replay a saved --plan; write OUTPUT."""
     from onnxprune.analysis import analyze as run_analysis
     from onnxprune.api import apply_plan, load, plan_by_ratio, plan_to_budget
     from onnxprune.budget import Budget
@@ -121,20 +192,23 @@ def prune(
                       input_shapes=_parse_shapes(input_shape))
         analysis = _run_step(progress, "analysing channel groups", run_analysis, m, ignore=ignore or ())
         budget_note = ""
+        scores = None
+        if plan is None:
+            scores = _scores(progress, m, analysis, criterion, calib, labels, calib_samples, batch_size, loss,
+                             reduction, device, image_size, mean, std, layout, flops_reg)
         if plan is not None:
             the_plan = Plan.load(plan)
         elif target_flops is not None or target_params is not None:
             budget = Budget("flops", target_flops) if target_flops is not None else Budget("params", target_params)
-            reached = _run_step(progress, f"allocating to the {budget.metric} budget ({criterion})", plan_to_budget,
-                                m, analysis, budget, criterion=criterion, round_to=round_to,
+            reached = _run_step(progress, f"allocating to the {budget.metric} budget", plan_to_budget,
+                                m, analysis, budget, criterion=criterion, scores=scores, round_to=round_to,
                                 min_channels=min_channels, max_ratio=max_ratio)
             the_plan = reached.plan
             budget_note = (f"{budget.metric}: target {reached.target:,.0f} ({reached.target / reached.original:.1%}), "
                            f"achieved {reached.achieved:,} ({reached.achieved / reached.original:.1%})")
         else:
-            the_plan = _run_step(progress, f"scoring channels ({criterion})", plan_by_ratio, m, analysis,
-                                 ratio=ratio, criterion=criterion, mode=mode, round_to=round_to,
-                                 min_channels=min_channels, max_ratio=max_ratio)
+            the_plan = plan_by_ratio(m, analysis, ratio=ratio, criterion=criterion, scores=scores, mode=mode,
+                                     round_to=round_to, min_channels=min_channels, max_ratio=max_ratio)
         result = _run_step(progress, "rewriting the graph", apply_plan, m, analysis, the_plan, debug=debug,
                            inplace=True)
         _run_step(progress, f"writing {output}", save_model, result.model, output)
@@ -146,6 +220,49 @@ def prune(
     console.print(f"removed {the_plan.removed_channels(analysis)} channels in {len(the_plan.keep)} groups "
                   f"({result.before.params - result.after.params} parameters); "
                   f"wrote [bold]{output}[/]")
+
+
+@app.command()
+def score(
+    model: ModelArg,
+    output: Annotated[Path, typer.Option("--output", "-o", help="Where to write the scores (JSON).")],
+    criterion: Annotated[str, typer.Option(help="l1, l2, bn-scale, random; with --calib: taylor-fo, taylor-so, "
+                                                "taylor-act, activation, apoz, oracle.")] = "l2",
+    input_shape: InputShapeOpt = None,
+    calib: CalibOpt = None,
+    labels: LabelsOpt = None,
+    calib_samples: SamplesOpt = None,
+    batch_size: BatchOpt = 32,
+    loss: LossOpt = "auto",
+    reduction: ReductionOpt = "sum",
+    device: DeviceOpt = "cpu",
+    image_size: ImageSizeOpt = None,
+    mean: MeanOpt = "0",
+    std: StdOpt = "1",
+    layout: LayoutOpt = "NCHW",
+    flops_reg: FlopsRegOpt = 0.0,
+) -> None:
+    """Score every prunable channel (per group) and write the scores as JSON, to inspect them.
+
+    Data-parallel: ``torchrun --nproc_per_node=N -m onnxprune.cli score ...`` shards every
+    global batch (N x --batch-size samples) across processes and all-reduces the scores."""
+    from onnxprune.analysis import analyze as run_analysis
+    from onnxprune.api import load
+    from onnxprune.fileutil import write_text_atomic
+    from onnxprune.modelio import check_output_path
+
+    check_output_path(model, output)
+    with _steps(False) as progress:
+        m = _run_step(progress, "loading and inferring shapes", load, model, input_shapes=_parse_shapes(input_shape))
+        analysis = run_analysis(m)
+        scores = _scores(progress, m, analysis, criterion, calib, labels, calib_samples, batch_size, loss,
+                         reduction, device, image_size, mean, std, layout, flops_reg)
+    payload = {"criterion": criterion, "fingerprint": analysis.fingerprint,
+               "groups": {gid: [float(v) for v in vals] for gid, vals in scores.items()}}
+    if _distributed_rank(device) != 0:
+        return  # under torchrun every process holds the same all-reduced scores; rank 0 writes them
+    write_text_atomic(output, json.dumps(payload, indent=1))
+    console.print(f"scored {sum(len(v) for v in scores.values())} units in {len(scores)} groups; wrote {output}")
 
 
 @app.command()

@@ -7,7 +7,7 @@ from collections.abc import Callable
 import numpy as np
 
 from onnxprune.analysis import Analysis
-from onnxprune.criteria.magnitude import magnitude_scores, random_scores
+from onnxprune.criteria.magnitude import bn_scale_scores, magnitude_scores, random_scores
 from onnxprune.errors import SelectionError
 from onnxprune.graph import GraphIndex
 
@@ -17,6 +17,7 @@ Criterion = Callable[[GraphIndex, Analysis], Scores]
 DATA_FREE: dict[str, Criterion] = {
     "l1": lambda index, analysis: magnitude_scores(index, analysis, p=1),
     "l2": lambda index, analysis: magnitude_scores(index, analysis, p=2),
+    "bn-scale": lambda index, analysis: bn_scale_scores(index, analysis),
     "random": lambda index, analysis: random_scores(analysis, seed=0),
 }
 

@@ -10,6 +10,8 @@ import numpy as np
 from onnxprune.analysis import Analysis
 from onnxprune.graph import GraphIndex
 
+NORMS = ("BatchNormalization", "InstanceNormalization", "GroupNormalization")
+
 
 def magnitude_scores(index: GraphIndex, analysis: Analysis, p: int) -> dict[str, np.ndarray]:
     acc = np.zeros(len(analysis.roots), dtype=np.float64)
@@ -21,6 +23,18 @@ def magnitude_scores(index: GraphIndex, analysis: Analysis, p: int) -> dict[str,
             continue
         w = np.moveaxis(np.abs(np.asarray(w, dtype=np.float64)), ref.axis, 0).reshape(w.shape[ref.axis], -1)
         np.add.at(acc, analysis.roots[ref.elems], (w**p).sum(axis=1))
+    return {g.id: acc[g.units] for g in analysis.prunable_groups}
+
+
+def bn_scale_scores(index: GraphIndex, analysis: Analysis) -> dict[str, np.ndarray]:
+    """|gamma| of the normalisation layers a unit passes through (summed); 0 where there is none."""
+    acc = np.zeros(len(analysis.roots), dtype=np.float64)
+    for ref in analysis.params:
+        node = index.nodes[ref.node]
+        if ref.role == "param" and ref.is_weight and node.op_type in NORMS:
+            gamma = index.const(node.input[ref.slot])
+            if gamma is not None:
+                np.add.at(acc, analysis.roots[ref.elems], np.abs(np.asarray(gamma, dtype=np.float64).reshape(-1)))
     return {g.id: acc[g.units] for g in analysis.prunable_groups}
 
 

@@ -1,7 +1,12 @@
 """Graph-rewrite passes that apply a pruning plan (installed as ``onnxprune.passes``)."""
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 from onnxprune.passes.base import Pass, PassResult, PruneContext, run_passes
 from onnxprune.passes.check_model import CheckModelPass
+from onnxprune.passes.merge_removed_channels import MergeRemovedChannelsPass
 from onnxprune.passes.refresh_shapes import RefreshShapesPass
 from onnxprune.passes.remove_dead_nodes import RemoveDeadNodesPass
 from onnxprune.passes.rewrite_shape_constants import RewriteShapeConstantsPass
@@ -10,10 +15,15 @@ from onnxprune.passes.slice_consumer_inputs import SliceConsumerInputsPass
 from onnxprune.passes.slice_producer_weights import SliceProducerWeightsPass
 from onnxprune.passes.sort_topologically import SortTopologicallyPass
 
+if TYPE_CHECKING:
+    from onnxprune.plan import Plan
 
-def default_pipeline() -> list[Pass]:
-    """The passes ``prune`` runs, in order."""
+
+def default_pipeline(plan: Plan | None = None) -> list[Pass]:
+    """The passes ``prune`` runs, in order; merging first when ``plan`` has merges."""
+    merge: list[Pass] = [MergeRemovedChannelsPass(plan.merges)] if plan is not None and plan.merges else []
     return [
+        *merge,
         SliceProducerWeightsPass(),
         SliceChannelParamsPass(),
         SliceConsumerInputsPass(),
@@ -26,7 +36,8 @@ def default_pipeline() -> list[Pass]:
 
 
 __all__ = [
-    "CheckModelPass", "Pass", "PassResult", "PruneContext", "RefreshShapesPass", "RemoveDeadNodesPass",
+    "CheckModelPass", "MergeRemovedChannelsPass", "Pass", "PassResult", "PruneContext", "RefreshShapesPass",
+    "RemoveDeadNodesPass",
     "RewriteShapeConstantsPass", "SliceChannelParamsPass", "SliceConsumerInputsPass",
     "SliceProducerWeightsPass", "SortTopologicallyPass", "default_pipeline", "run_passes",
 ]

@@ -18,6 +18,7 @@ from .cnn import build_densenet, build_resnet18, build_resnet50, build_resnext, 
 from .detect import build_unet, build_yolo
 from .misc import build_conv_lstm, build_folded_bn, build_mlp, build_nhwc, build_squeeze_excite_small
 from .mobile import build_mobilenetv2, build_mobilenetv3, build_shufflenetv2
+from .transformers import build_bert, build_vit
 
 __all__ = ["ZooModel", "ZOO", "export_onnx", "export_all", "make_inputs", "output_names"]
 
@@ -30,6 +31,9 @@ class ZooModel:
     build: Callable[..., torch.nn.Module]
     input_shapes: dict[str, tuple[int, ...]] = field(hash=False)
     description: str
+
+
+SEQUENCE_INPUTS = ("ids", "attention_mask")  # dynamic_batch also makes their axis 1 dynamic
 
 
 def _img(*shape: int) -> dict[str, tuple[int, ...]]:
@@ -66,6 +70,10 @@ ZOO: dict[str, ZooModel] = {
         ZooModel("conv_lstm", build_conv_lstm, _img(1, 3, 32, 32),
                  "Conv-BN-ReLU-Pool x2 -> sequence [B,8,C*8] -> LSTM -> Linear (LSTM blocks pruning)"),
         ZooModel("mlp", build_mlp, {"input": (1, 64)}, "MLP 64-128-64-10 (Linear-ReLU-Linear-ReLU-Linear)"),
+        ZooModel("bert", build_bert, {"ids": (1, 16), "attention_mask": (1, 16)},
+                 "BERT-style encoder: embeddings, 2 post-LN layers (4 heads, GELU FFN), tanh pooler"),
+        ZooModel("vit", build_vit, _img(1, 3, 32, 32),
+                 "ViT: 4x4 patch conv, class token, 2 pre-LN layers (4 heads), linear head"),
         ZooModel("squeeze_excite_small", build_squeeze_excite_small, _img(1, 3, 32, 32),
                  "Small SE-ResNet with Linear-layer SE (GAP, Gemm, Sigmoid, Reshape, Mul)"),
     )
@@ -80,7 +88,14 @@ def make_inputs(name: str, input_shapes: Mapping[str, tuple[int, ...]] | None = 
     out = {}
     for k, s in shapes.items():
         s = (batch, *s[1:]) if batch is not None else tuple(s)
-        out[k] = rng.standard_normal(s).astype(np.float32)
+        if k == "ids":  # token ids of the transformer models
+            out[k] = rng.integers(0, 1000, size=s).astype(np.int64)
+        elif k == "attention_mask":
+            mask = np.ones(s, dtype=np.int64)
+            mask[..., s[-1] * 3 // 4:] = 0  # padded tail
+            out[k] = mask
+        else:
+            out[k] = rng.standard_normal(s).astype(np.float32)
     return out
 
 
@@ -154,7 +169,8 @@ def export_onnx(name: str, path: str | os.PathLike, *, width: float = 1.0,
                                      output_names=out_names, dynamic_shapes=dyn, external_data=False)
             prog.save(str(path), external_data=False)
         else:
-            dyn_axes = {k: {0: "batch"} for k in in_names + out_names} if dynamic_batch else None
+            dyn_axes = {k: {0: "batch", **({1: "seq"} if k in SEQUENCE_INPUTS else {})}
+                        for k in in_names + out_names} if dynamic_batch else None
             mode = torch.onnx.TrainingMode.PRESERVE if keep_bn else torch.onnx.TrainingMode.EVAL
             torch.onnx.export(model, args, str(path), dynamo=False, opset_version=opset, do_constant_folding=True,
                               input_names=in_names, output_names=out_names, dynamic_axes=dyn_axes, training=mode)

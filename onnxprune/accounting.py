@@ -4,7 +4,8 @@ Parameters: every initializer's size with its tracked axes cut to their kept cou
 (a shared weight sliced two ways counts once per distinct slice, as the rewrite copies
 it). MACs: every weighted node's MACs times the kept fraction of each tracked axis of its
 weight (output rows, input columns), which is exact for Conv, ConvTranspose, Gemm and
-MatMul.
+MatMul; a MatMul of two activations scales with its live output axes (heads) and its
+contracted axis.
 """
 
 from __future__ import annotations
@@ -41,7 +42,9 @@ class CostModel:
         self._macs: list[tuple[int, list[np.ndarray]]] = []
         for node_name, macs in analysis.node_macs.items():
             if macs:
-                self._macs.append((macs, [roots for _, roots in refs.get((node_name, WEIGHT_SLOT), [])]))
+                axes = [roots for _, roots in refs.get((node_name, WEIGHT_SLOT), [])]
+                axes += [analysis.roots[elems] for elems in analysis.mac_axes.get(node_name, [])]
+                self._macs.append((macs, axes))
 
     def _removed_mask(self, removed_units: np.ndarray) -> np.ndarray:
         mask = np.zeros(len(self.analysis.roots), dtype=bool)

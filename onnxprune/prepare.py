@@ -3,8 +3,9 @@
 Real exports are messy; this makes them uniform without changing what they compute:
 unique node names, Constant-node weights promoted to initializers, Identity nodes on
 weights folded away, initializers removed from the graph inputs (IR >= 4), and every
-intermediate shape dropped and re-inferred (stale annotations are common), and shape
-arithmetic over static shapes folded into constants.
+intermediate shape dropped and re-inferred (stale annotations are common), what inference
+leaves unknown probed by running the model (see ``onnxprune.probe``), and shape arithmetic
+over static shapes folded into constants.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from onnx import numpy_helper
 
 from onnxprune.errors import ShapeInferenceError
 from onnxprune.modelio import LIGHT_THRESHOLD, light_copy, weight_bytes
+from onnxprune.probe import annotate, probe_shapes
 from onnxprune.shapefold import fold_shape_computations
 
 log = logging.getLogger(__name__)
@@ -30,8 +32,11 @@ def prepare(model: onnx.ModelProto) -> onnx.ModelProto:
     fold_identity_on_weights(model.graph)
     drop_initializer_inputs(model)
     infer_shapes(model)
+    probed = probe_shapes(model)
+    annotate(model, probed)
     if fold_shape_computations(model):
         infer_shapes(model)
+        annotate(model, probed)
     return model
 
 

@@ -78,6 +78,8 @@ def random_inputs(model: onnx.ModelProto, *, seed: int = 0, batch: int = 1,
             feeds[vi.name] = rng.standard_normal(shape).astype(dtype)
         elif dtype == np.bool_:
             feeds[vi.name] = np.asarray(rng.random(shape) > 0.5)
+        elif "mask" in vi.name.lower():
+            feeds[vi.name] = np.ones(shape, dtype=dtype)
         else:
             feeds[vi.name] = rng.integers(0, 8, size=shape).astype(dtype)
     return feeds

@@ -112,7 +112,7 @@ def _collect(ctx: RuleContext, index: GraphIndex, model: onnx.ModelProto) -> Ana
     return Analysis(
         fingerprint=fingerprint(model), groups=groups, blocked=blocked, roots=roots, spaces=ctx.spaces,
         params=ctx.params, consumers=ctx.consumers, fixups=ctx.fixups, node_macs=macs,
-        total_params=int(total_params),
+        total_params=int(total_params), mac_axes=ctx.mac_axes,
     )
 
 

@@ -132,6 +132,7 @@ class RuleContext:
         self.fixups: list[Fixup] = []
         self.blocks: list[BlockRecord] = []
         self.derived_shapes: dict[str, tuple[Dim, ...]] = {}
+        self.mac_axes: dict[str, list[np.ndarray]] = {}  # node -> spaces its MACs scale with (no weights)
         self.node: onnx.NodeProto | None = None  # the node being analysed
 
     # -- shapes and constants ----------------------------------------------

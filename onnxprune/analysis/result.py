@@ -73,6 +73,7 @@ class Analysis:
     fixups: list[Fixup]
     node_macs: dict[str, int]
     total_params: int
+    mac_axes: dict[str, list[np.ndarray]] = field(default_factory=dict)
     groups_by_id: dict[str, Group] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

@@ -55,10 +55,12 @@ def broadcast(node: onnx.NodeProto, ctx: RuleContext) -> None:
             r = rank_of(ctx, name)
             axes.update(a + out_rank - r for a in ctx.spaces_of(name))
     for out_axis in sorted(axes):
-        ctx.set_space(out, out_axis, _couple_axis(node, ctx, out_axis, out_rank))
+        ctx.set_space(out, out_axis, couple_axis(node, ctx, out_axis, out_rank))
 
 
-def _couple_axis(node: onnx.NodeProto, ctx: RuleContext, out_axis: int, out_rank: int) -> np.ndarray:
+def couple_axis(node: onnx.NodeProto, ctx: RuleContext, out_axis: int, out_rank: int) -> np.ndarray:
+    """The element ids of output axis ``out_axis``, coupling every input that carries it (numpy
+    broadcasting: axes align from the right)."""
     size = _axis_size(node, ctx, out_axis, out_rank)
     live: list[np.ndarray] = []
     for name in node.input:

@@ -178,6 +178,11 @@ def reshape(node: onnx.NodeProto, ctx: RuleContext) -> None:
             raise Unsupported("Reshape merges two channel axes")
         if len(outs) == 1:
             target = _merged(elems, tuple(in_shape[b] for b in ins), ins.index(a))
+        elif len(ins) == 1 and len(outs) == 2 and _feeds_attention(ctx, y):
+            target = _split_heads(ctx, elems, int(out_shape[outs[0]]), int(out_shape[outs[1]]))  # type: ignore[arg-type]
+            ctx.set_space(y, outs[0], target)
+            _fix_target_entry(ctx, entries[outs[0]], target)
+            continue
         elif len(ins) == 1:
             target = _split_axis(ctx, elems, [int(out_shape[o]) for o in outs])  # type: ignore[arg-type]
         else:
@@ -195,6 +200,29 @@ def _fix_target_entry(ctx: RuleContext, entry: Entry, elems: np.ndarray) -> None
     assert entry.const_at is not None
     node, slot, index = entry.const_at
     ctx.fixup("shape_entry", at=node, slot=slot, index=index, elems=elems)
+
+
+ATTENTION_PATH = ("Transpose", "Mul", "Div", "Cast", "Identity", "Add", "Sqrt")
+
+
+def _feeds_attention(ctx: RuleContext, name: str, depth: int = 0) -> bool:
+    """Whether a tensor reaches a MatMul of two computed tensors through layout/scaling ops."""
+    if depth > 4:
+        return False
+    for user, _ in ctx.index.users(name):
+        if user.op_type == "MatMul" and not any(ctx.is_const(x) for x in user.input):
+            return True
+        if user.op_type in ATTENTION_PATH and user.output and _feeds_attention(ctx, user.output[0], depth + 1):
+            return True
+    return False
+
+
+def _split_heads(ctx: RuleContext, elems: np.ndarray, heads: int, head_dim: int) -> np.ndarray:
+    """hidden -> (heads, head_dim) feeding attention: each head is one unit (all its dims tied)."""
+    blocks = elems.reshape(heads, head_dim)
+    for col in range(1, head_dim):
+        ctx.union(blocks[:, 0], blocks[:, col])
+    return blocks[:, 0].copy()
 
 
 def _split_axis(ctx: RuleContext, elems: np.ndarray, dims: list[int]) -> np.ndarray:

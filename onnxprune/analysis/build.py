@@ -24,13 +24,16 @@ log = logging.getLogger(__name__)
 MAX_REASONS = 4
 
 
-def analyze(model: onnx.ModelProto, *, ignore: Sequence[str] = ()) -> Analysis:
+def analyze(model: onnx.ModelProto, *, ignore: Sequence[str] = (), prune_hidden: bool = False) -> Analysis:
     """Find the coupled channel groups of a prepared model (see ``onnxprune.prepare``).
 
     ``ignore`` holds node names or fnmatch patterns whose channels must stay.
+    ``prune_hidden`` lets channels through LayerNormalization over the last axis (a
+    transformer's residual stream): pruning them changes LayerNorm's statistics, so the
+    result is approximate (no longer equal to the masked model; use recovery).
     """
     index = GraphIndex(model)
-    ctx = RuleContext(index)
+    ctx = RuleContext(index, prune_hidden=prune_hidden)
     for node in index.topo_nodes():
         ctx.node = node
         _block_subgraph_reads(ctx, node)

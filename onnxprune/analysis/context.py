@@ -122,8 +122,9 @@ class BlockRecord:
 class RuleContext:
     """What a rule sees and writes. One instance per analysis."""
 
-    def __init__(self, index: GraphIndex) -> None:
+    def __init__(self, index: GraphIndex, *, prune_hidden: bool = False) -> None:
         self.index = index
+        self.prune_hidden = prune_hidden  # LayerNorm over the hidden axis passes (approximate) channels
         self.uf = UnionFind()
         self.live: dict[str, dict[int, np.ndarray]] = {}
         self.spaces: list[SpaceRecord] = []

@@ -285,6 +285,13 @@ def _match_blocks(a: tuple[Dim, ...], b: tuple[Dim, ...]) -> list[tuple[list[int
 def gather(node: onnx.NodeProto, ctx: RuleContext) -> None:
     x, idx, y = node.input[0], node.input[1], node.output[0]
     axis = norm_axis(int(attr(node, "axis", 0)), rank_of(ctx, x))
+    table = ctx.index.const_shape(x) if ctx.is_const(x) else None
+    if table is not None and len(table) == 2 and axis == 0 and table[1] > 1 and ctx.spaces_of(idx) == {}:
+        # an embedding lookup produces the hidden channels (one per table column)
+        out = ctx.new_elements(int(table[1]))
+        ctx.param(0, 1, out, "producer", is_weight=True)
+        ctx.set_space(y, rank_of(ctx, idx), out)
+        return
     if axis in ctx.spaces_of(x):
         raise Unsupported("Gather selects along a channel axis")
     if ctx.spaces_of(idx):

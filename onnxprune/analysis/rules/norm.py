@@ -57,8 +57,17 @@ def layer_norm(node: onnx.NodeProto, ctx: RuleContext) -> None:
     rank = rank_of(ctx, x)
     first = norm_axis(int(attr(node, "axis", -1)), rank)
     for axis, elems in ctx.spaces_of(x).items():
-        if axis >= first:
-            ctx.block(elems, "LayerNormalization takes its statistics over this channel axis")
+        if axis < first:
+            continue
+        if ctx.prune_hidden and axis == rank - 1 and first == rank - 1:
+            # approximate by design (statistics change): allowed only when asked for
+            for slot in (1, 2):
+                if len(node.input) > slot and node.input[slot] and ctx.is_const(node.input[slot]):
+                    ctx.param(slot, len(ctx.index.const_shape(node.input[slot]) or (0,)) - 1, elems, "param",
+                              is_weight=(slot == 1))
+            continue
+        ctx.block(elems, "LayerNormalization takes its statistics over this channel axis "
+                         "(--prune-hidden prunes it approximately)")
     for out in node.output[:1]:
         passthrough(ctx, x, out)
 

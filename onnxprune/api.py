@@ -61,9 +61,16 @@ def score_channels(model: onnx.ModelProto, analysis: Analysis, criterion: str = 
 def plan_by_ratio(model: onnx.ModelProto, analysis: Analysis, *, ratio: float, criterion: str = "l2",
                   scores: Scores | None = None, mode: str = "per-group", round_to: int = 1, min_channels: int = 1,
                   max_ratio: float = 1.0) -> Plan:
-    """Keep the best (1 - ratio) units per group or globally, by ``scores`` or a data-free criterion."""
+    """Keep the best (1 - ratio) units per group or globally, by ``scores`` or a data-free criterion.
+
+    ``similarity`` per group also records Srinivas & Babu merges in the plan (recovery)."""
     options = SelectionOptions(ratio=ratio, mode=mode, round_to=round_to, min_channels=min_channels,
                                max_ratio=max_ratio)
+    if criterion == "similarity" and scores is None and mode == "per-group" and max_ratio == 1.0:
+        from onnxprune.criteria.similarity import similarity_plan
+
+        return similarity_plan(model, analysis, ratio=ratio, merge=True, round_to=round_to,
+                               min_channels=min_channels)[0]
     scores = scores if scores is not None else score_channels(model, analysis, criterion)
     return select(analysis, scores, options, criterion=criterion)
 
@@ -96,7 +103,7 @@ def apply_plan(model: onnx.ModelProto, analysis: Analysis, plan: Plan, *, debug:
         copy.CopyFrom(model)
         model = copy
     ctx = PruneContext(analysis, plan.removed_units(analysis))
-    model, history = run_passes(default_pipeline(), model, ctx, debug=debug)
+    model, history = run_passes(default_pipeline(plan), model, ctx, debug=debug)
     return PruneResult(model, plan, before, model_cost(model), tuple(history))
 
 

@@ -21,7 +21,9 @@ if TYPE_CHECKING:
 
 def default_pipeline(plan: Plan | None = None) -> list[Pass]:
     """The passes ``prune`` runs, in order; merging first when ``plan`` has merges."""
-    merge: list[Pass] = [MergeRemovedChannelsPass(plan.merges)] if plan is not None and plan.merges else []
+    merge: list[Pass] = []
+    if plan is not None and plan.merges:
+        merge.append(MergeRemovedChannelsPass(plan.merges))
     return [
         *merge,
         SliceProducerWeightsPass(),
@@ -36,8 +38,8 @@ def default_pipeline(plan: Plan | None = None) -> list[Pass]:
 
 
 __all__ = [
-    "CheckModelPass", "MergeRemovedChannelsPass", "Pass", "PassResult", "PruneContext", "RefreshShapesPass",
-    "RemoveDeadNodesPass",
+    "CheckModelPass", "MergeRemovedChannelsPass", "Pass", "PassResult", "PruneContext",
+    "RefreshShapesPass", "RemoveDeadNodesPass",
     "RewriteShapeConstantsPass", "SliceChannelParamsPass", "SliceConsumerInputsPass",
     "SliceProducerWeightsPass", "SortTopologicallyPass", "default_pipeline", "run_passes",
 ]

@@ -7,6 +7,7 @@ from collections.abc import Callable
 import numpy as np
 
 from onnxprune.analysis import Analysis
+from onnxprune.criteria.similarity import similarity_scores
 from onnxprune.criteria.magnitude import bn_scale_scores, magnitude_scores, random_scores
 from onnxprune.errors import SelectionError
 from onnxprune.graph import GraphIndex
@@ -19,6 +20,7 @@ DATA_FREE: dict[str, Criterion] = {
     "l2": lambda index, analysis: magnitude_scores(index, analysis, p=2),
     "bn-scale": lambda index, analysis: bn_scale_scores(index, analysis),
     "random": lambda index, analysis: random_scores(analysis, seed=0),
+    "similarity": lambda index, analysis: similarity_scores(index, analysis),
 }
 
 

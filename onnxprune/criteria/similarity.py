@@ -28,6 +28,7 @@ the report says why.
 from __future__ import annotations
 
 import math
+from collections import defaultdict
 from dataclasses import dataclass
 
 import numpy as np
@@ -59,6 +60,7 @@ class GroupVectors:
     outgoing: np.ndarray  # [n, e]
     mergeable: bool
     reason: str | None  # why not mergeable
+    folded: tuple[str, ...] = ()  # per-channel affine nodes folded into the incoming vectors
 
 
 # -- public API ---------------------------------------------------------------------
@@ -73,16 +75,19 @@ def similarity_plan(model: onnx.ModelProto, analysis: Analysis, *, ratio: float,
     """
     options = SelectionOptions(ratio=ratio, round_to=round_to, min_channels=min_channels)
     index = GraphIndex(model)
+    lookup = Lookup(analysis)
     keep: dict[str, tuple[int, ...]] = {}
     merges: dict[str, tuple[tuple[int, int, float], ...]] = {}
     report: dict = {"groups": {}, "merged": [], "not_merged": {}}
     for g in analysis.prunable_groups:
         target = g.size - math.floor(g.size * ratio)
         k = legal_keep_count(g, target, options)
-        vec = group_vectors(index, analysis, g)
+        vec = group_vectors(index, analysis, g, lookup)
         entry: dict = {"units": g.size, "kept": k, "mergeable": vec.mergeable, "merges": 0}
         if not vec.mergeable:
             entry["reason"] = vec.reason
+        if vec.folded:
+            entry["folded"] = list(vec.folded)
         report["groups"][g.id] = entry
         if k >= g.size:
             continue
@@ -114,8 +119,9 @@ def similarity_scores(index: GraphIndex, analysis: Analysis) -> dict[str, np.nda
     exactly the units ``similarity_plan`` keeps (its merges are not part of a score).
     """
     scores: dict[str, np.ndarray] = {}
+    lookup = Lookup(analysis)
     for g in analysis.prunable_groups:
-        order, _ = greedy_removal(group_vectors(index, analysis, g), stop_at=1)
+        order, _ = greedy_removal(group_vectors(index, analysis, g, lookup), stop_at=1)
         s = np.full(g.size, float(g.size), dtype=np.float64)
         s[order] = np.arange(len(order), dtype=np.float64)
         scores[g.id] = s
@@ -215,36 +221,64 @@ def _unit_slices(analysis: Analysis, g: Group, refs: list[ParamRef], index: Grap
     return out
 
 
-def _refs_of(analysis: Analysis, g: Group, role: str) -> list[ParamRef]:
-    units = set(g.units.tolist())
-    return [ref for ref in analysis.params
-            if ref.role == role and units.intersection(analysis.roots[ref.elems].tolist())]
+class Lookup:
+    """Per analysis, what touches each group: ParamRefs by role, tensors carrying its
+    channels, and the (node, slot) reads of its consumers. Built once, in one pass."""
+
+    def __init__(self, analysis: Analysis) -> None:
+        self.group_of = np.full(len(analysis.roots), -1, dtype=np.int64)
+        ids = [g.id for g in analysis.prunable_groups]
+        for k, g in enumerate(analysis.prunable_groups):
+            self.group_of[g.units] = k
+        self.refs: dict[tuple[str, str], list[ParamRef]] = defaultdict(list)
+        self.carriers: dict[str, set[str]] = defaultdict(set)
+        self.reads: dict[str, set[tuple[str, int]]] = defaultdict(set)
+        for ref in analysis.params:
+            for k in self._touched(analysis, ref.elems):
+                self.refs[(ids[k], ref.role)].append(ref)
+        for space in analysis.spaces:
+            for k in self._touched(analysis, space.elems):
+                self.carriers[ids[k]].add(space.tensor)
+        for c in analysis.consumers:
+            for k in self._touched(analysis, c.elems):
+                self.reads[ids[k]].add((c.node, c.slot))
+
+    def _touched(self, analysis: Analysis, elems: np.ndarray) -> list[int]:
+        k = np.unique(self.group_of[analysis.roots[elems]])
+        return k[k >= 0].tolist()
 
 
-def group_vectors(index: GraphIndex, analysis: Analysis, g: Group) -> GroupVectors:
+def group_vectors(index: GraphIndex, analysis: Analysis, g: Group, lookup: Lookup | None = None) -> GroupVectors:
     """Incoming and outgoing vectors of a group's units; effective (affine-folded) incoming
     vectors where merging is valid, raw concatenated producer slices otherwise."""
-    producers = _refs_of(analysis, g, "producer")
-    consumers = _refs_of(analysis, g, "consumer")
+    lookup = lookup or Lookup(analysis)
+    producers = lookup.refs.get((g.id, "producer"), [])
+    consumers = lookup.refs.get((g.id, "consumer"), [])
     outgoing = _unit_slices(analysis, g, consumers, index)
-    ok, reason, incoming = _mergeable_incoming(index, analysis, g, producers, consumers)
+    ok, reason, incoming, folded = _mergeable_incoming(index, analysis, g, producers, consumers, lookup)
     if not ok:
         incoming = _unit_slices(analysis, g, producers, index)
-    return GroupVectors(incoming, outgoing, ok, reason)
+    return GroupVectors(incoming, outgoing, ok, reason, folded)
+
+
+def _refuse(reason: str) -> tuple[bool, str, None, tuple[str, ...]]:
+    return False, reason, None, ()
 
 
 def _mergeable_incoming(index: GraphIndex, analysis: Analysis, g: Group, producers: list[ParamRef],
-                        consumers: list[ParamRef]) -> tuple[bool, str | None, np.ndarray | None]:
+                        consumers: list[ParamRef], lookup: Lookup
+                        ) -> tuple[bool, str | None, np.ndarray | None, tuple[str, ...]]:
     nodes = sorted({r.node for r in producers})
     if len(nodes) != 1:
-        return False, f"units are produced by {len(nodes)} ops ({', '.join(nodes)}), not by one weighted op", None
+        return _refuse(f"units are produced by {len(nodes)} ops ({', '.join(nodes)}), "
+                       "not by one weighted op")
     node = index.nodes[nodes[0]]
     if node.op_type not in WEIGHTED:
-        return False, f"producer '{node.name}' is a {node.op_type} (merging supports Conv, Gemm, MatMul)", None
+        return _refuse(f"producer '{node.name}' is a {node.op_type} (merging supports Conv, Gemm, MatMul)")
     if node.op_type == "Conv" and int(attr(node, "group", 1)) != 1:
-        return False, f"producer '{node.name}' is a grouped/depthwise Conv", None
+        return _refuse(f"producer '{node.name}' is a grouped/depthwise Conv")
     if not consumers:
-        return False, "no consumer weights to merge into", None
+        return _refuse("no consumer weights to merge into")
     units = g.units
     roots = analysis.roots
     unit_pos = {int(u): k for k, u in enumerate(units.tolist())}
@@ -260,20 +294,20 @@ def _mergeable_incoming(index: GraphIndex, analysis: Analysis, g: Group, produce
                 idx[k] = p
                 counts[k] += 1
         if not np.all(counts == 1):
-            return False, f"a unit owns several output channels of '{node.name}' (tied channels)", None
+            return _refuse(f"a unit owns several output channels of '{node.name}' (tied channels)")
         if index_of is None:
             index_of = idx
         elif not np.array_equal(index_of, idx):
-            return False, f"output channels of '{node.name}' are laid out inconsistently", None
+            return _refuse(f"output channels of '{node.name}' are laid out inconsistently")
     assert index_of is not None
     y = node.output[0]
     shape = index.shape(y)
     if shape is None:
-        return False, f"shape of '{y}' is unknown", None
+        return _refuse(f"shape of '{y}' is unknown")
     axis = 1 if node.op_type in ("Conv", "Gemm") else len(shape) - 1
     channels = shape[axis]
     if not isinstance(channels, int):
-        return False, f"channel count of '{y}' is not static", None
+        return _refuse(f"channel count of '{y}' is not static")
     # 1) fold per-channel affine ops right after the producer
     scale, shift = np.ones(channels), np.zeros(channels)
     tensor = y
@@ -291,9 +325,10 @@ def _mergeable_incoming(index: GraphIndex, analysis: Analysis, g: Group, produce
         folded.append(user.name)
         tensor = user.output[0]
     # 2) every path to the consumers goes through positively homogeneous ops only
-    problem = _check_paths(index, analysis, g, tensor, {r.node for r in consumers})
+    problem = _check_paths(index, tensor, lookup.carriers[g.id],
+                           {r for r in lookup.reads[g.id] if r[0] in {c.node for c in consumers}})
     if problem:
-        return False, problem, None
+        return _refuse(problem)
     # effective incoming vectors: scale * [W_u, bias_u] (+ shift on the bias entries)
     weight_refs = [r for r in producers if r.slot == 1]
     bias_refs = [r for r in producers if r.slot != 1]
@@ -303,13 +338,13 @@ def _mergeable_incoming(index: GraphIndex, analysis: Analysis, g: Group, produce
     elif len(node.input) > 2 and node.input[2]:  # a broadcast Gemm bias, the same for every unit
         c = index.const(node.input[2])
         if c is None:
-            return False, f"bias of '{node.name}' is computed", None
+            return _refuse(f"bias of '{node.name}' is computed")
         b_rows = np.broadcast_to(np.asarray(c, dtype=np.float64).reshape(1, -1), (g.size, c.size)).copy()
     else:
         b_rows = np.zeros((g.size, 1))
     s, t = scale[index_of][:, None], shift[index_of][:, None]
     incoming = np.concatenate([w_rows * s, b_rows * s + t], axis=1)
-    return True, None, incoming
+    return True, None, incoming, tuple(folded)
 
 
 def _rows(index: GraphIndex, refs: list[ParamRef], index_of: np.ndarray) -> np.ndarray:
@@ -369,20 +404,9 @@ def _affine_step(index: GraphIndex, node: onnx.NodeProto, slot: int, axis: int, 
     return None
 
 
-def _carriers(analysis: Analysis, g: Group) -> set[str]:
-    """Tensors with a channel space holding some of the group's units."""
-    units = set(g.units.tolist())
-    return {s.tensor for s in analysis.spaces if units.intersection(analysis.roots[s.elems].tolist())}
-
-
-def _check_paths(index: GraphIndex, analysis: Analysis, g: Group, start: str,
-                 consumer_nodes: set[str]) -> str | None:
-    """None if every path from ``start`` to the group's consumers is positively homogeneous;
-    otherwise the reason it is not."""
-    carriers = _carriers(analysis, g)
-    units = set(g.units.tolist())
-    reads = {(c.node, c.slot) for c in analysis.consumers
-             if c.node in consumer_nodes and units.intersection(analysis.roots[c.elems].tolist())}
+def _check_paths(index: GraphIndex, start: str, carriers: set[str], reads: set[tuple[str, int]]) -> str | None:
+    """None if every path from ``start`` (through tensors carrying the group's channels) to
+    the group's weighted consumer reads is positively homogeneous; otherwise why not."""
     seen: set[str] = set()
     stack = [start]
     while stack:
@@ -414,4 +438,4 @@ def _check_paths(index: GraphIndex, analysis: Analysis, g: Group, start: str,
     return None
 
 
-__all__ = ["GroupVectors", "greedy_removal", "group_vectors", "similarity_plan", "similarity_scores"]
+__all__ = ["GroupVectors", "Lookup", "greedy_removal", "group_vectors", "similarity_plan", "similarity_scores"]

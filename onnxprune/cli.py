@@ -26,6 +26,8 @@ InputShapeOpt = Annotated[Optional[list[str]], typer.Option(
     "--input-shape", help="Set an input's shape: NAME=1,3,224,224 (a name for a dynamic axis).")]
 
 
+PruneHiddenOpt = Annotated[bool, typer.Option(
+    help="Also prune a transformer's residual stream through LayerNorm (approximate: use recovery).")]
 CalibOpt = Annotated[Optional[Path], typer.Option(
     help="Calibration data: .npz or folder of .npy named after the inputs, or an image folder.")]
 LabelsOpt = Annotated[Optional[str], typer.Option(help="Name of the labels array in the calibration data.")]
@@ -120,6 +122,7 @@ def analyze(
     ignore: Annotated[Optional[list[str]], typer.Option(help="Node name or pattern whose channels stay.")] = None,
     show_all: Annotated[bool, typer.Option("--all", help="Also list groups with no producer.")] = False,
     input_shape: InputShapeOpt = None,
+    prune_hidden: PruneHiddenOpt = False,
 ) -> None:
     """Find the coupled channel groups, what each accounts for, and what blocks the rest."""
     from onnxprune.analysis import analyze as run_analysis
@@ -129,7 +132,8 @@ def analyze(
     with _steps(False) as progress:
         m = _run_step(progress, "loading and inferring shapes", load, model,
                       input_shapes=_parse_shapes(input_shape))
-        analysis = _run_step(progress, "analysing channel groups", run_analysis, m, ignore=ignore or ())
+        analysis = _run_step(progress, "analysing channel groups", run_analysis, m, ignore=ignore or (),
+                              prune_hidden=prune_hidden)
     if json_out:
         console.print_json(json.dumps(analysis.to_dict()))
     else:
@@ -145,6 +149,13 @@ def prune(
         help="Keep FLOPs at most this: a fraction of the original (<= 1) or an absolute count.")] = None,
     target_params: Annotated[Optional[float], typer.Option(
         help="Keep parameters at most this: a fraction of the original (<= 1) or an absolute count.")] = None,
+    target_latency: Annotated[Optional[str], typer.Option(
+        help="Keep p50 latency at most this: milliseconds (12.5), or 70% / 0.7x of the original's, "
+             "measured on --provider.")] = None,
+    latency_table: Annotated[Optional[Path], typer.Option(
+        help="--target-latency: JSON cache of per-group latency tables (read, completed, written).")] = None,
+    provider: Annotated[str, typer.Option(
+        help="--target-latency: measure on auto (CUDA if available), cpu, cuda, tensorrt.")] = "auto",
     plan: Annotated[Optional[Path], typer.Option(help="Replay a saved plan instead of --ratio.")] = None,
     criterion: Annotated[str, typer.Option(help="Channel criterion: l1, l2, random.")] = "l2",
     mode: Annotated[str, typer.Option(help="per-group (same ratio everywhere) or global ranking.")] = "per-group",
@@ -155,6 +166,7 @@ def prune(
     save_plan: Annotated[Optional[Path], typer.Option(help="Also write the plan used as JSON.")] = None,
     debug: Annotated[bool, typer.Option(help="Check the graph after every pass.")] = False,
     input_shape: InputShapeOpt = None,
+    prune_hidden: PruneHiddenOpt = False,
     calib: CalibOpt = None,
     labels: LabelsOpt = None,
     calib_samples: SamplesOpt = None,
@@ -178,19 +190,24 @@ def prune(
     from onnxprune.report import cost_table
 
     chosen = [name for name, v in (("--ratio", ratio), ("--plan", plan), ("--target-flops", target_flops),
-                                   ("--target-params", target_params)) if v is not None]
+                                   ("--target-params", target_params), ("--target-latency", target_latency))
+              if v is not None]
     if len(chosen) != 1:
-        raise SelectionError("give exactly one of --ratio, --plan, --target-flops or --target-params"
+        raise SelectionError("give exactly one of --ratio, --plan, --target-flops, --target-params or "
+                             "--target-latency"
                              + (f" (got {', '.join(chosen)})" if chosen else ""))
     if ratio is not None and not 0.0 <= ratio < 1.0:
         raise SelectionError(f"--ratio must be in [0, 1), got {ratio}")
+    if latency_table is not None and target_latency is None:
+        raise SelectionError("--latency-table only applies with --target-latency")
     check_output_path(model, output)
     if save_plan is not None:
         check_output_path(model, save_plan)
     with _steps(debug) as progress:
         m = _run_step(progress, "loading and inferring shapes", load, model,
                       input_shapes=_parse_shapes(input_shape))
-        analysis = _run_step(progress, "analysing channel groups", run_analysis, m, ignore=ignore or ())
+        analysis = _run_step(progress, "analysing channel groups", run_analysis, m, ignore=ignore or (),
+                              prune_hidden=prune_hidden)
         budget_note = ""
         scores = None
         if plan is None:
@@ -206,6 +223,21 @@ def prune(
             the_plan = reached.plan
             budget_note = (f"{budget.metric}: target {reached.target:,.0f} ({reached.target / reached.original:.1%}), "
                            f"achieved {reached.achieved:,} ({reached.achieved / reached.original:.1%})")
+        elif target_latency is not None:
+            from onnxprune.latency import latency_note, plan_to_latency
+            from onnxprune.runtime import random_inputs, resolve_provider
+
+            lat_task = progress.add_task("measuring per-group latency", total=None)
+            try:
+                reached_ms = plan_to_latency(
+                    m, analysis, target_latency, scores=scores, provider=resolve_provider(provider),
+                    table_path=latency_table, feeds=random_inputs(m), round_to=round_to,
+                    min_channels=min_channels, max_ratio=max_ratio, criterion=criterion,
+                    progress=lambda done, total: progress.update(lat_task, completed=done, total=total))
+            finally:
+                progress.remove_task(lat_task)
+            the_plan = reached_ms.plan
+            budget_note = latency_note(reached_ms)
         else:
             the_plan = plan_by_ratio(m, analysis, ratio=ratio, criterion=criterion, scores=scores, mode=mode,
                                      round_to=round_to, min_channels=min_channels, max_ratio=max_ratio)
@@ -270,34 +302,183 @@ def verify(
     original: Annotated[Path, typer.Argument(help="The original model.")],
     pruned: Annotated[Path, typer.Argument(help="The pruned model.")],
     inputs: Annotated[Optional[Path], typer.Option(help=".npz with one array per model input.")] = None,
-    labels: Annotated[Optional[str], typer.Option(help="Array name in --inputs holding class labels.")] = None,
-    runs: Annotated[int, typer.Option(help="Timed runs per model.")] = 30,
-    provider: Annotated[str, typer.Option(help="Latency on: auto (CUDA if available), cpu, cuda, tensorrt.")] = "auto",
+    calib: Annotated[Optional[Path], typer.Option(
+        help="Evaluation data in any calibration format (.npz, .npy folder, image folder) instead of --inputs.")
+    ] = None,
+    labels: Annotated[Optional[str], typer.Option(
+        help="Array name in --inputs / --calib holding class labels (reports accuracy).")] = None,
+    samples: Annotated[Optional[int], typer.Option(help="Compare on at most N samples.")] = None,
+    runs: Annotated[int, typer.Option(help="Timed runs per model, provider and batch size.")] = 30,
+    warmup: Annotated[int, typer.Option(help="Untimed warm-up runs before timing.")] = 5,
+    threads: Annotated[int, typer.Option(help="onnxruntime intra-op threads for timing (0: its default).")] = 0,
+    providers: Annotated[str, typer.Option(
+        "--providers", "--provider",
+        help="Latency on these, comma-separated: auto (CUDA if available), cpu, cuda, tensorrt.")] = "auto",
+    batch_sizes: Annotated[Optional[str], typer.Option(
+        help="Time these batch sizes, comma-separated (default: the batch of the inputs).")] = None,
     input_shape: InputShapeOpt = None,
     json_path: Annotated[Optional[Path], typer.Option("--json", help="Also write the report as JSON.")] = None,
+    report_path: Annotated[Optional[Path], typer.Option(
+        "--report", help="Also write a report: OUT.md (plots in OUT.png beside it) or OUT.html (embedded).")] = None,
+    plot: Annotated[Optional[Path], typer.Option(
+        help="Also write the plots (latency per batch size, output differences) as PNG.")] = None,
 ) -> None:
-    """Run ORIGINAL and PRUNED in onnxruntime and compare outputs, cost and latency."""
+    """Run ORIGINAL and PRUNED in onnxruntime and compare outputs, accuracy, cost, size and latency."""
     import numpy as np
 
     from onnxprune.fileutil import write_text_atomic
     from onnxprune.modelio import load_model
-    from onnxprune.report import verify_table
-    from onnxprune.runtime import resolve_provider
+    from onnxprune.report import verify_table, write_verify_report
+    from onnxprune.runtime import random_inputs, resolve_provider
     from onnxprune.verify import load_inputs
     from onnxprune.verify import verify as run_verify
 
-    mo, mp = load_model(original, lazy=False), load_model(pruned, lazy=False)
-    from onnxprune.runtime import random_inputs
+    if inputs is not None and calib is not None:
+        raise SelectionError("give at most one of --inputs and --calib")
+    if report_path is not None and report_path.suffix.lower() not in (".md", ".markdown", ".html", ".htm"):
+        raise SelectionError(f"{report_path}: --report must end in .md or .html")
+    if plot is not None:
+        from onnxprune.plots import have_matplotlib
 
+        if not have_matplotlib():
+            raise SelectionError("--plot needs matplotlib: pip install 'onnxprune[report]'")
+    try:
+        sizes = [int(b) for b in batch_sizes.split(",") if b.strip()] if batch_sizes else None
+    except ValueError as exc:
+        raise SelectionError(f"--batch-sizes expects integers like 1,8; got {batch_sizes!r}") from exc
+    if sizes is not None and (not sizes or min(sizes) < 1):
+        raise SelectionError(f"--batch-sizes expects positive integers, got {batch_sizes!r}")
+    provider_list = list(dict.fromkeys(resolve_provider(p.strip()) for p in providers.split(",") if p.strip()))
+    mo, mp = load_model(original, lazy=False), load_model(pruned, lazy=False)
     shapes = {k: [int(d) for d in v] for k, v in _parse_shapes(input_shape).items()}
-    feeds = load_inputs(inputs, mo) if inputs is not None else random_inputs(mo, shapes=shapes)
-    label_arr = np.load(inputs)[labels] if (inputs is not None and labels) else None
+    label_arr = None
+    if calib is not None:
+        from onnxprune.calib import load_calibration
+
+        data = load_calibration(calib, mo, labels=labels, samples=samples)
+        feeds, label_arr = dict(data.inputs), data.labels
+    elif inputs is not None:
+        feeds = load_inputs(inputs, mo)
+        if labels:
+            arrays = np.load(inputs)
+            if labels not in arrays:
+                raise SelectionError(f"{inputs}: no labels array '{labels}' (has: {', '.join(arrays.files)})")
+            label_arr = arrays[labels]
+        if samples is not None:
+            feeds = {k: v[:samples] for k, v in feeds.items()}
+            label_arr = None if label_arr is None else label_arr[:samples]
+    else:
+        feeds = random_inputs(mo, shapes=shapes)
     with _steps(False) as progress:
         report = _run_step(progress, "running both models", run_verify, mo, mp, feeds, labels=label_arr, runs=runs,
-                            provider=resolve_provider(provider))
+                           providers=provider_list, batch_sizes=sizes, warmup=warmup, threads=threads,
+                           original_path=original, pruned_path=pruned)
     verify_table(report, console)
     if json_path is not None:
         write_text_atomic(json_path, json.dumps(report, indent=1))
+    if report_path is not None:
+        written, png = write_verify_report(report, report_path, names=(str(original), str(pruned)))
+        console.print(f"wrote report [bold]{written}[/]" + (f" (plots {png})" if png else ""))
+    if plot is not None:
+        from onnxprune.plots import write_verify_plot
+
+        write_verify_plot(report, plot)
+        console.print(f"wrote plot [bold]{plot}[/]")
+
+
+@app.command()
+def sweep(
+    model: ModelArg,
+    output_dir: Annotated[Path, typer.Option("--output", "-o", help="Directory for sweep.json, .md and .png.")],
+    targets: Annotated[str, typer.Option(
+        help="Budgets, comma-separated: fractions of the original (<= 1) or absolute counts.")] = "0.9,0.8,0.6,0.4",
+    metric: Annotated[str, typer.Option(help="Budget metric: flops or params.")] = "flops",
+    criterion: Annotated[str, typer.Option(help="Channel criterion (see `onnxprune score`).")] = "l2",
+    round_to: Annotated[int, typer.Option(help="Keep channel counts in multiples of N (8 for GPUs).")] = 1,
+    min_channels: Annotated[int, typer.Option(help="Never keep fewer channels in a group.")] = 1,
+    max_ratio: Annotated[float, typer.Option(help="Never remove more than this fraction of a group.")] = 1.0,
+    ignore: Annotated[Optional[list[str]], typer.Option(help="Node name or pattern whose channels stay.")] = None,
+    eval_data: Annotated[Optional[Path], typer.Option(
+        "--eval", help="Evaluation data (default: --calib; without either, random inputs and agreement only).")
+    ] = None,
+    provider: Annotated[str, typer.Option(help="Latency on: auto (CUDA if available), cpu, cuda, tensorrt.")] = "auto",
+    runs: Annotated[int, typer.Option(help="Timed runs per model.")] = 20,
+    threads: Annotated[int, typer.Option(help="onnxruntime intra-op threads for timing (0: its default).")] = 0,
+    latency_batch: Annotated[int, typer.Option(help="Batch size for latency (a fixed-batch model uses its own).")
+                             ] = 1,
+    save_models: Annotated[bool, typer.Option(help="Also write each pruned model and its plan to OUTDIR.")] = False,
+    input_shape: InputShapeOpt = None,
+    prune_hidden: PruneHiddenOpt = False,
+    calib: CalibOpt = None,
+    labels: LabelsOpt = None,
+    calib_samples: SamplesOpt = None,
+    batch_size: BatchOpt = 32,
+    loss: LossOpt = "auto",
+    reduction: ReductionOpt = "sum",
+    device: DeviceOpt = "cpu",
+    image_size: ImageSizeOpt = None,
+    mean: MeanOpt = "0",
+    std: StdOpt = "1",
+    layout: LayoutOpt = "NCHW",
+    flops_reg: FlopsRegOpt = 0.0,
+) -> None:
+    """Prune MODEL at several budgets; measure accuracy or agreement, and latency, of each.
+
+    Scores are computed once; for every --targets budget the pruned model is evaluated (accuracy
+    with --labels, else agreement with the original) and timed. Writes OUTDIR/sweep.json,
+    sweep.md (table) and sweep.png (quality and latency against FLOPs)."""
+    from onnxprune.analysis import analyze as run_analysis
+    from onnxprune.api import load
+    from onnxprune.budget import Budget
+    from onnxprune.calib import load_calibration
+    from onnxprune.latency import feeds_for_batch, static_batch
+    from onnxprune.report import sweep_table
+    from onnxprune.runtime import random_inputs, resolve_provider
+    from onnxprune.sweep import sweep as run_sweep
+    from onnxprune.sweep import write_sweep
+
+    try:
+        target_list = _floats(targets)
+    except ValueError as exc:
+        raise SelectionError(f"--targets expects numbers like 0.9,0.8,0.6; got {targets!r}") from exc
+    if not target_list:
+        raise SelectionError("--targets is empty")
+    for t in target_list:
+        Budget(metric, t)  # validates the metric and every target before any work
+    if latency_batch < 1:
+        raise SelectionError(f"--latency-batch must be >= 1, got {latency_batch}")
+    if output_dir.exists() and not output_dir.is_dir():
+        raise SelectionError(f"{output_dir}: --output must be a directory")
+    provider_name = resolve_provider(provider)
+    with _steps(False) as progress:
+        m = _run_step(progress, "loading and inferring shapes", load, model, input_shapes=_parse_shapes(input_shape))
+        analysis = _run_step(progress, "analysing channel groups", run_analysis, m, ignore=ignore or (),
+                              prune_hidden=prune_hidden)
+        scores = _scores(progress, m, analysis, criterion, calib, labels, calib_samples, batch_size, loss,
+                         reduction, device, image_size, mean, std, layout, flops_reg)
+        source = eval_data or calib
+        if source is not None:
+            data = _run_step(progress, "loading evaluation data", load_calibration, source, m, labels=labels,
+                             samples=calib_samples,
+                             image_size=[int(v) for v in image_size.split(",")] if image_size else None,
+                             mean=_floats(mean), std=_floats(std), layout=layout)
+            eval_feeds, eval_labels = dict(data.inputs), data.labels
+        else:
+            eval_feeds, eval_labels = None, None  # the sweep draws random samples
+        lat_feeds = feeds_for_batch(m, eval_feeds if eval_feeds is not None else random_inputs(m),
+                                    static_batch(m) or latency_batch)
+        task = progress.add_task(f"pruning at {len(target_list)} budgets", total=len(target_list))
+        result = run_sweep(m, analysis, target_list, metric=metric, criterion=criterion, scores=scores,
+                           eval_feeds=eval_feeds, labels=eval_labels, latency_feeds=lat_feeds, round_to=round_to,
+                           min_channels=min_channels, max_ratio=max_ratio, provider=provider_name, threads=threads,
+                           runs=runs, save_dir=output_dir if save_models else None,
+                           progress=lambda done, total: progress.update(task, completed=done))
+        progress.remove_task(task)
+    result["model"] = str(model)
+    result["eval"] = str(source) if source is not None else "random inputs"
+    paths = write_sweep(result, output_dir)
+    sweep_table(result, console)
+    console.print("wrote " + ", ".join(f"[bold]{p}[/]" for p in paths.values()))
 
 
 @app.command()
@@ -333,6 +514,63 @@ def demo(
                             labels=test["labels"])
         verify_table(report, console)
         console.print(f"pruned model written to [bold]{out}[/]")
+
+
+@app.command()
+def finetune(
+    model: Annotated[Path, typer.Argument(help="The (pruned) .onnx model to train (never modified).")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Where to write the fine-tuned model.")],
+    calib: Annotated[Path, typer.Option(help="Training data: .npz or folder of .npy named after the inputs, "
+                                              "or an image folder.")],
+    teacher: Annotated[Optional[Path], typer.Option(
+        help="Distil from this model (the original): same inputs and outputs. No labels needed.")] = None,
+    labels: Annotated[Optional[str], typer.Option(
+        help="Name of the labels array in the data: adds cross-entropy (MSE for float labels).")] = None,
+    epochs: Annotated[Optional[float], typer.Option(help="Epochs over the data (default 1).")] = None,
+    steps: Annotated[Optional[int], typer.Option(help="Training steps (instead of --epochs).")] = None,
+    lr: Annotated[float, typer.Option(help="Learning rate.")] = 1e-3,
+    batch_size: Annotated[int, typer.Option(help="Training batch size.")] = 64,
+    optimizer: Annotated[str, typer.Option(help="sgd, adam or adamw.")] = "adam",
+    weight_decay: Annotated[float, typer.Option(help="Weight decay.")] = 0.0,
+    schedule: Annotated[str, typer.Option(help="Learning rate: cosine or constant.")] = "cosine",
+    temperature: Annotated[float, typer.Option(help="Distillation temperature.")] = 4.0,
+    distill_weight: Annotated[Optional[float], typer.Option(help="Weight of distillation (default 1 with "
+                                                                 "--teacher).")] = None,
+    ce_weight: Annotated[Optional[float], typer.Option(help="Weight of the label loss (default 1 with "
+                                                            "--labels).")] = None,
+    recalibrate_bn: Annotated[bool, typer.Option(help="Re-estimate BatchNorm statistics on the data first.")
+                              ] = False,
+    seed: Annotated[int, typer.Option(help="Seed of the data order.")] = 0,
+    checkpoint: Annotated[Optional[Path], typer.Option(help="Write a checkpoint here (at the end, and every "
+                                                             "--checkpoint-every steps).")] = None,
+    checkpoint_every: Annotated[int, typer.Option(help="Checkpoint every N steps (0: only at the end).")] = 0,
+    resume: Annotated[Optional[Path], typer.Option(help="Continue from this checkpoint.")] = None,
+    calib_samples: Annotated[Optional[int], typer.Option("--calib-samples", help="Use at most N samples.")
+                             ] = None,
+    device: Annotated[str, typer.Option(help="Torch device: cpu, cuda, cuda:1, ...")] = "cpu",
+) -> None:
+    """Fine-tune MODEL's weights in torch (distillation from --teacher and/or --labels) and write
+    OUTPUT: the same graph with the new weights. BatchNorm stays in inference mode."""
+    from onnxprune.calib import load_calibration
+    from onnxprune.modelio import check_output_path, load_model, save_model
+    from onnxprune.train import finetune as run_finetune
+
+    check_output_path(model, output)
+    if teacher is not None:
+        check_output_path(teacher, output)
+    m = load_model(model, lazy=False)
+    t = load_model(teacher, lazy=False) if teacher is not None else None
+    data = load_calibration(calib, m, labels=labels, samples=calib_samples)
+    result = run_finetune(m, data, teacher=t, optimizer=optimizer, lr=lr, weight_decay=weight_decay,
+                          schedule=schedule, epochs=1.0 if epochs is None and steps is None else epochs,
+                          steps=steps, batch_size=batch_size, seed=seed, device=device, temperature=temperature,
+                          distill_weight=distill_weight, ce_weight=ce_weight, recalibrate_bn=recalibrate_bn,
+                          checkpoint=checkpoint, checkpoint_every=checkpoint_every, resume=resume,
+                          progress=err.is_terminal)
+    save_model(result.model, output)
+    losses = result.losses
+    summary = f"loss {losses[0]:.4f} -> {losses[-1]:.4f}; " if losses else ""
+    console.print(f"fine-tuned {result.steps} steps ({summary}{len(data)} samples); wrote [bold]{output}[/]")
 
 
 def main() -> None:

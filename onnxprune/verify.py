@@ -1,8 +1,31 @@
-"""Compare a pruned model with its original in onnxruntime: shapes, outputs, cost, latency."""
+"""Compare a pruned model with its original in onnxruntime: output agreement, accuracy,
+parameters, FLOPs, size on disk, and latency per execution provider and batch size.
+
+The report is a plain dict (JSON-serialisable):
+
+``original`` / ``pruned``
+    ``params``, ``macs``, ``flops`` (2 x MACs), ``size_bytes`` (file and external data on
+    disk, or the serialised size), ``latency_ms`` (p50/p90/mean/min of the first provider
+    and batch size) and ``latency`` (``{provider: {batch: {p50, p90, ...}}}``).
+``outputs``
+    per output: ``original_shape``, ``pruned_shape``, ``max_abs_diff``, ``mean_abs_diff``,
+    ``rel_max_abs_diff`` (over the original's largest magnitude), ``cosine`` (mean per-sample
+    cosine similarity), ``cosine_min``, ``top1_agreement`` / ``top5_agreement`` for
+    classifier-like outputs ([N, classes]; top-5: the original's top-1 class is among the
+    pruned model's five best), ``diff_histogram`` ({edges, counts} of pruned - original).
+``accuracy`` (labels given)
+    ``original``, ``pruned`` (top-1) and ``top5_original``, ``top5_pruned`` when there are
+    more than five classes.
+ratios and speed
+    ``params_ratio``, ``macs_ratio``, ``flops_ratio``, ``size_ratio`` (pruned / original),
+    ``speedup`` (p50 original / pruned, first provider and batch size), ``speedups``
+    (per provider and batch size), ``latency_skipped`` (batch sizes a static batch refuses).
+"""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +35,9 @@ import onnx
 from onnxprune.errors import ModelLoadError
 from onnxprune.flops import model_cost
 from onnxprune.prepare import prepare
-from onnxprune.runtime import Feeds, latency_ms, random_inputs, run
+from onnxprune.runtime import Feeds, random_inputs, session
+
+HIST_BINS = 41
 
 
 def load_inputs(path: str | os.PathLike[str], model: onnx.ModelProto) -> Feeds:
@@ -31,44 +56,185 @@ def load_inputs(path: str | os.PathLike[str], model: onnx.ModelProto) -> Feeds:
     return {n: data[n] for n in names}
 
 
-def verify(original: onnx.ModelProto, pruned: onnx.ModelProto, feeds: Feeds | None = None, *,
-           labels: np.ndarray | None = None, runs: int = 30, provider: str = "CPUExecutionProvider"
-           ) -> dict[str, Any]:
-    """Run both models on the same inputs and report agreement, cost and latency.
+def run_batched(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray], *, chunk: int = 256,
+                optimize: bool = False) -> dict[str, np.ndarray]:
+    """Outputs for every sample of ``feeds``: in chunks of the model's fixed batch size (or of
+    ``chunk`` samples for a dynamic batch), concatenated. Exact (optimisations off) by default."""
+    from onnxprune.latency import static_batch
 
-    Both models are normalised in place first (see ``onnxprune.prepare``)."""
+    sess = session(model, optimize=optimize)
+    names = [o.name for o in sess.get_outputs()]
+    feeds = {k: np.asarray(v) for k, v in feeds.items()}
+    n = min((len(v) for v in feeds.values() if v.ndim), default=0)
+    step = static_batch(model) or chunk
+    if n == 0 or n == step or (n < step and not static_batch(model)):
+        return dict(zip(names, sess.run(names, feeds)))
+    parts: list[list[np.ndarray]] = [[] for _ in names]
+    for start in range(0, n, step):
+        real = min(step, n - start)
+        idx = start + np.arange(step) % real  # a short last chunk of a fixed batch is padded, then cut
+        outs = sess.run(names, {k: v[idx] if v.ndim else v for k, v in feeds.items()})
+        for i, o in enumerate(outs):
+            parts[i].append(o[:real] if o.ndim and len(o) == step else o)
+    return {name: np.concatenate(p) if p[0].ndim else p[-1] for name, p in zip(names, parts)}
+
+
+def disk_size(model: onnx.ModelProto, path: str | os.PathLike[str] | None = None) -> int:
+    """Bytes on disk: the file plus its external data files; without a path, the serialised size."""
+    if path is None or not Path(path).exists():
+        return int(model.ByteSize())
+    p = Path(path)
+    total = p.stat().st_size
+    locations = set()
+    for t in model.graph.initializer:
+        for entry in t.external_data:
+            if entry.key == "location":
+                locations.add(entry.value)
+    for loc in locations:
+        f = p.parent / loc
+        if f.exists():
+            total += f.stat().st_size
+    return int(total)
+
+
+def _is_classifier(a: np.ndarray) -> bool:
+    return a.ndim == 2 and a.shape[-1] > 1 and np.issubdtype(a.dtype, np.floating)
+
+
+def compare_outputs(a: np.ndarray, b: np.ndarray | None, *, bins: int = HIST_BINS) -> dict[str, Any]:
+    """Agreement of one output of the pruned model (``b``) with the original's (``a``)."""
+    entry: dict[str, Any] = {"original_shape": list(a.shape), "pruned_shape": None if b is None else list(b.shape)}
+    if b is None or a.shape != b.shape:
+        entry.update(max_abs_diff=float("nan"), mean_abs_diff=float("nan"), cosine=None, top1_agreement=None)
+        return entry
+    a64, b64 = a.astype(np.float64), b.astype(np.float64)
+    signed = b64 - a64
+    diff = np.abs(signed)
+    scale = float(np.abs(a64).max()) if a64.size else 0.0
+    entry["max_abs_diff"] = float(diff.max()) if diff.size else 0.0
+    entry["mean_abs_diff"] = float(diff.mean()) if diff.size else 0.0
+    entry["rel_max_abs_diff"] = entry["max_abs_diff"] / scale if scale else entry["max_abs_diff"]
+    if a.size:
+        flat_a = a64.reshape(len(a64), -1) if a64.ndim > 1 else a64.reshape(1, -1)
+        flat_b = b64.reshape(flat_a.shape)
+        na, nb = np.linalg.norm(flat_a, axis=1), np.linalg.norm(flat_b, axis=1)
+        dots = (flat_a * flat_b).sum(axis=1)
+        both_zero = (na == 0) & (nb == 0)
+        cos = np.where(both_zero, 1.0, dots / np.maximum(na * nb, 1e-300))
+        entry["cosine"] = float(np.clip(cos, -1.0, 1.0).mean())
+        entry["cosine_min"] = float(np.clip(cos, -1.0, 1.0).min())
+        finite = signed[np.isfinite(signed)]
+        if finite.size:
+            lim = float(np.abs(finite).max()) or 1e-12
+            counts, edges = np.histogram(finite, bins=bins, range=(-lim, lim))
+            entry["diff_histogram"] = {"edges": [float(e) for e in edges], "counts": [int(c) for c in counts]}
+    else:
+        entry["cosine"] = 1.0
+    if _is_classifier(a):
+        top_a = a.argmax(-1)
+        entry["top1_agreement"] = float((top_a == b.argmax(-1)).mean())
+        if a.shape[-1] > 5:
+            top5_b = np.argsort(-b, axis=-1)[:, :5]
+            entry["top5_agreement"] = float((top5_b == top_a[:, None]).any(axis=1).mean())
+    else:
+        entry["top1_agreement"] = None
+    return entry
+
+
+def accuracy(logits: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    """Top-1 (and top-5 with more than five classes) accuracy of [N, classes] scores."""
+    labels = np.asarray(labels).reshape(-1)
+    out = {"top1": float((logits.argmax(-1) == labels).mean())}
+    if logits.ndim == 2 and logits.shape[-1] > 5:
+        top5 = np.argsort(-logits, axis=-1)[:, :5]
+        out["top5"] = float((top5 == labels[:, None]).any(axis=1).mean())
+    return out
+
+
+def _latencies(model: onnx.ModelProto, feeds: Feeds, providers: Sequence[str], batch_sizes: Sequence[int] | None,
+               runs: int, warmup: int, threads: int) -> tuple[dict[str, dict[str, dict[str, float]]], list[str]]:
+    from onnxprune.latency import benchmark, feeds_for_batch, static_batch, timing_session
+
+    table: dict[str, dict[str, dict[str, float]]] = {}
+    skipped: list[str] = []
+    batches = list(batch_sizes) if batch_sizes else [static_batch(model) or _batch_of(feeds)]
+    for provider in providers:
+        per_batch: dict[str, dict[str, float]] = {}
+        sess = timing_session(model, provider=provider, threads=threads)
+        for b in batches:
+            bf = feeds_for_batch(model, feeds, b)
+            if bf is None:
+                skipped.append(f"batch {b}: the model's batch size is fixed")
+                continue
+            per_batch[str(b)] = benchmark(model, bf, provider=provider, warmup=warmup, runs=runs, session=sess)
+        table[provider] = per_batch
+    return table, sorted(set(skipped))
+
+
+def _batch_of(feeds: Mapping[str, np.ndarray]) -> int:
+    sizes = [len(v) for v in feeds.values() if np.asarray(v).ndim]
+    return sizes[0] if sizes else 1
+
+
+def verify(original: onnx.ModelProto, pruned: onnx.ModelProto, feeds: Feeds | None = None, *,
+           labels: np.ndarray | None = None, runs: int = 30, provider: str = "CPUExecutionProvider",
+           providers: Sequence[str] | None = None, batch_sizes: Sequence[int] | None = None, warmup: int = 5,
+           threads: int = 0, original_path: str | os.PathLike[str] | None = None,
+           pruned_path: str | os.PathLike[str] | None = None, latency_feeds: Feeds | None = None) -> dict[str, Any]:
+    """Run both models on the same inputs and report agreement, accuracy, cost, size and latency.
+
+    ``providers`` (default: ``[provider]``) and ``batch_sizes`` (default: the batch of the
+    feeds) choose where and how latency is measured; ``latency_feeds`` (default: ``feeds``)
+    are the samples timed, cut or repeated to each batch size. Both models are normalised in
+    place first (see ``onnxprune.prepare``)."""
+    from onnxprune.latency import full_provider
+
     for m in (original, pruned):
         prepare(m)  # count Constant-node weights as parameters, fresh shapes for MACs
     feeds = feeds if feeds is not None else random_inputs(original)
-    out_o, out_p = run(original, feeds), run(pruned, feeds)
-    outputs: dict[str, Any] = {}
-    for name, a in out_o.items():
-        b = out_p.get(name)
-        entry: dict[str, Any] = {"original_shape": list(a.shape), "pruned_shape": None if b is None else list(b.shape)}
-        if b is not None and a.shape == b.shape:
-            diff = np.abs(a.astype(np.float64) - b.astype(np.float64))
-            entry["max_abs_diff"] = float(diff.max()) if diff.size else 0.0
-            entry["mean_abs_diff"] = float(diff.mean()) if diff.size else 0.0
-            entry["top1_agreement"] = (float((a.argmax(-1) == b.argmax(-1)).mean())
-                                       if a.ndim == 2 and a.shape[-1] > 1 else None)
-        else:
-            entry["max_abs_diff"] = float("nan")
-        outputs[name] = entry
+    providers = [full_provider(p) for p in (providers or [provider])]
+    out_o, out_p = run_batched(original, feeds), run_batched(pruned, feeds)
+    outputs = {name: compare_outputs(a, out_p.get(name)) for name, a in out_o.items()}
+    timed_feeds = latency_feeds if latency_feeds is not None else feeds
+    lat_o, skipped = _latencies(original, timed_feeds, providers, batch_sizes, runs, warmup, threads)
+    lat_p, _ = _latencies(pruned, timed_feeds, providers, batch_sizes, runs, warmup, threads)
     co, cp = model_cost(original), model_cost(pruned)
-    lat_o = latency_ms(original, feeds, runs=runs, provider=provider)
-    lat_p = latency_ms(pruned, feeds, runs=runs, provider=provider)
+    so, sp = disk_size(original, original_path), disk_size(pruned, pruned_path)
+
+    def first(lat: dict[str, dict[str, dict[str, float]]]) -> dict[str, float]:
+        for per_batch in lat.values():
+            for v in per_batch.values():
+                return v
+        return {"p50": float("nan"), "p90": float("nan"), "mean": float("nan")}
+
+    speedups = {prov: {b: (lat_o[prov][b]["p50"] / lat_p[prov][b]["p50"] if lat_p[prov][b]["p50"] else float("nan"))
+                       for b in lat_o[prov] if b in lat_p.get(prov, {})} for prov in lat_o}
+    first_o, first_p = first(lat_o), first(lat_p)
     report: dict[str, Any] = {
-        "original": {"params": co.params, "macs": co.macs, "latency_ms": lat_o},
-        "pruned": {"params": cp.params, "macs": cp.macs, "latency_ms": lat_p},
+        "original": {"params": co.params, "macs": co.macs, "flops": co.flops, "size_bytes": so,
+                     "latency_ms": first_o, "latency": lat_o},
+        "pruned": {"params": cp.params, "macs": cp.macs, "flops": cp.flops, "size_bytes": sp,
+                   "latency_ms": first_p, "latency": lat_p},
         "outputs": outputs,
-        "provider": provider,
+        "samples": _batch_of(feeds),
+        "provider": providers[0],
+        "providers": providers,
+        "batch_sizes": [int(b) for b in batch_sizes] if batch_sizes else [int(b) for b in next(iter(lat_o.values()))],
+        "latency_skipped": skipped,
+        "runs": runs,
+        "warmup": warmup,
+        "threads": threads,
+        "params_ratio": cp.params / co.params if co.params else 1.0,
         "macs_ratio": cp.macs / co.macs if co.macs else 1.0,
-        "speedup": lat_o["p50"] / lat_p["p50"] if lat_p["p50"] else float("nan"),
+        "flops_ratio": cp.flops / co.flops if co.flops else 1.0,
+        "size_ratio": sp / so if so else 1.0,
+        "speedup": first_o["p50"] / first_p["p50"] if first_p["p50"] else float("nan"),
+        "speedups": speedups,
     }
     if labels is not None:
-        first = next(iter(out_o))
-        report["accuracy"] = {
-            "original": float((out_o[first].argmax(-1) == labels).mean()),
-            "pruned": float((out_p[first].argmax(-1) == labels).mean()),
-        }
+        first_out = next(iter(out_o))
+        acc_o, acc_p = accuracy(out_o[first_out], labels), accuracy(out_p[first_out], labels)
+        report["accuracy"] = {"original": acc_o["top1"], "pruned": acc_p["top1"]}
+        if "top5" in acc_o:
+            report["accuracy"].update(top5_original=acc_o["top5"], top5_pruned=acc_p["top5"])
     return report

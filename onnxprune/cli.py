@@ -179,9 +179,13 @@ def prune(
     std: StdOpt = "1",
     layout: LayoutOpt = "NCHW",
     flops_reg: FlopsRegOpt = 0.0,
+    recover: Annotated[str, typer.Option(
+        help="Post-training recovery on --calib data: comma list of bn, bias, lstsq; 'all' or 'none'.")] = "none",
+    ridge: Annotated[float, typer.Option(help="Ridge strength of the least-squares refit.")] = 1e-3,
+    recovery_report: Annotated[Optional[Path], typer.Option(help="Write what recovery did as JSON.")] = None,
 ) -> None:
     """Prune MODEL by --ratio or a FLOPs/params budget (scored with --criterion, data-free or
-    on --calib data), or replay a saved --plan; write OUTPUT."""
+    on --calib data), or replay a saved --plan; optionally recover without training; write OUTPUT."""
     from onnxprune.analysis import analyze as run_analysis
     from onnxprune.api import apply_plan, load, plan_by_ratio, plan_to_budget
     from onnxprune.budget import Budget
@@ -198,6 +202,9 @@ def prune(
                              + (f" (got {', '.join(chosen)})" if chosen else ""))
     if ratio is not None and not 0.0 <= ratio < 1.0:
         raise SelectionError(f"--ratio must be in [0, 1), got {ratio}")
+    methods = _recovery_methods(recover)
+    if methods and calib is None:
+        raise SelectionError("--recover needs calibration data (--calib)")
     if latency_table is not None and target_latency is None:
         raise SelectionError("--latency-table only applies with --target-latency")
     check_output_path(model, output)
@@ -242,16 +249,61 @@ def prune(
             the_plan = plan_by_ratio(m, analysis, ratio=ratio, criterion=criterion, scores=scores, mode=mode,
                                      round_to=round_to, min_channels=min_channels, max_ratio=max_ratio)
         result = _run_step(progress, "rewriting the graph", apply_plan, m, analysis, the_plan, debug=debug,
-                           inplace=True)
+                           inplace=not methods)
+        recovery_note = ""
+        if methods:
+            result, recovery_note = _recover(progress, m, analysis, the_plan, result, methods, ridge, calib,
+                                             calib_samples, image_size, mean, std, layout, recovery_report)
         _run_step(progress, f"writing {output}", save_model, result.model, output)
     if save_plan is not None:
         the_plan.save(save_plan)
     cost_table(result.before, result.after, console)
+    if recovery_note:
+        console.print(recovery_note)
     if budget_note:
         console.print(budget_note)
     console.print(f"removed {the_plan.removed_channels(analysis)} channels in {len(the_plan.keep)} groups "
                   f"({result.before.params - result.after.params} parameters); "
                   f"wrote [bold]{output}[/]")
+
+
+def _recovery_methods(text: str) -> tuple[str, ...]:
+    from onnxprune.recovery import METHODS
+
+    text = text.strip().lower()
+    if text in ("", "none"):
+        return ()
+    if text == "all":
+        return METHODS
+    methods = tuple(m.strip() for m in text.split(",") if m.strip())
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise SelectionError(f"--recover: unknown method(s) {', '.join(unknown)} (choose from {', '.join(METHODS)})")
+    return methods
+
+
+def _recover(progress: Progress, original, analysis, plan, result, methods, ridge, calib, samples,  # noqa: ANN001
+             image_size, mean, std, layout, report_path):  # noqa: ANN001, ANN202
+    """Run post-training recovery on the pruned model; returns the updated result and a summary line."""
+    from dataclasses import replace
+
+    from onnxprune.calib import load_calibration
+    from onnxprune.fileutil import write_text_atomic
+    from onnxprune.flops import model_cost
+    from onnxprune.recovery import recover
+
+    data = _run_step(progress, "loading calibration data", load_calibration, calib, original, samples=samples,
+                     image_size=[int(v) for v in image_size.split(",")] if image_size else None,
+                     mean=_floats(mean), std=_floats(std), layout=layout)
+    model, report = _run_step(progress, f"recovering ({', '.join(methods)})", recover, original, result.model,
+                              analysis, plan, data, methods=methods, ridge=ridge)
+    if report_path is not None:
+        write_text_atomic(report_path, json.dumps(report, indent=1, default=str))
+    mse = report.get("mse", {})
+    counts = ", ".join(f"{m} {len(report.get('updated', {}).get(m, []))}" for m in methods)
+    note = (f"recovery: output MSE vs the original {mse.get('pruned', float('nan')):.4g} -> "
+            f"{mse.get('recovered', float('nan')):.4g} (updated: {counts})")
+    return replace(result, model=model, after=model_cost(model)), note
 
 
 @app.command()

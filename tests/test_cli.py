@@ -165,3 +165,20 @@ def test_unknown_criterion(monkeypatch, capsys, tmp_path, model_path):
                        "--criterion", "nope")
     assert code != 0 and "unknown criterion" in err
     assert not (tmp_path / "o.onnx").exists()
+
+
+def test_prune_with_recovery(monkeypatch, capsys, tmp_path):
+    import os
+
+    data = os.path.join(os.path.dirname(__file__), "..", "onnxprune", "data")
+    out, report = tmp_path / "r.onnx", tmp_path / "recovery.json"
+    code, text, err = cli(monkeypatch, capsys, "prune", os.path.join(data, "digits_cnn.onnx"), "-o", out,
+                          "--target-flops", "0.5", "--calib", os.path.join(data, "digits_train.npz"),
+                          "--calib-samples", "128", "--recover", "all", "--recovery-report", report)
+    assert code == 0, err
+    assert "recovery: output MSE" in text
+    rep = json.loads(report.read_text())
+    assert rep["updated"]["lstsq"] and rep["mse"]["recovered"] < rep["mse"]["pruned"]
+    code, _, err = cli(monkeypatch, capsys, "prune", os.path.join(data, "digits_cnn.onnx"), "-o", tmp_path / "x.onnx",
+                       "--ratio", "0.3", "--recover", "bias")
+    assert code != 0 and "--calib" in err

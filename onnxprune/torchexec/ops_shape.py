@@ -111,7 +111,7 @@ def gather(n: Node, x: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
     axis = axis_of(n.attr("axis", 0), x.dim())
     idx = _positive(indices, x.shape[axis])
     out = x.index_select(axis, idx.reshape(-1))
-    return out.reshape(*x.shape[:axis], *idx.shape, *x.shape[axis + 1:])
+    return out.reshape((*x.shape[:axis], *idx.shape, *x.shape[axis + 1:]))
 
 
 @op("GatherElements")

@@ -149,9 +149,13 @@ def test_two_process_scores_equal_one_process(tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1")
     subprocess.run([sys.executable, "-m", "onnxprune.cli", *common, "--batch-size", "64", "-o", str(single)],
                    check=True, env=env, capture_output=True)
-    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                    "-m", "onnxprune.cli", *common, "--batch-size", "32", "-o", str(multi)],
-                   check=True, env=env, capture_output=True, timeout=300)
+    for attempt in range(2):  # the rendezvous can time out on a loaded 2-core machine: one retry
+        proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                               "-m", "onnxprune.cli", *common, "--batch-size", "32", "-o", str(multi)],
+                              env=env, capture_output=True, text=True, timeout=300)
+        if proc.returncode == 0:
+            break
+    assert proc.returncode == 0, proc.stderr[-3000:]
     a, b = json.loads(single.read_text())["groups"], json.loads(multi.read_text())["groups"]
     assert a.keys() == b.keys()
     for gid in a:

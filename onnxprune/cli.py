@@ -183,6 +183,14 @@ def prune(
         help="Post-training recovery on --calib data: comma list of bn, bias, lstsq; 'all' or 'none'.")] = "none",
     ridge: Annotated[float, typer.Option(help="Ridge strength of the least-squares refit.")] = 1e-3,
     recovery_report: Annotated[Optional[Path], typer.Option(help="Write what recovery did as JSON.")] = None,
+    schedule: Annotated[str, typer.Option(
+        help="oneshot, or iterative (Molchanov 2016: score, remove, fine-tune, repeat; needs --calib "
+             "and --target-flops).")] = "oneshot",
+    method: Annotated[str, typer.Option(
+        help="criterion (score with --criterion), spp (Wang 2017) or learned-threshold (Manessi 2017): "
+             "pruning during distillation fine-tuning; needs --calib and --target-flops.")] = "criterion",
+    train_steps: Annotated[int, typer.Option(help="Fine-tuning steps of the training methods.")] = 200,
+    lr: Annotated[float, typer.Option(help="Learning rate of the training methods.")] = 1e-3,
 ) -> None:
     """Prune MODEL by --ratio or a FLOPs/params budget (scored with --criterion, data-free or
     on --calib data), or replay a saved --plan; optionally recover without training; write OUTPUT."""
@@ -205,6 +213,15 @@ def prune(
     methods = _recovery_methods(recover)
     if methods and calib is None:
         raise SelectionError("--recover needs calibration data (--calib)")
+    training = {"iterative": "iterative"}.get(schedule) or {"spp": "spp", "learned-threshold": "learned-threshold"}.get(method)
+    if schedule not in ("oneshot", "iterative") or method not in ("criterion", "spp", "learned-threshold"):
+        raise SelectionError(f"unknown --schedule {schedule!r} or --method {method!r}")
+    if training and (calib is None or target_flops is None):
+        raise SelectionError(f"{training} pruning trains the model: it needs --calib data and --target-flops")
+    if training:
+        _train_prune(training, model, output, input_shape, target_flops, round_to, min_channels, max_ratio, calib,
+                     labels, calib_samples, batch_size, train_steps, lr, device, save_plan)
+        return
     if latency_table is not None and target_latency is None:
         raise SelectionError("--latency-table only applies with --target-latency")
     check_output_path(model, output)
@@ -265,6 +282,33 @@ def prune(
     console.print(f"removed {the_plan.removed_channels(analysis)} channels in {len(the_plan.keep)} groups "
                   f"({result.before.params - result.after.params} parameters); "
                   f"wrote [bold]{output}[/]")
+
+
+def _train_prune(name, model, output, input_shape, target_flops, round_to, min_channels, max_ratio,  # noqa: ANN001
+                 calib, labels, samples, batch_size, steps, lr, device, save_plan) -> None:  # noqa: ANN001
+    """--schedule iterative / --method spp|learned-threshold: prune while fine-tuning (distillation)."""
+    from onnxprune.api import load
+    from onnxprune.calib import load_calibration
+    from onnxprune.modelio import check_output_path, save_model
+    from onnxprune.report import cost_table
+    from onnxprune.train import train_prune
+
+    check_output_path(model, output)
+    with _steps(False) as progress:
+        m = _run_step(progress, "loading and inferring shapes", load, model, input_shapes=_parse_shapes(input_shape))
+        data = _run_step(progress, "loading calibration data", load_calibration, calib, m, labels=labels,
+                         samples=samples)
+        result = _run_step(progress, f"{name} pruning with fine-tuning", train_prune, name, m, data,
+                           target_flops=target_flops, round_to=round_to, min_channels=min_channels,
+                           max_ratio=max_ratio, steps=steps, lr=lr, batch_size=batch_size, device=device)
+        _run_step(progress, f"writing {output}", save_model, result.model, output)
+    if save_plan is not None:
+        result.plan.save(save_plan)
+    cost_table(result.prune.before, result.prune.after, console)
+    console.print(f"{name}: FLOPs target {result.target_flops:,.0f}, achieved {result.achieved_flops:,} "
+                  f"({result.achieved_flops / result.original_flops:.1%}) after {result.steps} training steps")
+    for note in result.notes:
+        console.print(note)
 
 
 def _recovery_methods(text: str) -> tuple[str, ...]:

@@ -182,3 +182,21 @@ def test_prune_with_recovery(monkeypatch, capsys, tmp_path):
     code, _, err = cli(monkeypatch, capsys, "prune", os.path.join(data, "digits_cnn.onnx"), "-o", tmp_path / "x.onnx",
                        "--ratio", "0.3", "--recover", "bias")
     assert code != 0 and "--calib" in err
+
+
+@pytest.mark.parametrize("flag", [["--method", "spp"], ["--method", "learned-threshold"], ["--schedule", "iterative"]])
+def test_prune_with_training_methods(monkeypatch, capsys, tmp_path, flag):
+    import os
+
+    pytest.importorskip("torch")
+    data = os.path.join(os.path.dirname(__file__), "..", "onnxprune", "data")
+    model = os.path.join(data, "digits_cnn.onnx")
+    out = tmp_path / "t.onnx"
+    code, text, err = cli(monkeypatch, capsys, "prune", model, "-o", out, *flag, "--target-flops", "0.5",
+                          "--calib", os.path.join(data, "digits_train.npz"), "--calib-samples", "128",
+                          "--train-steps", "12", "--batch-size", "32")
+    assert code == 0, err
+    assert "achieved" in text and out.exists()
+    onnx.checker.check_model(onnx.load(out), full_check=True)
+    code, _, err = cli(monkeypatch, capsys, "prune", model, "-o", tmp_path / "x.onnx", *flag, "--ratio", "0.3")
+    assert code != 0 and "--calib" in err

@@ -56,6 +56,17 @@ def _distributed_rank(device: str) -> int:
     return dist.get_rank()
 
 
+def _distributed_done() -> None:
+    """Leave the process group cleanly (gloo aborts at exit otherwise)."""
+    try:
+        import torch.distributed as dist
+    except ImportError:
+        return
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def _floats(text: str) -> list[float]:
     return [float(v) for v in text.split(",") if v.strip()]
 
@@ -387,9 +398,12 @@ def score(
                          reduction, device, image_size, mean, std, layout, flops_reg)
     payload = {"criterion": criterion, "fingerprint": analysis.fingerprint,
                "groups": {gid: [float(v) for v in vals] for gid, vals in scores.items()}}
-    if _distributed_rank(device) != 0:
-        return  # under torchrun every process holds the same all-reduced scores; rank 0 writes them
-    write_text_atomic(output, json.dumps(payload, indent=1))
+    rank = _distributed_rank(device)
+    if rank == 0:  # under torchrun every process holds the same all-reduced scores; rank 0 writes them
+        write_text_atomic(output, json.dumps(payload, indent=1))
+    _distributed_done()
+    if rank != 0:
+        return
     console.print(f"scored {sum(len(v) for v in scores.values())} units in {len(scores)} groups; wrote {output}")
 
 

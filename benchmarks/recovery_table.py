@@ -34,7 +34,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGETS = ((1.5, 1 / 1.5), (2.0, 0.5), (3.0, 1 / 3))
-CRITERIA = ("l2", "taylor-fo")
+CRITERIA = ("l2", "taylor-fo", "similarity")
 
 
 # -- models and data ----------------------------------------------------------------------

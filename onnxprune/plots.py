@@ -10,6 +10,8 @@ import io
 import os
 from collections.abc import Mapping
 from pathlib import Path
+
+from onnxprune.fileutil import write_bytes_atomic
 from typing import Any
 
 from onnxprune.errors import RuntimeUnavailableError
@@ -40,19 +42,7 @@ def _png(fig) -> bytes:  # noqa: ANN001
 
 
 def _write(data: bytes, path: str | os.PathLike[str]) -> Path:
-    """Write bytes atomically (temporary file beside ``path``, then rename)."""
-    import tempfile
-
-    out = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=".onnxprune-", suffix=".png", dir=out.parent if str(out.parent) else ".")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return out
+    return write_bytes_atomic(path, data)
 
 
 def verify_png(report: Mapping[str, Any]) -> bytes:

@@ -27,7 +27,8 @@ MAX_REASONS = 4
 def analyze(model: onnx.ModelProto, *, ignore: Sequence[str] = (), prune_hidden: bool = False) -> Analysis:
     """Find the coupled channel groups of a prepared model (see ``onnxprune.prepare``).
 
-    ``ignore`` holds node names or fnmatch patterns whose channels must stay.
+    ``ignore`` holds node names or fnmatch patterns whose output channels must stay (their
+    input channels follow their producers, as Torch-Pruning's ``ignored_layers``).
     ``prune_hidden`` lets channels through LayerNormalization over the last axis (a
     transformer's residual stream): pruning them changes LayerNorm's statistics, so the
     result is approximate (no longer equal to the masked model; use recovery).
@@ -79,9 +80,9 @@ def _block_ignored(ctx: RuleContext, index: GraphIndex, patterns: Sequence[str])
         matched = [n for n in index.nodes.values() if fnmatch.fnmatchcase(n.name, pattern)]
         if not matched:
             log.warning("--ignore pattern %r matches no node", pattern)
-        for node in matched:
+        for node in matched:  # its output channels stay; its inputs follow their producers (as TP)
             ctx.node = node
-            for name in list(node.input) + list(node.output):
+            for name in node.output:
                 for elems in ctx.spaces_of(name).values():
                     ctx.block(elems, f"node '{node.name}' is ignored by the user (pattern {pattern!r})")
     ctx.node = None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import math
 
 import torch
@@ -165,28 +167,24 @@ def mod(n: Node, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.remainder(a, b)  # the sign of the divisor, like Python
 
 
+def _fold(fn, xs: tuple[torch.Tensor, ...]) -> torch.Tensor:  # noqa: ANN001
+    """A variadic, broadcasting op as a left fold of its binary form."""
+    return functools.reduce(fn, xs[1:], xs[0])
+
+
 @op("Max")
 def max_(n: Node, *xs: torch.Tensor) -> torch.Tensor:
-    out = xs[0]
-    for x in xs[1:]:
-        out = torch.maximum(out, x)
-    return out
+    return _fold(torch.maximum, xs)
 
 
 @op("Min")
 def min_(n: Node, *xs: torch.Tensor) -> torch.Tensor:
-    out = xs[0]
-    for x in xs[1:]:
-        out = torch.minimum(out, x)
-    return out
+    return _fold(torch.minimum, xs)
 
 
 @op("Sum")
 def sum_(n: Node, *xs: torch.Tensor) -> torch.Tensor:
-    out = xs[0]
-    for x in xs[1:]:
-        out = out + x
-    return out
+    return _fold(torch.add, xs)
 
 
 @op("Mean")

@@ -20,7 +20,7 @@ from onnxprune.accounting import CostModel
 from onnxprune.analysis import Analysis
 from onnxprune.errors import SelectionError
 from onnxprune.plan import Plan
-from onnxprune.selection import SelectionOptions, legal_keep_count
+from onnxprune.selection import SelectionOptions, global_order, legal_keep_count
 
 
 @dataclass(frozen=True)
@@ -56,7 +56,7 @@ def select_to_budget(model: onnx.ModelProto, analysis: Analysis, scores: Mapping
     costs = CostModel(model, analysis)
     cost = (lambda removed: 2 * costs.macs(removed)) if budget.metric == "flops" else costs.params
     groups = [g for g in analysis.prunable_groups if g.id in scores]
-    order = _global_order(groups, scores)
+    order = global_order(groups, scores)
     original = cost(np.zeros(0, dtype=np.int64))
     target = budget.absolute(original)
 
@@ -95,16 +95,4 @@ def select_to_budget(model: onnx.ModelProto, analysis: Analysis, scores: Mapping
                          "min_channels": min_channels, "max_ratio": max_ratio})
     plan.validate(analysis)
     return BudgetResult(plan, int(original), float(target), int(cost(removed_units(keep))))
-
-
-def _global_order(groups, scores: Mapping[str, np.ndarray]) -> list[tuple[str, int]]:  # noqa: ANN001
-    """(group id, unit) pairs from least to most important by per-group normalised score."""
-    entries = []
-    for g in groups:
-        s = np.asarray(scores[g.id], dtype=np.float64)
-        mean = s.mean()
-        normed = s / mean if mean > 0 else np.zeros_like(s)
-        entries.extend((float(v), g.id, i) for i, v in enumerate(normed))
-    entries.sort(key=lambda e: (e[0], e[1], e[2]))
-    return [(gid, i) for _, gid, i in entries]
 

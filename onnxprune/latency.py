@@ -39,7 +39,7 @@ import numpy as np
 import onnx
 
 from onnxprune.analysis import Analysis, Group
-from onnxprune.budget import _global_order
+from onnxprune.selection import global_order
 from onnxprune.errors import PlanError, RuntimeUnavailableError, SelectionError
 from onnxprune.graph import GraphIndex
 from onnxprune.plan import Plan
@@ -570,7 +570,7 @@ class _Path:
         self.groups, self.options, self.predictor = groups, options, predictor
         self._cache: dict[int, float] = {}
         if order == "score":
-            self._order = _global_order(groups, scores)
+            self._order = global_order(groups, scores)
             self._states: list[dict[str, int]] | None = None
             self.n = len(self._order)
         else:

@@ -68,22 +68,29 @@ def select(analysis: Analysis, scores: Mapping[str, np.ndarray], options: Select
     return plan
 
 
-def _global_keep_counts(groups: list[Group], scores: Mapping[str, np.ndarray], ratio: float) -> dict[str, int]:
+def global_order(groups: list[Group], scores: Mapping[str, np.ndarray]) -> list[tuple[str, int]]:
+    """(group id, unit) pairs from least to most important by per-group normalised score
+    (each group's scores divided by their mean, so one ranking works across groups)."""
     entries = []
     for g in groups:
         s = np.asarray(scores[g.id], dtype=np.float64)
         mean = s.mean()
         normed = s / mean if mean > 0 else np.zeros_like(s)
-        entries.extend((float(v), g.id, g.unit_width) for v in normed)
-    entries.sort(key=lambda e: e[0])
+        entries.extend((float(v), g.id, i) for i, v in enumerate(normed))
+    entries.sort(key=lambda e: (e[0], e[1], e[2]))
+    return [(gid, i) for _, gid, i in entries]
+
+
+def _global_keep_counts(groups: list[Group], scores: Mapping[str, np.ndarray], ratio: float) -> dict[str, int]:
+    width = {g.id: g.unit_width for g in groups}
     budget = ratio * sum(g.channels for g in groups)
     removed: dict[str, int] = {g.id: 0 for g in groups}
     done = 0.0
-    for _, gid, width in entries:
-        if done + width > budget + 1e-9:
+    for gid, _ in global_order(groups, scores):
+        if done + width[gid] > budget + 1e-9:
             continue
         removed[gid] += 1
-        done += width
+        done += width[gid]
     return {g.id: g.size - removed[g.id] for g in groups}
 
 

@@ -60,13 +60,14 @@ def score_channels(model: onnx.ModelProto, analysis: Analysis, criterion: str = 
 
 def plan_by_ratio(model: onnx.ModelProto, analysis: Analysis, *, ratio: float, criterion: str = "l2",
                   scores: Scores | None = None, mode: str = "per-group", round_to: int = 1, min_channels: int = 1,
-                  max_ratio: float = 1.0) -> Plan:
+                  max_ratio: float = 1.0, align: int = 1) -> Plan:
     """Keep the best (1 - ratio) units per group or globally, by ``scores`` or a data-free criterion.
 
-    ``similarity`` per group also records Srinivas & Babu merges in the plan (recovery)."""
+    ``similarity`` per group also records Srinivas & Babu merges in the plan (recovery).
+    ``align``: hardware channel block (``selection.legal_keep_count``; 1: off)."""
     options = SelectionOptions(ratio=ratio, mode=mode, round_to=round_to, min_channels=min_channels,
-                               max_ratio=max_ratio)
-    if criterion == "similarity" and scores is None and mode == "per-group" and max_ratio == 1.0:
+                               max_ratio=max_ratio, align=align)
+    if criterion == "similarity" and scores is None and mode == "per-group" and max_ratio == 1.0 and align == 1:
         from onnxprune.criteria.similarity import similarity_plan
 
         return similarity_plan(model, analysis, ratio=ratio, merge=True, round_to=round_to,
@@ -77,11 +78,12 @@ def plan_by_ratio(model: onnx.ModelProto, analysis: Analysis, *, ratio: float, c
 
 def plan_to_budget(model: onnx.ModelProto, analysis: Analysis, budget: Budget, *, criterion: str = "l2",
                    scores: Scores | None = None, round_to: int = 1, min_channels: int = 1,
-                   max_ratio: float = 1.0) -> BudgetResult:
-    """Keep the best units globally within a FLOPs / parameters budget."""
+                   max_ratio: float = 1.0, align: int = 1) -> BudgetResult:
+    """Keep the best units globally within a FLOPs / parameters budget (``align``: hardware
+    channel block, kept counts aligned down to its multiples where legal; 1: off)."""
     scores = scores if scores is not None else score_channels(model, analysis, criterion)
     return select_to_budget(model, analysis, scores, budget, round_to=round_to, min_channels=min_channels,
-                            max_ratio=max_ratio, criterion=criterion)
+                            max_ratio=max_ratio, criterion=criterion, align=align)
 
 
 @dataclass(frozen=True)

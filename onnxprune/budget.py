@@ -6,6 +6,11 @@ works across groups. Units are removed in order of normalised score; each group'
 count is rounded up to ``round_to`` channels and kept within ``min_channels`` /
 ``max_ratio``; the number of units removed is found by bisection on the exact cost model
 (``accounting.CostModel``), so the achieved cost is the largest one that fits.
+
+``align`` (off by default) makes the allocation hardware-aware: kept counts that are not a
+multiple of the hardware's channel block are rounded down to one where legal (see
+``selection.legal_keep_count``), so no group pays for padded channels it does not keep; the
+FLOPs freed that way go, through the same bisection, to the best units elsewhere.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from onnxprune.accounting import CostModel
 from onnxprune.analysis import Analysis
 from onnxprune.errors import SelectionError
 from onnxprune.plan import Plan
-from onnxprune.selection import SelectionOptions, global_order, legal_keep_count
+from onnxprune.selection import SelectionOptions, align_option, global_order, legal_keep_count
 
 
 @dataclass(frozen=True)
@@ -50,9 +55,11 @@ class BudgetResult:
 
 def select_to_budget(model: onnx.ModelProto, analysis: Analysis, scores: Mapping[str, np.ndarray],
                      budget: Budget, *, round_to: int = 1, min_channels: int = 1, max_ratio: float = 1.0,
-                     criterion: str | None = None) -> BudgetResult:
-    """The plan that keeps the best units and whose cost is the largest that fits the budget."""
-    options = SelectionOptions(ratio=0.0, round_to=round_to, min_channels=min_channels, max_ratio=max_ratio)
+                     criterion: str | None = None, align: int = 1) -> BudgetResult:
+    """The plan that keeps the best units and whose cost is the largest that fits the budget
+    (kept counts aligned down to multiples of ``align`` channels where legal, when > 1)."""
+    options = SelectionOptions(ratio=0.0, round_to=round_to, min_channels=min_channels, max_ratio=max_ratio,
+                               align=align)
     costs = CostModel(model, analysis)
     cost = (lambda removed: 2 * costs.macs(removed)) if budget.metric == "flops" else costs.params
     groups = [g for g in analysis.prunable_groups if g.id in scores]
@@ -92,7 +99,7 @@ def select_to_budget(model: onnx.ModelProto, analysis: Analysis, scores: Mapping
     plan = Plan(fingerprint=analysis.fingerprint, keep={gid: tuple(k.tolist()) for gid, k in keep.items()},
                 sizes={gid: analysis.group(gid).size for gid in keep}, criterion=criterion,
                 options={"budget": budget.metric, "target": budget.target, "round_to": round_to,
-                         "min_channels": min_channels, "max_ratio": max_ratio})
+                         "min_channels": min_channels, "max_ratio": max_ratio, **align_option(align)})
     plan.validate(analysis)
     return BudgetResult(plan, int(original), float(target), int(cost(removed_units(keep))))
 

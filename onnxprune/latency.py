@@ -44,7 +44,7 @@ from onnxprune.errors import PlanError, RuntimeUnavailableError, SelectionError
 from onnxprune.graph import GraphIndex
 from onnxprune.plan import Plan
 from onnxprune.runtime import PROVIDERS, Feeds, _ort, random_inputs
-from onnxprune.selection import SelectionOptions, legal_keep_count
+from onnxprune.selection import SelectionOptions, align_option, legal_keep_count
 
 log = logging.getLogger(__name__)
 
@@ -93,10 +93,70 @@ def provider_chain(provider: str, device_id: int = 0) -> list[Any]:
     return ["CPUExecutionProvider"]
 
 
+@functools.lru_cache(maxsize=None)
+def channel_block(provider: str = "CPUExecutionProvider") -> int:
+    """The channel block of ``provider``'s convolution kernels on this machine: kept channel
+    counts that are not a multiple of it are padded up to one, so they cost the latency of the
+    next multiple (use it as ``align`` / ``--align auto``).
+
+    CPU: onnxruntime's NCHWc layout transformer (MLAS) reorders convolution weights into blocks
+    of 16 output channels on AVX-512 machines, 8 on AVX2, and is not used elsewhere (1). The
+    block is read off the optimised graph of a one-convolution probe with 4 output channels
+    (the padded weight's first dimension). CUDA / TensorRT: 8 (the channel multiple of FP16
+    tensor-core kernels)."""
+    provider = full_provider(provider)
+    if provider in GPU_PROVIDERS:
+        return 8
+    import tempfile
+
+    from onnx import TensorProto, helper, numpy_helper
+
+    ort = _ort()
+    weight = numpy_helper.from_array(np.ones((4, 32, 1, 1), dtype=np.float32), "w")
+    graph = helper.make_graph([helper.make_node("Conv", ["x", "w"], ["y"], name="probe")], "probe",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 32, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 8, 8])], [weight])
+    probe = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    probe.ir_version = 7
+    with tempfile.TemporaryDirectory() as tmp:
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.log_severity_level = 3
+        opts.optimized_model_filepath = str(Path(tmp) / "probe.onnx")
+        ort.InferenceSession(probe.SerializeToString(), sess_options=opts, providers=["CPUExecutionProvider"])
+        optimized = onnx.load(opts.optimized_model_filepath)
+    convs = [n for n in optimized.graph.node if n.op_type == "Conv" and n.domain == "com.microsoft.nchwc"]
+    if not convs:
+        return 1
+    dims = {i.name: list(i.dims) for i in optimized.graph.initializer}
+    padded = dims.get(convs[0].input[1])
+    return int(padded[0]) if padded and padded[0] >= 4 else 1
+
+
+def resolve_align(align: int | str | None, provider: str = "CPUExecutionProvider") -> int:
+    """``align`` as given by a user: an integer >= 1, or 'auto' (``channel_block(provider)``)."""
+    if align is None:
+        return 1
+    if isinstance(align, str):
+        if align.strip().lower() == "auto":
+            return channel_block(provider)
+        try:
+            align = int(align)
+        except ValueError as exc:
+            raise SelectionError(f"align must be a positive integer or 'auto', got {align!r}") from exc
+    if align < 1:
+        raise SelectionError(f"align must be a positive integer or 'auto', got {align}")
+    return int(align)
+
+
 def timing_session(model: onnx.ModelProto | str | bytes, *, provider: str = "CPUExecutionProvider",
-                   threads: int = 0, optimize: bool = True, device_id: int = 0):  # noqa: ANN201
+                   threads: int = 0, optimize: bool = True, device_id: int = 0,
+                   spin: bool = False):  # noqa: ANN201
     """An InferenceSession for timing: all graph optimisations on, sequential execution,
-    ``threads`` intra-op threads (0: onnxruntime's default)."""
+    ``threads`` intra-op threads (0: onnxruntime's default), idle intra-op threads sleep
+    instead of spin-waiting unless ``spin`` (onnxruntime's default is to spin: on a machine
+    whose cores are shared with other jobs a spinning thread pool makes every timing depend
+    on the neighbours' load; see docs/latency.md)."""
     ort = _ort()
     opts = ort.SessionOptions()
     opts.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize
@@ -106,6 +166,8 @@ def timing_session(model: onnx.ModelProto | str | bytes, *, provider: str = "CPU
     if threads:
         opts.intra_op_num_threads = int(threads)
         opts.inter_op_num_threads = 1
+    if hasattr(opts, "add_session_config_entry"):
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
     src = model.SerializeToString() if isinstance(model, onnx.ModelProto) else model
     return ort.InferenceSession(src, sess_options=opts, providers=provider_chain(provider, device_id))
 
@@ -411,7 +473,7 @@ def build_latency_table(model: onnx.ModelProto, analysis: Analysis, *, provider:
         table = LatencyTable(fingerprint=analysis.fingerprint, provider=provider,
                              inputs={k: list(np.asarray(v).shape) for k, v in feeds.items()}, threads=threads,
                              base_ms=measure(model),
-                             meta={**_machine(), "warmup": warmup, "runs": runs, "round_to": round_to,
+                             meta={**_machine(), "warmup": warmup, "runs": runs, "round_to": round_to, "spinning": False,
                                    "fractions": list(fractions), "statistic": "p50", "paired": paired,
                                    "created": time.strftime("%Y-%m-%dT%H:%M:%S")})
     todo = [g for g in analysis.prunable_groups
@@ -648,7 +710,7 @@ def _plan_from_counts(analysis: Analysis, groups: list[Group], scores: Mapping[s
                 criterion=criterion,
                 options={"budget": "latency", "target_ms": target_ms, "provider": provider,
                          "round_to": options.round_to, "min_channels": options.min_channels,
-                         "max_ratio": options.max_ratio})
+                         "max_ratio": options.max_ratio, **align_option(options.align)})
     plan.validate(analysis)
     return plan
 
@@ -659,7 +721,7 @@ def select_to_latency(model: onnx.ModelProto, analysis: Analysis, scores: Mappin
                       feeds: Mapping[str, np.ndarray] | None = None, measure: bool = True, tolerance: float = 0.05,
                       max_tries: int = 4, slack: float = 0.15, warmup: int | None = None,
                       runs: int | None = None, device_id: int = 0, interactions: bool = True,
-                      original_ms: float | None = None) -> LatencyResult:
+                      original_ms: float | None = None, align: int = 1) -> LatencyResult:
     """The plan that keeps the best units and whose latency fits ``target_ms``.
 
     Allocations are ordered from no pruning to the most (``order``: 'score', the global
@@ -671,7 +733,8 @@ def select_to_latency(model: onnx.ModelProto, analysis: Analysis, scores: Mappin
     bracketed) while the measurement exceeds target x (1 + tolerance) (more pruning) or falls
     below target x (1 - slack) (less). The result is the least pruned plan that met the
     target, else the fastest one measured. ``original_ms``: the original's p50 if already
-    measured (as when the target was given relative to it)."""
+    measured (as when the target was given relative to it). ``align``: kept counts aligned down
+    to multiples of this many channels where legal (``selection.legal_keep_count``)."""
     from onnxprune.api import apply_plan
 
     if target_ms <= 0:
@@ -685,7 +748,8 @@ def select_to_latency(model: onnx.ModelProto, analysis: Analysis, scores: Mappin
     if missing:
         log.warning("latency table has no entry for %d group(s) (%s); they are predicted to save nothing",
                     len(missing), ", ".join(missing[:3]))
-    options = SelectionOptions(ratio=0.0, round_to=round_to, min_channels=min_channels, max_ratio=max_ratio)
+    options = SelectionOptions(ratio=0.0, round_to=round_to, min_channels=min_channels, max_ratio=max_ratio,
+                               align=align)
     groups = [g for g in analysis.prunable_groups if g.id in scores]
     predictor = LatencyPredictor(model, analysis, table, interactions=interactions)
     path = _Path(groups, scores, predictor, options, order)

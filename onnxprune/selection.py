@@ -5,6 +5,15 @@ Two modes: ``per-group`` removes the same fraction from every prunable group;
 mean, so groups are comparable) and removes the lowest until the channel ratio is
 met. Both then round every group's kept channel count up to a multiple of
 ``round_to`` and respect ``min_channels`` and ``max_ratio``.
+
+``align`` (off by default) is the channel block of the hardware the model will run on: a
+kernel that computes channels in blocks of ``align`` pads a kept count up to the next
+multiple, so a count between two multiples costs the latency of the one above. With
+``align`` a kept count that is not a multiple of it is rounded *down* to one (dropping
+the group's lowest-scoring units) whenever that count is still legal (a multiple of
+``round_to`` within ``min_channels`` / ``max_ratio``); otherwise it stays as rounded.
+onnxruntime's CPU convolutions (MLAS NCHWc) use blocks of 16 channels on AVX-512 and 8 on
+AVX2: ``onnxprune.latency.channel_block`` reports the block of this machine.
 """
 
 from __future__ import annotations
@@ -27,6 +36,7 @@ class SelectionOptions:
     round_to: int = 1
     min_channels: int = 1
     max_ratio: float = 1.0
+    align: int = 1
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.ratio < 1.0:
@@ -39,6 +49,8 @@ class SelectionOptions:
             raise SelectionError(f"min_channels must be >= 1, got {self.min_channels}")
         if not 0.0 < self.max_ratio <= 1.0:
             raise SelectionError(f"max_ratio must be in (0, 1], got {self.max_ratio}")
+        if self.align < 1:
+            raise SelectionError(f"align must be >= 1, got {self.align}")
 
 
 def select(analysis: Analysis, scores: Mapping[str, np.ndarray], options: SelectionOptions,
@@ -62,7 +74,8 @@ def select(analysis: Analysis, scores: Mapping[str, np.ndarray], options: Select
         fingerprint=analysis.fingerprint, keep=keep, sizes={gid: analysis.group(gid).size for gid in keep},
         criterion=criterion,
         options={"ratio": options.ratio, "mode": options.mode, "round_to": options.round_to,
-                 "min_channels": options.min_channels, "max_ratio": options.max_ratio},
+                 "min_channels": options.min_channels, "max_ratio": options.max_ratio,
+                 **align_option(options.align)},
     )
     plan.validate(analysis)
     return plan
@@ -95,9 +108,21 @@ def _global_keep_counts(groups: list[Group], scores: Mapping[str, np.ndarray], r
 
 
 def legal_keep_count(g: Group, k: int, options: SelectionOptions) -> int:
-    """Round a kept unit count up so that channels are a multiple of round_to and limits hold."""
+    """Round a kept unit count up so that channels are a multiple of round_to and limits hold;
+    with ``options.align`` > 1, then down to a multiple of align channels where that stays legal."""
     width = g.unit_width
-    k = max(k, 1, math.ceil(g.size * (1.0 - options.max_ratio)), math.ceil(options.min_channels / width))
+    floor = max(1, math.ceil(g.size * (1.0 - options.max_ratio)), math.ceil(options.min_channels / width))
+    k = max(k, floor)
     step = options.round_to // math.gcd(options.round_to, width)
     k = min(g.size, math.ceil(k / step) * step)
+    if options.align > 1 and k < g.size and (k * width) % options.align:
+        a_step = options.align // math.gcd(options.align, width)  # units per aligned block
+        down = (k // a_step) * a_step
+        if down >= floor and down % step == 0:
+            k = down
     return k
+
+
+def align_option(align: int) -> dict[str, int]:
+    """The plan-options entry for ``align`` (absent when off, so default plans are unchanged)."""
+    return {"align": int(align)} if align > 1 else {}

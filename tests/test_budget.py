@@ -55,3 +55,82 @@ def test_absolute_target_and_unreachable_budget():
     assert reached.achieved <= original * 0.6
     with pytest.raises(SelectionError, match="cannot be reached"):
         plan_to_budget(model, analysis, Budget("flops", 0.001))
+
+
+# -- align: the hardware channel block ---------------------------------------------------------
+
+
+def test_legal_keep_count_aligns_down_only_where_legal():
+    from onnxprune.analysis.result import Group
+    from onnxprune.selection import SelectionOptions, legal_keep_count
+
+    def group(size, width=1):
+        return Group(id="g", units=np.arange(size), channels=size * width, anchor=("t", 1), spaces=(("t", 1),),
+                     producers=(), consumers=(), unit_params=np.ones(size), unit_macs=np.ones(size), reasons=())
+
+    g = group(64)
+
+    def keep(k, **kw):
+        return legal_keep_count(g, k, SelectionOptions(ratio=0.0, round_to=8, **kw))
+
+    assert [keep(k) for k in (33, 40, 48, 60)] == [40, 40, 48, 64]
+    assert [keep(k, align=16) for k in (33, 40, 48, 60)] == [32, 32, 48, 64]  # 64 = the whole group
+    assert keep(5, align=16) == 8  # 0 is not a legal count: stays at the round_to step
+    assert keep(40, align=16, min_channels=40) == 40  # 32 would break min_channels
+    assert keep(40, align=16, max_ratio=0.4) == 40  # 32 would remove more than 40 %
+    assert keep(44, align=12) == 48  # 48 is already a multiple of 12
+    assert keep(40, align=12) == 40  # 36 is not a multiple of round_to 8: no legal aligned count below
+    assert legal_keep_count(g, 40, SelectionOptions(ratio=0.0, round_to=8, align=1)) == keep(40)
+    heads = group(12, width=4)  # units of 4 channels (tied): 16 channels = 4 units
+    assert legal_keep_count(heads, 6, SelectionOptions(ratio=0.0, round_to=8, align=16)) == 4
+    assert legal_keep_count(heads, 6, SelectionOptions(ratio=0.0, round_to=8)) == 6
+    with pytest.raises(SelectionError, match="align"):
+        SelectionOptions(ratio=0.0, align=0)
+
+
+@pytest.mark.parametrize("name", ["resnet18", "mobilenetv2"])
+def test_aligned_budget_keeps_block_multiples_and_fits(name):
+    from tests.equivalence import assert_matches_masked, check_pruned_model
+
+    model = load(zoo_path(name))
+    analysis = analyze(model)
+    plain = plan_to_budget(model, analysis, Budget("flops", 0.5), round_to=8)
+    aligned = plan_to_budget(model, analysis, Budget("flops", 0.5), round_to=8, align=16)
+    assert aligned.achieved <= aligned.target and aligned.plan.options["align"] == 16
+    assert "align" not in plain.plan.options  # default plans are unchanged
+    result = apply_plan(model, analysis, aligned.plan)
+    assert 2 * result.after.macs == aligned.achieved
+    off_block = 0
+    for g in analysis.prunable_groups:
+        kept = len(aligned.plan.keep.get(g.id, range(g.size))) * g.unit_width
+        assert kept % 8 == 0 or kept == g.size * g.unit_width
+        if kept % 16 and kept < g.size * g.unit_width:
+            off_block += 1
+            assert kept == 8  # only where no multiple of 16 below is legal
+    plain_off = sum(1 for gid, k in plain.plan.keep.items() if (len(k) * analysis.group(gid).unit_width) % 16)
+    assert plain_off > off_block
+    check_pruned_model(result.model, model)
+    assert_matches_masked(model, analysis, aligned.plan, result)  # pruned model == masked original
+
+
+def test_cli_prune_align(monkeypatch, capsys, tmp_path):
+    import json
+
+    from onnxprune.latency import channel_block
+    from tests.test_cli import cli
+
+    out, plan = tmp_path / "small.onnx", tmp_path / "plan.json"
+    code, _, err = cli(monkeypatch, capsys, "prune", zoo_path("mobilenetv2"), "-o", out, "--target-flops", "0.5",
+                       "--round-to", "8", "--align", "16", "--save-plan", plan)
+    assert code == 0, err
+    assert json.loads(plan.read_text())["options"]["align"] == 16
+    code, _, err = cli(monkeypatch, capsys, "prune", zoo_path("mobilenetv2"), "-o", out, "--ratio", "0.3",
+                       "--round-to", "8", "--align", "auto", "--provider", "cpu", "--save-plan", plan)
+    assert code == 0, err
+    assert json.loads(plan.read_text())["options"].get("align", 1) == channel_block("cpu")
+    code, _, err = cli(monkeypatch, capsys, "prune", zoo_path("mobilenetv2"), "-o", out, "--plan", plan,
+                       "--align", "16")
+    assert code != 0 and "--align" in err
+    code, _, err = cli(monkeypatch, capsys, "prune", zoo_path("mobilenetv2"), "-o", out, "--ratio", "0.3",
+                       "--align", "many")
+    assert code != 0 and "align" in err

@@ -13,6 +13,7 @@ import json
 import types
 
 import numpy as np
+import onnx
 import pytest
 
 from onnxprune import latency as lat
@@ -298,3 +299,63 @@ def test_cli_prune_target_latency(monkeypatch, capsys, tmp_path):
     code, _, err = cli(monkeypatch, capsys, "prune", zoo_path("resnet18"), "-o", tmp_path / "o.onnx",
                        "--ratio", "0.3", "--target-latency", "5")
     assert code != 0 and "exactly one" in err and "--target-latency" in err
+
+
+# -- hardware channel block and timing sessions -------------------------------------------------
+
+
+def test_channel_block_is_the_padding_onnxruntime_applies():
+    """A convolution with 24 output channels runs with its weights padded to the block."""
+    import tempfile
+
+    from onnx import TensorProto, helper, numpy_helper
+
+    ort = pytest.importorskip("onnxruntime")
+    block = lat.channel_block("cpu")
+    assert block in (1, 8, 16, 32)
+    assert lat.channel_block("cuda") == 8 and lat.resolve_align("auto", "cpu") == block
+    assert lat.resolve_align(None) == 1 and lat.resolve_align("8") == 8
+    for bad in ("x", 0, "-2"):
+        with pytest.raises(SelectionError, match="align"):
+            lat.resolve_align(bad)
+    w = numpy_helper.from_array(np.ones((24, 32, 3, 3), np.float32), "w")
+    graph = helper.make_graph([helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 32, 16, 16])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 24, 16, 16])], [w])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 7
+    with tempfile.TemporaryDirectory() as tmp:
+        opts = ort.SessionOptions()
+        opts.optimized_model_filepath = f"{tmp}/opt.onnx"
+        ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+        optimized = onnx.load(opts.optimized_model_filepath)
+    dims = {i.name: list(i.dims) for i in optimized.graph.initializer}
+    conv = next(n for n in optimized.graph.node if n.op_type == "Conv")
+    assert dims[conv.input[1]][0] == -(-24 // block) * block  # 24 channels computed as the next multiple
+
+
+def test_timing_sessions_do_not_spin_unless_asked(monkeypatch):
+    entries = []
+
+    def options():
+        return types.SimpleNamespace(add_session_config_entry=lambda k, v: entries.append((k, v)))
+
+    fake = _fake_ort()
+    fake.SessionOptions = options
+    monkeypatch.setattr(lat, "_ort", lambda: fake)
+    lat.timing_session(b"model", threads=2)
+    lat.timing_session(b"model", threads=2, spin=True)
+    assert entries == [("session.intra_op.allow_spinning", "0"), ("session.intra_op.allow_spinning", "1")]
+
+
+def test_select_to_latency_with_align_keeps_block_multiples():
+    model = load(zoo_path("mobilenetv2"))
+    analysis = analyze(model)
+    table = lat.build_latency_table(model, analysis, threads=1, runs=3, warmup=1, round_to=8)
+    scores = score_channels(model, analysis, "l2")
+    result = lat.select_to_latency(model, analysis, scores, table.base_ms * 0.6, table, round_to=8, align=16,
+                                   measure=False)
+    assert result.plan.options["align"] == 16
+    for gid, keep in result.plan.keep.items():
+        kept = len(keep) * analysis.group(gid).unit_width
+        assert kept % 16 == 0 or kept == 8

@@ -33,10 +33,16 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def load(path: str | os.PathLike[str], *, input_shapes: Mapping[str, Sequence[int | str]] | None = None
-         ) -> onnx.ModelProto:
-    """Load, check and normalise a model for pruning (see ``onnxprune.prepare``)."""
-    model = load_model(path, check=False)
+def load(path: str | os.PathLike[str], *, input_shapes: Mapping[str, Sequence[int | str]] | None = None,
+         mapped: bool = False) -> onnx.ModelProto:
+    """Load, check and normalise a model for pruning (see ``onnxprune.prepare``).
+
+    ``mapped`` leaves the weights of a single-file model in the memory-mapped file (only
+    the structure is parsed; see ``modelio.load_model``): the fastest and leanest way
+    through analyze, plan, apply_plan and save_model, which read and write such a model
+    directly. Call ``modelio.materialize`` on it before running it in onnxruntime.
+    """
+    model = load_model(path, check=False, mapped=mapped)
     set_input_shapes(model, input_shapes or {}, str(path))
     check_basic(model, path)
     return prepare(model)

@@ -1,13 +1,23 @@
-"""Weights kept in external data files, read lazily and written without a second copy.
+"""Weights kept in files, read lazily and written without a second copy.
 
 A model loaded with external data keeps its tensors as references into the ``.data``
 file; ``read_tensor`` decodes one tensor at a time, and ``write_model`` streams every
 tensor (edited ones from memory, untouched ones straight from the source file) into the
 output's data file. Peak memory stays near the size of what the rewrite changed.
+
+A single-file model can be *mapped* the same way (``map_model``): the file is memory
+mapped, only its structure is parsed, and every large ``raw_data`` weight becomes a
+reference to its bytes inside the model file itself (an external reference whose
+location is the model file, flagged by the ``EMBEDDED_KEY`` metadata entry). Reading
+such a weight is a zero-copy view of the mapping, and ``write_single`` writes a
+single-file model again, streaming the untouched weights' bytes from the mapping.
+Neither metadata entry is ever saved.
 """
 
 from __future__ import annotations
 
+import math
+import mmap
 import os
 from pathlib import Path
 
@@ -16,7 +26,15 @@ import onnx
 from onnx import numpy_helper
 
 BASE_KEY = "onnxprune.external_base"  # metadata entry naming the source directory (never saved)
+EMBEDDED_KEY = "onnxprune.embedded_file"  # metadata entry: mapped weights live in this model file
+PRIVATE_KEYS = (BASE_KEY, EMBEDDED_KEY)
 CHUNK = 64 * 2**20
+MAP_MIN_BYTES = 1024  # raw_data weights at least this large are mapped, smaller ones parsed
+
+# fixed-width element types whose raw_data is the plain little-endian array
+_PLAIN = {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16, onnx.TensorProto.INT8,
+          onnx.TensorProto.UINT8, onnx.TensorProto.INT16, onnx.TensorProto.UINT16, onnx.TensorProto.INT32,
+          onnx.TensorProto.UINT32, onnx.TensorProto.INT64, onnx.TensorProto.UINT64, onnx.TensorProto.BOOL}
 
 
 def is_external(t: onnx.TensorProto) -> bool:
@@ -35,24 +53,226 @@ def base_dir(model: onnx.ModelProto) -> Path | None:
     return None
 
 
+def embedded_file(model: onnx.ModelProto) -> str | None:
+    """The model file whose bytes mapped weights refer to (None for a model not mapped)."""
+    for entry in model.metadata_props:
+        if entry.key == EMBEDDED_KEY:
+            return entry.value
+    return None
+
+
 def _info(t: onnx.TensorProto) -> dict[str, str]:
     return {e.key: e.value for e in t.external_data}
 
 
+def is_mapped(t: onnx.TensorProto, embedded: str | None) -> bool:
+    """Whether ``t`` is a mapped weight of a model whose ``embedded_file`` is ``embedded``."""
+    if embedded is None or not is_external(t):
+        return False
+    return any(e.key == "location" and e.value == embedded for e in t.external_data)
+
+
+def tensor_nbytes(t: onnx.TensorProto) -> int:
+    """Bytes of a tensor's data, in memory or external, without copying it out of the message."""
+    if is_external(t):
+        for e in t.external_data:
+            if e.key == "length":
+                return int(e.value)
+        itemsize = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(t.data_type)).itemsize
+        return int(np.prod(t.dims, dtype=np.int64)) * itemsize
+    if t.HasField("raw_data"):  # the declared size: reading t.raw_data (or ByteSize) would copy it
+        try:
+            itemsize = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(t.data_type)).itemsize
+        except (KeyError, TypeError, ValueError):
+            itemsize = 1
+        return math.prod(t.dims) * itemsize
+    return 0
+
+
+_MAPS: dict[str, tuple[tuple[int, int, int], mmap.mmap]] = {}
+
+
+def file_map(path: str | os.PathLike[str]) -> mmap.mmap:
+    """A read-only memory map of ``path``, shared by every tensor that refers to the file.
+
+    Cached per path and re-opened when the file changed (size, inode or mtime), so a file
+    replaced on disk is never read through a stale mapping. Files are replaced by
+    renaming (``save_model``), which leaves an existing mapping's pages intact.
+    """
+    key = os.fspath(path)
+    st = os.stat(key)
+    sig = (st.st_ino, st.st_size, st.st_mtime_ns)
+    hit = _MAPS.get(key)
+    if hit is not None and hit[0] == sig:
+        return hit[1]
+    with open(key, "rb") as fh:
+        mm = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) if st.st_size else mmap.mmap(-1, 1)
+    _MAPS[key] = (sig, mm)
+    return mm
+
+
 def read_tensor(t: onnx.TensorProto, model: onnx.ModelProto) -> np.ndarray:
-    """A tensor's value, read from its external file when it has one."""
+    """A tensor's value, read from its external file when it has one.
+
+    A mapped weight (see ``map_model``) is a read-only, zero-copy view of the model file.
+    """
     if not is_external(t):
         return numpy_helper.to_array(t)
     base = base_dir(model)
     if base is None:
         raise ValueError(f"tensor '{t.name}' refers to external data but the model's directory is unknown")
     info = _info(t)
-    dtype = onnx.helper.tensor_dtype_to_np_dtype(t.data_type)
-    count = int(np.prod(t.dims)) if t.dims else 1
+    dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(t.data_type)).newbyteorder("<")
+    count = int(np.prod(t.dims, dtype=np.int64)) if t.dims else 1
+    if info["location"] == embedded_file(model):
+        offset = int(info.get("offset", 0))
+        data = np.frombuffer(file_map(base / info["location"]), dtype=dtype, count=count, offset=offset)
+        if offset % dtype.itemsize:
+            data = data.copy()  # raw_data need not be aligned in the file; numpy is slow on unaligned arrays
+        return data.reshape(tuple(t.dims))
     with open(base / info["location"], "rb") as fh:
         fh.seek(int(info.get("offset", 0)))
         data = np.fromfile(fh, dtype=dtype, count=count)
     return data.reshape(tuple(t.dims))
+
+
+# --------------------------------------------------------------------------- protobuf wire format
+def _varint(buf, pos: int) -> tuple[int, int]:  # noqa: ANN001 - bytes or mmap
+    result = shift = 0
+    while True:
+        b = buf[pos]
+        pos += 1
+        result |= (b & 0x7F) << shift
+        if b < 0x80:
+            return result, pos
+        shift += 7
+
+
+def _encode_varint(value: int) -> bytes:
+    out = bytearray()
+    while value >= 0x80:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _fields(buf, start: int, end: int):  # noqa: ANN001, ANN202
+    """(field number, wire type, field start, value start, value end) of a message's fields."""
+    pos = start
+    while pos < end:
+        fstart = pos
+        key, pos = _varint(buf, pos)
+        number, wt = key >> 3, key & 7
+        if wt == 0:
+            _, pos2 = _varint(buf, pos)
+            yield number, wt, fstart, pos, pos2
+        elif wt == 1:
+            yield number, wt, fstart, pos, pos + 8
+            pos2 = pos + 8
+        elif wt == 2:
+            n, vstart = _varint(buf, pos)
+            pos2 = vstart + n
+            yield number, wt, fstart, vstart, pos2
+        elif wt == 5:
+            pos2 = pos + 4
+            yield number, wt, fstart, pos, pos2
+        else:  # groups (3, 4) are not used by ONNX
+            raise ValueError(f"unsupported protobuf wire type {wt}")
+        if pos2 > end:
+            raise ValueError("truncated protobuf message")
+        pos = pos2
+
+
+def _length_delimited(number: int, payload_len: int) -> bytes:
+    return _encode_varint(number << 3 | 2) + _encode_varint(payload_len)
+
+
+# field numbers (onnx.proto)
+_MODEL_GRAPH, _GRAPH_INITIALIZER = 7, 5
+_TENSOR_DIMS, _TENSOR_TYPE, _TENSOR_RAW, _TENSOR_LOCATION = 1, 2, 9, 14
+
+
+def _strip_tensor(buf, start: int, end: int, min_bytes: int) -> tuple[list, tuple[int, int] | None]:  # noqa: ANN001
+    """The tensor's fields without its raw_data (as byte ranges) and the raw data's range,
+    when the tensor is a plain weight of at least ``min_bytes``; else (None, None)."""
+    dims: list[int] = []
+    dtype = 0
+    raw = None
+    location = 0
+    keep: list[tuple[int, int]] = []
+    for number, wt, fstart, vstart, vend in _fields(buf, start, end):
+        if number == _TENSOR_RAW and wt == 2:
+            raw = (vstart, vend)
+            continue
+        keep.append((fstart, vend))
+        if number == _TENSOR_DIMS:
+            if wt == 0:
+                dims.append(_varint(buf, vstart)[0])
+            elif wt == 2:
+                p = vstart
+                while p < vend:
+                    d, p = _varint(buf, p)
+                    dims.append(d)
+        elif number == _TENSOR_TYPE and wt == 0:
+            dtype = _varint(buf, vstart)[0]
+        elif number == _TENSOR_LOCATION and wt == 0:
+            location = _varint(buf, vstart)[0]
+    if raw is None or raw[1] - raw[0] < min_bytes or dtype not in _PLAIN or location != 0:
+        return [], None
+    itemsize = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(dtype)).itemsize
+    if raw[1] - raw[0] != int(np.prod(dims, dtype=np.int64)) * itemsize:
+        return [], None  # inconsistent: parsed as it is, for the checker to report
+    return keep, raw
+
+
+def map_model(path: str | os.PathLike[str], min_bytes: int = MAP_MIN_BYTES) -> onnx.ModelProto:
+    """Parse a single-file model's structure, leaving its large weights in the file.
+
+    The file is memory mapped; every main-graph initializer whose ``raw_data`` holds at
+    least ``min_bytes`` of a fixed-width type becomes an external reference to those bytes
+    inside the file (read with ``read_tensor``, written back by ``write_single`` or
+    ``write_model``). Everything else is parsed as ``onnx.load`` would.
+    """
+    p = Path(path)
+    buf = file_map(p)
+    size = len(buf)
+    parts: list = []
+    mapped: dict[int, tuple[int, int]] = {}  # initializer index -> (offset, length) of raw data
+    n_init = 0
+    for number, wt, fstart, vstart, vend in _fields(buf, 0, size):
+        if number != _MODEL_GRAPH or wt != 2:
+            parts.append(buf[fstart:vend])
+            continue
+        graph_parts: list = []
+        for gnum, gwt, gfs, gvs, gve in _fields(buf, vstart, vend):
+            if gnum != _GRAPH_INITIALIZER or gwt != 2:
+                graph_parts.append(buf[gfs:gve])
+                continue
+            keep, raw = _strip_tensor(buf, gvs, gve, min_bytes)
+            if raw is None:
+                graph_parts.append(buf[gfs:gve])
+            else:
+                body = b"".join(buf[a:b] for a, b in keep)
+                graph_parts.append(_length_delimited(_GRAPH_INITIALIZER, len(body)) + body)
+                mapped[n_init] = (raw[0], raw[1] - raw[0])
+            n_init += 1
+        graph = b"".join(graph_parts)
+        parts.append(_length_delimited(_MODEL_GRAPH, len(graph)) + graph)
+    model = onnx.ModelProto()
+    model.ParseFromString(b"".join(parts))
+    if mapped:
+        inits = model.graph.initializer
+        for i, (offset, length) in mapped.items():
+            t = inits[i]
+            t.data_location = onnx.TensorProto.EXTERNAL
+            for key, value in (("location", p.name), ("offset", str(offset)), ("length", str(length))):
+                entry = t.external_data.add()
+                entry.key, entry.value = key, value
+        mark_lazy(model, p.parent)
+        entry = model.metadata_props.add()
+        entry.key, entry.value = EMBEDDED_KEY, p.name
+    return model
 
 
 def _copy_bytes(src: Path, offset: int, length: int, dst) -> None:  # noqa: ANN001
@@ -77,7 +297,7 @@ def write_model(model: onnx.ModelProto, path: Path, location: str, min_bytes: in
         setattr(out, field, getattr(model, field))
     out.opset_import.extend(model.opset_import)
     out.functions.extend(model.functions)
-    out.metadata_props.extend(e for e in model.metadata_props if e.key != BASE_KEY)
+    out.metadata_props.extend(e for e in model.metadata_props if e.key not in PRIVATE_KEYS)
     g, src = out.graph, model.graph
     g.name, g.doc_string = src.name, src.doc_string
     for field in ("node", "input", "output", "value_info", "sparse_initializer", "quantization_annotation"):
@@ -111,3 +331,88 @@ def write_model(model: onnx.ModelProto, path: Path, location: str, min_bytes: in
             data.write(b"\0" * pad)
             offset += pad
     onnx.save_model(out, str(path))
+
+
+def _shell(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The model without its initializers and private metadata (nothing large is copied)."""
+    out = onnx.ModelProto()
+    for fd, value in model.ListFields():
+        if fd.name == "graph":
+            continue
+        if fd.name == "metadata_props":
+            out.metadata_props.extend(e for e in value if e.key not in PRIVATE_KEYS)
+        elif fd.is_repeated:
+            getattr(out, fd.name).extend(value)
+        elif fd.message_type is not None:
+            getattr(out, fd.name).CopyFrom(value)
+        else:
+            setattr(out, fd.name, value)
+    g = out.graph
+    for fd, value in model.graph.ListFields():
+        if fd.name == "initializer":
+            continue
+        if fd.is_repeated:
+            getattr(g, fd.name).extend(value)
+        elif fd.message_type is not None:
+            getattr(g, fd.name).CopyFrom(value)
+        else:
+            setattr(g, fd.name, value)
+    if model.HasField("graph") and not g.ListFields():
+        g.SetInParent()
+    return out
+
+
+def write_single(model: onnx.ModelProto, path: Path) -> None:
+    """Save ``model`` as one file, streaming each initializer instead of serialising the
+    whole model at once: mapped weights (``map_model``) go straight from the source file's
+    mapping, others are serialised one at a time. The bytes parse to the same ModelProto
+    as ``onnx.save_model`` would write (fields in the canonical order)."""
+    embedded = embedded_file(model)
+    source = base_dir(model)
+    shell = _shell(model)
+    graph_bytes = shell.graph.SerializeToString()
+    shell.ClearField("graph")
+    model_bytes = shell.SerializeToString()
+
+    records: list = []  # per initializer: bytes or (header bytes, memoryview of the mapped data)
+    for t in model.graph.initializer:
+        if is_mapped(t, embedded):
+            assert source is not None and embedded is not None
+            info = _info(t)
+            offset, length = int(info["offset"]), int(info["length"])
+            head = onnx.TensorProto()
+            head.CopyFrom(t)
+            head.ClearField("external_data")
+            head.ClearField("data_location")
+            body = head.SerializeToString() + _length_delimited(_TENSOR_RAW, length)
+            data = memoryview(file_map(source / embedded))[offset:offset + length]
+            records.append((_length_delimited(_GRAPH_INITIALIZER, len(body) + length) + body, data))
+        else:
+            records.append(None)
+    graph_len = len(graph_bytes)
+    for t, rec in zip(model.graph.initializer, records):
+        if rec is None:
+            n = t.ByteSize()
+            graph_len += len(_length_delimited(_GRAPH_INITIALIZER, n)) + n
+        else:
+            graph_len += len(rec[0]) + len(rec[1])
+    # canonical order: graph fields before initializer (node, name), then initializers, then the rest
+    split_graph = next((fs for num, _, fs, _, _ in _fields(graph_bytes, 0, len(graph_bytes)) if num > 5),
+                       len(graph_bytes))
+    split_model = next((fs for num, _, fs, _, _ in _fields(model_bytes, 0, len(model_bytes)) if num > 7),
+                       len(model_bytes))
+    with open(path, "wb") as fh:
+        fh.write(model_bytes[:split_model])
+        fh.write(_length_delimited(_MODEL_GRAPH, graph_len))
+        fh.write(graph_bytes[:split_graph])
+        for t, rec in zip(model.graph.initializer, records):
+            if rec is None:
+                body = t.SerializeToString()
+                fh.write(_length_delimited(_GRAPH_INITIALIZER, len(body)))
+                fh.write(body)
+                del body
+            else:
+                fh.write(rec[0])
+                fh.write(rec[1])
+        fh.write(graph_bytes[split_graph:])
+        fh.write(model_bytes[split_model:])

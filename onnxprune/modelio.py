@@ -14,16 +14,23 @@ from google.protobuf.message import DecodeError
 import numpy as np
 
 from onnxprune.errors import ModelLoadError, OutputPathError
-from onnxprune.external import base_dir, is_external, mark_lazy, write_model
+from onnxprune.external import (PRIVATE_KEYS, base_dir, embedded_file, file_map, is_external, is_mapped, map_model, mark_lazy,
+                                 tensor_nbytes, write_model, write_single)
 
 TWO_GB = 2**31 - 1
 
 
-def load_model(path: str | os.PathLike[str], *, check: bool = True, lazy: bool = True) -> onnx.ModelProto:
+def load_model(path: str | os.PathLike[str], *, check: bool = True, lazy: bool = True,
+               mapped: bool = False) -> onnx.ModelProto:
     """Load an ONNX model and run the basic checker.
 
     With ``lazy`` (the default), tensors in external data files stay there and are read
     one at a time when needed (see ``onnxprune.external``); otherwise they are loaded.
+    With ``mapped``, the large weights of a single-file model stay in the (memory-mapped)
+    file too: loading parses only the model's structure, and weights are read as zero-copy
+    views when needed (``onnxprune.external.map_model``). Such a model is for the pruning
+    pipeline (analyze, plan, apply_plan, save_model); ``materialize`` it before handing it
+    to onnxruntime or other tools.
     Raises ModelLoadError naming the file and what is wrong with it.
     """
     p = Path(path)
@@ -34,13 +41,15 @@ def load_model(path: str | os.PathLike[str], *, check: bool = True, lazy: bool =
     if p.stat().st_size == 0:
         raise ModelLoadError(f"{p}: file is empty")
     try:
-        model = onnx.load_model(str(p), load_external_data=False)
-        if any(is_external(t) for t in model.graph.initializer):
-            if lazy:
+        model = map_model(p) if mapped else onnx.load_model(str(p), load_external_data=False)
+        embedded = embedded_file(model)
+        if any(is_external(t) and not is_mapped(t, embedded) for t in model.graph.initializer):
+            if not lazy:
+                onnx.load_external_data_for_model(model, str(p.parent))  # mapped weights too
+                _drop_private(model)
+            elif base_dir(model) is None:
                 mark_lazy(model, p.parent)
-            else:
-                onnx.load_external_data_for_model(model, str(p.parent))
-    except (DecodeError, RuntimeError, ValueError, OSError) as exc:
+    except (DecodeError, RuntimeError, ValueError, OSError, IndexError) as exc:
         raise ModelLoadError(f"{p}: not a readable ONNX model ({type(exc).__name__}: {exc})") from exc
     if not model.graph.node and not model.graph.output:
         raise ModelLoadError(f"{p}: not an ONNX model (no graph found; truncated or wrong file type?)")
@@ -58,8 +67,10 @@ def has_external_data(path: str | os.PathLike[str]) -> bool:
 def is_large(model: onnx.ModelProto) -> bool:
     """Whether the model's tensors exceed protobuf's 2 GB limit (ByteSize() itself fails then)."""
     total = 0
+    embedded = embedded_file(model)
     for t in model.graph.initializer:
-        total += len(t.raw_data) if t.HasField("raw_data") else 0
+        if not is_external(t) or is_mapped(t, embedded):  # mapped weights are saved inside the file
+            total += tensor_nbytes(t)
         if total > TWO_GB - 64 * 2**20:
             return True
     return False
@@ -69,17 +80,28 @@ LIGHT_THRESHOLD = 64 * 2**20
 
 
 def weight_bytes(model: onnx.ModelProto) -> int:
-    """Bytes of weights, in memory or in external files."""
-    return sum(len(t.raw_data) if t.HasField("raw_data") else
-               (int(np.prod(t.dims)) * 4 if is_external(t) else 0) for t in model.graph.initializer)
+    """Bytes of weights, in memory or in files (mapped or external)."""
+    return sum(tensor_nbytes(t) for t in model.graph.initializer)
 
 
-def light_copy(model: onnx.ModelProto, min_bytes: int = 1024) -> onnx.ModelProto:
+def has_file_weights(model: onnx.ModelProto) -> bool:
+    """Whether some weights are still in files (external data, or mapped from the model file)."""
+    return base_dir(model) is not None and any(is_external(t) for t in model.graph.initializer)
+
+
+LIGHT_KEEP_INT_BYTES = 64 * 1024  # integer constants up to this size stay (shape inference reads them)
+_INT_TYPES = {onnx.TensorProto.INT64, onnx.TensorProto.INT32}
+
+
+def light_copy(model: onnx.ModelProto, min_bytes: int = 1024, *, check_sizes: bool = False) -> onnx.ModelProto:
     """A copy without the bytes of large weights, for checking and shape inference.
 
     Large initializers become graph inputs of the same type and shape: the checker and
-    shape inference see every shape, and nothing serialises gigabytes of weights. The
-    original is left as it was.
+    shape inference see every shape, and nothing serialises the weights. Integer
+    constants up to 64 KiB stay (shape inference with data propagation reads their
+    values). With ``check_sizes``, the in-memory weights left out are checked as the ONNX
+    checker would check them (``raw_data`` size against shape and type), so checking the
+    light copy checks everything checking the model would. The original is left as it was.
     """
     light = onnx.ModelProto()
     light.ir_version = max(4, model.ir_version)
@@ -89,12 +111,77 @@ def light_copy(model: onnx.ModelProto, min_bytes: int = 1024) -> onnx.ModelProto
     g.name = src.name
     for field in ("node", "input", "output", "value_info", "sparse_initializer"):
         getattr(g, field).extend(getattr(src, field))
+    inputs = {vi.name for vi in src.input}
     for t in src.initializer:
-        if is_external(t) or (t.HasField("raw_data") and len(t.raw_data) > min_bytes):
-            g.input.append(onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
-        else:
+        external = is_external(t)
+        size = tensor_nbytes(t)
+        if not external and (not t.HasField("raw_data") or size <= min_bytes
+                             or (t.data_type in _INT_TYPES and size <= LIGHT_KEEP_INT_BYTES)):
             g.initializer.add().CopyFrom(t)
+            continue
+        if check_sizes and not external:
+            _check_raw_size(t)
+        if t.name not in inputs:  # an initializer also listed as an input (IR < 4) keeps its input entry
+            g.input.append(onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
     return light
+
+
+def _check_raw_size(t: onnx.TensorProto) -> None:
+    try:
+        itemsize = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(t.data_type)).itemsize
+    except (KeyError, TypeError, ValueError):
+        return  # an invalid type is reported by the checker on the value info
+    if t.data_type not in _SIZED:
+        return  # packed sub-byte and string types: the checker of the light copy sees their type only
+    need = int(np.prod(t.dims, dtype=np.int64)) * itemsize
+    have = len(t.raw_data)
+    if have != need:
+        relation = "too small" if have < need else "too large"
+        raise onnx.checker.ValidationError(
+            f"TensorProto (tensor name: {t.name}) raw_data size ({have} bytes) is {relation} for the declared "
+            f"shape and type ({need} bytes required).")
+
+
+_SIZED = {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16,
+          onnx.TensorProto.INT8, onnx.TensorProto.UINT8, onnx.TensorProto.INT16, onnx.TensorProto.UINT16,
+          onnx.TensorProto.INT32, onnx.TensorProto.UINT32, onnx.TensorProto.INT64, onnx.TensorProto.UINT64,
+          onnx.TensorProto.BOOL, onnx.TensorProto.COMPLEX64, onnx.TensorProto.COMPLEX128}
+
+
+def checkable(model: onnx.ModelProto) -> onnx.ModelProto:
+    """What to hand onnx's checker: the model itself when it is small and all in memory,
+    else its light copy (with the weights' sizes checked here)."""
+    if has_file_weights(model) or weight_bytes(model) > LIGHT_THRESHOLD:
+        return light_copy(model, check_sizes=True)
+    return model
+
+
+def materialize(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Read every weight still in a file (external data or mapped) into the model, in place.
+
+    The result is a plain in-memory model that any tool can serialise."""
+    base = base_dir(model)
+    for t in model.graph.initializer:
+        if not is_external(t):
+            continue
+        if base is None:
+            raise ModelLoadError(f"tensor '{t.name}' refers to external data but the model's directory is unknown")
+        info = {e.key: e.value for e in t.external_data}
+        mm = file_map(base / info["location"])
+        offset = int(info.get("offset", 0))
+        length = int(info["length"]) if "length" in info else len(mm) - offset
+        t.ClearField("external_data")
+        t.data_location = onnx.TensorProto.DEFAULT
+        t.raw_data = mm[offset:offset + length]
+    _drop_private(model)
+    return model
+
+
+def _drop_private(model: onnx.ModelProto) -> None:
+    keep = [e for e in model.metadata_props if e.key not in PRIVATE_KEYS]
+    if len(keep) != len(model.metadata_props):
+        del model.metadata_props[:]
+        model.metadata_props.extend(keep)
 
 
 def check_basic(model: onnx.ModelProto, source: str | os.PathLike[str] = "<model>") -> None:
@@ -103,7 +190,7 @@ def check_basic(model: onnx.ModelProto, source: str | os.PathLike[str] = "<model
     Large models are checked on a light copy (their weights' bytes are not serialised).
     """
     try:
-        onnx.checker.check_model(light_copy(model) if weight_bytes(model) > LIGHT_THRESHOLD else model)
+        onnx.checker.check_model(checkable(model))
     except (onnx.checker.ValidationError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelLoadError(f"{source}: model fails the ONNX checker: {first}") from exc
@@ -130,7 +217,9 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike[str], *, external
     external_data=True are written with their tensors in ``<name>.data`` beside the file.
     """
     out = Path(path)
-    lazy = base_dir(model) is not None
+    embedded = embedded_file(model)
+    lazy = base_dir(model) is not None and any(is_external(t) and not is_mapped(t, embedded)
+                                               for t in model.graph.initializer)
     if external_data is None:
         external_data = lazy or is_large(model)
     tmpdir = Path(tempfile.mkdtemp(prefix=".onnxprune-", dir=out.parent))
@@ -143,7 +232,7 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike[str], *, external
         elif lazy:
             raise OutputPathError(f"{out}: the model keeps its weights in external data; save it with external data")
         else:
-            onnx.save_model(model, str(tmp_model))
+            write_single(model, tmp_model)  # streams weights: no serialised copy of the whole model
         os.replace(tmp_model, out)
     finally:
         shutil.rmtree(tmpdir, ignore_errors=True)

@@ -16,8 +16,8 @@ import onnx
 from onnx import numpy_helper
 
 from onnxprune.errors import ShapeInferenceError
-from onnxprune.modelio import LIGHT_THRESHOLD, light_copy, weight_bytes
-from onnxprune.probe import annotate, probe_shapes
+from onnxprune.modelio import has_file_weights, light_copy, materialize, weight_bytes
+from onnxprune.probe import MAX_PROBE_BYTES, _has_unknown, annotate, probe_shapes
 from onnxprune.shapefold import fold_shape_computations
 
 log = logging.getLogger(__name__)
@@ -32,12 +32,22 @@ def prepare(model: onnx.ModelProto) -> onnx.ModelProto:
     fold_identity_on_weights(model.graph)
     drop_initializer_inputs(model)
     infer_shapes(model)
-    probed = probe_shapes(model)
+    probed = probe_shapes(_runnable(model))
     annotate(model, probed)
     if fold_shape_computations(model):
         infer_shapes(model)
         annotate(model, probed)
     return model
+
+
+def _runnable(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The model, or an in-memory copy of it when probing would run it with weights still in
+    files (probing skips models over MAX_PROBE_BYTES and models with every shape known)."""
+    if not has_file_weights(model) or weight_bytes(model) > MAX_PROBE_BYTES or not _has_unknown(model):
+        return model
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    return materialize(copy)
 
 
 def set_input_shapes(model: onnx.ModelProto, shapes: Mapping[str, Sequence[int | str]], source: str) -> None:
@@ -158,10 +168,11 @@ def drop_initializer_inputs(model: onnx.ModelProto) -> None:
 def infer_shapes(model: onnx.ModelProto, *, strict: bool = False) -> onnx.ModelProto:
     """Drop every intermediate shape annotation and infer them again, in place.
 
-    Large models are inferred on a light copy (see ``modelio.light_copy``).
+    Inference runs on a light copy (see ``modelio.light_copy``): the weights' values do
+    not change any shape, and serialising them for onnx's C++ inference would copy them.
     """
     del model.graph.value_info[:]
-    source = light_copy(model) if weight_bytes(model) > LIGHT_THRESHOLD else model
+    source = light_copy(model)
     try:
         inferred = onnx.shape_inference.infer_shapes(source, strict_mode=strict, data_prop=True)
     except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError) as exc:

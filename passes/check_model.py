@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import onnx
 
-from onnxprune.modelio import LIGHT_THRESHOLD, light_copy, weight_bytes
+from onnxprune.modelio import light_copy
 from onnxprune.passes.base import Pass, PassResult, PruneContext
 
 
@@ -12,6 +12,6 @@ class CheckModelPass(Pass):
     name = "check_model"
 
     def call(self, model: onnx.ModelProto, ctx: PruneContext) -> PassResult:
-        big = weight_bytes(model) > LIGHT_THRESHOLD  # checked without serialising the weights
-        onnx.checker.check_model(light_copy(model) if big else model, full_check=True)
+        # on the light copy: the weights are not serialised, their sizes are checked by light_copy
+        onnx.checker.check_model(light_copy(model, check_sizes=True), full_check=True)
         return PassResult(model, False)

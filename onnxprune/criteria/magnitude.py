@@ -5,6 +5,8 @@ Torch-Pruning's GroupMagnitudeImportance with sum reduction.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from onnxprune.analysis import Analysis
@@ -15,14 +17,32 @@ NORMS = ("BatchNormalization", "InstanceNormalization", "GroupNormalization")
 
 def magnitude_scores(index: GraphIndex, analysis: Analysis, p: int) -> dict[str, np.ndarray]:
     acc = np.zeros(len(analysis.roots), dtype=np.float64)
+    by_tensor: dict[str, list] = {}  # a weight read along several axes (Conv rows and columns) is decoded once
     for ref in analysis.params:
-        if not ref.is_weight:
-            continue
-        w = index.const(index.nodes[ref.node].input[ref.slot])
+        if ref.is_weight:
+            by_tensor.setdefault(index.nodes[ref.node].input[ref.slot], []).append(ref)
+    buf = np.empty(0, dtype=np.float64)  # one float64 scratch buffer, reused for every weight
+    for name, refs in by_tensor.items():
+        w = index.const(name)
         if w is None:
             continue
-        w = np.moveaxis(np.abs(np.asarray(w, dtype=np.float64)), ref.axis, 0).reshape(w.shape[ref.axis], -1)
-        np.add.at(acc, analysis.roots[ref.elems], (w**p).sum(axis=1))
+        if w.size > buf.size:
+            buf = np.empty(w.size, dtype=np.float64)
+        powered = buf[: w.size].reshape(w.shape)
+        np.copyto(powered, w, casting="unsafe")
+        del w
+        if p == 2:
+            np.multiply(powered, powered, out=powered)
+        else:
+            np.abs(powered, out=powered)
+            if p != 1:
+                np.power(powered, p, out=powered)
+        for ref in refs:
+            axis = ref.axis % powered.ndim
+            # sum over every other axis: leading axes first (contiguous adds), then the trailing block
+            lead = powered.reshape(math.prod(powered.shape[:axis]), -1).sum(axis=0) if axis else powered
+            per_index = lead.reshape(powered.shape[axis], -1).sum(axis=1)
+            np.add.at(acc, analysis.roots[ref.elems], per_index)
     return {g.id: acc[g.units] for g in analysis.prunable_groups}
 
 

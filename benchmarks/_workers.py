@@ -151,7 +151,9 @@ def work_onnxprune(args: dict[str, Any]) -> dict[str, Any]:
         t = time.perf_counter()
 
     with quiet():
-        model = onnxprune.load(args["path"])
+        # mapped: the weights stay in the memory-mapped file until the rewrite needs them (the
+        # pipeline's documented fast path; nothing here runs the model)
+        model = onnxprune.load(args["path"], mapped=args.get("mapped", True))
         lap("load")
         ignore = list(args["ignore"])
         if args.get("ignore_classifier"):

@@ -21,7 +21,7 @@ from onnxprune.criteria import DATA_FREE, Scores, score
 from onnxprune.flops import Cost, model_cost
 from onnxprune.errors import SelectionError
 from onnxprune.graph import GraphIndex
-from onnxprune.modelio import check_basic, load_model
+from onnxprune.modelio import check_basic, fingerprint, load_model
 from onnxprune.passes import PruneContext, default_pipeline, run_passes
 from onnxprune.plan import Plan
 from onnxprune.prepare import prepare, set_input_shapes
@@ -105,7 +105,10 @@ def apply_plan(model: onnx.ModelProto, analysis: Analysis, plan: Plan, *, debug:
                inplace: bool = False) -> PruneResult:
     """Validate a plan against the analysed model and rewrite a copy (or the model itself)."""
     plan.validate(analysis)
-    before = model_cost(model)
+    if fingerprint(model) == analysis.fingerprint:  # the analysed model: its cost is known
+        before = Cost(analysis.total_params, sum(analysis.node_macs.values()))
+    else:
+        before = model_cost(model)
     if not inplace:
         copy = onnx.ModelProto()
         copy.CopyFrom(model)

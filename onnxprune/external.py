@@ -111,24 +111,82 @@ def file_map(path: str | os.PathLike[str]) -> mmap.mmap:
     return mm
 
 
-def read_tensor(t: onnx.TensorProto, model: onnx.ModelProto) -> np.ndarray:
-    """A tensor's value, read from its external file when it has one.
+PAGE = mmap.PAGESIZE
 
-    A mapped weight (see ``map_model``) is a read-only, zero-copy view of the model file.
+
+def release(t: onnx.TensorProto, model: onnx.ModelProto,
+            source: tuple[Path | None, str | None] | None = None) -> None:
+    """Drop a mapped weight's pages from this process's resident set (``MADV_DONTNEED``).
+
+    Call it when done reading the weight: the pages stay in the page cache and a later
+    read maps them again, so views of the weight stay valid; until then they no longer
+    count towards this process's memory. A no-op for weights not mapped.
+    """
+    base, embedded = source if source is not None else source_of(model)
+    if not is_mapped(t, embedded):
+        return
+    info = _info(t)
+    offset, length = int(info.get("offset", 0)), int(info.get("length", 0))
+    start = offset - offset % PAGE
+    try:
+        file_map(base / embedded).madvise(mmap.MADV_DONTNEED, start, offset + length - start)
+    except (OSError, ValueError, AttributeError):  # best effort (platforms without madvise)
+        pass
+
+
+def release_all(model: onnx.ModelProto) -> None:
+    """``release`` every page of the model file's mapping (after a pass over all weights)."""
+    embedded, base = embedded_file(model), base_dir(model)
+    if embedded is None or base is None:
+        return
+    try:
+        file_map(base / embedded).madvise(mmap.MADV_DONTNEED)
+    except (OSError, ValueError, AttributeError):
+        pass
+
+
+def source_of(model: onnx.ModelProto) -> tuple[Path | None, str | None]:
+    """(base directory, embedded file) of a model: what ``read_tensor`` looks up per call;
+    callers reading many tensors pass it in once."""
+    return base_dir(model), embedded_file(model)
+
+
+_DTYPES: dict[int, np.dtype] = {}
+
+
+def _dtype(data_type: int) -> np.dtype:
+    dt = _DTYPES.get(data_type)
+    if dt is None:
+        dt = _DTYPES[data_type] = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(data_type)).newbyteorder("<")
+    return dt
+
+
+_LITTLE = np.little_endian
+
+
+def read_tensor(t: onnx.TensorProto, model: onnx.ModelProto,
+                source: tuple[Path | None, str | None] | None = None) -> np.ndarray:
+    """A tensor's value (read-only), read from its external file when it has one.
+
+    A mapped weight (see ``map_model``) is a zero-copy view of the model file (a copy when
+    its bytes are not aligned in the file). ``source`` is ``source_of(model)``, when known.
     """
     if not is_external(t):
+        if _LITTLE and t.data_type in _PLAIN and t.HasField("raw_data") and not t.HasField("segment"):
+            return np.frombuffer(t.raw_data, dtype=_dtype(t.data_type)).reshape(tuple(t.dims))
         return numpy_helper.to_array(t)
-    base = base_dir(model)
+    base, embedded = source if source is not None else source_of(model)
     if base is None:
         raise ValueError(f"tensor '{t.name}' refers to external data but the model's directory is unknown")
     info = _info(t)
-    dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(t.data_type)).newbyteorder("<")
-    count = int(np.prod(t.dims, dtype=np.int64)) if t.dims else 1
-    if info["location"] == embedded_file(model):
+    dtype = _dtype(t.data_type)
+    count = math.prod(t.dims)
+    if info["location"] == embedded:
         offset = int(info.get("offset", 0))
-        data = np.frombuffer(file_map(base / info["location"]), dtype=dtype, count=count, offset=offset)
+        data = np.frombuffer(file_map(base / embedded), dtype=dtype, count=count, offset=offset)
         if offset % dtype.itemsize:
             data = data.copy()  # raw_data need not be aligned in the file; numpy is slow on unaligned arrays
+            data.flags.writeable = False
         return data.reshape(tuple(t.dims))
     with open(base / info["location"], "rb") as fh:
         fh.seek(int(info.get("offset", 0)))
@@ -272,6 +330,7 @@ def map_model(path: str | os.PathLike[str], min_bytes: int = MAP_MIN_BYTES) -> o
         mark_lazy(model, p.parent)
         entry = model.metadata_props.add()
         entry.key, entry.value = EMBEDDED_KEY, p.name
+        release_all(model)  # the scan touched pages around every header; none is needed now
     return model
 
 

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import numpy as np
 import onnx
 
-from onnxprune.external import read_tensor
+from onnxprune.external import read_tensor, release, source_of
 
 Dim = int | str | None
 SMALL_CONST_BYTES = 64 * 1024
@@ -30,23 +30,31 @@ class GraphIndex:
         self.producer: dict[str, onnx.NodeProto] = {}
         self.uses: dict[str, list[tuple[onnx.NodeProto, int]]] = defaultdict(list)
         self.nodes: dict[str, onnx.NodeProto] = {}
+        producer, uses, nodes = self.producer, self.uses, self.nodes
         for node in g.node:
-            self.nodes[node.name] = node
+            nodes[node.name] = node
             for out in node.output:
                 if out:
-                    self.producer[out] = node
+                    producer[out] = node
             for slot, name in enumerate(node.input):
                 if name:
-                    self.uses[name].append((node, slot))
-            for name in subgraph_inputs(node):
-                self.uses[name].append((node, -1))
+                    uses[name].append((node, slot))
+            if node.attribute and _has_subgraph(node):
+                for name in subgraph_inputs(node):
+                    self.uses[name].append((node, -1))
         self.graph_inputs = {vi.name for vi in g.input if vi.name not in self.initializers}
         self.graph_outputs = [vi.name for vi in g.output]
-        self._value_info: dict[str, onnx.ValueInfoProto] = {}
-        for vi in list(g.input) + list(g.value_info) + list(g.output):
-            self._value_info[vi.name] = vi
+        self._vi: dict[str, onnx.ValueInfoProto] | None = None  # built on the first shape question
         self.opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
         self._arrays: dict[str, np.ndarray] = {}
+        self._source = source_of(model)  # where weights still in files live
+
+    @property
+    def _value_info(self) -> dict[str, onnx.ValueInfoProto]:
+        if self._vi is None:
+            g = self.graph
+            self._vi = {vi.name: vi for vi in (*g.input, *g.value_info, *g.output)}
+        return self._vi
 
     # -- values -----------------------------------------------------------
     def is_const(self, name: str) -> bool:
@@ -64,10 +72,21 @@ class GraphIndex:
         init = self.initializers.get(name)
         if init is None:
             return None
-        value = read_tensor(init, self.model)
+        value = read_tensor(init, self.model, self._source)
         if value.nbytes <= SMALL_CONST_BYTES:
             self._arrays[name] = value
         return value
+
+    def forget(self, name: str) -> None:
+        """Initializer ``name`` was edited: drop its cached value."""
+        self._arrays.pop(name, None)
+
+    def release(self, name: str) -> None:
+        """Done reading initializer ``name`` for now: a weight mapped from the model file
+        leaves this process's resident memory (see ``onnxprune.external.release``)."""
+        init = self.initializers.get(name)
+        if init is not None:
+            release(init, self.model, self._source)
 
     def const_shape(self, name: str) -> tuple[int, ...] | None:
         init = self.initializers.get(name)
@@ -124,6 +143,13 @@ def set_attr(node: onnx.NodeProto, name: str, value) -> None:  # noqa: ANN001
             del node.attribute[i]
             break
     node.attribute.append(onnx.helper.make_attribute(name, value))
+
+
+_GRAPH_TYPES = (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
+
+
+def _has_subgraph(node: onnx.NodeProto) -> bool:
+    return any(a.type in _GRAPH_TYPES for a in node.attribute)
 
 
 def subgraph_inputs(node: onnx.NodeProto) -> set[str]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import secrets
 import shutil
 import tempfile
 from pathlib import Path
@@ -211,7 +212,7 @@ def check_output_path(input_path: str | os.PathLike[str] | None, output_path: st
 
 
 def save_model(model: onnx.ModelProto, path: str | os.PathLike[str], *, external_data: bool | None = None) -> Path:
-    """Write a model atomically: to a temporary directory beside the target, then rename.
+    """Write a model atomically: to a temporary file (or directory) beside the target, then rename.
 
     Models over 2 GB, models loaded with external data, or any model when
     external_data=True are written with their tensors in ``<name>.data`` beside the file.
@@ -222,6 +223,17 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike[str], *, external
                                                for t in model.graph.initializer)
     if external_data is None:
         external_data = lazy or is_large(model)
+    if lazy and not external_data:
+        raise OutputPathError(f"{out}: the model keeps its weights in external data; save it with external data")
+    if not external_data:  # one file: a temporary file beside the target (default permissions), then rename
+        tmp = out.parent / f".{out.name}.{os.getpid()}.{secrets.token_hex(6)}.tmp"
+        try:
+            write_single(model, tmp)  # streams weights: no serialised copy of the whole model
+            os.replace(tmp, out)
+        finally:
+            if tmp.exists():
+                tmp.unlink()
+        return out
     tmpdir = Path(tempfile.mkdtemp(prefix=".onnxprune-", dir=out.parent))
     try:
         tmp_model = tmpdir / out.name

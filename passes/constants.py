@@ -29,34 +29,62 @@ def apply_constant_edits(model: onnx.ModelProto, index: GraphIndex,
     by_tensor: dict[str, dict[tuple[str, int], tuple[Hashable, Edit]]] = defaultdict(dict)
     for (node_name, slot), edit in edits.items():
         by_tensor[index.nodes[node_name].input[slot]][(node_name, slot)] = edit
-    inits = {t.name: t for t in model.graph.initializer}
-    taken = set(inits) | {o for n in model.graph.node for o in n.output} | index.graph_inputs
+    if not by_tensor:
+        return False
+    inits = index.initializers
+    taken: set[str] | None = None  # names in use, built only when a shared weight needs a copy
     modified = False
     for name, wanted in by_tensor.items():
         users = [(n.name, s) for n, s in index.users(name)]
         keys = {u: wanted[u][0] if u in wanted else None for u in users}
         old = index.const(name)
         assert old is not None
-        results: dict[Hashable, np.ndarray] = {}
+        results: dict[Hashable, np.ndarray | None] = {}
         for user, (key, fn) in wanted.items():
             if key not in results:
-                results[key] = fn(old)
+                new = fn(old)
+                results[key] = None if _same(old, new) else new  # None: unchanged
+        del old
+        index.release(name)
         if len(set(keys.values())) == 1 and None not in keys.values():
             new = results[next(iter(keys.values()))]
-            if not _same(old, new):
-                inits[name].CopyFrom(numpy_helper.from_array(new, name))
+            if new is not None:
+                set_tensor(inits[name], new)
+                index.forget(name)
                 modified = True
             continue
         for key, new in results.items():
-            if _same(old, new):
+            if new is None:
                 continue
+            if taken is None:
+                taken = {t.name for t in model.graph.initializer} | {o for n in model.graph.node for o in n.output} | index.graph_inputs
             new_name = _fresh(f"{name}__pruned", taken)
-            model.graph.initializer.append(numpy_helper.from_array(new, new_name))
+            set_tensor(model.graph.initializer.add(), new, new_name)
             for (node_name, slot), k in keys.items():
                 if k == key:
                     index.nodes[node_name].input[slot] = new_name
             modified = True
     return modified
+
+
+def set_tensor(t: onnx.TensorProto, value: np.ndarray, name: str | None = None) -> None:
+    """Make ``t`` hold ``value`` (in place; name kept unless given), as
+    ``numpy_helper.from_array`` would build it, without building a second message."""
+    name = t.name if name is None else name
+    dtype = value.dtype
+    if dtype.kind not in "biuf" or dtype.byteorder == ">" or dtype.type not in _PLAIN_TYPES:
+        t.CopyFrom(numpy_helper.from_array(value, name))
+        return
+    t.Clear()
+    t.name = name
+    t.dims.extend(value.shape)
+    t.data_type = _PLAIN_TYPES[dtype.type]
+    t.raw_data = np.ascontiguousarray(value).tobytes()
+
+
+_PLAIN_TYPES = {np.dtype(d).type: onnx.helper.np_dtype_to_tensor_dtype(np.dtype(d))
+                for d in (np.float32, np.float64, np.float16, np.int8, np.uint8, np.int16, np.uint16, np.int32,
+                          np.uint32, np.int64, np.uint64, np.bool_)}
 
 
 def _same(a: np.ndarray, b: np.ndarray) -> bool:

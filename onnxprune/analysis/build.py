@@ -91,27 +91,26 @@ def _block_ignored(ctx: RuleContext, index: GraphIndex, patterns: Sequence[str])
 def _collect(ctx: RuleContext, index: GraphIndex, model: onnx.ModelProto) -> Analysis:
     roots = ctx.uf.roots()
     reasons: dict[int, list[str]] = defaultdict(list)
-    blocked_by: dict[tuple[str | None, str | None, str], set[int]] = defaultdict(set)
+    blocked_by: dict[tuple[str | None, str | None, str], list[np.ndarray]] = defaultdict(list)
     for rec in ctx.blocks:
-        blocked_by[(rec.node, rec.op, rec.reason)].update(rec.elems.tolist())
+        blocked_by[(rec.node, rec.op, rec.reason)].append(rec.elems)
         for r in np.unique(roots[rec.elems]).tolist():
             if len(reasons[r]) < MAX_REASONS and rec.reason not in reasons[r]:
                 reasons[r].append(rec.reason)
     macs = {n.name: node_macs(index, n) for n in model.graph.node}
     unit_params, unit_macs = _unit_costs(ctx, index, roots, macs)
-    signature: dict[int, list[int]] = defaultdict(list)
-    for sid, space in enumerate(ctx.spaces):
-        for r in np.unique(roots[space.elems]).tolist():
-            signature[r].append(sid)
-    by_sig: dict[tuple[int, ...], list[int]] = defaultdict(list)
-    for r, sig in signature.items():
-        by_sig[tuple(sig)].append(r)
-    roles = _node_roles(ctx, roots)
+    by_sig = _signatures(ctx, roots)
+    group_of = np.full(len(roots), -1, dtype=np.int64)  # root -> index of its group
+    sigs = sorted(by_sig)
+    for gi, sig in enumerate(sigs):
+        group_of[by_sig[sig]] = gi
+    roles = _group_roles(ctx, roots, group_of, len(sigs))
     groups = [
-        _make_group(ctx, sig, members, roots, reasons, roles, unit_params, unit_macs)
-        for sig, members in sorted(by_sig.items())
+        _make_group(ctx, sig, by_sig[sig], roots, reasons, roles[gi], unit_params, unit_macs)
+        for gi, sig in enumerate(sigs)
     ]
-    blocked = [BlockedRegion(node, op, reason, len(elems)) for (node, op, reason), elems in blocked_by.items()]
+    blocked = [BlockedRegion(node, op, reason, len(np.unique(np.concatenate(elems))))
+               for (node, op, reason), elems in blocked_by.items()]
     total_params = model_cost(model, index).params
     return Analysis(
         fingerprint=fingerprint(model), groups=groups, blocked=blocked, roots=roots, spaces=ctx.spaces,
@@ -120,39 +119,65 @@ def _collect(ctx: RuleContext, index: GraphIndex, model: onnx.ModelProto) -> Ana
     )
 
 
+def _signatures(ctx: RuleContext, roots: np.ndarray) -> dict[tuple[int, ...], np.ndarray]:
+    """Units living in exactly the same channel spaces: space ids (ascending) -> roots."""
+    if not ctx.spaces:
+        return {}
+    per_space = [np.unique(roots[space.elems]) for space in ctx.spaces]
+    r_all = np.concatenate(per_space)
+    s_all = np.repeat(np.arange(len(per_space), dtype=np.int64), [len(u) for u in per_space])
+    order = np.lexsort((s_all, r_all))
+    r_all, s_all = r_all[order], s_all[order]
+    if not len(r_all):
+        return {}
+    starts = np.flatnonzero(np.concatenate(([True], r_all[1:] != r_all[:-1])))
+    ends = np.append(starts[1:], len(r_all))
+    sids = s_all.tolist()
+    members: dict[tuple[int, ...], list[int]] = defaultdict(list)
+    for root, a, b in zip(r_all[starts].tolist(), starts.tolist(), ends.tolist()):
+        members[tuple(sids[a:b])].append(root)
+    return {sig: np.array(rs, dtype=np.int64) for sig, rs in members.items()}
+
+
 def _unit_costs(ctx: RuleContext, index: GraphIndex, roots: np.ndarray,
-                node_mac: dict[str, int]) -> tuple[dict[int, int], dict[int, int]]:
-    params: dict[int, int] = defaultdict(int)
-    macs: dict[int, int] = defaultdict(int)
+                node_mac: dict[str, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Parameters and MACs each root accounts for (arrays indexed by element id)."""
+    params = np.zeros(len(roots), dtype=np.int64)
+    macs = np.zeros(len(roots), dtype=np.int64)
     nodes = index.nodes
     for ref in ctx.params:
         shape = index.const_shape(nodes[ref.node].input[ref.slot]) or ()
         per_index = math.prod(shape) // max(1, shape[ref.axis]) if shape else 0
         node_macs = node_mac.get(ref.node, 0) if ref.is_weight and ref.role != "param" else 0
         per_mac = node_macs // max(1, shape[ref.axis]) if shape else 0
-        for r in roots[ref.elems].tolist():
-            params[r] += per_index
-            macs[r] += per_mac
+        r = roots[ref.elems]
+        if per_index:
+            np.add.at(params, r, per_index)
+        if per_mac:
+            np.add.at(macs, r, per_mac)
     return params, macs
 
 
-def _node_roles(ctx: RuleContext, roots: np.ndarray) -> dict[int, tuple[set[str], set[str]]]:
-    roles: dict[int, tuple[set[str], set[str]]] = defaultdict(lambda: (set(), set()))
+def _group_roles(ctx: RuleContext, roots: np.ndarray, group_of: np.ndarray,
+                 n_groups: int) -> list[tuple[set[str], set[str]]]:
+    """Per group: the nodes whose weights produce its channels, and those that consume them."""
+    roles: list[tuple[set[str], set[str]]] = [(set(), set()) for _ in range(n_groups)]
     for ref in ctx.params:
         if ref.role == "param":
             continue
-        for r in np.unique(roots[ref.elems]).tolist():
-            roles[r][0 if ref.role == "producer" else 1].add(ref.node)
+        side = 0 if ref.role == "producer" else 1
+        for gi in np.unique(group_of[roots[ref.elems]]).tolist():
+            if gi >= 0:
+                roles[gi][side].add(ref.node)
     return roles
 
 
-def _make_group(ctx: RuleContext, sig: tuple[int, ...], members: list[int], roots: np.ndarray,
-                reasons: dict[int, list[str]], roles: dict, unit_params: dict[int, int],
-                unit_macs: dict[int, int]) -> Group:
+def _make_group(ctx: RuleContext, sig: tuple[int, ...], members: np.ndarray, roots: np.ndarray,
+                reasons: dict[int, list[str]], roles: tuple[set[str], set[str]], unit_params: np.ndarray,
+                unit_macs: np.ndarray) -> Group:
     anchor = ctx.spaces[sig[0]]
     anchor_roots = roots[anchor.elems]
-    member_set = set(members)
-    in_group = np.fromiter((r in member_set for r in anchor_roots.tolist()), dtype=bool, count=len(anchor_roots))
+    in_group = np.isin(anchor_roots, members)
     uniq, first = np.unique(anchor_roots[in_group], return_index=True)
     units = uniq[np.argsort(first)]
     positions = np.flatnonzero(in_group)
@@ -160,17 +185,15 @@ def _make_group(ctx: RuleContext, sig: tuple[int, ...], members: list[int], root
     if len(positions) != len(anchor.elems):
         gid += f"@{int(positions[0])}"
     group_reasons: list[str] = []
-    for r in units.tolist():
-        for reason in reasons.get(r, ()):
-            if reason not in group_reasons and len(group_reasons) < MAX_REASONS:
-                group_reasons.append(reason)
-    producers = sorted(set().union(*(roles[r][0] for r in units.tolist()))) if units.size else []
-    consumers = sorted(set().union(*(roles[r][1] for r in units.tolist()))) if units.size else []
+    if reasons:
+        for r in units.tolist():
+            for reason in reasons.get(r, ()):
+                if reason not in group_reasons and len(group_reasons) < MAX_REASONS:
+                    group_reasons.append(reason)
     spaces = tuple((ctx.spaces[s].tensor, ctx.spaces[s].axis) for s in sig)
     return Group(
         id=gid, units=units, channels=int(in_group.sum()), anchor=(anchor.tensor, anchor.axis), spaces=spaces,
-        producers=tuple(producers), consumers=tuple(consumers),
-        unit_params=np.array([unit_params.get(r, 0) for r in units.tolist()], dtype=np.int64),
-        unit_macs=np.array([unit_macs.get(r, 0) for r in units.tolist()], dtype=np.int64),
+        producers=tuple(sorted(roles[0])) if units.size else (), consumers=tuple(sorted(roles[1])) if units.size else (),
+        unit_params=unit_params[units].astype(np.int64), unit_macs=unit_macs[units].astype(np.int64),
         reasons=tuple(group_reasons),
     )

@@ -54,14 +54,39 @@ class UnionFind:
             p[x], x = root, p[x]
         return int(root)
 
+    def _find_many(self, x: np.ndarray) -> np.ndarray:
+        """Roots of many ids at once (vectorised), compressing their paths."""
+        p = self.parent
+        r = p[x]
+        while True:
+            q = p[r]
+            if np.array_equal(q, r):
+                break
+            r = q
+        p[x] = r
+        return r
+
     def union_arrays(self, a: np.ndarray, b: np.ndarray) -> None:
-        for x, y in zip(a.tolist(), b.tolist()):
-            rx, ry = self.find(x), self.find(y)
-            if rx != ry:
-                if rx < ry:
-                    self.parent[ry] = rx
-                else:
-                    self.parent[rx] = ry
+        """Union a[i] with b[i] for every i. The root of a set is always its smallest id
+        (the larger root is linked under the smaller), so the roots do not depend on the
+        order of unions; conflicting links of one round are resolved by the next."""
+        a = np.asarray(a, dtype=np.int64)
+        b = np.asarray(b, dtype=np.int64)
+        while True:
+            ra, rb = self._find_many(a), self._find_many(b)
+            differ = ra != rb
+            if not differ.any():
+                return
+            ra, rb = ra[differ], rb[differ]
+            lo, hi = np.minimum(ra, rb), np.maximum(ra, rb)
+            # several links from one root in a round: keep the smallest target, so that a
+            # root is only ever linked under a smaller root
+            order = np.lexsort((lo, hi))
+            hi, lo = hi[order], lo[order]
+            first = np.ones(len(hi), dtype=bool)
+            first[1:] = hi[1:] != hi[:-1]
+            self.parent[hi[first]] = lo[first]
+            a, b = a[differ], b[differ]
 
     def roots(self) -> np.ndarray:
         """The root of every element, by pointer jumping (vectorised)."""

@@ -31,6 +31,7 @@ def magnitude_scores(index: GraphIndex, analysis: Analysis, p: int) -> dict[str,
         powered = buf[: w.size].reshape(w.shape)
         np.copyto(powered, w, casting="unsafe")
         del w
+        index.release(name)
         if p == 2:
             np.multiply(powered, powered, out=powered)
         else:

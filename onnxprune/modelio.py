@@ -172,7 +172,7 @@ def materialize(model: onnx.ModelProto) -> onnx.ModelProto:
         offset = int(info.get("offset", 0))
         length = int(info["length"]) if "length" in info else len(mm) - offset
         t.ClearField("external_data")
-        t.data_location = onnx.TensorProto.DEFAULT
+        t.ClearField("data_location")
         t.raw_data = mm[offset:offset + length]
     _drop_private(model)
     return model

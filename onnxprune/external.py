@@ -165,11 +165,13 @@ _LITTLE = np.little_endian
 
 
 def read_tensor(t: onnx.TensorProto, model: onnx.ModelProto,
-                source: tuple[Path | None, str | None] | None = None) -> np.ndarray:
+                source: tuple[Path | None, str | None] | None = None, *, unaligned_ok: bool = False) -> np.ndarray:
     """A tensor's value (read-only), read from its external file when it has one.
 
     A mapped weight (see ``map_model``) is a zero-copy view of the model file (a copy when
-    its bytes are not aligned in the file). ``source`` is ``source_of(model)``, when known.
+    its bytes are not aligned in the file, unless ``unaligned_ok``: a caller that only
+    copies the data out, e.g. slicing it, gets the view). ``source`` is
+    ``source_of(model)``, when known.
     """
     if not is_external(t):
         if _LITTLE and t.data_type in _PLAIN and t.HasField("raw_data") and not t.HasField("segment"):
@@ -184,7 +186,7 @@ def read_tensor(t: onnx.TensorProto, model: onnx.ModelProto,
     if info["location"] == embedded:
         offset = int(info.get("offset", 0))
         data = np.frombuffer(file_map(base / embedded), dtype=dtype, count=count, offset=offset)
-        if offset % dtype.itemsize:
+        if offset % dtype.itemsize and not unaligned_ok:
             data = data.copy()  # raw_data need not be aligned in the file; numpy is slow on unaligned arrays
             data.flags.writeable = False
         return data.reshape(tuple(t.dims))

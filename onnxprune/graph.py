@@ -60,11 +60,13 @@ class GraphIndex:
     def is_const(self, name: str) -> bool:
         return name in self.initializers
 
-    def const(self, name: str) -> np.ndarray | None:
-        """The value of an initializer, or None for a computed tensor.
+    def const(self, name: str, *, unaligned_ok: bool = False) -> np.ndarray | None:
+        """The value of an initializer (read-only), or None for a computed tensor.
 
         Small constants (shapes, split sizes) are cached; weights are decoded on each call
-        so that a pass over every weight never holds a second copy of the model.
+        so that a pass over every weight never holds a second copy of the model. A weight
+        mapped from the model file is a view of the file; ``unaligned_ok`` accepts a view
+        whose data is not aligned (fine to copy or slice, slow to compute on).
         """
         cached = self._arrays.get(name)
         if cached is not None:
@@ -72,8 +74,8 @@ class GraphIndex:
         init = self.initializers.get(name)
         if init is None:
             return None
-        value = read_tensor(init, self.model, self._source)
-        if value.nbytes <= SMALL_CONST_BYTES:
+        value = read_tensor(init, self.model, self._source, unaligned_ok=unaligned_ok)
+        if value.nbytes <= SMALL_CONST_BYTES and value.flags.aligned:
             self._arrays[name] = value
         return value
 

@@ -37,7 +37,7 @@ def apply_constant_edits(model: onnx.ModelProto, index: GraphIndex,
     for name, wanted in by_tensor.items():
         users = [(n.name, s) for n, s in index.users(name)]
         keys = {u: wanted[u][0] if u in wanted else None for u in users}
-        old = index.const(name)
+        old = index.const(name, unaligned_ok=True)  # the edits copy what they keep
         assert old is not None
         results: dict[Hashable, np.ndarray | None] = {}
         for user, (key, fn) in wanted.items():

@@ -6,7 +6,7 @@ warm caches from the other tool) and its peak memory is its own:
     python -m benchmarks._workers KIND ARGS_JSON OUT_JSON
 
 KIND is ``export`` (build a zoo model and export it to ONNX with BatchNormalization
-kept), ``onnxprune`` (load + analyze + plan + rewrite + save) or ``torch_pruning``
+kept), ``onnxprune`` (load, mapped, + analyze + plan + rewrite + save) or ``torch_pruning``
 (build the dependency graph + importance + prune, then export the pruned module to ONNX,
 timed separately). The ``onnxprune`` worker never imports torch.
 """

@@ -10,7 +10,8 @@ round_to=8, per group (no global ranking), leaving the final classifier's output
   ``GroupMagnitudeImportance(p=2, group_reduction="sum", normalizer=None)`` (within a
   group this ranks exactly as the default mean/mean: both are positive per-group scalings),
   ``ignored_layers=[classifier]``; the pruned module is exported to ONNX like the original.
-* onnxprune prunes the exported ONNX (BatchNormalization kept: ``TrainingMode.PRESERVE``,
+* onnxprune prunes the exported ONNX, loaded with ``onnxprune.load(path, mapped=True)``
+  (weights stay in the memory-mapped file until the rewrite; BatchNormalization kept: ``TrainingMode.PRESERVE``,
   so the Conv weights are the torch weights, not BN-folded ones) with
   ``plan_by_ratio(ratio=0.5, criterion="l2", round_to=8)``, in two variants: ``--ignore``
   on the classifier's Gemm (as one would write it on the command line) and without it

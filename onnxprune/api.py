@@ -66,13 +66,14 @@ def score_channels(model: onnx.ModelProto, analysis: Analysis, criterion: str = 
 
 def plan_by_ratio(model: onnx.ModelProto, analysis: Analysis, *, ratio: float, criterion: str = "l2",
                   scores: Scores | None = None, mode: str = "per-group", round_to: int = 1, min_channels: int = 1,
-                  max_ratio: float = 1.0, align: int = 1) -> Plan:
+                  max_ratio: float = 1.0, align: int = 1, ranking: str = "normalised") -> Plan:
     """Keep the best (1 - ratio) units per group or globally, by ``scores`` or a data-free criterion.
 
     ``similarity`` per group also records Srinivas & Babu merges in the plan (recovery).
-    ``align``: hardware channel block (``selection.legal_keep_count``; 1: off)."""
+    ``align``: hardware channel block (``selection.legal_keep_count``; 1: off).
+    ``ranking``: the global order (``selection.global_order``), for ``mode='global'``."""
     options = SelectionOptions(ratio=ratio, mode=mode, round_to=round_to, min_channels=min_channels,
-                               max_ratio=max_ratio, align=align)
+                               max_ratio=max_ratio, align=align, ranking=ranking)
     if criterion == "similarity" and scores is None and mode == "per-group" and max_ratio == 1.0 and align == 1:
         from onnxprune.criteria.similarity import similarity_plan
 
@@ -84,12 +85,13 @@ def plan_by_ratio(model: onnx.ModelProto, analysis: Analysis, *, ratio: float, c
 
 def plan_to_budget(model: onnx.ModelProto, analysis: Analysis, budget: Budget, *, criterion: str = "l2",
                    scores: Scores | None = None, round_to: int = 1, min_channels: int = 1,
-                   max_ratio: float = 1.0, align: int = 1) -> BudgetResult:
+                   max_ratio: float = 1.0, align: int = 1, ranking: str = "normalised") -> BudgetResult:
     """Keep the best units globally within a FLOPs / parameters budget (``align``: hardware
-    channel block, kept counts aligned down to its multiples where legal; 1: off)."""
+    channel block, kept counts aligned down to its multiples where legal; 1: off;
+    ``ranking``: 'normalised' or 'per-mac', see ``selection.global_order``)."""
     scores = scores if scores is not None else score_channels(model, analysis, criterion)
     return select_to_budget(model, analysis, scores, budget, round_to=round_to, min_channels=min_channels,
-                            max_ratio=max_ratio, criterion=criterion, align=align)
+                            max_ratio=max_ratio, criterion=criterion, align=align, ranking=ranking)
 
 
 @dataclass(frozen=True)

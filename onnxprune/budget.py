@@ -25,7 +25,7 @@ from onnxprune.accounting import CostModel
 from onnxprune.analysis import Analysis
 from onnxprune.errors import SelectionError
 from onnxprune.plan import Plan
-from onnxprune.selection import SelectionOptions, align_option, global_order, legal_keep_count
+from onnxprune.selection import SelectionOptions, align_option, global_order, legal_keep_count, ranking_option
 
 
 @dataclass(frozen=True)
@@ -55,15 +55,16 @@ class BudgetResult:
 
 def select_to_budget(model: onnx.ModelProto, analysis: Analysis, scores: Mapping[str, np.ndarray],
                      budget: Budget, *, round_to: int = 1, min_channels: int = 1, max_ratio: float = 1.0,
-                     criterion: str | None = None, align: int = 1) -> BudgetResult:
+                     criterion: str | None = None, align: int = 1, ranking: str = "normalised") -> BudgetResult:
     """The plan that keeps the best units and whose cost is the largest that fits the budget
-    (kept counts aligned down to multiples of ``align`` channels where legal, when > 1)."""
+    (kept counts aligned down to multiples of ``align`` channels where legal, when > 1;
+    ``ranking``: the global order, see ``selection.global_order``)."""
     options = SelectionOptions(ratio=0.0, round_to=round_to, min_channels=min_channels, max_ratio=max_ratio,
-                               align=align)
+                               align=align, ranking=ranking)
     costs = CostModel(model, analysis)
     cost = (lambda removed: 2 * costs.macs(removed)) if budget.metric == "flops" else costs.params
     groups = [g for g in analysis.prunable_groups if g.id in scores]
-    order = global_order(groups, scores)
+    order = global_order(groups, scores, ranking)
     original = cost(np.zeros(0, dtype=np.int64))
     target = budget.absolute(original)
 
@@ -99,7 +100,8 @@ def select_to_budget(model: onnx.ModelProto, analysis: Analysis, scores: Mapping
     plan = Plan(fingerprint=analysis.fingerprint, keep={gid: tuple(k.tolist()) for gid, k in keep.items()},
                 sizes={gid: analysis.group(gid).size for gid in keep}, criterion=criterion,
                 options={"budget": budget.metric, "target": budget.target, "round_to": round_to,
-                         "min_channels": min_channels, "max_ratio": max_ratio, **align_option(align)})
+                         "min_channels": min_channels, "max_ratio": max_ratio, **align_option(align),
+                         **ranking_option(ranking)})
     plan.validate(analysis)
     return BudgetResult(plan, int(original), float(target), int(cost(removed_units(keep))))
 

@@ -175,6 +175,10 @@ def prune(
         help="Hardware channel block: kept counts not a multiple of it are rounded down to one where legal "
              "(padded channels cost latency anyway); 'auto' = the block of --provider on this machine "
              "(CPU: 16 on AVX-512, 8 on AVX2). 1: off.")] = "1",
+    ranking: Annotated[str, typer.Option(
+        help="Global order (--mode global, --target-flops/--target-params): normalised (scores / group mean) "
+             "or per-mac (raw score per MAC: for loss estimates such as taylor-so, Kwon et al. 2022).")
+    ] = "normalised",
     min_channels: Annotated[int, typer.Option(help="Never keep fewer channels in a group.")] = 1,
     max_ratio: Annotated[float, typer.Option(help="Never remove more than this fraction of a group.")] = 1.0,
     ignore: Annotated[Optional[list[str]], typer.Option(help="Node name or pattern whose channels stay.")] = None,
@@ -264,7 +268,7 @@ def prune(
             budget = Budget("flops", target_flops) if target_flops is not None else Budget("params", target_params)
             reached = _run_step(progress, f"allocating to the {budget.metric} budget", plan_to_budget,
                                 m, analysis, budget, criterion=criterion, scores=scores, round_to=round_to,
-                                min_channels=min_channels, max_ratio=max_ratio, align=align_n)
+                                min_channels=min_channels, max_ratio=max_ratio, align=align_n, ranking=ranking)
             the_plan = reached.plan
             budget_note = (f"{budget.metric}: target {reached.target:,.0f} ({reached.target / reached.original:.1%}), "
                            f"achieved {reached.achieved:,} ({reached.achieved / reached.original:.1%})")
@@ -286,7 +290,7 @@ def prune(
         else:
             the_plan = plan_by_ratio(m, analysis, ratio=ratio, criterion=criterion, scores=scores, mode=mode,
                                      round_to=round_to, min_channels=min_channels, max_ratio=max_ratio,
-                                     align=align_n)
+                                     align=align_n, ranking=ranking)
         result = _run_step(progress, "rewriting the graph", apply_plan, m, analysis, the_plan, debug=debug,
                            inplace=not methods)
         recovery_note = ""

@@ -28,6 +28,8 @@ from onnxprune.analysis import Analysis, Group
 from onnxprune.errors import SelectionError
 from onnxprune.plan import Plan
 
+RANKINGS = ("normalised", "per-mac")
+
 
 @dataclass(frozen=True)
 class SelectionOptions:
@@ -37,6 +39,7 @@ class SelectionOptions:
     min_channels: int = 1
     max_ratio: float = 1.0
     align: int = 1
+    ranking: str = "normalised"  # or "per-mac" (see global_order)
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.ratio < 1.0:
@@ -51,6 +54,8 @@ class SelectionOptions:
             raise SelectionError(f"max_ratio must be in (0, 1], got {self.max_ratio}")
         if self.align < 1:
             raise SelectionError(f"align must be >= 1, got {self.align}")
+        if self.ranking not in RANKINGS:
+            raise SelectionError(f"ranking must be one of {', '.join(RANKINGS)}, got {self.ranking!r}")
 
 
 def select(analysis: Analysis, scores: Mapping[str, np.ndarray], options: SelectionOptions,
@@ -61,7 +66,7 @@ def select(analysis: Analysis, scores: Mapping[str, np.ndarray], options: Select
         if len(scores[g.id]) != g.size:
             raise SelectionError(f"criterion gave {len(scores[g.id])} scores for group '{g.id}' of {g.size}")
     if options.mode == "global":
-        targets = _global_keep_counts(groups, scores, options.ratio)
+        targets = _global_keep_counts(groups, scores, options.ratio, options.ranking)
     else:
         targets = {g.id: g.size - math.floor(g.size * options.ratio) for g in groups}
     keep: dict[str, tuple[int, ...]] = {}
@@ -75,31 +80,46 @@ def select(analysis: Analysis, scores: Mapping[str, np.ndarray], options: Select
         criterion=criterion,
         options={"ratio": options.ratio, "mode": options.mode, "round_to": options.round_to,
                  "min_channels": options.min_channels, "max_ratio": options.max_ratio,
-                 **align_option(options.align)},
+                 **align_option(options.align), **ranking_option(options.ranking)},
     )
     plan.validate(analysis)
     return plan
 
 
-def global_order(groups: list[Group], scores: Mapping[str, np.ndarray]) -> list[tuple[str, int]]:
-    """(group id, unit) pairs from least to most important by per-group normalised score
-    (each group's scores divided by their mean, so one ranking works across groups)."""
+def global_order(groups: list[Group], scores: Mapping[str, np.ndarray],
+                 ranking: str = "normalised") -> list[tuple[str, int]]:
+    """(group id, unit) pairs from least to most important.
+
+    - 'normalised': each group's scores divided by their mean, so one ranking works across
+      groups whatever the criterion's scale (magnitudes differ from layer to layer);
+    - 'per-mac': the raw score per multiply-accumulate the unit costs (its parameters where
+      it costs none), the greedy knapsack order of Kwon et al. 2022. For criteria whose
+      scores estimate the loss increase on a common scale (taylor-so / Fisher, taylor-fo,
+      oracle): a head worth 128 neurons in FLOPs must be worth 128 of them in loss to stay.
+    """
+    if ranking not in RANKINGS:
+        raise SelectionError(f"ranking must be one of {', '.join(RANKINGS)}, got {ranking!r}")
     entries = []
     for g in groups:
         s = np.asarray(scores[g.id], dtype=np.float64)
-        mean = s.mean()
-        normed = s / mean if mean > 0 else np.zeros_like(s)
+        if ranking == "per-mac":
+            cost = np.where(g.unit_macs > 0, g.unit_macs, np.maximum(g.unit_params, 1)).astype(np.float64)
+            normed = s / cost
+        else:
+            mean = s.mean()
+            normed = s / mean if mean > 0 else np.zeros_like(s)
         entries.extend((float(v), g.id, i) for i, v in enumerate(normed))
     entries.sort(key=lambda e: (e[0], e[1], e[2]))
     return [(gid, i) for _, gid, i in entries]
 
 
-def _global_keep_counts(groups: list[Group], scores: Mapping[str, np.ndarray], ratio: float) -> dict[str, int]:
+def _global_keep_counts(groups: list[Group], scores: Mapping[str, np.ndarray], ratio: float,
+                        ranking: str = "normalised") -> dict[str, int]:
     width = {g.id: g.unit_width for g in groups}
     budget = ratio * sum(g.channels for g in groups)
     removed: dict[str, int] = {g.id: 0 for g in groups}
     done = 0.0
-    for gid, _ in global_order(groups, scores):
+    for gid, _ in global_order(groups, scores, ranking):
         if done + width[gid] > budget + 1e-9:
             continue
         removed[gid] += 1
@@ -121,6 +141,11 @@ def legal_keep_count(g: Group, k: int, options: SelectionOptions) -> int:
         if down >= floor and down % step == 0:
             k = down
     return k
+
+
+def ranking_option(ranking: str) -> dict[str, str]:
+    """The plan-options entry for a global ``ranking`` (absent for the default)."""
+    return {"ranking": ranking} if ranking != "normalised" else {}
 
 
 def align_option(align: int) -> dict[str, int]:

@@ -43,9 +43,13 @@ LOSSES = ("auto", "ce", "mse", "pseudo", "fisher")
 
 def calibration_scores(model: onnx.ModelProto, analysis: Analysis, data: CalibrationData, criterion: str, *,
                        loss: str = "auto", reduction: str = "sum", batch_size: int = 32, device: str = "cpu",
-                       flops_reg: float = 0.0, seed: int = 0,
+                       flops_reg: float = 0.0, seed: int = 0, projections: int = 1,
                        progress: Callable[[int, int], None] | None = None) -> dict[str, np.ndarray]:
-    """Score every prunable group's units with a data-driven criterion."""
+    """Score every prunable group's units with a data-driven criterion.
+
+    ``projections``: passes over the calibration set, each with fresh random projections for
+    the label-free 'fisher' loss (its estimate of the Gauss-Newton diagonal averages them:
+    more projections, less noise, when samples are few)."""
     if criterion not in DATA_DRIVEN:
         raise SelectionError(f"unknown data-driven criterion '{criterion}' (choose from {', '.join(DATA_DRIVEN)})")
     if reduction not in REDUCTIONS:
@@ -54,6 +58,11 @@ def calibration_scores(model: onnx.ModelProto, analysis: Analysis, data: Calibra
         raise SelectionError(f"loss must be one of {', '.join(LOSSES)}, got {loss!r}")
     if len(data) == 0:
         raise CalibrationError("calibration set is empty")
+    if projections < 1:
+        raise SelectionError(f"projections must be >= 1, got {projections}")
+    if projections > 1:
+        data = CalibrationData({k: np.concatenate([v] * projections) for k, v in data.inputs.items()},
+                               None if data.labels is None else np.concatenate([data.labels] * projections))
     import torch
 
     from onnxprune.torchexec import OnnxModule

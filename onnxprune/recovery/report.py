@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-METHODS = ("bn", "bias", "lstsq")
+METHODS = ("bn", "bias", "lstsq", "scale")
 
 
 @dataclass

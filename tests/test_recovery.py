@@ -366,3 +366,31 @@ def test_mnist_network_loses_at_most_one_point_at_half_the_flops():
     assert accuracy(recovered) >= original - 0.01
     assert report["mse"]["recovered"] < 0.01 * report["mse"]["pruned"]
     _check(recovered, pruned)
+
+
+@pytest.mark.parametrize("consumer", ["Gemm", "MatMulAdd"])
+def test_scale_and_fisher_weighting_reduce_the_output_error(tmp_path, consumer):
+    """'scale' refits one scale per kept input (Kwon et al. 2022) and 'fisher' weighs rows
+    and outputs by their effect on the graph output: both reduce the error of the pruned
+    model on unseen inputs, are reported, and keep a valid graph."""
+    pytest.importorskip("torch")
+    model = _linear_combination_graph(tmp_path, consumer)
+    analysis = analyze(model)
+    plan = _plan_removing(model, analysis, "fc1", [5])
+    pruned = apply_plan(model, analysis, plan).model
+    rng = np.random.default_rng(5)
+    calib = CalibrationData({"x": rng.standard_normal((200, 4)).astype(np.float32)})
+    x = rng.standard_normal((50, 4)).astype(np.float32)
+    ref = _out(model, x)
+    err_pruned = float(np.abs(_out(pruned, x) - ref).mean())
+    for weighting in ("uniform", "fisher"):
+        for method in ("scale", "lstsq"):
+            recovered, report = recover(model, pruned, analysis, plan, calib, methods=(method,), weighting=weighting)
+            assert report["updated"][method] == ["fc2"], report["skipped"]
+            step = next(s for s in report["steps"] if s["method"] == method)
+            d = step["details"]
+            assert d["held_out_output_mse_after"] <= d["held_out_output_mse_before"]
+            assert float(np.abs(_out(recovered, x) - ref).mean()) < err_pruned
+            _check(recovered, pruned, added=())
+    with pytest.raises(RecoveryError, match="weighting"):
+        recover(model, pruned, analysis, plan, calib, weighting="magic")

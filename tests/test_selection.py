@@ -107,3 +107,27 @@ def test_ignore_keeps_a_node_untouched():
 def test_invalid_options(kwargs):
     with pytest.raises(SelectionError):
         SelectionOptions(**kwargs)
+
+
+def test_per_mac_ranking_removes_the_cheapest_loss_per_mac_first():
+    """'per-mac' divides raw scores by each unit's MACs (Kwon et al.'s knapsack order): with
+    equal scores, units of the costliest group go first; 'normalised' ignores cost."""
+    from onnxprune.selection import global_order
+    from tests.zoo_cache import zoo_path
+
+    from onnxprune.api import load
+
+    analysis = analyze(load(zoo_path("bert")))
+    groups = [g for g in analysis.prunable_groups if g.size > 1]
+    per_unit = {g.id: float(g.unit_macs.max()) for g in groups}
+    assert len(set(per_unit.values())) > 1
+    ones = {g.id: np.ones(g.size) for g in groups}
+    first = global_order(groups, ones, "per-mac")[0][0]
+    assert per_unit[first] == max(per_unit.values())
+    scores = {g.id: np.full(g.size, per_unit[g.id]) for g in groups}  # loss proportional to cost
+    order = global_order(groups, scores, "per-mac")
+    assert [gid for gid, _ in order] == [gid for gid, _ in global_order(groups, ones, "normalised")]
+    with pytest.raises(SelectionError, match="ranking"):
+        global_order(groups, ones, "by-magic")
+    with pytest.raises(SelectionError, match="ranking"):
+        SelectionOptions(ratio=0.1, ranking="by-magic")

@@ -53,8 +53,11 @@ def output_sensitivity(model: onnx.ModelProto, axes: Mapping[str, int], calib: C
         probes.clear()
         outputs = module(**tensors)
         outputs = outputs if isinstance(outputs, tuple) else (outputs,)
-        floats = [o for o in outputs if o.is_floating_point()]
-        targets = [probes[n] for n in names]
+        by_output = dict(zip(module.output_names, outputs))
+        # a tensor nothing reads is a graph output: the gradient there is the projection itself
+        targets = [probes[n] if n in probes else torch.zeros_like(by_output[n], requires_grad=True) for n in names]
+        floats = [o + targets[names.index(n)] if n in names and n not in probes else o
+                  for n, o in zip(module.output_names, outputs) if o.is_floating_point()]
         sq = [torch.zeros_like(t, dtype=torch.float64) for t in targets]
         for k in range(projections):
             loss = sum((o * torch.randn(o.shape, generator=generator, dtype=o.dtype)).sum() for o in floats)

@@ -317,10 +317,9 @@ class _Recovery:
         """MSE of the graph outputs against the original's on the held-out calibration samples
         (the original's outputs computed once)."""
         assert self.held is not None
-        if self._held_reference is None:
-            names = [o.name for o in self.original.graph.output]
-            self._held_reference = [out for _, _, out in self.held.stream(self.original, names)]
         names = [o.name for o in self.original.graph.output]
+        if self._held_reference is None:
+            self._held_reference = [out for _, _, out in self.held.stream(self.original, names)]
         total, count = 0.0, 0
         for ref, (_, _, out) in zip(self._held_reference, self.held.stream(model, names)):
             for n in names:

@@ -10,9 +10,7 @@ from onnxprune.passes.merge_removed_channels import MergeRemovedChannelsPass
 from onnxprune.passes.refresh_shapes import RefreshShapesPass
 from onnxprune.passes.remove_dead_nodes import RemoveDeadNodesPass
 from onnxprune.passes.rewrite_shape_constants import RewriteShapeConstantsPass
-from onnxprune.passes.slice_channel_params import SliceChannelParamsPass
-from onnxprune.passes.slice_consumer_inputs import SliceConsumerInputsPass
-from onnxprune.passes.slice_producer_weights import SliceProducerWeightsPass
+from onnxprune.passes.slice_weights import SliceWeightsPass
 from onnxprune.passes.sort_topologically import SortTopologicallyPass
 
 if TYPE_CHECKING:
@@ -26,9 +24,7 @@ def default_pipeline(plan: Plan | None = None) -> list[Pass]:
         merge.append(MergeRemovedChannelsPass(plan.merges))
     return [
         *merge,
-        SliceProducerWeightsPass(),
-        SliceChannelParamsPass(),
-        SliceConsumerInputsPass(),
+        SliceWeightsPass(),
         RewriteShapeConstantsPass(),
         RemoveDeadNodesPass(),
         SortTopologicallyPass(),
@@ -40,6 +36,5 @@ def default_pipeline(plan: Plan | None = None) -> list[Pass]:
 __all__ = [
     "CheckModelPass", "MergeRemovedChannelsPass", "Pass", "PassResult", "PruneContext",
     "RefreshShapesPass", "RemoveDeadNodesPass",
-    "RewriteShapeConstantsPass", "SliceChannelParamsPass", "SliceConsumerInputsPass",
-    "SliceProducerWeightsPass", "SortTopologicallyPass", "default_pipeline", "run_passes",
+    "RewriteShapeConstantsPass", "SliceWeightsPass", "SortTopologicallyPass", "default_pipeline", "run_passes",
 ]

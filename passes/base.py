@@ -53,8 +53,8 @@ class Pass(ABC):
     """A graph rewrite with one job. Subclasses set ``name`` and implement ``call``."""
 
     name: ClassVar[str]
-    # False for the slicing passes: producers and consumers of a channel are sliced by
-    # different passes, so the graph is consistent again only after the whole edit phase.
+    # False for passes after which the graph is consistent only once later passes ran (the
+    # slicing pass: shape constants such as Reshape targets are rewritten after it).
     consistent: ClassVar[bool] = True
 
     @abstractmethod

@@ -5,7 +5,7 @@ consumer weight of that group (ParamRefs with role ``consumer``), ``factor`` tim
 slice along the ref's axis is added to i's slice. A unit may own several indices of a
 consumer weight (a channel flattened into H*W features of a dense layer): its indices
 are paired in order. The removed unit's slice is then zeroed, which changes nothing
-the pruned model computes (slice_consumer_inputs drops it) and makes the pass
+the pruned model computes (slice_weights drops it) and makes the pass
 idempotent: a second run adds zeros. A weight already at its kept size along the axis
 (sliced) is left alone. Shared weights are copied on write.
 """

@@ -1,4 +1,5 @@
-"""Slicing constant inputs along channel axes: the machinery behind the three slicing passes.
+"""Slicing constant inputs along channel axes: the machinery behind
+``SliceWeightsPass``.
 
 For every ParamRef of the wanted roles, index i along the ref's axis is kept iff its
 channel's unit is kept. An axis already at its kept size is left alone (idempotence);

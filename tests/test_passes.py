@@ -13,7 +13,7 @@ from onnxprune.graph import GraphIndex, attr
 from onnxprune.masking import random_masking_plan
 from onnxprune.passes import (
     CheckModelPass, PruneContext, RefreshShapesPass, RemoveDeadNodesPass, RewriteShapeConstantsPass,
-    SliceChannelParamsPass, SliceConsumerInputsPass, SliceProducerWeightsPass, SortTopologicallyPass,
+    SliceWeightsPass, SortTopologicallyPass,
     default_pipeline, run_passes,
 )
 from onnxprune.plan import Plan
@@ -67,40 +67,42 @@ def test_fixture_has_the_expected_groups():
     assert all(g.size >= 2 for g in analysis.prunable_groups)
 
 
-def test_slice_producer_weights():
+def test_slice_weights():
     model, _, ctx = _setup()
-    work = _run_until(SliceProducerWeightsPass, model, ctx)
-    result = _twice(SliceProducerWeightsPass(), work, ctx)
+    work = _run_until(SliceWeightsPass, model, ctx)
+    result = _twice(SliceWeightsPass(), work, ctx)
     assert result.modified
-    # conv_a feeds three groups: split part 1 (3), and split part 2 (5) whose depthwise
-    # outputs are cut by the slice into 3 kept in range and 2 dropped; each loses one
+    # output side. conv_a feeds three groups: split part 1 (3), and split part 2 (5) whose
+    # depthwise outputs are cut by the slice into 3 kept in range and 2 dropped; each loses one
     assert _shape(work, "wa")[0] == 5
     assert _shape(work, "ba") == (5,)
     assert _shape(work, "wb")[0] == 5
     assert _shape(work, "wd")[0] == 3  # depthwise loses channels with its input
     assert _shape(work, "wg")[0] == 3  # graph output: untouched
-
-
-def test_slice_channel_params():
-    model, _, ctx = _setup()
-    work = _run_until(SliceChannelParamsPass, model, ctx)
-    result = _twice(SliceChannelParamsPass(), work, ctx)
-    assert result.modified
+    # per-channel parameters
     for name in ("bn_s", "bn_b", "bn_m", "bn_v"):
         assert _shape(work, name) == (5,)
     assert _shape(work, "scale") == (1, 5, 1, 1)
-
-
-def test_slice_consumer_inputs_and_group_count():
-    model, _, ctx = _setup()
-    work = _run_until(SliceConsumerInputsPass, model, ctx)
-    result = _twice(SliceConsumerInputsPass(), work, ctx)
-    assert result.modified
+    # input side and the depthwise group count
     assert _shape(work, "wb")[1] == 2
     dw = next(n for n in work.graph.node if n.name == "conv_dw")
     assert attr(dw, "group") == 3
     # the slice keeps concat[0:9] = b (6 -> 5 kept) + d[0:3] (3 -> 2 kept)
     assert _shape(work, "wg")[1] == (5 + 2) * 36
+
+
+def test_slice_weights_reads_each_weight_once(monkeypatch):
+    """A weight sliced along two axes (rows and columns) is decoded once and written once."""
+    from onnxprune.passes import constants
+
+    model, _, ctx = _setup()
+    work = _run_until(SliceWeightsPass, model, ctx)
+    written: list[str] = []
+    real = constants.set_tensor
+    monkeypatch.setattr(constants, "set_tensor", lambda t, v, name=None: (written.append(name or t.name),
+                                                                             real(t, v, name)))
+    SliceWeightsPass().call(work, ctx)
+    assert "wb" in written and len(written) == len(set(written))
 
 
 def test_rewrite_shape_constants():
@@ -186,7 +188,7 @@ def test_pipeline_error_names_failing_pass_and_previous():
     work = onnx.ModelProto()
     work.CopyFrom(model)
     next(t for t in work.graph.initializer if t.name == "wb").dims[0] = 7  # corrupt: not the analysed model
-    with pytest.raises(RewriteError, match="slice_producer_weights"):
+    with pytest.raises(RewriteError, match="slice_weights"):
         run_passes(default_pipeline(), work, ctx)
 
 

@@ -25,7 +25,7 @@ from onnxprune.criteria.similarity import GroupVectors, greedy_removal, similari
 from onnxprune.graph import GraphIndex
 from onnxprune.masking import masked_model
 from onnxprune.passes import (
-    MergeRemovedChannelsPass, PruneContext, SliceProducerWeightsPass, default_pipeline, run_passes,
+    MergeRemovedChannelsPass, PruneContext, SliceWeightsPass, default_pipeline, run_passes,
 )
 from onnxprune.plan import Plan
 from onnxprune.prepare import prepare
@@ -266,7 +266,7 @@ def test_pipeline_registration():
     assert [type(p) for p in default_pipeline(plain)] == default
     with_merge = default_pipeline(plan)
     assert isinstance(with_merge[0], MergeRemovedChannelsPass) and with_merge[0].name == "merge_removed_channels"
-    assert [type(p) for p in with_merge[1:]] == default and default[0] is SliceProducerWeightsPass
+    assert [type(p) for p in with_merge[1:]] == default and default[0] is SliceWeightsPass
 
 
 def test_merge_pass_is_truthful_and_idempotent():

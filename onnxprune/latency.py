@@ -42,7 +42,6 @@ from onnxprune.analysis import Analysis, Group
 from onnxprune.selection import global_order
 from onnxprune.errors import PlanError, RuntimeUnavailableError, SelectionError
 from onnxprune.graph import GraphIndex
-from onnxprune.parallel import available_cpus
 from onnxprune.plan import Plan
 from onnxprune.runtime import PROVIDERS, Feeds, _ort, random_inputs
 from onnxprune.selection import SelectionOptions, align_option, legal_keep_count
@@ -67,7 +66,10 @@ def default_threads() -> int:
             return max(1, int(env))
         except ValueError as exc:
             raise SelectionError(f"ONNXPRUNE_LATENCY_THREADS must be an integer, got {env!r}") from exc
-    return available_cpus()
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - macOS / Windows
+        return os.cpu_count() or 1
 
 
 def full_provider(name: str) -> str:

@@ -7,7 +7,6 @@ so no other user ever sees a slice meant for someone else.
 
 from __future__ import annotations
 
-import math
 from collections import defaultdict
 from collections.abc import Callable, Hashable
 
@@ -16,10 +15,8 @@ import onnx
 from onnx import numpy_helper
 
 from onnxprune.graph import GraphIndex
-from onnxprune.parallel import ordered_map
 
 Edit = Callable[[np.ndarray], np.ndarray]
-PARALLEL_MIN_ELEMENTS = 1 << 20  # below this, thread start-up costs more than it saves
 
 
 def apply_constant_edits(model: onnx.ModelProto, index: GraphIndex,
@@ -37,27 +34,18 @@ def apply_constant_edits(model: onnx.ModelProto, index: GraphIndex,
     inits = index.initializers
     taken: set[str] | None = None  # names in use, built only when a shared weight needs a copy
     modified = False
-
-    def compute(item: tuple[str, dict[tuple[str, int], tuple[Hashable, Edit]]]
-                ) -> dict[Hashable, np.ndarray | None]:
-        name, wanted = item
+    for name, wanted in by_tensor.items():
+        users = [(n.name, s) for n, s in index.users(name)]
+        keys = {u: wanted[u][0] if u in wanted else None for u in users}
         old = index.const(name, unaligned_ok=True)  # the edits copy what they keep
         assert old is not None
         results: dict[Hashable, np.ndarray | None] = {}
-        for key, fn in wanted.values():
+        for user, (key, fn) in wanted.items():
             if key not in results:
                 new = fn(old)
                 results[key] = None if _same(old, new) else new  # None: unchanged
         del old
         index.release(name)
-        return results
-
-    # the slicing runs on worker threads (large weights only); the protobuf edits stay here
-    big = sum(math.prod(index.const_shape(name) or ()) for name in by_tensor) >= PARALLEL_MIN_ELEMENTS
-    for (name, wanted), results in zip(by_tensor.items(), ordered_map(compute, by_tensor.items(),
-                                                                      workers=None if big else 1)):
-        users = [(n.name, s) for n, s in index.users(name)]
-        keys = {u: wanted[u][0] if u in wanted else None for u in users}
         if len(set(keys.values())) == 1 and None not in keys.values():
             new = results[next(iter(keys.values()))]
             if new is not None:

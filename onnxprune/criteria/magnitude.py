@@ -6,13 +6,11 @@ Torch-Pruning's GroupMagnitudeImportance with sum reduction.
 from __future__ import annotations
 
 import math
-import threading
 
 import numpy as np
 
 from onnxprune.analysis import Analysis
 from onnxprune.graph import GraphIndex
-from onnxprune.parallel import ordered_map
 
 NORMS = ("BatchNormalization", "InstanceNormalization", "GroupNormalization")
 
@@ -23,16 +21,13 @@ def magnitude_scores(index: GraphIndex, analysis: Analysis, p: int) -> dict[str,
     for ref in analysis.params:
         if ref.is_weight:
             by_tensor.setdefault(index.nodes[ref.node].input[ref.slot], []).append(ref)
-    scratch = threading.local()  # one float64 buffer per thread, reused for every weight
-
-    def sums(item: tuple[str, list]) -> list[tuple[object, np.ndarray]]:
-        name, refs = item
+    buf = np.empty(0, dtype=np.float64)  # one float64 scratch buffer, reused for every weight
+    for name, refs in by_tensor.items():
         w = index.const(name)
         if w is None:
-            return []
-        buf = getattr(scratch, "buf", None)
-        if buf is None or w.size > buf.size:
-            buf = scratch.buf = np.empty(w.size, dtype=np.float64)
+            continue
+        if w.size > buf.size:
+            buf = np.empty(w.size, dtype=np.float64)
         powered = buf[: w.size].reshape(w.shape)
         np.copyto(powered, w, casting="unsafe")
         del w
@@ -43,16 +38,11 @@ def magnitude_scores(index: GraphIndex, analysis: Analysis, p: int) -> dict[str,
             np.abs(powered, out=powered)
             if p != 1:
                 np.power(powered, p, out=powered)
-        out = []
         for ref in refs:
             axis = ref.axis % powered.ndim
             # sum over every other axis: leading axes first (contiguous adds), then the trailing block
             lead = powered.reshape(math.prod(powered.shape[:axis]), -1).sum(axis=0) if axis else powered
-            out.append((ref, lead.reshape(powered.shape[axis], -1).sum(axis=1)))
-        return out
-
-    for per_ref in ordered_map(sums, by_tensor.items()):
-        for ref, per_index in per_ref:  # accumulated in a fixed order: scores do not depend on the threads
+            per_index = lead.reshape(powered.shape[axis], -1).sum(axis=1)
             np.add.at(acc, analysis.roots[ref.elems], per_index)
     return {g.id: acc[g.units] for g in analysis.prunable_groups}
 

@@ -136,6 +136,10 @@ def work_onnxprune(args: dict[str, Any]) -> dict[str, Any]:
     import onnxprune
     from onnxprune.analysis import analyze
 
+    # a fresh output path, as for a user's new file (replacing the last round's output would
+    # add the kernel's freeing of its pages to the save)
+    if os.path.exists(args["out"]):
+        os.unlink(args["out"])
     mem = PeakRss().start()
     phase_mem = PeakRss(interval=0.005).start()
     times: dict[str, float] = {}

@@ -252,9 +252,12 @@ def prune(
     check_output_path(model, output)
     if save_plan is not None:
         check_output_path(model, save_plan)
+    # the weights stay in the memory-mapped file (read once to score, once to slice) unless
+    # something runs the model (calibration, latency tables, recovery) or --debug checks it
+    mapped = calib is None and target_latency is None and not methods and not debug
     with _steps(debug) as progress:
         m = _run_step(progress, "loading and inferring shapes", load, model,
-                      input_shapes=_parse_shapes(input_shape))
+                      input_shapes=_parse_shapes(input_shape), mapped=mapped)
         analysis = _run_step(progress, "analysing channel groups", run_analysis, m, ignore=ignore or (),
                               prune_hidden=prune_hidden)
         budget_note = ""

@@ -111,31 +111,13 @@ def file_map(path: str | os.PathLike[str]) -> mmap.mmap:
     return mm
 
 
-PAGE = mmap.PAGESIZE
-
-
-def release(t: onnx.TensorProto, model: onnx.ModelProto,
-            source: tuple[Path | None, str | None] | None = None) -> None:
-    """Drop a mapped weight's pages from this process's resident set (``MADV_DONTNEED``).
-
-    Call it when done reading the weight: the pages stay in the page cache and a later
-    read maps them again, so views of the weight stay valid; until then they no longer
-    count towards this process's memory. A no-op for weights not mapped.
-    """
-    base, embedded = source if source is not None else source_of(model)
-    if not is_mapped(t, embedded):
-        return
-    info = _info(t)
-    offset, length = int(info.get("offset", 0)), int(info.get("length", 0))
-    start = offset - offset % PAGE
-    try:
-        file_map(base / embedded).madvise(mmap.MADV_DONTNEED, start, offset + length - start)
-    except (OSError, ValueError, AttributeError):  # best effort (platforms without madvise)
-        pass
 
 
 def release_all(model: onnx.ModelProto) -> None:
-    """``release`` every page of the model file's mapping (after a pass over all weights)."""
+    """Drop every page of the model file's mapping from this process's resident set
+    (``MADV_DONTNEED``). The pages stay in the page cache and a later read maps them
+    again, so views of mapped weights stay valid; until then they no longer count towards
+    this process's memory. A no-op for a model that is not mapped."""
     embedded, base = embedded_file(model), base_dir(model)
     if embedded is None or base is None:
         return

@@ -13,10 +13,13 @@ from collections.abc import Iterator
 import numpy as np
 import onnx
 
-from onnxprune.external import read_tensor, release, source_of
+from onnxprune.external import is_mapped, read_tensor, release_all, source_of, tensor_nbytes
 
 Dim = int | str | None
 SMALL_CONST_BYTES = 64 * 1024
+# mapped weights read and done with are dropped from the resident set in batches of this
+# size: one madvise per weight costs more (syscalls, TLB flushes) than the memory it saves
+RELEASE_BATCH_BYTES = 64 << 20
 
 
 class GraphIndex:
@@ -48,6 +51,7 @@ class GraphIndex:
         self.opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
         self._arrays: dict[str, np.ndarray] = {}
         self._source = source_of(model)  # where weights still in files live
+        self._unreleased = 0  # bytes of mapped weights read since the last release
 
     @property
     def _value_info(self) -> dict[str, onnx.ValueInfoProto]:
@@ -85,10 +89,15 @@ class GraphIndex:
 
     def release(self, name: str) -> None:
         """Done reading initializer ``name`` for now: a weight mapped from the model file
-        leaves this process's resident memory (see ``onnxprune.external.release``)."""
+        leaves this process's resident memory (``onnxprune.external.release_all``) once
+        ``RELEASE_BATCH_BYTES`` of such weights were read, all at once."""
         init = self.initializers.get(name)
-        if init is not None:
-            release(init, self.model, self._source)
+        if init is None or not is_mapped(init, self._source[1]):
+            return
+        self._unreleased += tensor_nbytes(init)
+        if self._unreleased >= RELEASE_BATCH_BYTES:
+            release_all(self.model)
+            self._unreleased = 0
 
     def const_shape(self, name: str) -> tuple[int, ...] | None:
         init = self.initializers.get(name)

@@ -23,7 +23,7 @@ def magnitude_scores(index: GraphIndex, analysis: Analysis, p: int) -> dict[str,
             by_tensor.setdefault(index.nodes[ref.node].input[ref.slot], []).append(ref)
     buf = np.empty(0, dtype=np.float64)  # one float64 scratch buffer, reused for every weight
     for name, refs in by_tensor.items():
-        w = index.const(name)
+        w = index.const(name, unaligned_ok=True)  # copied into the buffer right away
         if w is None:
             continue
         if w.size > buf.size:

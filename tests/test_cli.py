@@ -200,3 +200,27 @@ def test_prune_with_training_methods(monkeypatch, capsys, tmp_path, flag):
     onnx.checker.check_model(onnx.load(out), full_check=True)
     code, _, err = cli(monkeypatch, capsys, "prune", model, "-o", tmp_path / "x.onnx", *flag, "--ratio", "0.3")
     assert code != 0 and "--calib" in err
+
+
+@pytest.mark.parametrize("external", [False, True])
+def test_prune_of_a_mapped_model_matches_the_in_memory_api(monkeypatch, capsys, tmp_path, external):
+    """`prune` without calibration loads the model mapped (weights stay in the file); it
+    writes what the in-memory API writes for the same plan, and leaves the input alone."""
+    import onnxprune
+    from onnxprune.analysis import analyze
+    from onnxprune.plan import Plan
+    from tests.test_mapped import _big_model
+
+    src = tmp_path / "big.onnx"
+    onnx.save_model(_big_model(shared=True), str(src), save_as_external_data=external,
+                    all_tensors_to_one_file=True, location="big.onnx.data", size_threshold=0)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    out, plan = tmp_path / "out.onnx", tmp_path / "plan.json"
+    code, text, _ = cli(monkeypatch, capsys, "prune", src, "-o", out, "--ratio", "0.4", "--save-plan", plan)
+    assert code == 0, text
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.name in before} == before
+    model = onnxprune.load(src)
+    api = tmp_path / "api.onnx"
+    onnxprune.save_model(onnxprune.apply_plan(model, analyze(model), Plan.load(plan)).model, api)
+    assert (tmp_path / "out.onnx.data").exists() == external
+    assert onnx.load(str(out)).SerializeToString() == onnx.load(str(api)).SerializeToString()

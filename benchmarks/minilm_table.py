@@ -11,7 +11,8 @@ recovery, in the way of Kwon et al. 2022:
   sensitivity (``weighting='fisher'``: padded tokens count for nothing), by least squares
   where it generalises to held-out sentences, else by per-channel output scales.
 
-Calibration: ``models.minilm.SENTENCES``; evaluation: ``EVAL_SENTENCES`` (never seen).
+Calibration: ``models.minilm.calibration_sentences()`` (352 hand-written sentences);
+evaluation: ``EVAL_SENTENCES`` (never seen).
 
     python -m benchmarks.minilm_table [--out benchmarks/results/minilm.json]
 """
@@ -36,7 +37,7 @@ def cosine(a: np.ndarray, b: np.ndarray) -> float:
 
 def run_table(projections: int = 8, reductions: tuple[float, ...] = (1.5, 2.0),
               rankings: tuple[str, ...] = ("per-mac", "normalised")) -> dict:
-    from models.minilm import EVAL_SENTENCES, SENTENCES, export_minilm, tokenize
+    from models.minilm import EVAL_SENTENCES, calibration_sentences, export_minilm, tokenize
     from onnxprune.analysis import analyze
     from onnxprune.api import apply_plan, load, plan_to_budget, score_channels
     from onnxprune.budget import Budget
@@ -46,7 +47,8 @@ def run_table(projections: int = 8, reductions: tuple[float, ...] = (1.5, 2.0),
 
     with tempfile.TemporaryDirectory() as tmp:
         model = load(export_minilm(Path(tmp) / "minilm.onnx"))
-    calib = CalibrationData(tokenize(SENTENCES))
+    sentences = calibration_sentences()
+    calib = CalibrationData(tokenize(sentences))
     evals = tokenize(EVAL_SENTENCES)
     analysis = analyze(model)
     reference = run(model, evals)["embedding"]
@@ -68,7 +70,7 @@ def run_table(projections: int = 8, reductions: tuple[float, ...] = (1.5, 2.0),
                              **({"refitted": {k: len(v) for k, v in report["updated"].items() if v}}
                                 if name != "none" else {})})
             print(json.dumps(rows[-2:]), flush=True)
-    return {"original_latency_ms": base_ms, "calibration_sentences": len(SENTENCES),
+    return {"original_latency_ms": base_ms, "calibration_sentences": len(sentences),
             "eval_sentences": len(EVAL_SENTENCES), "fisher_projections": projections,
             "recovery": {k: list(v) if isinstance(v, tuple) else v for k, v in RECOVERY.items()}, "rows": rows}
 

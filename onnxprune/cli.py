@@ -41,6 +41,8 @@ MeanOpt = Annotated[str, typer.Option(help="Image folder preprocessing: per-chan
 StdOpt = Annotated[str, typer.Option(help="Image folder preprocessing: per-channel std.")]
 LayoutOpt = Annotated[str, typer.Option(help="Image folder preprocessing: NCHW or NHWC.")]
 FlopsRegOpt = Annotated[float, typer.Option(help="taylor-act: subtract this x the unit's FLOPs share.")]
+ProjectionsOpt = Annotated[int, typer.Option(
+    help="--loss fisher: random projections per sample (each a fresh draw; more = a finer Fisher estimate).")]
 
 
 def _distributed_rank(device: str) -> int:
@@ -73,7 +75,7 @@ def _floats(text: str) -> list[float]:
 
 def _scores(progress: Progress, m, analysis, criterion: str, calib: Path | None, labels: str | None,  # noqa: ANN001
             samples: int | None, batch_size: int, loss: str, reduction: str, device: str, image_size: str | None,
-            mean: str, std: str, layout: str, flops_reg: float):  # noqa: ANN202
+            mean: str, std: str, layout: str, flops_reg: float, projections: int = 1):  # noqa: ANN202
     """Scores for a criterion, loading calibration data when one is given or needed."""
     from onnxprune.api import score_channels
     from onnxprune.calib import load_calibration
@@ -92,6 +94,7 @@ def _scores(progress: Progress, m, analysis, criterion: str, calib: Path | None,
     try:
         return score_channels(m, analysis, criterion, calib=data, **({} if data is None else dict(
             loss=loss, reduction=reduction, batch_size=batch_size, device=device, flops_reg=flops_reg,
+            projections=projections,
             progress=advance)))
     finally:
         progress.remove_task(task)
@@ -198,9 +201,13 @@ def prune(
     std: StdOpt = "1",
     layout: LayoutOpt = "NCHW",
     flops_reg: FlopsRegOpt = 0.0,
+    projections: ProjectionsOpt = 1,
     recover: Annotated[str, typer.Option(
-        help="Post-training recovery on --calib data: comma list of bn, bias, lstsq; 'all' or 'none'.")] = "none",
+        help="Post-training recovery on --calib data: comma list of bn, bias, lstsq, scale; 'all' or 'none'.")] = "none",
     ridge: Annotated[float, typer.Option(help="Ridge strength of the least-squares refit.")] = 1e-3,
+    recovery_weighting: Annotated[str, typer.Option(
+        help="Recovery fits: uniform rows, or fisher (rows and outputs weighted by their Fisher sensitivity; "
+             "padded tokens count for nothing).")] = "uniform",
     recovery_report: Annotated[Optional[Path], typer.Option(help="Write what recovery did as JSON.")] = None,
     schedule: Annotated[str, typer.Option(
         help="oneshot, or iterative (Molchanov 2016: score, remove, fine-tune, repeat; needs --calib "
@@ -230,6 +237,8 @@ def prune(
     if ratio is not None and not 0.0 <= ratio < 1.0:
         raise SelectionError(f"--ratio must be in [0, 1), got {ratio}")
     methods = _recovery_methods(recover)
+    if recovery_weighting not in ("uniform", "fisher"):
+        raise SelectionError(f"--recovery-weighting: '{recovery_weighting}' is not uniform or fisher")
     if methods and calib is None:
         raise SelectionError("--recover needs calibration data (--calib)")
     training = {"iterative": "iterative"}.get(schedule) or {"spp": "spp", "learned-threshold": "learned-threshold"}.get(method)
@@ -264,7 +273,7 @@ def prune(
         scores = None
         if plan is None:
             scores = _scores(progress, m, analysis, criterion, calib, labels, calib_samples, batch_size, loss,
-                             reduction, device, image_size, mean, std, layout, flops_reg)
+                             reduction, device, image_size, mean, std, layout, flops_reg, projections)
         if plan is not None:
             the_plan = Plan.load(plan)
         elif target_flops is not None or target_params is not None:
@@ -298,8 +307,9 @@ def prune(
                            inplace=not methods)
         recovery_note = ""
         if methods:
-            result, recovery_note = _recover(progress, m, analysis, the_plan, result, methods, ridge, calib,
-                                             calib_samples, image_size, mean, std, layout, recovery_report)
+            result, recovery_note = _recover(progress, m, analysis, the_plan, result, methods, ridge,
+                                             recovery_weighting, calib, calib_samples, image_size, mean, std,
+                                             layout, recovery_report)
         _run_step(progress, f"writing {output}", save_model, result.model, output)
     if save_plan is not None:
         the_plan.save(save_plan)
@@ -355,7 +365,7 @@ def _recovery_methods(text: str) -> tuple[str, ...]:
     return methods
 
 
-def _recover(progress: Progress, original, analysis, plan, result, methods, ridge, calib, samples,  # noqa: ANN001
+def _recover(progress: Progress, original, analysis, plan, result, methods, ridge, weighting, calib, samples,  # noqa: ANN001
              image_size, mean, std, layout, report_path):  # noqa: ANN001, ANN202
     """Run post-training recovery on the pruned model; returns the updated result and a summary line."""
     from dataclasses import replace
@@ -369,7 +379,7 @@ def _recover(progress: Progress, original, analysis, plan, result, methods, ridg
                      image_size=[int(v) for v in image_size.split(",")] if image_size else None,
                      mean=_floats(mean), std=_floats(std), layout=layout)
     model, report = _run_step(progress, f"recovering ({', '.join(methods)})", recover, original, result.model,
-                              analysis, plan, data, methods=methods, ridge=ridge)
+                              analysis, plan, data, methods=methods, ridge=ridge, weighting=weighting)
     if report_path is not None:
         write_text_atomic(report_path, json.dumps(report, indent=1, default=str))
     mse = report.get("mse", {})
@@ -398,6 +408,7 @@ def score(
     std: StdOpt = "1",
     layout: LayoutOpt = "NCHW",
     flops_reg: FlopsRegOpt = 0.0,
+    projections: ProjectionsOpt = 1,
 ) -> None:
     """Score every prunable channel (per group) and write the scores as JSON, to inspect them.
 
@@ -413,7 +424,7 @@ def score(
         m = _run_step(progress, "loading and inferring shapes", load, model, input_shapes=_parse_shapes(input_shape))
         analysis = run_analysis(m)
         scores = _scores(progress, m, analysis, criterion, calib, labels, calib_samples, batch_size, loss,
-                         reduction, device, image_size, mean, std, layout, flops_reg)
+                         reduction, device, image_size, mean, std, layout, flops_reg, projections)
     payload = {"criterion": criterion, "fingerprint": analysis.fingerprint,
                "groups": {gid: [float(v) for v in vals] for gid, vals in scores.items()}}
     rank = _distributed_rank(device)
@@ -549,6 +560,7 @@ def sweep(
     std: StdOpt = "1",
     layout: LayoutOpt = "NCHW",
     flops_reg: FlopsRegOpt = 0.0,
+    projections: ProjectionsOpt = 1,
 ) -> None:
     """Prune MODEL at several budgets; measure accuracy or agreement, and latency, of each.
 
@@ -559,7 +571,8 @@ def sweep(
     from onnxprune.api import load
     from onnxprune.budget import Budget
     from onnxprune.calib import load_calibration
-    from onnxprune.latency import feeds_for_batch, static_batch
+    from onnxprune.graph import static_batch
+    from onnxprune.latency import feeds_for_batch
     from onnxprune.report import sweep_table
     from onnxprune.runtime import random_inputs, resolve_provider
     from onnxprune.sweep import sweep as run_sweep
@@ -583,7 +596,7 @@ def sweep(
         analysis = _run_step(progress, "analysing channel groups", run_analysis, m, ignore=ignore or (),
                               prune_hidden=prune_hidden)
         scores = _scores(progress, m, analysis, criterion, calib, labels, calib_samples, batch_size, loss,
-                         reduction, device, image_size, mean, std, layout, flops_reg)
+                         reduction, device, image_size, mean, std, layout, flops_reg, projections)
         source = eval_data or calib
         if source is not None:
             data = _run_step(progress, "loading evaluation data", load_calibration, source, m, labels=labels,

@@ -178,3 +178,16 @@ def subgraph_inputs(node: onnx.NodeProto) -> set[str]:
                         names.add(name)
                 names.update(subgraph_inputs(n) - local)
     return names
+
+
+def static_batch(model: onnx.ModelProto) -> int | None:
+    """The first input's batch size when it is fixed in the graph, else None."""
+    initializers = {t.name for t in model.graph.initializer}
+    for vi in model.graph.input:
+        if vi.name in initializers:
+            continue
+        dims = vi.type.tensor_type.shape.dim
+        if dims and dims[0].HasField("dim_value"):
+            return int(dims[0].dim_value)
+        return None
+    return None

@@ -41,7 +41,7 @@ import onnx
 from onnxprune.analysis import Analysis, Group
 from onnxprune.selection import global_order
 from onnxprune.errors import PlanError, RuntimeUnavailableError, SelectionError
-from onnxprune.graph import GraphIndex
+from onnxprune.graph import GraphIndex, static_batch
 from onnxprune.plan import Plan
 from onnxprune.runtime import PROVIDERS, Feeds, _ort, random_inputs
 from onnxprune.selection import SelectionOptions, align_option, legal_keep_count
@@ -261,19 +261,6 @@ def _io_bound_step(sess: Any, feeds: Mapping[str, np.ndarray], device_id: int) -
 
     step.keep_alive = keep_alive  # type: ignore[attr-defined]  # the device copies live as long as step
     return step
-
-
-def static_batch(model: onnx.ModelProto) -> int | None:
-    """The first input's batch size when it is fixed in the graph, else None."""
-    index = GraphIndex(model)
-    for vi in model.graph.input:
-        if vi.name in index.initializers:
-            continue
-        dims = vi.type.tensor_type.shape.dim
-        if dims and dims[0].HasField("dim_value"):
-            return int(dims[0].dim_value)
-        return None
-    return None
 
 
 def feeds_for_batch(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray], batch: int) -> Feeds | None:

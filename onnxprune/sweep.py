@@ -58,7 +58,8 @@ def sweep(model: onnx.ModelProto, analysis: Analysis, targets: Sequence[float], 
     from onnxprune.api import apply_plan, plan_to_budget, score_channels
     from onnxprune.budget import Budget
     from onnxprune.flops import model_cost
-    from onnxprune.latency import benchmark, feeds_for_batch, full_provider, static_batch
+    from onnxprune.graph import static_batch
+    from onnxprune.latency import benchmark, feeds_for_batch, full_provider
     from onnxprune.modelio import save_model
     from onnxprune.runtime import random_inputs
     from onnxprune.verify import run_batched

@@ -60,7 +60,7 @@ def run_batched(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray], *, chun
                 optimize: bool = False) -> dict[str, np.ndarray]:
     """Outputs for every sample of ``feeds``: in chunks of the model's fixed batch size (or of
     ``chunk`` samples for a dynamic batch), concatenated. Exact (optimisations off) by default."""
-    from onnxprune.latency import static_batch
+    from onnxprune.graph import static_batch
 
     sess = session(model, optimize=optimize)
     names = [o.name for o in sess.get_outputs()]
@@ -153,7 +153,8 @@ def accuracy(logits: np.ndarray, labels: np.ndarray) -> dict[str, float]:
 
 def _latencies(model: onnx.ModelProto, feeds: Feeds, providers: Sequence[str], batch_sizes: Sequence[int] | None,
                runs: int, warmup: int, threads: int) -> tuple[dict[str, dict[str, dict[str, float]]], list[str]]:
-    from onnxprune.latency import benchmark, feeds_for_batch, static_batch, timing_session
+    from onnxprune.graph import static_batch
+    from onnxprune.latency import benchmark, feeds_for_batch, timing_session
 
     table: dict[str, dict[str, dict[str, float]]] = {}
     skipped: list[str] = []

@@ -224,3 +224,30 @@ def test_prune_of_a_mapped_model_matches_the_in_memory_api(monkeypatch, capsys, 
     onnxprune.save_model(onnxprune.apply_plan(model, analyze(model), Plan.load(plan)).model, api)
     assert (tmp_path / "out.onnx.data").exists() == external
     assert onnx.load(str(out)).SerializeToString() == onnx.load(str(api)).SerializeToString()
+
+
+def test_prune_transformer_post_training_recipe(monkeypatch, capsys, tmp_path):
+    """Kwon et al.'s recipe from the command line: Fisher scores with several projections,
+    a FLOPs budget allocated by score per MAC, Fisher-weighted least-squares / scale refits."""
+    pytest.importorskip("torch")
+    from tests.zoo_cache import zoo_path
+
+    rng = np.random.default_rng(0)
+    mask = np.ones((48, 16), dtype=np.int64)
+    mask[:, 12:] = 0  # padded tokens: Fisher weighting gives them no weight
+    data = tmp_path / "tokens.npz"
+    np.savez(data, ids=rng.integers(0, 1000, (48, 16)).astype(np.int64), attention_mask=mask)
+    out, report = tmp_path / "bert.onnx", tmp_path / "recovery.json"
+    args = ["prune", zoo_path("bert"), "-o", out, "--criterion", "taylor-so", "--loss", "fisher", "--projections", "2",
+            "--calib", data, "--batch-size", "16", "--target-flops", "0.7", "--ranking", "per-mac",
+            "--recover", "lstsq,scale", "--recovery-weighting", "fisher", "--recovery-report", report]
+    code, text, err = cli(monkeypatch, capsys, *args)
+    assert code == 0, err
+    assert "achieved" in text and "recovery: output MSE" in text
+    rep = json.loads(report.read_text())
+    assert rep["weighting"] == "fisher" and rep["methods"] == ["lstsq", "scale"]
+    onnx.checker.check_model(onnx.load(out), full_check=True)
+    code, _, err = cli(monkeypatch, capsys, *args[:-4], "--recovery-weighting", "heavy")
+    assert code != 0 and "--recovery-weighting" in err
+    code, _, err = cli(monkeypatch, capsys, *args[:8], "--projections", "0", *args[10:16])
+    assert code != 0 and "projections" in err

@@ -32,7 +32,7 @@ from onnxprune.analysis import Analysis
 from onnxprune.calib.data import CalibrationData, CalibrationError
 from onnxprune.calib.gates import Gates, gate_layout
 from onnxprune.errors import SelectionError
-from onnxprune.graph import GraphIndex
+from onnxprune.graph import GraphIndex, static_batch
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +67,10 @@ def calibration_scores(model: onnx.ModelProto, analysis: Analysis, data: Calibra
 
     from onnxprune.torchexec import OnnxModule
 
+    fixed = static_batch(model)
+    if fixed and fixed != batch_size:
+        log.info("the model's batch dimension is fixed at %d: calibrating in batches of %d", fixed, fixed)
+        batch_size = fixed
     module = OnnxModule(model, trainable=lambda name: False).to(device).eval()
     layout = gate_layout(analysis)
     gates = Gates(module, layout)

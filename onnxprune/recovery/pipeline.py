@@ -34,7 +34,7 @@ from onnxprune.recovery.channels import ChannelMap
 from onnxprune.recovery.layers import Layer, Unsupported
 from onnxprune.recovery.lstsq import relative_error, ridge_fit
 from onnxprune.recovery.params import add_bias, set_constant
-from onnxprune.recovery.probe import Probe
+from onnxprune.recovery.probe import Probe, batch_size_for
 from onnxprune.recovery.report import METHODS, RecoveryReport
 from onnxprune.recovery.scales import scale_fit
 from onnxprune.recovery.stats import Moments, RowSample
@@ -119,7 +119,7 @@ class _Recovery:
         self.held = None if held.all() or not held.any() else Probe(
             CalibrationData({k: v[held] for k, v in calib.inputs.items()}), batch_size)
         self._held_reference: list[dict[str, np.ndarray]] | None = None
-        self.report = RecoveryReport(methods, len(calib))
+        self.report = RecoveryReport(methods, len(calib), weighting)
 
     # -- the walk ---------------------------------------------------------
     def run(self) -> tuple[onnx.ModelProto, dict]:
@@ -190,8 +190,8 @@ class _Recovery:
             except Unsupported:
                 continue
             axes[node.output[0]] = 1 if layer.kind == "conv" else -1
-        return output_sensitivity(self.original, axes, self.calib, batch_size=min(self.batch_size, 32),
-                                  seed=self.seed) if axes else {}
+        batch = batch_size_for(self.original, min(self.batch_size, 32))
+        return output_sensitivity(self.original, axes, self.calib, batch_size=batch, seed=self.seed) if axes else {}
 
     # -- consumers ----------------------------------------------------------
     def _consumer(self, name: str, orig_means: dict[tuple[str, int], Moments]) -> None:

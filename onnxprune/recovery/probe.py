@@ -13,7 +13,7 @@ import numpy as np
 import onnx
 
 from onnxprune.calib.data import CalibrationData
-from onnxprune.graph import GraphIndex
+from onnxprune.graph import GraphIndex, static_batch
 from onnxprune.runtime import session
 
 
@@ -30,13 +30,8 @@ def expose(model: onnx.ModelProto, names: Sequence[str]) -> onnx.ModelProto:
 
 
 def batch_size_for(model: onnx.ModelProto, wanted: int) -> int:
-    """``wanted``, unless an input has a static batch dimension (then that one)."""
-    index = GraphIndex(model)
-    for name in index.graph_inputs:
-        shape = index.shape(name)
-        if shape and isinstance(shape[0], int) and shape[0] > 0:
-            return int(shape[0])
-    return wanted
+    """``wanted``, unless the model's batch dimension is static (then that one)."""
+    return static_batch(model) or wanted
 
 
 class Probe:

@@ -22,6 +22,7 @@ class Step:
 class RecoveryReport:
     methods: tuple[str, ...]
     samples: int
+    weighting: str = "uniform"
     steps: list[Step] = field(default_factory=list)
     mse: dict = field(default_factory=dict)
 
@@ -35,6 +36,7 @@ class RecoveryReport:
         return {
             "methods": list(self.methods),
             "samples": self.samples,
+            "weighting": self.weighting,
             "updated": {m: [s.node for s in self.steps if s.method == m and s.status == "updated"] for m in METHODS},
             "skipped": {m: [{"node": s.node, "reason": s.reason} for s in self.steps
                             if s.method == m and s.status == "skipped"] for m in METHODS},

@@ -321,6 +321,23 @@ def prune(
     console.print(f"removed {the_plan.removed_channels(analysis)} channels in {len(the_plan.keep)} groups "
                   f"({result.before.params - result.after.params} parameters); "
                   f"wrote [bold]{output}[/]")
+    if plan is None and round_to == 1 and align_n == 1:
+        hint = _alignment_hint(analysis, the_plan)
+        if hint:
+            console.print(hint)
+
+
+def _alignment_hint(analysis, plan) -> str:  # noqa: ANN001
+    """A hint when pruned groups keep channel counts that SIMD / tensor-core kernels pad."""
+    groups = {g.id: g for g in analysis.groups}
+    odd = [gid for gid, kept in plan.keep.items()
+           if gid in groups and len(kept) < groups[gid].size and (len(kept) * groups[gid].unit_width) % 8]
+    if not odd:
+        return ""
+    return (f"[yellow]hint:[/] {len(odd)} of {len(plan.keep)} pruned groups keep a channel count that is not a "
+            "multiple of 8; convolution kernels (onnxruntime CPU, TensorRT) pad such counts to their block, and "
+            "the layout changes around them can make the model slower than the original. Add --align auto or "
+            "--round-to 8.")
 
 
 def _train_prune(name, model, output, input_shape, target_flops, round_to, min_channels, max_ratio,  # noqa: ANN001
@@ -490,6 +507,11 @@ def verify(
     provider_list = list(dict.fromkeys(resolve_provider(p.strip()) for p in providers.split(",") if p.strip()))
     mo, mp = load_model(original, lazy=False), load_model(pruned, lazy=False)
     shapes = {k: [int(d) for d in v] for k, v in _parse_shapes(input_shape).items()}
+    if shapes:  # both models at the same input shapes: the random inputs, and their costs compared
+        from onnxprune.prepare import set_input_shapes
+
+        set_input_shapes(mo, shapes, str(original))
+        set_input_shapes(mp, shapes, str(pruned))
     label_arr = None
     if calib is not None:
         from onnxprune.calib import load_calibration

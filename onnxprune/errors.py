@@ -11,6 +11,14 @@ class ModelLoadError(OnnxPruneError):
     """The model file is missing, unreadable, not ONNX, truncated, or fails the checker."""
 
 
+class ModelMismatchError(OnnxPruneError):
+    """Two models that must share an interface (an original and its pruned copy) do not."""
+
+
+class ModelRunError(OnnxPruneError):
+    """onnxruntime could not run a model on the inputs it was given."""
+
+
 class ShapeInferenceError(OnnxPruneError):
     """Shapes needed for pruning could not be inferred."""
 

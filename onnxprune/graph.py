@@ -192,3 +192,36 @@ def static_batch(model: onnx.ModelProto) -> int | None:
             return int(dims[0].dim_value)
         return None
     return None
+
+
+def batch_axes(model: onnx.ModelProto) -> dict[str, int]:
+    """Graph input -> the axis that holds the batch, for the inputs that have one.
+
+    The first input's batch is its axis 0. Another input's is the first axis named like it
+    (a recurrent state [layers, batch, hidden] has it on axis 1); when the batch size is a
+    fixed number, axis 0 if it has that size. Inputs without it (a scalar option, a fixed
+    state) are fed whole; inputs of unknown shape are assumed to have it on axis 0."""
+    initializers = {t.name for t in model.graph.initializer}
+    inputs = [vi for vi in model.graph.input if vi.name not in initializers]
+
+    def dims(vi: onnx.ValueInfoProto) -> list[str | int | None] | None:
+        t = vi.type.tensor_type
+        if not t.HasField("shape"):
+            return None
+        return [d.dim_param if d.HasField("dim_param") else (int(d.dim_value) if d.HasField("dim_value") else None)
+                for d in t.shape.dim]
+
+    if not inputs:
+        return {}
+    first = dims(inputs[0])
+    batch = first[0] if first else None
+    out: dict[str, int] = {}
+    for vi in inputs:
+        d = dims(vi)
+        if d is None or (vi is inputs[0] and d):
+            out[vi.name] = 0
+        elif isinstance(batch, str) and batch in d:
+            out[vi.name] = d.index(batch)
+        elif d and (batch is None or (isinstance(batch, int) and d[0] == batch)):
+            out[vi.name] = 0
+    return out

@@ -41,7 +41,7 @@ import onnx
 from onnxprune.analysis import Analysis, Group
 from onnxprune.selection import global_order
 from onnxprune.errors import PlanError, RuntimeUnavailableError, SelectionError
-from onnxprune.graph import GraphIndex, static_batch
+from onnxprune.graph import GraphIndex, batch_axes, static_batch
 from onnxprune.plan import Plan
 from onnxprune.runtime import PROVIDERS, Feeds, _ort, random_inputs
 from onnxprune.selection import SelectionOptions, align_option, legal_keep_count
@@ -264,18 +264,20 @@ def _io_bound_step(sess: Any, feeds: Mapping[str, np.ndarray], device_id: int) -
 
 
 def feeds_for_batch(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray], batch: int) -> Feeds | None:
-    """``feeds`` cut or repeated along axis 0 to ``batch`` samples; None when the model's
-    batch is fixed to another size."""
+    """``feeds`` cut or repeated along their batch axis (``graph.batch_axes``) to ``batch``
+    samples; None when the model's batch is fixed to another size."""
     fixed = static_batch(model)
     if fixed is not None and fixed != batch:
         return None
+    axes = batch_axes(model)
     out: Feeds = {}
     for name, arr in feeds.items():
         a = np.asarray(arr)
-        if a.ndim == 0 or len(a) == 0:
+        axis = axes.get(name)
+        if axis is None or a.ndim <= axis or a.shape[axis] == 0:
             out[name] = a
         else:
-            out[name] = np.ascontiguousarray(a[np.arange(batch) % len(a)])
+            out[name] = np.ascontiguousarray(np.take(a, np.arange(batch) % a.shape[axis], axis=axis))
     return out
 
 

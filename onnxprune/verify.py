@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from onnxprune.errors import ModelLoadError
+from onnxprune.errors import ModelLoadError, ModelMismatchError, ModelRunError
 from onnxprune.flops import model_cost
 from onnxprune.prepare import prepare
 from onnxprune.runtime import Feeds, random_inputs, session
@@ -60,12 +60,13 @@ def run_batched(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray], *, chun
                 optimize: bool = False) -> dict[str, np.ndarray]:
     """Outputs for every sample of ``feeds``: in chunks of the model's fixed batch size (or of
     ``chunk`` samples for a dynamic batch), concatenated. Exact (optimisations off) by default."""
-    from onnxprune.graph import static_batch
+    from onnxprune.graph import batch_axes, static_batch
 
     sess = session(model, optimize=optimize)
     names = [o.name for o in sess.get_outputs()]
     feeds = {k: np.asarray(v) for k, v in feeds.items()}
-    n = min((len(v) for v in feeds.values() if v.ndim), default=0)
+    axes = {k: a for k, a in batch_axes(model).items() if k in feeds and feeds[k].ndim > a}
+    n = min((feeds[k].shape[a] for k, a in axes.items()), default=0)
     step = static_batch(model) or chunk
     if n == 0 or n == step or (n < step and not static_batch(model)):
         return dict(zip(names, sess.run(names, feeds)))
@@ -73,7 +74,7 @@ def run_batched(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray], *, chun
     for start in range(0, n, step):
         real = min(step, n - start)
         idx = start + np.arange(step) % real  # a short last chunk of a fixed batch is padded, then cut
-        outs = sess.run(names, {k: v[idx] if v.ndim else v for k, v in feeds.items()})
+        outs = sess.run(names, {k: np.take(v, idx, axis=axes[k]) if k in axes else v for k, v in feeds.items()})
         for i, o in enumerate(outs):
             parts[i].append(o[:real] if o.ndim and len(o) == step else o)
     return {name: np.concatenate(p) if p[0].ndim else p[-1] for name, p in zip(names, parts)}
@@ -190,11 +191,13 @@ def verify(original: onnx.ModelProto, pruned: onnx.ModelProto, feeds: Feeds | No
     place first (see ``onnxprune.prepare``)."""
     from onnxprune.latency import full_provider
 
+    _check_same_interface(original, pruned, original_path, pruned_path)
     for m in (original, pruned):
         prepare(m)  # count Constant-node weights as parameters, fresh shapes for MACs
     feeds = feeds if feeds is not None else random_inputs(original)
     providers = [full_provider(p) for p in (providers or [provider])]
-    out_o, out_p = run_batched(original, feeds), run_batched(pruned, feeds)
+    out_o = _run_or_explain(original, feeds, original_path or "the original model")
+    out_p = _run_or_explain(pruned, feeds, pruned_path or "the pruned model")
     outputs = {name: compare_outputs(a, out_p.get(name)) for name, a in out_o.items()}
     timed_feeds = latency_feeds if latency_feeds is not None else feeds
     lat_o, skipped = _latencies(original, timed_feeds, providers, batch_sizes, runs, warmup, threads)
@@ -239,3 +242,36 @@ def verify(original: onnx.ModelProto, pruned: onnx.ModelProto, feeds: Feeds | No
         if "top5" in acc_o:
             report["accuracy"].update(top5_original=acc_o["top5"], top5_pruned=acc_p["top5"])
     return report
+
+
+def _run_or_explain(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray], name: object) -> dict[str, np.ndarray]:
+    """``run_batched``, with onnxruntime's failure turned into an error that says what was fed."""
+    try:
+        return run_batched(model, feeds)
+    except Exception as exc:  # onnxruntime raises its own pybind exception types
+        if isinstance(exc, (ModelLoadError, ModelMismatchError)):
+            raise
+        shapes = ", ".join(f"{k} {list(np.shape(v))}" for k, v in feeds.items())
+        raise ModelRunError(f"{name}: onnxruntime could not run it on the inputs given ({shapes}): "
+                            f"{str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__}. "
+                            "Feed inputs the model accepts: --inputs FILE (real data) or "
+                            "--input-shape NAME=d1,d2,... for the random ones.") from exc
+
+
+def _interface(model: onnx.ModelProto) -> tuple[list[str], list[str]]:
+    initializers = {t.name for t in model.graph.initializer}
+    return [i.name for i in model.graph.input if i.name not in initializers], [o.name for o in model.graph.output]
+
+
+def _check_same_interface(original: onnx.ModelProto, pruned: onnx.ModelProto,
+                          original_path: str | os.PathLike[str] | None,
+                          pruned_path: str | os.PathLike[str] | None) -> None:
+    """Refuse to compare models whose graph inputs or outputs differ (not a pruned copy)."""
+    (ins_o, outs_o), (ins_p, outs_p) = _interface(original), _interface(pruned)
+    names = f"{pruned_path or 'the pruned model'} vs {original_path or 'the original'}"
+    if sorted(ins_o) != sorted(ins_p):
+        raise ModelMismatchError(f"{names}: graph inputs differ ({', '.join(ins_p)} vs {', '.join(ins_o)}); "
+                                 "is it a pruned copy of this model?")
+    if sorted(outs_o) != sorted(outs_p):
+        raise ModelMismatchError(f"{names}: graph outputs differ ({', '.join(outs_p)} vs {', '.join(outs_o)}); "
+                                 "is it a pruned copy of this model?")

@@ -75,6 +75,17 @@ def test_verify_writes_json(monkeypatch, capsys, model_path, tmp_path):
     assert data["outputs"]["y"]["original_shape"] == data["outputs"]["y"]["pruned_shape"] == [1, 3]
 
 
+def test_verify_refuses_a_model_that_is_not_a_pruned_copy(monkeypatch, capsys, model_path, tmp_path):
+    other = tmp_path / "other.onnx"
+    g = helper.make_graph([helper.make_node("Relu", ["image"], ["y"])], "g",
+                          [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 4, 6, 6])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 6, 6])])
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), other)
+    code, _, err = cli(monkeypatch, capsys, "verify", model_path, other, "--runs", "1")
+    assert code != 0
+    assert "graph inputs differ" in err and "other.onnx" in err and "unexpected" not in err
+
+
 def _bad_model_files(tmp_path, model_path):
     text = tmp_path / "text.onnx"
     text.write_text("this is not an onnx model\n" * 10)
@@ -251,3 +262,11 @@ def test_prune_transformer_post_training_recipe(monkeypatch, capsys, tmp_path):
     assert code != 0 and "--recovery-weighting" in err
     code, _, err = cli(monkeypatch, capsys, *args[:8], "--projections", "0", *args[10:16])
     assert code != 0 and "projections" in err
+
+
+def test_prune_hints_at_alignment_when_counts_are_odd(monkeypatch, capsys, model_path, tmp_path):
+    code, out, _ = cli(monkeypatch, capsys, "prune", model_path, "-o", tmp_path / "a.onnx", "--ratio", "0.3")
+    assert code == 0 and "not a multiple of 8" in out and "--align auto" in out
+    code, out, _ = cli(monkeypatch, capsys, "prune", model_path, "-o", tmp_path / "b.onnx", "--ratio", "0.3",
+                       "--round-to", "8")
+    assert code == 0 and "not a multiple of 8" not in out

@@ -140,6 +140,56 @@ def test_fixed_batch_model_compares_every_sample(tmp_path):
     assert report["outputs"]["y"]["original_shape"] == [5, 3] and report["outputs"]["y"]["max_abs_diff"] == 0
 
 
+def _stateful_model(batch: str | int = "batch") -> onnx.ModelProto:
+    """y = x * gain + sum(state), a recurrent-style state [2, batch, 4] and a scalar option:
+    only x has its batch on axis 0."""
+    from onnx import TensorProto, helper
+
+    nodes = [helper.make_node("ReduceSum", ["state", "axes"], ["s"], keepdims=0, name="sum"),
+             helper.make_node("Mul", ["x", "gain"], ["xg"], name="mul"),
+             helper.make_node("Add", ["xg", "s"], ["y"], name="add")]
+    graph = helper.make_graph(
+        nodes, "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, 4]),
+         helper.make_tensor_value_info("state", TensorProto.FLOAT, [2, batch, 4]),
+         helper.make_tensor_value_info("gain", TensorProto.FLOAT, [])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch, 4])],
+        [onnx.numpy_helper.from_array(np.array([0], dtype=np.int64), "axes")])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_inputs_without_a_leading_batch_axis_are_fed_whole():
+    """Batching cuts every input along its own batch axis (axis 1 of a state [2, batch, 4]) and
+    feeds a scalar whole, both for comparing outputs in chunks and for latency at other batch
+    sizes."""
+    from onnxprune.graph import batch_axes
+    from onnxprune.latency import feeds_for_batch
+    from onnxprune.verify import run_batched
+
+    rng = np.random.default_rng(0)
+    feeds = {"x": rng.standard_normal((300, 4)).astype(np.float32),
+             "state": rng.standard_normal((2, 300, 4)).astype(np.float32), "gain": np.float32(2.0)}
+    model = _stateful_model()
+    assert batch_axes(model) == {"x": 0, "state": 1}
+    out = run_batched(model, feeds, chunk=256)["y"]  # 300 samples: two chunks of x and of state
+    assert out.shape == (300, 4)
+    np.testing.assert_allclose(out, feeds["x"] * 2 + feeds["state"].sum(0), rtol=1e-6)
+    cut = feeds_for_batch(model, feeds, 8)
+    assert cut["x"].shape == (8, 4) and cut["state"].shape == (2, 8, 4) and cut["gain"].shape == ()
+    np.testing.assert_array_equal(cut["state"], feeds["state"][:, :8])
+    fixed = _stateful_model(batch=1)
+    assert batch_axes(fixed) == {"x": 0}  # a fixed batch of 1: state's axis 0 (2) is not it
+
+
+def test_verify_explains_inputs_the_model_cannot_run_on():
+    from onnxprune.errors import ModelRunError
+
+    model = _stateful_model()
+    feeds = {"x": np.zeros((3, 4), np.float32), "state": np.zeros((2, 5, 4), np.float32), "gain": np.float32(1)}
+    with pytest.raises(ModelRunError, match=r"x \[3, 4\], state \[2, 5, 4\].*--input-shape"):
+        verify(model, _stateful_model(), feeds, runs=1, warmup=0)
+
+
 @pytest.mark.parametrize("args, fragment", [
     (["--report", "r.txt"], ".md or .html"),
     (["--batch-sizes", "1,x"], "--batch-sizes"),

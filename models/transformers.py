@@ -3,6 +3,8 @@ export shows the real Q/K/V projections, head reshapes and attention MatMuls).
 
 - "bert": token + position embeddings, post-LN encoder layers (attention, GELU FFN).
 - "vit": patch embedding (strided conv), class token, pre-LN encoder layers, head.
+- "bert_decomposed_ln": the same BERT with LayerNorm written out in primitive ops
+  (ReduceMean, Sub, Pow, ReduceMean, Add, Sqrt, Div, Mul, Add), as Paddle exports it.
 """
 
 from __future__ import annotations
@@ -13,6 +15,19 @@ import torch
 from torch import nn
 
 from .common import ch, seeded
+
+
+class DecomposedLayerNorm(nn.Module):
+    """LayerNorm over the last axis in primitive ops (Paddle's export of layer_norm)."""
+
+    def __init__(self, hidden: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.weight, self.bias, self.eps = nn.Parameter(torch.ones(hidden)), nn.Parameter(torch.zeros(hidden)), eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        centred = x - x.mean(-1, keepdim=True)
+        var = centred.pow(2).mean(-1, keepdim=True)
+        return centred / torch.sqrt(var + self.eps) * self.weight + self.bias
 
 
 class SelfAttention(nn.Module):
@@ -34,10 +49,10 @@ class SelfAttention(nn.Module):
 
 
 class EncoderLayer(nn.Module):
-    def __init__(self, hidden: int, heads: int, ffn: int, pre_norm: bool) -> None:
+    def __init__(self, hidden: int, heads: int, ffn: int, pre_norm: bool, norm: type = nn.LayerNorm) -> None:
         super().__init__()
         self.attn, self.pre_norm = SelfAttention(hidden, heads), pre_norm
-        self.ln1, self.ln2 = nn.LayerNorm(hidden), nn.LayerNorm(hidden)
+        self.ln1, self.ln2 = norm(hidden), norm(hidden)
         self.ffn = nn.Sequential(nn.Linear(hidden, ffn), nn.GELU(), nn.Linear(ffn, hidden))
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -51,13 +66,15 @@ class EncoderLayer(nn.Module):
 class Bert(nn.Module):
     """BERT-style encoder on token ids [batch, seq] with an attention mask; returns the hidden states."""
 
-    def __init__(self, width: float = 1.0, vocab: int = 1000, layers: int = 2, max_len: int = 64) -> None:
+    def __init__(self, width: float = 1.0, vocab: int = 1000, layers: int = 2, max_len: int = 64,
+                 norm: type = nn.LayerNorm) -> None:
         super().__init__()
         heads = 4
         hidden = heads * ch(32, width, minimum=2)
         self.tok, self.pos = nn.Embedding(vocab, hidden), nn.Embedding(max_len, hidden)
-        self.ln = nn.LayerNorm(hidden)
-        self.layers = nn.ModuleList(EncoderLayer(hidden, heads, 4 * hidden, pre_norm=False) for _ in range(layers))
+        self.ln = norm(hidden)
+        self.layers = nn.ModuleList(EncoderLayer(hidden, heads, 4 * hidden, pre_norm=False, norm=norm)
+                                    for _ in range(layers))
         self.pool = nn.Linear(hidden, hidden)
 
     def forward(self, ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -100,3 +117,15 @@ def build_bert(width: float = 1.0, seed: int = 0) -> nn.Module:
 def build_vit(width: float = 1.0, seed: int = 0) -> nn.Module:
     """ViT on 32x32 images."""
     return ViT(width).eval()
+
+
+@seeded
+def build_bert_decomposed_ln(width: float = 1.0, seed: int = 0) -> nn.Module:
+    """The BERT-style encoder with LayerNorm written out in primitive ops (as Paddle exports it)."""
+    model = Bert(width, norm=DecomposedLayerNorm)
+    with torch.no_grad():  # non-trivial affine terms, so that slicing them is visible
+        for m in model.modules():
+            if isinstance(m, DecomposedLayerNorm):
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.1, 0.1)
+    return model.eval()

@@ -18,7 +18,7 @@ from .cnn import build_densenet, build_resnet18, build_resnet50, build_resnext, 
 from .detect import build_unet, build_yolo
 from .misc import build_conv_lstm, build_folded_bn, build_mlp, build_nhwc, build_squeeze_excite_small
 from .mobile import build_mobilenetv2, build_mobilenetv3, build_shufflenetv2
-from .transformers import build_bert, build_vit
+from .transformers import build_bert, build_bert_decomposed_ln, build_vit
 
 __all__ = ["ZooModel", "ZOO", "export_onnx", "export_all", "make_inputs", "output_names"]
 
@@ -74,6 +74,9 @@ ZOO: dict[str, ZooModel] = {
                  "BERT-style encoder: embeddings, 2 post-LN layers (4 heads, GELU FFN), tanh pooler"),
         ZooModel("vit", build_vit, _img(1, 3, 32, 32),
                  "ViT: 4x4 patch conv, class token, 2 pre-LN layers (4 heads), linear head"),
+        ZooModel("bert_decomposed_ln", build_bert_decomposed_ln, {"ids": (1, 16), "attention_mask": (1, 16)},
+                 "The BERT-style encoder with LayerNorm in primitive ops (ReduceMean/Sub/Pow/Sqrt/Div), as Paddle "
+                 "writes it"),
         ZooModel("squeeze_excite_small", build_squeeze_excite_small, _img(1, 3, 32, 32),
                  "Small SE-ResNet with Linear-layer SE (GAP, Gemm, Sigmoid, Reshape, Mul)"),
     )

@@ -42,13 +42,15 @@ def resolve_provider(name: str) -> str:
 
 
 def session(model: onnx.ModelProto | str, *, optimize: bool = False, provider: str = "CPUExecutionProvider",
-            threads: int = 0):  # noqa: ANN201
-    """An InferenceSession; graph optimisations are off unless asked (exact comparisons)."""
+            threads: int = 0, quiet: bool = False):  # noqa: ANN201
+    """An InferenceSession; graph optimisations are off unless asked (exact comparisons).
+    ``quiet``: onnxruntime logs nothing, not even failed runs (for best-effort runs whose
+    failure the caller handles)."""
     ort = _ort()
     opts = ort.SessionOptions()
     opts.graph_optimization_level = (
         ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
-    opts.log_severity_level = 3
+    opts.log_severity_level = 4 if quiet else 3
     if threads:
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1

@@ -97,8 +97,11 @@ def test_minilm_heads_and_ffn_are_prunable_and_exact(minilm):
     prune_randomly_and_check(model, seed=0)
 
 
-def test_prune_hidden_is_opt_in_and_spans_every_layer():
-    model = load(zoo_path("bert"))
+@pytest.mark.parametrize("name", ["bert", "bert_decomposed_ln"])
+def test_prune_hidden_is_opt_in_and_spans_every_layer(name):
+    """The residual stream is one group across every layer, only with --prune-hidden: through
+    LayerNormalization, and through LayerNorm written out in primitive ops (Paddle)."""
+    model = load(zoo_path(name))
     plain = analyze(model)
     hidden = [g for g in analyze(model, prune_hidden=True).prunable_groups if len(g.consumers) > 3]
     assert not [g for g in plain.prunable_groups if len(g.consumers) > 3]

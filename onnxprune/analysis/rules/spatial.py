@@ -89,12 +89,44 @@ def arg_reduce(node: onnx.NodeProto, ctx: RuleContext) -> None:
 
 def _reduce_along(node: onnx.NodeProto, ctx: RuleContext, reduced: set[int], keepdims: bool) -> None:
     x, rank = node.input[0], rank_of(ctx, node.input[0])
+    statistic = (ctx.prune_hidden and keepdims and reduced == {rank - 1} and node.op_type == "ReduceMean"
+                 and _layer_norm_statistic(node, ctx))
     for axis, elems in ctx.spaces_of(x).items():
-        if axis in reduced:
-            ctx.block(elems, f"{node.op_type} reduces over this channel axis")
+        if axis in reduced and not statistic:
+            ctx.block(elems, f"{node.op_type} reduces over this channel axis"
+                      + (" (--prune-hidden prunes a LayerNorm's statistics approximately)"
+                         if node.op_type == "ReduceMean" and axis == rank - 1 and not ctx.prune_hidden else ""))
     kept = [a for a in range(rank) if keepdims or a not in reduced]
+    if statistic:  # approximate by design, as LayerNormalization under --prune-hidden: the mean / variance
+        for axis, elems in ctx.spaces_of(x).items():  # is over the kept channels; nothing flows on
+            if axis not in reduced:
+                ctx.set_space(node.output[0], kept.index(axis), elems)
+        return
     mapping = {a: kept.index(a) for a in ctx.spaces_of(x) if a not in reduced}
     passthrough(ctx, x, node.output[0], mapping)
+
+
+def _layer_norm_statistic(node: onnx.NodeProto, ctx: RuleContext) -> bool:
+    """Whether a ReduceMean over the last axis is one of a LayerNorm written out in primitive
+    ops (as Paddle exports it): the mean that ``Sub(x, mean)`` centres x with, or the
+    variance ``mean((x - mean(x))^2)`` (squared by Pow 2 or Mul)."""
+    index, x = ctx.index, node.input[0]
+    if any(u.op_type == "Sub" and slot == 1 and u.input[0] == x for u, slot in index.users(node.output[0])):
+        return True
+    square = index.producer.get(x)
+    if square is None:
+        return False
+    if square.op_type == "Pow":
+        exponent = ctx.const(square.input[1])
+        if exponent is None or np.asarray(exponent).size != 1 or float(np.asarray(exponent).reshape(-1)[0]) != 2.0:
+            return False
+    elif not (square.op_type == "Mul" and square.input[0] == square.input[1]):
+        return False
+    centre = index.producer.get(square.input[0])
+    if centre is None or centre.op_type != "Sub":
+        return False
+    mean = index.producer.get(centre.input[1])
+    return mean is not None and mean.op_type == "ReduceMean" and mean.input[0] == centre.input[0]
 
 
 @register("Softmax", "LogSoftmax", "Hardmax")

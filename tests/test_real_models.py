@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import sys
 
+import numpy as np
 import onnx
 import pytest
 
@@ -50,6 +51,26 @@ def test_prune_ratio_then_verify(monkeypatch, capsys, tmp_path, key):
     assert code == 0, err
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["pruned"]["params"] < report["original"]["params"]
+
+
+def test_prune_hidden_through_paddle_layer_norms():
+    """PP-OCRv4's SVTR blocks write LayerNorm out in primitive ops: with prune_hidden their
+    residual stream becomes one more prunable group, and pruning it gives a valid model that
+    runs (approximate by design)."""
+    from onnxprune.analysis import analyze
+    from onnxprune.api import apply_plan
+    from onnxprune.masking import random_masking_plan
+    from onnxprune.runtime import random_inputs, run
+
+    path, shapes = real_model("ppocr_rec")
+    model = load(path, input_shapes=shapes)
+    plain, hidden = analyze(model), analyze(model, prune_hidden=True)
+    assert len(hidden.prunable_groups) == len(plain.prunable_groups) + 1
+    assert any("--prune-hidden" in b.reason for b in plain.blocked)
+    result = apply_plan(model, hidden, random_masking_plan(hidden, seed=0, max_ratio=0.3))
+    check_pruned_model(result.model, model)
+    out = run(result.model, random_inputs(model))
+    assert all(np.isfinite(v).all() for v in out.values())
 
 
 def test_dynamic_axes_stay_dynamic(monkeypatch, capsys, tmp_path):

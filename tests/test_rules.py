@@ -582,6 +582,40 @@ def test_reshape_copying_a_channel_count_from_shape_is_blocked():
     assert not group_on(analysis, "a").prunable
 
 
+def test_reshape_copying_its_own_channel_count_to_another_axis_is_blocked():
+    """A target that copies the input's own channel count is fine only where that channel
+    axis lands: [N, C, H, W] -> [N, H*W, C] with C copied last would move data, not channels."""
+    b = Builder()
+    b.conv("x", "a", 4, 5)
+    b.add("Shape", ["a"], "sh")
+    b.add("Gather", ["sh", b.i64("one", [1])], "c", axis=0)
+    b.add("Concat", [b.i64("lead", [0, -1]), "c"], "target", axis=0)
+    b.add("Reshape", ["a", "target"], "r")
+    b.add("Relu", ["r"], "y")
+    model = b.build(["y"], {"x": ["N", 4, 6, 6]})
+    analysis = analyze(model)
+    assert not group_on(analysis, "a").prunable
+
+
+def test_merged_dynamic_axes_on_one_side_of_a_channel_axis():
+    """[N, C, T, U] -> [N, C, T*U] (a flatten of dynamic spatial axes) keeps the channel axis:
+    everything in front of it matches. Runs of dynamic axes regrouped on both sides of it
+    cannot be checked and block it."""
+    from onnxprune.analysis.rules.layout import _match_blocks
+
+    b = Builder()
+    b.conv("x", "a", 4, 5)
+    b.add("Reshape", ["a", b.i64("target", [0, 5, -1])], "f")
+    b.add("Transpose", ["f"], "t", perm=[0, 2, 1])
+    b.add("MatMul", ["t", b.w("wm", 5, 3)], "y")
+    model = b.build(["y"], {"x": ["N", 4, "T", "U"]})
+    g = group_on(analyze(model), "a")
+    assert g.prunable and ("f", 1) in g.spaces
+    check_seeds(model)
+    assert _match_blocks(("b", "s", 8), ("bs", 8)) == [([0, 1], [0], False), ([2], [1], True)]
+    assert _match_blocks(("b", "s", 8, "t", "u"), ("bs", 8, "tu"))[1] == ([2], [1], True)
+
+
 def test_reshape_with_static_shape_computation_is_folded_and_prunable():
     """The same chain on a static shape: prepare folds it into a constant the rewrite can edit."""
     b = Builder()

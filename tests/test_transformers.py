@@ -151,3 +151,46 @@ def test_minilm_post_training_recovery_raises_cosine_at_half_the_flops(minilm):
     assert sum(len(v) for v in report["updated"].values()) > 0
     assert after > before + 0.02, (before, after)
     check_pruned_model(recovered, model)
+
+
+class _Conv1D(torch.nn.Module):
+    """HF GPT-2's Conv1D: x.view(-1, x.size(-1)) @ W + b, then back to x.size()[:-1] + (nf,)."""
+
+    def __init__(self, nx: int, nf: int) -> None:
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.randn(nx, nf) * 0.1)
+        self.bias = torch.nn.Parameter(torch.randn(nf) * 0.1)
+
+    def forward(self, x):  # noqa: ANN001, ANN201
+        size_out = x.size()[:-1] + (self.weight.shape[1],)
+        return torch.addmm(self.bias, x.view(-1, x.size(-1)), self.weight).view(size_out)
+
+
+class _Gpt2Mlp(torch.nn.Module):
+    def __init__(self, hidden: int = 16, inner: int = 48) -> None:
+        super().__init__()
+        self.ln = torch.nn.LayerNorm(hidden)
+        self.fc, self.proj = _Conv1D(hidden, inner), _Conv1D(inner, hidden)
+
+    def forward(self, x):  # noqa: ANN001, ANN201
+        return x + self.proj(torch.nn.functional.gelu(self.fc(self.ln(x))))
+
+
+def test_gpt2_style_conv1d_ffn_is_prunable(tmp_path):
+    """Reshapes that merge the dynamic batch and sequence axes ([b, s, C] -> [b*s, C] and back)
+    and targets that copy the input's own channel count (x.view(-1, x.size(-1))) keep the FFN
+    neurons prunable; the pruned model equals the masked one at other batch / sequence sizes."""
+    torch.manual_seed(0)
+    path = tmp_path / "mlp.onnx"
+    with torch.no_grad():
+        torch.onnx.export(_Gpt2Mlp().eval(), (torch.randn(2, 5, 16),), str(path), dynamo=False, opset_version=17,
+                          input_names=["x"], output_names=["y"], dynamic_axes={"x": {0: "b", 1: "s"}})
+    model = load(path)
+    analysis = analyze(model)
+    assert [g.size for g in analysis.prunable_groups] == [48]
+    for seed in range(3):
+        _, _, result = prune_randomly_and_check(model, seed=seed)
+    from onnxprune.runtime import run
+
+    x = np.random.default_rng(0).standard_normal((3, 7, 16)).astype(np.float32)
+    assert run(result.model, {"x": x})["y"].shape == (3, 7, 16)

@@ -164,16 +164,32 @@ def reshape(node: onnx.NodeProto, ctx: RuleContext) -> None:
     entries = resolve(ctx, node.input[1], (node.name, 1))
     if entries is None:
         raise Unsupported("Reshape with a computed (data-dependent) shape")
-    for e in entries:
-        if e.ref is not None and e.ref[1] in ctx.spaces_of(e.ref[0]):
-            raise Unsupported("Reshape target copies a channel count from a Shape")
+    # an entry may copy the run-time size of this Reshape's own input along a channel axis
+    # (x.view(-1, x.size(-1))): it follows the kept count by itself where that axis stays whole
+    copies = {i: e.ref[1] for i, e in enumerate(entries) if e.ref is not None and e.ref[1] in ctx.spaces_of(e.ref[0])}
+    if any(entries[i].ref[0] != x for i in copies):  # type: ignore[index]
+        raise Unsupported("Reshape target copies a channel count from another tensor's Shape")
     out_shape = effective_shape(in_shape, entries)
+    if out_shape is None:  # a -1 over dynamic axes (x.view(-1, C)): the inferred / probed shape, if it fits
+        known = ctx.shape(y)
+        if known is not None and len(known) == len(entries) and all(
+                e.ref is not None or e.value in (0, -1) or e.value == d for e, d in zip(entries, known)):
+            out_shape = list(known)
     if out_shape is None:
         raise Unsupported("Reshape whose output shape cannot be determined")
     ctx.derive_shape(y, tuple(out_shape))
     blocks = _match_blocks(in_shape, tuple(out_shape))
+    whole = {a: outs[0] for ins, outs, _ in blocks for a in ins if len(ins) == 1 and len(outs) == 1}
+    if any(whole.get(a) != i for i, a in copies.items()):
+        raise Unsupported("Reshape target copies a channel count to another position")
     for a, elems in ctx.spaces_of(x).items():
-        ins, outs = next((i, o) for i, o in blocks if a in i)
+        k = next(k for k, (i, _, _) in enumerate(blocks) if a in i)
+        ins, outs, _ = blocks[k]
+        # the channel axis keeps its stride when everything in front of it or everything behind
+        # it matches block by block (the volumes are equal); regrouped dynamic runs on both
+        # sides cannot be checked
+        if not all(v for _, _, v in blocks[:k]) and not all(v for _, _, v in blocks[k + 1:]):
+            raise Unsupported("Reshape regroups dynamic axes on both sides of a channel axis")
         if len(ins) > 1 and sum(1 for b in ins if b in ctx.spaces_of(x)) > 1:
             raise Unsupported("Reshape merges two channel axes")
         if len(outs) == 1:
@@ -192,8 +208,11 @@ def reshape(node: onnx.NodeProto, ctx: RuleContext) -> None:
 
 
 def _fix_target_entry(ctx: RuleContext, entry: Entry, elems: np.ndarray) -> None:
-    """The target entry of a channel axis must follow the kept count: -1 and 0 do by themselves."""
+    """The target entry of a channel axis must follow the kept count: -1, 0 and a copy of the
+    input's own size along that axis (checked by the caller) do by themselves."""
     if entry.ref is not None:
+        if entry.ref[0] == ctx.node.input[0] and entry.ref[1] in ctx.spaces_of(entry.ref[0]):
+            return
         raise Unsupported("Reshape target of a channel axis is copied from another tensor's shape")
     if entry.value in (0, -1):
         return
@@ -247,16 +266,26 @@ def _merged(elems: np.ndarray, dims: tuple[Dim, ...], pos: int) -> np.ndarray:
     return np.broadcast_to(elems.reshape(shape), tuple(int(d) for d in dims)).reshape(-1).copy()
 
 
-def _match_blocks(a: tuple[Dim, ...], b: tuple[Dim, ...]) -> list[tuple[list[int], list[int]]]:
-    """Group axes of two shapes of equal volume into blocks with equal products."""
-    blocks: list[tuple[list[int], list[int]]] = []
+def _match_blocks(a: tuple[Dim, ...], b: tuple[Dim, ...]) -> list[tuple[list[int], list[int], bool]]:
+    """Group axes of two shapes of equal volume into blocks with equal products:
+    (input axes, output axes, verified). Runs of dynamic axes are matched run to run
+    ([b, s, C] <-> [b*s, C]); such a block is unverified (its two sides have equal volumes
+    only if the rest does): a channel axis may have such blocks on one side, not on both."""
+    blocks: list[tuple[list[int], list[int], bool]] = []
     i = j = 0
     while i < len(a) and j < len(b):
         if not isinstance(a[i], int) or not isinstance(b[j], int):
             if isinstance(a[i], int) or isinstance(b[j], int):
                 raise Unsupported("Reshape moves a dynamic axis")
-            blocks.append(([i], [j]))
+            ins, outs = [i], [j]
             i, j = i + 1, j + 1
+            while i < len(a) and not isinstance(a[i], int):
+                ins.append(i)
+                i += 1
+            while j < len(b) and not isinstance(b[j], int):
+                outs.append(j)
+                j += 1
+            blocks.append((ins, outs, len(ins) == 1 and len(outs) == 1))
             continue
         ins, outs = [i], [j]
         pa, pb = a[i], b[j]
@@ -272,12 +301,12 @@ def _match_blocks(a: tuple[Dim, ...], b: tuple[Dim, ...]) -> list[tuple[list[int
                 j += 1
             else:
                 raise Unsupported("Reshape shapes could not be matched axis by axis")
-        blocks.append((ins, outs))
+        blocks.append((ins, outs, True))
     rest_a, rest_b = list(range(i, len(a))), list(range(j, len(b)))
     if any(a[k] != 1 for k in rest_a) or any(b[k] != 1 for k in rest_b):
         raise Unsupported("Reshape shapes could not be matched axis by axis")
     if blocks and (rest_a or rest_b):
-        blocks[-1] = (blocks[-1][0] + rest_a, blocks[-1][1] + rest_b)
+        blocks[-1] = (blocks[-1][0] + rest_a, blocks[-1][1] + rest_b, blocks[-1][2])
     return blocks
 
 

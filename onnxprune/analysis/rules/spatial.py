@@ -107,9 +107,10 @@ def _reduce_along(node: onnx.NodeProto, ctx: RuleContext, reduced: set[int], kee
 
 
 def _layer_norm_statistic(node: onnx.NodeProto, ctx: RuleContext) -> bool:
-    """Whether a ReduceMean over the last axis is one of a LayerNorm written out in primitive
-    ops (as Paddle exports it): the mean that ``Sub(x, mean)`` centres x with, or the
-    variance ``mean((x - mean(x))^2)`` (squared by Pow 2 or Mul)."""
+    """Whether a ReduceMean over the last axis is one of a LayerNorm or RMSNorm written out in
+    primitive ops (Paddle's LayerNorm, T5 / LLaMA RMSNorm): the mean that ``Sub(x, mean)``
+    centres x with, or a mean of squares (squared by Pow 2 or Mul): the variance
+    ``mean((x - mean(x))^2)`` or RMSNorm's ``mean(x^2)``."""
     index, x = ctx.index, node.input[0]
     if any(u.op_type == "Sub" and slot == 1 and u.input[0] == x for u, slot in index.users(node.output[0])):
         return True
@@ -122,11 +123,7 @@ def _layer_norm_statistic(node: onnx.NodeProto, ctx: RuleContext) -> bool:
             return False
     elif not (square.op_type == "Mul" and square.input[0] == square.input[1]):
         return False
-    centre = index.producer.get(square.input[0])
-    if centre is None or centre.op_type != "Sub":
-        return False
-    mean = index.producer.get(centre.input[1])
-    return mean is not None and mean.op_type == "ReduceMean" and mean.input[0] == centre.input[0]
+    return True
 
 
 @register("Softmax", "LogSoftmax", "Hardmax")
@@ -177,13 +174,13 @@ def _terminal_uses(ctx: RuleContext, name: str, axes: list[int], depth: int = 0)
 
 
 def _picked(ctx: RuleContext, user: onnx.NodeProto, slot: int, axes: list[int]) -> list[int] | None:
+    op = user.op_type
+    if op == "Concat":
+        return axes  # positions shift; a Reshape target behind it is resolved entry by entry
     if slot != 0:
         return None
-    op = user.op_type
     if op in ("Cast", "Identity", "Unsqueeze", "Squeeze"):
         return axes
-    if op == "Concat":
-        return None  # mixes with other entries; the Reshape rule resolves what it needs
     if op == "Gather" and int(attr(user, "axis", 0)) == 0:
         idx = ctx.const(user.input[1])
         if idx is None:

@@ -746,11 +746,10 @@ def main() -> None:
     except (typer.Exit, typer.Abort) as exc:
         sys.exit(getattr(exc, "exit_code", 1))
     except Exception as exc:  # click usage errors and the unexpected
-        import click
-
-        if isinstance(exc, click.exceptions.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
+        # click's ClickException (typer >= 0.20 raises those of its own vendored copy of click)
+        if any(c.__name__ == "ClickException" for c in type(exc).__mro__):
+            exc.show()  # type: ignore[attr-defined]
+            sys.exit(exc.exit_code)  # type: ignore[attr-defined]
         err.print(f"[red]error:[/] unexpected {type(exc).__name__}: {exc}", highlight=False)
         sys.exit(2)
 

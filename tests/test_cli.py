@@ -123,6 +123,13 @@ def test_bad_model_files(monkeypatch, capsys, tmp_path, model_path, case, comman
     assert _files(tmp_path) == before
 
 
+def test_usage_errors_are_reported_as_such(monkeypatch, capsys, model_path, tmp_path):
+    code, _, err = cli(monkeypatch, capsys, "prune", model_path, "-o", tmp_path / "o.onnx", "--ratio")
+    assert code == 2 and "--ratio" in err and "unexpected" not in err
+    code, _, err = cli(monkeypatch, capsys, "prune", model_path, "-o", tmp_path / "o.onnx", "--no-such-option")
+    assert code == 2 and "no-such-option" in err and "unexpected" not in err
+
+
 @pytest.mark.parametrize("ratio", ["1.0", "-0.1", "1.5"])
 def test_ratio_out_of_range(monkeypatch, capsys, tmp_path, model_path, ratio):
     before = _files(tmp_path)

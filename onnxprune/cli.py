@@ -321,23 +321,30 @@ def prune(
     console.print(f"removed {the_plan.removed_channels(analysis)} channels in {len(the_plan.keep)} groups "
                   f"({result.before.params - result.after.params} parameters); "
                   f"wrote [bold]{output}[/]")
-    if plan is None and round_to == 1 and align_n == 1:
+    if plan is None and align_n == 1:
         hint = _alignment_hint(analysis, the_plan)
         if hint:
             console.print(hint)
 
 
 def _alignment_hint(analysis, plan) -> str:  # noqa: ANN001
-    """A hint when pruned groups keep channel counts that SIMD / tensor-core kernels pad."""
+    """A hint when pruned groups keep channel counts that convolution kernels pad: to this
+    CPU's onnxruntime block (16 on AVX-512, 8 on AVX2), or 8 (TensorRT) where it has none."""
+    from onnxprune.latency import channel_block
+
+    try:
+        block = max(channel_block("cpu"), 8)
+    except OnnxPruneError:  # onnxruntime missing
+        block = 8
     groups = {g.id: g for g in analysis.groups}
     odd = [gid for gid, kept in plan.keep.items()
-           if gid in groups and len(kept) < groups[gid].size and (len(kept) * groups[gid].unit_width) % 8]
+           if gid in groups and len(kept) < groups[gid].size and (len(kept) * groups[gid].unit_width) % block]
     if not odd:
         return ""
     return (f"[yellow]hint:[/] {len(odd)} of {len(plan.keep)} pruned groups keep a channel count that is not a "
-            "multiple of 8; convolution kernels (onnxruntime CPU, TensorRT) pad such counts to their block, and "
-            "the layout changes around them can make the model slower than the original. Add --align auto or "
-            "--round-to 8.")
+            f"multiple of {block} (the channel block of convolution kernels here: onnxruntime CPU pads to it, "
+            "TensorRT to 8); the padding and the layout changes around such layers can make the model slower "
+            "than the original. Add --align auto (or --round-to 8 for TensorRT).")
 
 
 def _train_prune(name, model, output, input_shape, target_flops, round_to, min_channels, max_ratio,  # noqa: ANN001
@@ -652,31 +659,32 @@ def demo(
     """Prune the small digits classifier shipped with onnxprune and report what changed."""
     import tempfile
 
+    import numpy as np
+
     from onnxprune.analysis import analyze as run_analysis
     from onnxprune.api import apply_plan, load, plan_by_ratio
+    from onnxprune.latency import resolve_align
     from onnxprune.modelio import load_model, save_model
     from onnxprune.report import analysis_tables, cost_table, verify_table
     from onnxprune.verify import verify as run_verify
 
-    import numpy as np
-
     data = Path(__file__).parent / "data"
     model_path, test_path = data / "digits_cnn.onnx", data / "digits_test.npz"
-    if True:
-        test = np.load(test_path)
-        m = load(model_path)
-        analysis = run_analysis(m)
-        analysis_tables(analysis, console)
-        the_plan = plan_by_ratio(m, analysis, ratio=ratio, criterion="l2")
-        result = apply_plan(m, analysis, the_plan)
-        out_dir = output_dir or Path(tempfile.mkdtemp(prefix="onnxprune-demo-"))
-        out_dir.mkdir(parents=True, exist_ok=True)
-        out = save_model(result.model, out_dir / "digits_cnn_pruned.onnx")
-        cost_table(result.before, result.after, console, title=f"Digits CNN, {ratio:.0%} of channels removed (l2)")
-        report = run_verify(load_model(model_path), load_model(out), {"input": test["input"]},
-                            labels=test["labels"])
-        verify_table(report, console)
-        console.print(f"pruned model written to [bold]{out}[/]")
+    test = np.load(test_path)
+    m = load(model_path)
+    analysis = run_analysis(m)
+    analysis_tables(analysis, console)
+    block = resolve_align("auto")  # kept counts in whole blocks of this CPU's convolution kernels
+    the_plan = plan_by_ratio(m, analysis, ratio=ratio, criterion="l2", align=block)
+    result = apply_plan(m, analysis, the_plan)
+    out_dir = output_dir or Path(tempfile.mkdtemp(prefix="onnxprune-demo-"))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    out = save_model(result.model, out_dir / "digits_cnn_pruned.onnx")
+    cost_table(result.before, result.after, console,
+               title=f"Digits CNN, {ratio:.0%} of channels removed (l2, --align auto = {block})")
+    report = run_verify(load_model(model_path), load_model(out), {"input": test["input"]}, labels=test["labels"])
+    verify_table(report, console)
+    console.print(f"pruned model written to [bold]{out}[/]")
 
 
 @app.command()

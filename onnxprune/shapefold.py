@@ -21,7 +21,11 @@ log = logging.getLogger(__name__)
 
 FOLDABLE = {"Gather", "Unsqueeze", "Squeeze", "Concat", "Slice", "Cast", "Mul", "Div", "Add", "Sub",
             "Reshape", "Identity", "Floor", "Ceil", "Neg", "Abs", "Min", "Max", "Equal", "Where",
-            "ConstantOfShape", "Range", "Mod", "ReduceProd", "ReduceSum", "Expand"}
+            "ConstantOfShape", "Range", "Mod", "ReduceProd", "ReduceSum", "Expand",
+            # index plumbing of exporters' padding arithmetic (HF's TF-style "same" padding builds
+            # Pad amounts with Reshape / Slice / Transpose of constants)
+            "Transpose", "Flatten", "Tile", "Less", "Greater", "LessOrEqual", "GreaterOrEqual", "Not", "And",
+            "Or", "ReduceMax", "ReduceMin", "Size"}
 MAX_ELEMENTS = 1 << 16
 WEIGHT_VIEWS = {"Cast", "Identity"}  # a weight stored in another dtype: folded whatever its size
 

@@ -43,6 +43,9 @@ ARCHITECTURES = {
         hidden_sizes=[16, 32, 64, 128], depths=[1, 1, 1, 1], num_labels=10, image_size=64)), IMAGE, 4),
     "resnet": (lambda T: T.ResNetForImageClassification(T.ResNetConfig(
         hidden_sizes=[16, 32, 64, 128], depths=[1, 1, 1, 1], embedding_size=16, num_labels=10)), IMAGE, 8),
+    # TF-style "same" padding: Pad amounts built from constants by Reshape / Slice / Transpose
+    "mobilenet_v2": (lambda T: T.MobileNetV2ForImageClassification(T.MobileNetV2Config(
+        image_size=64, depth_multiplier=0.35, num_labels=10)), IMAGE, 20),
     "mobilevit": (lambda T: T.MobileViTForImageClassification(T.MobileViTConfig(
         image_size=64, hidden_sizes=[32, 48, 64], neck_hidden_sizes=[8, 16, 24, 32, 40, 48, 160],
         num_labels=10)), IMAGE, 8),

@@ -616,6 +616,39 @@ def test_merged_dynamic_axes_on_one_side_of_a_channel_axis():
     assert _match_blocks(("b", "s", 8, "t", "u"), ("bs", 8, "tu"))[1] == ([2], [1], True)
 
 
+def test_pad_amounts_built_from_constants_are_folded():
+    """HF's TF-style "same" padding builds the pads with Reshape / Slice / Transpose / Cast of
+    constants: prepare folds them, so the Pad is seen to leave the channel axis alone."""
+    b = Builder()
+    b.conv("x", "a", 4, 6)
+    b.add("Reshape", [b.i64("raw", [0, 1, 0, 1, 0, 1, 0, 1]), b.i64("two", [2, 4])], "p2")  # -> [0, 0, 1, 1] * 2
+    b.add("Transpose", ["p2"], "p2t", perm=[1, 0])
+    b.add("Reshape", ["p2t", b.i64("flat", [-1])], "p1")
+    b.add("Cast", ["p1"], "pads", to=TensorProto.INT64)
+    b.add("Pad", ["a", "pads"], "padded")
+    b.conv("padded", "y", 6, 3)
+    model = b.build(["y"], {"x": ["N", 4, 6, 6]})
+    assert not any(n.op_type == "Transpose" for n in model.graph.node)
+    assert group_on(analyze(model), "a").prunable
+    check_seeds(model)
+
+
+def test_reshape_as_a_tensor_with_the_same_channels():
+    """LeViT's bn(y.flatten(0, 1)).reshape_as(y): the target copies y's channel count, and y's
+    channel axis holds the same units as the Reshape's input: it follows the kept count."""
+    b = Builder()
+    b.add("MatMul", ["x", b.w("w1", 8, 12)], "y")
+    b.add("Relu", ["y"], "r")
+    b.add("Shape", ["y"], "sh")
+    b.add("Reshape", ["r", "sh"], "back")
+    b.add("MatMul", ["back", b.w("w2", 12, 3)], "out")
+    model = b.build(["out"], {"x": ["N", 5, 8]})
+    analysis = analyze(model)
+    g = group_on(analysis, "y", axis=2)
+    assert g.prunable, [blk.reason for blk in analysis.blocked]
+    check_seeds(model)
+
+
 def test_reshape_with_static_shape_computation_is_folded_and_prunable():
     """The same chain on a static shape: prepare folds it into a constant the rewrite can edit."""
     b = Builder()

@@ -66,6 +66,10 @@ class UnionFind:
         p[x] = r
         return r
 
+    def same(self, a: np.ndarray, b: np.ndarray) -> bool:
+        """Whether a[i] and b[i] are in one set for every i (the same units, in order)."""
+        return len(a) == len(b) and bool(np.array_equal(self._find_many(a), self._find_many(b)))
+
     def union_arrays(self, a: np.ndarray, b: np.ndarray) -> None:
         """Union a[i] with b[i] for every i. The root of a set is always its smallest id
         (the larger root is linked under the smaller), so the roots do not depend on the

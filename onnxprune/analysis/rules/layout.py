@@ -164,11 +164,18 @@ def reshape(node: onnx.NodeProto, ctx: RuleContext) -> None:
     entries = resolve(ctx, node.input[1], (node.name, 1))
     if entries is None:
         raise Unsupported("Reshape with a computed (data-dependent) shape")
-    # an entry may copy the run-time size of this Reshape's own input along a channel axis
-    # (x.view(-1, x.size(-1))): it follows the kept count by itself where that axis stays whole
-    copies = {i: e.ref[1] for i, e in enumerate(entries) if e.ref is not None and e.ref[1] in ctx.spaces_of(e.ref[0])}
-    if any(entries[i].ref[0] != x for i in copies):  # type: ignore[index]
-        raise Unsupported("Reshape target copies a channel count from another tensor's Shape")
+    # an entry may copy the run-time size of a channel axis holding the same units as one of
+    # the input's (x.view(-1, x.size(-1)), LeViT's bn(y.flatten(0, 1)).reshape_as(y)): it
+    # follows the kept count by itself where that input axis stays whole
+    copies: dict[int, int] = {}
+    for i, e in enumerate(entries):
+        if e.ref is None or e.ref[1] not in ctx.spaces_of(e.ref[0]):
+            continue
+        copied = ctx.spaces_of(e.ref[0])[e.ref[1]]
+        same = [a for a, elems in ctx.spaces_of(x).items() if ctx.uf.same(elems, copied)]
+        if not same:
+            raise Unsupported("Reshape target copies a channel count from another tensor's Shape")
+        copies[i] = same[0]
     out_shape = effective_shape(in_shape, entries)
     if out_shape is None:  # a -1 over dynamic axes (x.view(-1, C)): the inferred / probed shape, if it fits
         known = ctx.shape(y)
@@ -209,9 +216,10 @@ def reshape(node: onnx.NodeProto, ctx: RuleContext) -> None:
 
 def _fix_target_entry(ctx: RuleContext, entry: Entry, elems: np.ndarray) -> None:
     """The target entry of a channel axis must follow the kept count: -1, 0 and a copy of the
-    input's own size along that axis (checked by the caller) do by themselves."""
+    run-time size of an axis holding the same units do by themselves."""
     if entry.ref is not None:
-        if entry.ref[0] == ctx.node.input[0] and entry.ref[1] in ctx.spaces_of(entry.ref[0]):
+        copied = ctx.spaces_of(entry.ref[0]).get(entry.ref[1])
+        if copied is not None and ctx.uf.same(copied, elems):
             return
         raise Unsupported("Reshape target of a channel axis is copied from another tensor's shape")
     if entry.value in (0, -1):

@@ -46,6 +46,10 @@ ARCHITECTURES = {
     # TF-style "same" padding: Pad amounts built from constants by Reshape / Slice / Transpose
     "mobilenet_v2": (lambda T: T.MobileNetV2ForImageClassification(T.MobileNetV2Config(
         image_size=64, depth_multiplier=0.35, num_labels=10)), IMAGE, 20),
+    # BatchNorm1d on flattened tokens: bn(y.flatten(0, 1)).reshape_as(y), [b*16, C] -> [b, 16, C]
+    "levit": (lambda T: T.LevitForImageClassification(T.LevitConfig(
+        image_size=64, hidden_sizes=[32, 48, 64], num_attention_heads=[1, 2, 2], depths=[1, 1, 1],
+        key_dim=[8, 8, 8], num_labels=10)), IMAGE, 10),
     "mobilevit": (lambda T: T.MobileViTForImageClassification(T.MobileViTConfig(
         image_size=64, hidden_sizes=[32, 48, 64], neck_hidden_sizes=[8, 16, 24, 32, 40, 48, 160],
         num_labels=10)), IMAGE, 8),

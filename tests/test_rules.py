@@ -616,6 +616,20 @@ def test_merged_dynamic_axes_on_one_side_of_a_channel_axis():
     assert _match_blocks(("b", "s", 8, "t", "u"), ("bs", 8, "tu"))[1] == ([2], [1], True)
 
 
+
+def test_reshape_blocks_from_the_two_shape_probes():
+    """A dynamic axis split into a dynamic and a static one ([b*16, C] -> [b, 16, C]) is matched
+    on the sizes of the two probe runs (dims named d<run0>_<run1>) when both runs agree."""
+    from onnxprune.analysis.registry import Unsupported
+    from onnxprune.analysis.rules.layout import _match_blocks
+
+    assert _match_blocks(("d48_32", 32), ("d3_2", 16, 32)) == [([0], [0, 1], True), ([1], [2], True)]
+    with pytest.raises(Unsupported):  # run 1 disagrees: 32 is not 4 x 16
+        _match_blocks(("d48_32", 32), ("d3_4", 16, 32))
+    with pytest.raises(Unsupported):  # an exporter's name carries no sizes
+        _match_blocks(("batch", 32), ("d3_2", 16, 32))
+
+
 def test_pad_amounts_built_from_constants_are_folded():
     """HF's TF-style "same" padding builds the pads with Reshape / Slice / Transpose / Cast of
     constants: prepare folds them, so the Pad is seen to leave the channel axis alone."""

@@ -14,6 +14,8 @@ Index maps, written as element arrays:
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import onnx
 
@@ -275,6 +277,46 @@ def _merged(elems: np.ndarray, dims: tuple[Dim, ...], pos: int) -> np.ndarray:
 
 
 def _match_blocks(a: tuple[Dim, ...], b: tuple[Dim, ...]) -> list[tuple[list[int], list[int], bool]]:
+    """``_match_symbolic``, or where it fails, the blocks both shape probes agree on."""
+    try:
+        return _match_symbolic(a, b)
+    except Unsupported:
+        probed = _match_probed(a, b)
+        if probed is None:
+            raise
+        return probed
+
+
+def _probe_sizes(shape: tuple[Dim, ...], run: int) -> tuple[int, ...] | None:
+    """The concrete shape of one of the two shape-probe runs (``onnxprune.probe`` names a
+    dynamic dim ``d<run 0 size>_<run 1 size>``); None when a dim is of another kind."""
+    out = []
+    for d in shape:
+        if isinstance(d, int):
+            out.append(d)
+        elif isinstance(d, str) and re.fullmatch(r"d\d+_\d+", d):
+            out.append(int(d[1:].split("_")[run]))
+        else:
+            return None
+    return tuple(out)
+
+
+def _match_probed(a: tuple[Dim, ...], b: tuple[Dim, ...]) -> list[tuple[list[int], list[int], bool]] | None:
+    """Blocks of a Reshape matched on the concrete sizes of both probe runs ([b*16, C] ->
+    [b, 16, C]: 48 -> 3 x 16 and 32 -> 2 x 16): used when both runs give the same blocks."""
+    found = []
+    for run in (0, 1):
+        sa, sb = _probe_sizes(a, run), _probe_sizes(b, run)
+        if sa is None or sb is None:
+            return None
+        try:
+            found.append(_match_symbolic(sa, sb))
+        except Unsupported:
+            return None
+    return found[0] if found[0] == found[1] else None
+
+
+def _match_symbolic(a: tuple[Dim, ...], b: tuple[Dim, ...]) -> list[tuple[list[int], list[int], bool]]:
     """Group axes of two shapes of equal volume into blocks with equal products:
     (input axes, output axes, verified). Runs of dynamic axes are matched run to run
     ([b, s, C] <-> [b*s, C]); such a block is unverified (its two sides have equal volumes

@@ -89,13 +89,14 @@ def arg_reduce(node: onnx.NodeProto, ctx: RuleContext) -> None:
 
 def _reduce_along(node: onnx.NodeProto, ctx: RuleContext, reduced: set[int], keepdims: bool) -> None:
     x, rank = node.input[0], rank_of(ctx, node.input[0])
-    statistic = (ctx.prune_hidden and keepdims and reduced == {rank - 1} and node.op_type == "ReduceMean"
-                 and _layer_norm_statistic(node, ctx))
+    norm_statistic = (keepdims and reduced == {rank - 1} and node.op_type == "ReduceMean"
+                      and _layer_norm_statistic(node, ctx))
+    statistic = ctx.prune_hidden and norm_statistic
     for axis, elems in ctx.spaces_of(x).items():
         if axis in reduced and not statistic:
             ctx.block(elems, f"{node.op_type} reduces over this channel axis"
-                      + (" (--prune-hidden prunes a LayerNorm's statistics approximately)"
-                         if node.op_type == "ReduceMean" and axis == rank - 1 and not ctx.prune_hidden else ""))
+                      + (" (a LayerNorm / RMSNorm statistic: --prune-hidden prunes it approximately)"
+                         if norm_statistic else ""))
     kept = [a for a in range(rank) if keepdims or a not in reduced]
     if statistic:  # approximate by design, as LayerNormalization under --prune-hidden: the mean / variance
         for axis, elems in ctx.spaces_of(x).items():  # is over the kept channels; nothing flows on

@@ -30,9 +30,17 @@ ARCHITECTURES = {
         intermediate_size=128)), TEXT, 2),
     "t5_encoder": (lambda T: T.T5EncoderModel(T.T5Config(
         vocab_size=100, d_model=64, d_kv=16, d_ff=128, num_layers=2, num_heads=4)), TEXT, 2),
-    # Conv1D FFNs (x.view(-1, x.size(-1)) @ W): the two FFN groups
+    # Conv1D layers (x.view(-1, x.size(-1)) @ W), one fused c_attn split three ways, a KV-cache
+    # Concat in front of the attention MatMuls: heads and FFN neurons of both layers
     "gpt2": (lambda T: T.GPT2Model(T.GPT2Config(
-        vocab_size=100, n_embd=64, n_layer=2, n_head=4, n_positions=64, bos_token_id=0, eos_token_id=0)), TEXT, 2),
+        vocab_size=100, n_embd=64, n_layer=2, n_head=4, n_positions=64, bos_token_id=0, eos_token_id=0)), TEXT, 4),
+    "opt": (lambda T: T.OPTModel(T.OPTConfig(
+        vocab_size=100, hidden_size=64, ffn_dim=128, num_hidden_layers=2, num_attention_heads=4,
+        max_position_embeddings=64, word_embed_proj_dim=64)), TEXT, 4),
+    # SwiGLU FFNs; RMSNorm written out; grouped-query attention with rotary embeddings
+    "llama": (lambda T: T.LlamaModel(T.LlamaConfig(
+        vocab_size=100, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=64)), TEXT, 2),
     "vit": (lambda T: T.ViTModel(T.ViTConfig(
         hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128, image_size=32,
         patch_size=8), add_pooling_layer=False), IMAGE, 4),

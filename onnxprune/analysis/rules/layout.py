@@ -231,7 +231,7 @@ def _fix_target_entry(ctx: RuleContext, entry: Entry, elems: np.ndarray) -> None
     ctx.fixup("shape_entry", at=node, slot=slot, index=index, elems=elems)
 
 
-ATTENTION_PATH = ("Transpose", "Mul", "Div", "Cast", "Identity", "Add", "Sqrt")
+ATTENTION_PATH = ("Transpose", "Mul", "Div", "Cast", "Identity", "Add", "Sqrt", "Concat")  # Concat: a KV cache
 
 
 def _feeds_attention(ctx: RuleContext, name: str, depth: int = 0) -> bool:

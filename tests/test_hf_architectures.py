@@ -37,10 +37,11 @@ ARCHITECTURES = {
     "opt": (lambda T: T.OPTModel(T.OPTConfig(
         vocab_size=100, hidden_size=64, ffn_dim=128, num_hidden_layers=2, num_attention_heads=4,
         max_position_embeddings=64, word_embed_proj_dim=64)), TEXT, 4),
-    # SwiGLU FFNs; RMSNorm written out; grouped-query attention with rotary embeddings
+    # SwiGLU FFNs; RMSNorm written out; grouped-query attention with rotary embeddings (a unit is
+    # one key / value head with its query heads)
     "llama": (lambda T: T.LlamaModel(T.LlamaConfig(
         vocab_size=100, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=64)), TEXT, 2),
+        num_key_value_heads=2, max_position_embeddings=64)), TEXT, 4),
     "vit": (lambda T: T.ViTModel(T.ViTConfig(
         hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128, image_size=32,
         patch_size=8), add_pooling_layer=False), IMAGE, 4),

@@ -194,3 +194,46 @@ def test_gpt2_style_conv1d_ffn_is_prunable(tmp_path):
 
     x = np.random.default_rng(0).standard_normal((3, 7, 16)).astype(np.float32)
     assert run(result.model, {"x": x})["y"].shape == (3, 7, 16)
+
+
+class _GroupedQueryAttention(torch.nn.Module):
+    """4 query heads sharing 2 key / value heads, repeated as HF's repeat_kv does:
+    k[:, :, None].expand(b, kv, rep, s, d).reshape(b, kv * rep, s, d)."""
+
+    def __init__(self, hidden: int = 32, heads: int = 4, kv_heads: int = 2, head_dim: int = 8) -> None:
+        super().__init__()
+        self.heads, self.kv, self.d = heads, kv_heads, head_dim
+        self.q = torch.nn.Linear(hidden, heads * head_dim)
+        self.k = torch.nn.Linear(hidden, kv_heads * head_dim)
+        self.v = torch.nn.Linear(hidden, kv_heads * head_dim)
+        self.o = torch.nn.Linear(heads * head_dim, hidden)
+
+    def _repeat(self, t):  # noqa: ANN001, ANN202
+        b, kv, s, d = t.shape
+        rep = self.heads // self.kv
+        return t[:, :, None].expand(b, kv, rep, s, d).reshape(b, kv * rep, s, d)
+
+    def forward(self, x):  # noqa: ANN001, ANN201
+        b, s, _ = x.shape
+        q = self.q(x).view(b, s, self.heads, self.d).transpose(1, 2)
+        k = self._repeat(self.k(x).view(b, s, self.kv, self.d).transpose(1, 2))
+        v = self._repeat(self.v(x).view(b, s, self.kv, self.d).transpose(1, 2))
+        att = (q @ k.transpose(-1, -2) / self.d ** 0.5).softmax(-1) @ v
+        return x + self.o(att.transpose(1, 2).reshape(b, s, self.heads * self.d))
+
+
+def test_grouped_query_attention_heads_are_prunable(tmp_path):
+    """Grouped-query attention: torch exports the key / value repeat as an Expand whose target
+    is built at run time (Where(sizes == -1, 1, sizes)); a unit is one key / value head with
+    its two query heads, and pruning it equals the masked model."""
+    torch.manual_seed(0)
+    path = tmp_path / "gqa.onnx"
+    with torch.no_grad():
+        torch.onnx.export(_GroupedQueryAttention().eval(), (torch.randn(2, 5, 32),), str(path), dynamo=False,
+                          opset_version=17, input_names=["x"], output_names=["y"],
+                          dynamic_axes={"x": {0: "b", 1: "s"}})
+    model = load(path)
+    groups = analyze(model).prunable_groups
+    assert [(g.size, g.channels) for g in groups] == [(2, 32)]  # 2 kv groups, 4 query heads x 8 dims
+    for seed in range(3):
+        prune_randomly_and_check(model, seed=seed)

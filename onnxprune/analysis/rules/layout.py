@@ -231,12 +231,17 @@ def _fix_target_entry(ctx: RuleContext, entry: Entry, elems: np.ndarray) -> None
     ctx.fixup("shape_entry", at=node, slot=slot, index=index, elems=elems)
 
 
-ATTENTION_PATH = ("Transpose", "Mul", "Div", "Cast", "Identity", "Add", "Sqrt", "Concat")  # Concat: a KV cache
+# ops between a head-splitting Reshape and the attention MatMuls: layout, scaling, a KV cache
+# (Concat), rotary embeddings (Slice / Neg / Concat / Mul / Add over head_dim), grouped-query
+# key / value heads repeated for their query heads (Unsqueeze / Expand / Reshape)
+ATTENTION_PATH = ("Transpose", "Mul", "Div", "Cast", "Identity", "Add", "Sqrt", "Concat", "Slice", "Neg",
+                  "Unsqueeze", "Expand", "Reshape")
+ATTENTION_DEPTH = 10
 
 
 def _feeds_attention(ctx: RuleContext, name: str, depth: int = 0) -> bool:
     """Whether a tensor reaches a MatMul of two computed tensors through layout/scaling ops."""
-    if depth > 4:
+    if depth > ATTENTION_DEPTH:
         return False
     for user, _ in ctx.index.users(name):
         if user.op_type == "MatMul" and not any(ctx.is_const(x) for x in user.input):
@@ -381,13 +386,29 @@ def gather(node: onnx.NodeProto, ctx: RuleContext) -> None:
 
 @register("Expand")
 def expand(node: onnx.NodeProto, ctx: RuleContext) -> None:
+    """Broadcast to a target shape. A channel axis needs a target entry of 1 (keep), a copy
+    of its own run-time size, or a constant the rewrite sets to the kept count; the target may
+    be built at run time (torch's ``t.expand(b, -1, n, ...)``, as in grouped-query attention)."""
     x, y = node.input[0], node.output[0]
+    if not ctx.spaces_of(x):
+        return
+    entries = resolve(ctx, node.input[1], (node.name, 1))
+    if entries is None:
+        raise Unsupported(f"input '{node.input[1]}' (shape) is computed, not constant")
     shift = rank_of(ctx, y) - rank_of(ctx, x)
-    target = int_list(ctx, node, "shape", 1) or []
     for a, elems in ctx.spaces_of(x).items():
-        pos = a + shift - (rank_of(ctx, y) - len(target))
-        if 0 <= pos < len(target) and target[pos] not in (1, -1):
-            ctx.fixup("shape_entry", slot=1, index=pos, elems=elems)
+        pos = a + shift - (rank_of(ctx, y) - len(entries))
+        if 0 <= pos < len(entries):
+            e = entries[pos]
+            if e.ref is not None:
+                copied = ctx.spaces_of(e.ref[0]).get(e.ref[1])
+                if copied is None or not ctx.uf.same(copied, elems):
+                    raise Unsupported("Expand target of a channel axis is copied from another tensor's shape")
+            elif e.value not in (1, -1):
+                if e.const_at is None:
+                    raise Unsupported("Expand target of a channel axis is computed")
+                at, slot, index = e.const_at
+                ctx.fixup("shape_entry", at=at, slot=slot, index=index, elems=elems)
         ctx.set_space(y, a + shift, elems)
 
 

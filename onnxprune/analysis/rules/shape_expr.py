@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import onnx
 
 from onnxprune.analysis.context import RuleContext
 from onnxprune.graph import Dim, attr
@@ -54,12 +55,55 @@ def resolve(ctx: RuleContext, name: str, reader: tuple[str, int], depth: int = 0
         return entries
     if op in PASS_THROUGH:
         return resolve(ctx, node.input[0], (node.name, 0), depth + 1)
+    if op == "Reshape":  # a 1-D shape tensor reshaped to 1-D ([-1] or [n]): the same entries
+        target = ctx.const(node.input[1])
+        if target is None or np.asarray(target).size != 1:
+            return None
+        return resolve(ctx, node.input[0], (node.name, 0), depth + 1)
+    if op == "Where":
+        return _expand_sizes(ctx, node, depth)
     if op in ("Gather", "Slice"):
         data = resolve(ctx, node.input[0], (node.name, 0), depth + 1)
         if data is None:
             return None
         return _select(ctx, node, data)
     return None
+
+
+def _expand_sizes(ctx: RuleContext, node: onnx.NodeProto, depth: int) -> list[Entry] | None:
+    """torch's export of ``t.expand(sizes)``: ``Where(sizes == -1, ones, sizes)``, -1 meaning
+    "keep this dim" (an Expand size of 1). Entries of ``sizes``, with -1 turned into 1."""
+    cond, ones, sizes = node.input
+    test = ctx.index.producer.get(cond)
+    if test is None or test.op_type != "Equal" or test.input[0] != sizes or not _all_equal(ctx, test.input[1], -1):
+        return None
+    if not _all_equal(ctx, ones, 1):
+        return None
+    entries = resolve(ctx, sizes, (node.name, 2), depth + 1)
+    if entries is None:
+        return None
+    return [Entry(1) if e.ref is None and e.value == -1 else e for e in entries]
+
+
+def _all_equal(ctx: RuleContext, name: str, value: int, depth: int = 0) -> bool:
+    """Whether a tensor is ``value`` everywhere: a constant, or ConstantOfShape(value), or that
+    times a constant (torch writes -1s as ConstantOfShape(shape) * -1)."""
+    if ctx.is_const(name):
+        return bool(np.all(np.asarray(ctx.const(name)) == value))
+    node = ctx.index.producer.get(name)
+    if node is None or depth > 4:
+        return False
+    if node.op_type == "ConstantOfShape":
+        fill = next((a.t for a in node.attribute if a.name == "value"), None)
+        filled = 0 if fill is None else np.asarray(onnx.numpy_helper.to_array(fill)).reshape(-1)[0]
+        return bool(filled == value)
+    if node.op_type == "Mul":
+        for one, other in ((0, 1), (1, 0)):
+            if _all_equal(ctx, node.input[one], 1, depth + 1) and ctx.is_const(node.input[other]):
+                return bool(np.all(np.asarray(ctx.const(node.input[other])) == value))
+    if node.op_type in PASS_THROUGH:
+        return _all_equal(ctx, node.input[0], value, depth + 1)
+    return False
 
 
 def _select(ctx: RuleContext, node, data: list[Entry]) -> list[Entry] | None:  # noqa: ANN001

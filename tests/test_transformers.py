@@ -123,6 +123,27 @@ def test_prune_hidden_is_opt_in_and_spans_every_layer(name):
     assert a.shape == b.shape  # approximate by design: LayerNorm statistics change
 
 
+def test_prune_hidden_slices_the_class_token():
+    """ViT's class token (a constant [1, 1, hidden] expanded to the batch and concatenated in
+    front of the patch tokens) is sliced with the residual stream under --prune-hidden."""
+    from onnxprune.api import plan_by_ratio
+    from onnxprune.runtime import random_inputs, run
+
+    model = load(zoo_path("vit"))
+    assert not [g for g in analyze(model).prunable_groups if len(g.consumers) > 3]
+    analysis = analyze(model, prune_hidden=True)
+    hidden = [g for g in analysis.prunable_groups if len(g.consumers) > 3]
+    assert len(hidden) == 1
+    tokens = [t for t in model.graph.initializer if list(t.dims) == [1, 1, hidden[0].channels]]
+    assert len(tokens) == 1
+    plan = plan_by_ratio(model, analysis, ratio=0.25)
+    result = apply_plan(model, analysis, plan)
+    check_pruned_model(result.model, model)
+    kept = len(plan.keep[hidden[0].id]) * hidden[0].unit_width
+    assert [list(t.dims) for t in result.model.graph.initializer if t.name == tokens[0].name] == [[1, 1, kept]]
+    assert run(result.model, random_inputs(model))["output"].shape == (1, 10)
+
+
 def test_minilm_post_training_recovery_raises_cosine_at_half_the_flops(minilm):
     """Kwon et al. 2022 on MiniLM, as benchmarks/minilm_table runs it: Fisher scores from the
     calibration sentences, half the FLOPs by Fisher per MAC, then Fisher-weighted layer-wise

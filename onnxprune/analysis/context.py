@@ -225,9 +225,11 @@ class RuleContext:
             for elems in self.spaces_of(name).values():
                 self.block(elems, reason)
 
-    def param(self, slot: int, axis: int, elems: np.ndarray, role: Role, *, is_weight: bool = False) -> None:
+    def param(self, slot: int, axis: int, elems: np.ndarray, role: Role, *, is_weight: bool = False,
+              at: str | None = None) -> None:
+        """A constant input (of the current node, or of node ``at``) sliced along ``axis``."""
         assert self.node is not None
-        self.params.append(ParamRef(self.node.name, slot, axis, elems, role, is_weight))
+        self.params.append(ParamRef(at or self.node.name, slot, axis, elems, role, is_weight))
 
     def consumer(self, slot: int, axis: int, elems: np.ndarray) -> None:
         assert self.node is not None

@@ -45,18 +45,41 @@ def concat(node: onnx.NodeProto, ctx: RuleContext) -> None:
                 parts.append(elems)
             ctx.set_space(out, axis, np.concatenate(parts))
         else:
-            base = None
+            base = next(ctx.spaces_of(n)[a] for n in inputs if a in ctx.spaces_of(n))
             for name in inputs:
                 elems = ctx.spaces_of(name).get(a)
                 if elems is None:
+                    source = _constant_source(ctx, name, a, len(base))
+                    if source is not None:  # a learned token (ViT's class token): sliced with the rest
+                        at, slot, axis = source
+                        ctx.param(slot, axis, base, "param", at=at)
+                        continue
                     size = static_dim(ctx, name, a)
                     elems = ctx.opaque(name, a, size, f"'{name}' is not produced by a prunable op")
-                if base is None:
-                    base = elems
-                else:
-                    ctx.union(base, elems)
-            assert base is not None
+                ctx.union(base, elems)
             ctx.set_space(out, a, base)
+
+
+def _constant_source(ctx: RuleContext, name: str, axis: int, size: int) -> tuple[str, int, int] | None:
+    """(node, input slot, axis) of the constant that ``name``'s ``axis`` (of ``size`` entries)
+    comes from: ``name`` itself when it is a constant (the Concat's own input), or the
+    constant data of an Expand that keeps that axis (torch's ``cls.expand(b, -1, -1)``)."""
+    shape = ctx.index.const_shape(name)
+    if shape is not None:
+        return None if axis >= len(shape) or shape[axis] != size else (ctx.node.name, list(ctx.node.input).index(name), axis)
+    node = ctx.index.producer.get(name)
+    if node is None or node.op_type != "Expand" or not ctx.is_const(node.input[0]):
+        return None
+    data = ctx.index.const_shape(node.input[0]) or ()
+    rank_out = rank_of(ctx, name)
+    inner = axis - (rank_out - len(data))
+    if inner < 0 or data[inner] != size:
+        return None
+    entries = resolve(ctx, node.input[1], (node.name, 1))
+    pos = axis - (rank_out - len(entries)) if entries is not None else -1
+    if entries is None or (0 <= pos < len(entries) and (entries[pos].ref is not None or entries[pos].value not in (1, -1))):
+        return None  # the target may set this axis to the full size: it would not follow the kept count
+    return node.name, 0, inner
 
 
 @register("Split")

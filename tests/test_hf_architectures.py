@@ -62,9 +62,10 @@ ARCHITECTURES = {
     "mobilevit": (lambda T: T.MobileViTForImageClassification(T.MobileViTConfig(
         image_size=64, hidden_sizes=[32, 48, 64], neck_hidden_sizes=[8, 16, 24, 32, 40, 48, 160],
         num_labels=10)), IMAGE, 8),
+    # F.interpolate(x, size=skip.size()[2:]): Resize sizes built from Shape(x)[:2]
     "segformer": (lambda T: T.SegformerForSemanticSegmentation(T.SegformerConfig(
         num_encoder_blocks=2, depths=[1, 1], sr_ratios=[2, 1], hidden_sizes=[16, 32], num_attention_heads=[1, 2],
-        decoder_hidden_size=32, num_labels=5)), IMAGE, 2),
+        decoder_hidden_size=32, num_labels=5)), IMAGE, 6),
 }
 
 

@@ -663,6 +663,23 @@ def test_reshape_as_a_tensor_with_the_same_channels():
     check_seeds(model)
 
 
+def test_resize_sizes_built_from_its_own_input_shape():
+    """F.interpolate(a, size=(12, 12)) on a dynamic batch: sizes = Concat(Shape(a)[0:2], [12, 12])
+    copies a's own channel count, which follows the kept count by itself."""
+    b = Builder()
+    b.conv("x", "a", 4, 5)
+    b.add("Shape", ["a"], "sh")
+    b.add("Slice", ["sh", b.i64("s0", [0]), b.i64("s2", [2])], "nc")
+    b.add("Concat", ["nc", b.i64("hw", [12, 12])], "sizes", axis=0)
+    b.add("Resize", ["a", "", "", "sizes"], "up", mode="nearest")
+    b.conv("up", "y", 5, 2)
+    model = b.build(["y"], {"x": ["N", 4, 6, 6]})
+    assert any(n.op_type == "Shape" for n in model.graph.node)
+    g = group_on(analyze(model), "a")
+    assert g.prunable and ("up", 1) in g.spaces
+    check_seeds(model)
+
+
 def test_reshape_with_static_shape_computation_is_folded_and_prunable():
     """The same chain on a static shape: prepare folds it into a constant the rewrite can edit."""
     b = Builder()

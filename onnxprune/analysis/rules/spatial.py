@@ -11,6 +11,7 @@ import onnx
 
 from onnxprune.analysis.context import RuleContext
 from onnxprune.analysis.registry import Unsupported, register
+from onnxprune.analysis.rules.shape_expr import resolve
 from onnxprune.analysis.rules.common import int_list, norm_axis, passthrough, rank_of
 from onnxprune.graph import attr
 
@@ -37,14 +38,29 @@ def resize(node: onnx.NodeProto, ctx: RuleContext) -> None:
     axes = attr(node, "axes")  # opset 18: sizes / scales are given for these axes only
     rank = len(in_shape) if in_shape is not None else 0
     axes = [norm_axis(int(a), rank) for a in axes] if axes is not None else None
+    sizes = None
+    if sizes_slot is not None and len(node.input) > sizes_slot and node.input[sizes_slot]:
+        # constant, or built at run time: F.interpolate(x, size=...) writes Concat(Shape(x)[:2], size)
+        sizes = resolve(ctx, node.input[sizes_slot], (node.name, sizes_slot))
+        if sizes is None:
+            raise Unsupported(f"{node.op_type} sizes are computed in a way that cannot be followed")
     for axis, elems in ctx.spaces_of(x).items():
         if in_shape is None or out_shape is None or in_shape[axis] != out_shape[axis]:
             raise Unsupported(f"{node.op_type} resizes along a channel axis (or its shape is unknown)")
         ctx.set_space(y, axis, elems)
         position = axis if axes is None else (axes.index(axis) if axis in axes else None)
-        if sizes_slot is not None and len(node.input) > sizes_slot and node.input[sizes_slot] \
-                and position is not None:
-            ctx.fixup("shape_entry", slot=sizes_slot, index=position, elems=elems)
+        if sizes is None or position is None or position >= len(sizes):
+            continue
+        entry = sizes[position]
+        if entry.ref is not None:  # the run-time channel count of these same units: follows by itself
+            copied = ctx.spaces_of(entry.ref[0]).get(entry.ref[1])
+            if copied is None or not ctx.uf.same(copied, elems):
+                raise Unsupported(f"{node.op_type} sizes copy a channel count from another tensor's shape")
+        elif entry.const_at is not None:
+            at, slot, index = entry.const_at
+            ctx.fixup("shape_entry", at=at, slot=slot, index=index, elems=elems)
+        else:
+            raise Unsupported(f"{node.op_type} size of a channel axis is computed")
 
 
 @register("Pad")
@@ -144,8 +160,8 @@ def shape(node: onnx.NodeProto, ctx: RuleContext) -> None:
     """Shape reads sizes; harmless unless a channel count flows into the computation.
 
     The Shape's value is followed through shape plumbing (Cast, Gather, Slice, Concat,
-    (Un)Squeeze) to where it is used. A Reshape target is checked by the Reshape rule
-    (entry by entry); any other use of a live channel count blocks those channels.
+    (Un)Squeeze) to where it is used. A Reshape target and Resize sizes are checked by their
+    rules (entry by entry); any other use of a live channel count blocks those channels.
     """
     x = node.input[0]
     live = ctx.spaces_of(x)
@@ -157,8 +173,8 @@ def shape(node: onnx.NodeProto, ctx: RuleContext) -> None:
     end = rank if end is None else norm_axis(int(end), rank)
     axes = list(range(start, min(end, rank)))
     for user, slot, read in _terminal_uses(ctx, node.output[0], axes):
-        if user.op_type == "Reshape" and slot == 1:
-            continue
+        if (user.op_type == "Reshape" and slot == 1) or (user.op_type == "Resize" and slot == 3):
+            continue  # a target / sizes input: the Reshape / Resize rule follows it entry by entry
         for axis in set(read) & set(live):
             ctx.block(live[axis], f"its channel count is read by Shape node '{node.name}' "
                                   f"and used by {user.op_type} '{user.name}'")

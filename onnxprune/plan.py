@@ -106,7 +106,7 @@ class Plan:
             if keep[0] < 0 or keep[-1] >= group.size or len(set(keep)) != len(keep):
                 raise PlanError(f"group '{gid}': kept indices must be distinct and in [0, {group.size})")
             if len(keep) < group.size and not group.prunable:
-                raise PlanError(f"group '{gid}' cannot be pruned: {'; '.join(group.reasons) or 'one unit'}")
+                raise PlanError(f"group '{gid}' cannot be pruned: {'; '.join(group.why_not)}")
         for gid, merges in self.merges.items():
             kept = set(self.keep.get(gid, ()))
             for j, i, _ in merges:

@@ -16,6 +16,7 @@ import onnx
 from onnx import numpy_helper
 
 from onnxprune.errors import ShapeInferenceError
+from onnxprune.graph import sync_initializer_inputs
 from onnxprune.modelio import has_file_weights, light_copy, materialize, weight_bytes
 from onnxprune.probe import MAX_PROBE_BYTES, _has_unknown, annotate, probe_shapes
 from onnxprune.shapefold import fold_shape_computations
@@ -166,12 +167,14 @@ def drop_initializer_inputs(model: onnx.ModelProto) -> None:
 
 
 def infer_shapes(model: onnx.ModelProto, *, strict: bool = False) -> onnx.ModelProto:
-    """Drop every intermediate shape annotation and infer them again, in place.
+    """Drop every intermediate shape annotation and infer them again, in place (the input
+    entries of initializers in IR < 4 models included).
 
     Inference runs on a light copy (see ``modelio.light_copy``): the weights' values do
     not change any shape, and serialising them for onnx's C++ inference would copy them.
     """
     del model.graph.value_info[:]
+    sync_initializer_inputs(model)
     source = light_copy(model)
     try:
         inferred = onnx.shape_inference.infer_shapes(source, strict_mode=strict, data_prop=True)

@@ -35,7 +35,7 @@ def analysis_tables(analysis: Analysis, console: Console, *, show_all: bool = Fa
         groups.add_row(
             g.id, str(g.channels), str(g.size), _human(g.params), _human(g.macs),
             "[green]yes[/]" if g.prunable else "[red]no[/]", ", ".join(g.producers[:3]) +
-            (f" (+{len(g.producers) - 3})" if len(g.producers) > 3 else ""), "; ".join(g.reasons[:2]),
+            (f" (+{len(g.producers) - 3})" if len(g.producers) > 3 else ""), "; ".join(g.why_not[:2]),
         )
     console.print(groups)
     if analysis.blocked:

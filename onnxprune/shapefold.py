@@ -15,7 +15,7 @@ import onnx
 from onnx import numpy_helper
 from onnx.reference import ReferenceEvaluator
 
-from onnxprune.graph import GraphIndex, attr
+from onnxprune.graph import GraphIndex, attr, drop_initializers
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +27,9 @@ FOLDABLE = {"Gather", "Unsqueeze", "Squeeze", "Concat", "Slice", "Cast", "Mul", 
             "Transpose", "Flatten", "Tile", "Less", "Greater", "LessOrEqual", "GreaterOrEqual", "Not", "And",
             "Or", "ReduceMax", "ReduceMin", "Size"}
 MAX_ELEMENTS = 1 << 16
-WEIGHT_VIEWS = {"Cast", "Identity"}  # a weight stored in another dtype: folded whatever its size
+# a weight stored in another dtype or layout (old exporters' Unsqueeze of a BatchNorm scale,
+# Reshape of a classifier weight; TensorFlow's Transpose of a kernel): folded whatever its size
+WEIGHT_VIEWS = {"Cast", "Identity", "Reshape", "Unsqueeze", "Squeeze", "Flatten", "Transpose"}
 
 
 def fold_shape_computations(model: onnx.ModelProto) -> int:
@@ -61,10 +63,7 @@ def fold_shape_computations(model: onnx.ModelProto) -> int:
     for name, value in consts.items():
         if name in used:
             g.initializer.append(numpy_helper.from_array(np.asarray(value), name))
-    live_inits = [t for t in g.initializer if t.name in used]
-    if len(live_inits) != len(g.initializer):  # inputs of folded nodes nothing else reads
-        del g.initializer[:]
-        g.initializer.extend(live_inits)
+    drop_initializers(g, used)  # inputs of folded nodes nothing else reads
     log.debug("folded %d shape computations", len(folded))
     return len(folded)
 
@@ -104,9 +103,19 @@ def _evaluate(index: GraphIndex, node: onnx.NodeProto, consts: dict[str, np.ndar
             return None
         feeds[name] = value
     try:
-        (out,) = ReferenceEvaluator(node).run(None, feeds)
+        (out,) = ReferenceEvaluator(_one_node_model(node, index.model)).run(None, feeds)
     except Exception as exc:  # noqa: BLE001 - the reference evaluator raises many types; skip folding
         log.debug("could not fold %s '%s': %s", node.op_type, node.name, exc)
         return None
     out = np.asarray(out)
     return out if out.size <= MAX_ELEMENTS or node.op_type in WEIGHT_VIEWS else None
+
+
+def _one_node_model(node: onnx.NodeProto, model: onnx.ModelProto) -> onnx.ModelProto:
+    """``node`` alone, under the model's opsets (a bare node would be run as the newest opset's
+    op: opset 11's Unsqueeze with an ``axes`` attribute would fail)."""
+    def info(name: str) -> onnx.ValueInfoProto:
+        return onnx.helper.make_tensor_value_info(name, onnx.TensorProto.UNDEFINED, None)
+
+    graph = onnx.helper.make_graph([node], "fold", [info(n) for n in node.input if n], [info(n) for n in node.output])
+    return onnx.helper.make_model(graph, opset_imports=model.opset_import, ir_version=model.ir_version)

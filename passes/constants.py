@@ -14,7 +14,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from onnxprune.graph import GraphIndex
+from onnxprune.graph import GraphIndex, sync_initializer_inputs
 
 Edit = Callable[[np.ndarray], np.ndarray]
 
@@ -64,6 +64,8 @@ def apply_constant_edits(model: onnx.ModelProto, index: GraphIndex,
                 if k == key:
                     index.nodes[node_name].input[slot] = new_name
             modified = True
+    if modified:
+        sync_initializer_inputs(model)  # IR < 4: the new and the sliced initializers' input entries
     return modified
 
 

@@ -1,11 +1,11 @@
 """Remove nodes whose outputs nothing reads (and that are not graph outputs), then
-initializers no node reads."""
+initializers no node reads (with their graph-input entries, in IR < 4 models)."""
 
 from __future__ import annotations
 
 import onnx
 
-from onnxprune.graph import GraphIndex
+from onnxprune.graph import GraphIndex, drop_initializers
 from onnxprune.passes.base import Pass, PassResult, PruneContext
 
 
@@ -25,10 +25,5 @@ class RemoveDeadNodesPass(Pass):
             g.node.extend(live)
             modified = True
         index = GraphIndex(model)
-        used = set(index.uses) | set(index.graph_outputs)
-        kept = [t for t in g.initializer if t.name in used]
-        if len(kept) != len(g.initializer):
-            del g.initializer[:]
-            g.initializer.extend(kept)
-            modified = True
+        modified |= drop_initializers(g, set(index.uses) | set(index.graph_outputs))
         return PassResult(model, modified)

@@ -11,6 +11,7 @@ from onnx import numpy_helper, version_converter
 from onnxprune.analysis import analyze
 from onnxprune.api import load
 from onnxprune.prepare import prepare
+from onnxprune.shapefold import MAX_ELEMENTS
 from tests.equivalence import assert_matches_masked, check_pruned_model, prune_randomly_and_check
 from tests.zoo_cache import zoo_path
 
@@ -80,6 +81,51 @@ def test_weights_behind_identity_and_cast():
     assert not any(n.op_type in ("Identity", "Cast") and n.input[0].endswith(("_h", "")) and
                    n.output[0].endswith(("_id", "_c")) for n in model.graph.node)
     prune_randomly_and_check(model, seed=4)
+
+
+def test_weights_behind_layout_ops(tmp_path):
+    """Weights stored in another layout and rearranged at run time (TensorFlow's transposed
+    kernels, Caffe2's Unsqueeze'd BatchNorm scales, a Reshape'd classifier) are folded into
+    plain initializers, whatever their size, in the model's own opset (opset 11's Unsqueeze
+    takes an ``axes`` attribute): the model prunes as the plain export does."""
+    path = export_onnx("resnet18", tmp_path / "m.onnx", width=1.0, opset=11)
+    plain = analyze(load(path))
+    model = onnx.load(path)
+    g = model.graph
+
+    def stored_as(name: str, value: np.ndarray, op: str, **attrs) -> onnx.NodeProto:
+        g.initializer.append(numpy_helper.from_array(np.ascontiguousarray(value), name + "_t"))
+        inputs = [name + "_t"]
+        if op == "Reshape":
+            g.initializer.append(numpy_helper.from_array(np.array(attrs.pop("shape"), dtype=np.int64), name + "_s"))
+            inputs.append(name + "_s")
+        return onnx.helper.make_node(op, inputs, [name + "_v"], **attrs)
+
+    extra = []
+    large = [t for t in g.initializer if np.prod(t.dims) > MAX_ELEMENTS]  # folded only as weight views
+    for i, t in enumerate(large):
+        w = numpy_helper.to_array(t)
+        if w.ndim == 4 and w.shape[2:] == (1, 1):
+            extra.append(stored_as(t.name, w[:, :, 0, 0], "Unsqueeze", axes=[2, 3]))
+        elif i % 2 or w.ndim == 2:
+            perm = list(range(w.ndim))[::-1]
+            extra.append(stored_as(t.name, w.transpose(perm), "Transpose", perm=perm))
+        else:
+            extra.append(stored_as(t.name, w.reshape(-1), "Reshape", shape=w.shape))
+        for n in g.node:
+            for s, x in enumerate(n.input):
+                if x == t.name:
+                    n.input[s] = t.name + "_v"
+    nodes = extra + list(g.node)
+    del g.node[:]
+    g.node.extend(nodes)
+    onnx.checker.check_model(model, full_check=True)
+    assert {n.op_type for n in extra} == {"Transpose", "Unsqueeze", "Reshape"}
+    model = prepare(model)
+    assert not any(n.output[0].endswith("_v") for n in model.graph.node)
+    analysis = analyze(model)
+    assert [g.size for g in analysis.prunable_groups] == [g.size for g in plain.prunable_groups]
+    prune_randomly_and_check(model, seed=6)
 
 
 def test_dynamic_batch_stays_dynamic(tmp_path):

@@ -28,6 +28,7 @@ def test_analyze_reports_prunable_and_blocked(monkeypatch, capsys, key):
     assert s["prunable_groups"] > 0
     assert s["prunable_channels"] >= REAL_MODELS[key][3] * s["channels"] - 10
     assert all(b["reason"] for b in data["blocked"])
+    assert all(g["reasons"] for g in data["groups"] if not g["prunable"])  # every group left alone says why
 
 
 @pytest.mark.parametrize("key", sorted(REAL_MODELS))

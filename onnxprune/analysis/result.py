@@ -43,6 +43,16 @@ class Group:
         return not self.reasons and self.size >= 2
 
     @property
+    def why_not(self) -> tuple[str, ...]:
+        """Why the group is not prunable (empty when it is)."""
+        if self.reasons or self.size >= 2:
+            return self.reasons
+        if self.channels <= 1:
+            return ("a single channel",)
+        return (f"its {self.channels} channels form one unit: the ops they pass through (grouped convolutions, "
+                "reshapes) tie them together, so they could only all go at once",)
+
+    @property
     def params(self) -> int:
         return int(self.unit_params.sum())
 
@@ -111,7 +121,7 @@ class Analysis:
                     "id": g.id, "channels": g.channels, "units": g.size, "prunable": g.prunable,
                     "params": g.params, "macs": g.macs, "producers": list(g.producers),
                     "consumers": list(g.consumers), "spaces": [f"{t}[{a}]" for t, a in g.spaces],
-                    "reasons": list(g.reasons),
+                    "reasons": list(g.why_not),
                 }
                 for g in self.groups
             ],

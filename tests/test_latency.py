@@ -35,6 +35,18 @@ def _resnet18():
     return model, analysis, feeds, table
 
 
+def _synthetic(measured: lat.LatencyTable, analysis, calibration=None) -> lat.LatencyTable:
+    """The measured table's groups and points with noise-free timings: 100 ms, each group
+    saving up to 60 ms x its share of the model's MACs, in proportion to the units it loses
+    (logic under test must not hinge on a busy machine's timings)."""
+    total = sum(analysis.group(gid).macs for gid in measured.groups)
+    groups = {gid: {**e, "points": [[k, 100.0 - 60.0 * analysis.group(gid).macs / total * (1 - k / e["size"])]
+                                    for k, _ in e["points"]]}
+              for gid, e in measured.groups.items()}
+    return lat.LatencyTable.from_dict({**measured.to_dict(), "base_ms": 100.0, "groups": groups,
+                                       "calibration": calibration})
+
+
 def test_table_covers_every_prunable_group_and_round_trips_json(tmp_path):
     model, analysis, feeds, table = _resnet18()
     assert table.provider == "CPUExecutionProvider" and table.threads == 1
@@ -124,7 +136,8 @@ def test_parse_latency_target():
 
 @pytest.mark.parametrize("order", ["score", "efficiency"])
 def test_prediction_fits_target_without_measuring(order):
-    model, analysis, _, table = _resnet18()
+    model, analysis, _, measured = _resnet18()
+    table = _synthetic(measured, analysis)
     scores = score_channels(model, analysis, "l2")
     target = 0.8 * table.base_ms
     result = lat.select_to_latency(model, analysis, scores, target, table, round_to=8, measure=False, order=order)
@@ -157,21 +170,16 @@ def test_calibration_measurement_scales_predictions():
     cal = measured.calibration
     assert cal is not None and cal["ms"] > 0
     assert set(cal["counts"]) == {g.id for g in analysis.prunable_groups if measured.groups[g.id]["points"]}
-    # The scaling itself is checked on synthetic timings (measured ones are noisy: on a busy machine
-    # the separate savings can add up to more than the whole model, and predictions clip at 0 ms):
-    # 100 ms, each group saving up to 1 ms in proportion to the units it loses.
-    groups = {gid: {**e, "points": [[k, 100.0 - (1 - k / e["size"])] for k, _ in e["points"]]}
-              for gid, e in measured.groups.items()}
+    # the scaling itself is checked on synthetic timings: on a busy machine the measured
+    # separate savings can add up to more than the whole model, and predictions clip at 0 ms
     counts = dict(cal["counts"])
-    plain = lat.LatencyPredictor(model, analysis, lat.LatencyTable.from_dict(
-        {**measured.to_dict(), "base_ms": 100.0, "groups": groups, "calibration": None}))
+    plain = lat.LatencyPredictor(model, analysis, _synthetic(measured, analysis))
     assert plain.scale == 1.0
     saving = 100.0 - plain(counts)
     assert 0 < saving < 100.0
-    smallest = {gid: min(k for k, _ in e["points"]) for gid, e in groups.items() if e["points"]}
+    smallest = {gid: min(k for k, _ in e["points"]) for gid, e in measured.groups.items() if e["points"]}
     for ratio, scale in [(0.7, 0.7), (1.2, 1.2), (3.0, 1.5), (0.05, 0.2)]:  # the last two clip
-        table = lat.LatencyTable.from_dict({**measured.to_dict(), "base_ms": 100.0, "groups": groups,
-                                            "calibration": {"counts": counts, "ms": 100.0 - ratio * saving}})
+        table = _synthetic(measured, analysis, {"counts": counts, "ms": 100.0 - ratio * saving})
         predictor = lat.LatencyPredictor(model, analysis, table)
         assert predictor.scale == pytest.approx(scale)
         assert 100.0 - predictor(counts) == pytest.approx(scale * saving)

@@ -1,4 +1,5 @@
-"""Graph-pattern models: NHWC transposes, folded BN, Conv+LSTM, plain MLP, Linear-SE net."""
+"""Graph-pattern models: NHWC transposes, folded BN, Conv+LSTM, plain MLP, Linear-SE net,
+EDSR-style super-resolution (pixel shuffle)."""
 
 from __future__ import annotations
 
@@ -7,8 +8,8 @@ from torch import nn
 
 from .common import ch, conv_bn, finalize, seeded
 
-__all__ = ["NHWCNet", "FoldedBNNet", "ConvLSTM", "MLP", "SENet", "build_nhwc", "build_folded_bn",
-           "build_conv_lstm", "build_mlp", "build_squeeze_excite_small"]
+__all__ = ["NHWCNet", "FoldedBNNet", "ConvLSTM", "MLP", "SENet", "SuperResolution", "build_nhwc", "build_folded_bn",
+           "build_conv_lstm", "build_mlp", "build_squeeze_excite_small", "build_super_resolution"]
 
 NUM_CLASSES = 10
 
@@ -200,3 +201,33 @@ class SENet(nn.Module):
 def build_squeeze_excite_small(width: float = 1.0, seed: int = 0) -> nn.Module:
     """Small SE-ResNet using Linear-layer squeeze-excitation (Gemm + Reshape + Mul pattern)."""
     return finalize(SENet(width), [(1, 3, 32, 32)])
+
+
+# ------------------------------------------------------------ super-resolution
+class SuperResolution(nn.Module):
+    """EDSR-style x4 upscaler: head conv, residual blocks (conv-ReLU-conv, no BN) with a
+    global skip, then two conv (C -> 4C) + PixelShuffle(2) stages (DepthToSpace in ONNX) and
+    an RGB tail conv."""
+
+    def __init__(self, width: float = 1.0, blocks: int = 2) -> None:
+        super().__init__()
+        c = ch(32, width)
+        self.head = nn.Conv2d(3, c, 3, padding=1)
+        self.body = nn.Sequential(*[nn.Sequential(nn.Conv2d(c, c, 3, padding=1), nn.ReLU(),
+                                                  nn.Conv2d(c, c, 3, padding=1)) for _ in range(blocks)])
+        self.up = nn.Sequential(*[m for _ in range(2) for m in (nn.Conv2d(c, 4 * c, 3, padding=1),
+                                                                  nn.PixelShuffle(2), nn.ReLU())])
+        self.tail = nn.Conv2d(c, 3, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.head(x)
+        y = h
+        for block in self.body:
+            y = y + block(y)
+        return self.tail(self.up(y + h))
+
+
+@seeded
+def build_super_resolution(width: float = 1.0, seed: int = 0) -> nn.Module:
+    """EDSR-style x4 super-resolution on a [1, 3, 16, 16] input."""
+    return finalize(SuperResolution(width))

@@ -16,7 +16,8 @@ import torch
 
 from .cnn import build_densenet, build_resnet18, build_resnet50, build_resnext, build_vgg
 from .detect import build_unet, build_yolo
-from .misc import build_conv_lstm, build_folded_bn, build_mlp, build_nhwc, build_squeeze_excite_small
+from .misc import (build_conv_lstm, build_folded_bn, build_mlp, build_nhwc, build_squeeze_excite_small,
+                   build_super_resolution)
 from .mobile import build_mobilenetv2, build_mobilenetv3, build_shufflenetv2
 from .transformers import build_bert, build_bert_decomposed_ln, build_vit
 
@@ -79,6 +80,9 @@ ZOO: dict[str, ZooModel] = {
                  "writes it"),
         ZooModel("squeeze_excite_small", build_squeeze_excite_small, _img(1, 3, 32, 32),
                  "Small SE-ResNet with Linear-layer SE (GAP, Gemm, Sigmoid, Reshape, Mul)"),
+        ZooModel("super_resolution", build_super_resolution, _img(1, 3, 16, 16),
+                 "EDSR-style x4 super-resolution: residual blocks, global skip, conv + PixelShuffle "
+                 "(DepthToSpace) upsampler x2, RGB tail"),
     )
 }
 

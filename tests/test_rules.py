@@ -395,6 +395,40 @@ def test_channel_shuffle(first_shape: list[int]):
         assert list(const_of(result.model, "reshape1", 1)) == [1, 2, 2, 6, 6]
 
 
+@pytest.mark.parametrize("mode", ["CRD", "DCR"])
+def test_depth_to_space(mode: str):
+    """Pixel shuffle (PyTorch: CRD; TensorFlow: DCR): the 4 input channels that become one
+    output channel are one unit, kept or removed together with that output channel."""
+    b = Builder()
+    b.conv("x", "a", 4, 12)
+    b.add("DepthToSpace", ["a"], "d", blocksize=2, mode=mode)
+    b.conv("d", "y", 3, 2)
+    model = b.build(["y"])
+    analysis = analyze(model)
+    g = group_on(analysis, "a")
+    assert g is group_on(analysis, "d") and g.prunable and (g.size, g.channels) == (3, 12)
+    check_seeds(model)
+    _, result = prune_with(model, {g.id: (0, 2)})
+    rows = [0, 1, 2, 3, 8, 9, 10, 11] if mode == "CRD" else [0, 2, 3, 5, 6, 8, 9, 11]
+    assert np.array_equal(const_of(result.model, "a", 1), const_of(model, "a", 1)[rows])
+    assert const_of(result.model, "y", 1).shape == (2, 2, 3, 3)
+
+
+def test_space_to_depth():
+    """SpaceToDepth: output channel k*C + c is input channel c; its four copies follow it."""
+    b = Builder()
+    b.conv("x", "a", 4, 3)
+    b.add("SpaceToDepth", ["a"], "s", blocksize=2)
+    b.conv("s", "y", 12, 2)
+    model = b.build(["y"])
+    analysis = analyze(model)
+    g = group_on(analysis, "a")
+    assert g is group_on(analysis, "s") and g.prunable and g.size == 3
+    check_seeds(model)
+    _, result = prune_with(model, {g.id: (1,)})
+    assert np.array_equal(const_of(result.model, "y", 1), const_of(model, "y", 1)[:, [1, 4, 7, 10]])
+
+
 # -- what blocks pruning ----------------------------------------------------------------------
 
 def test_lstm_after_conv_features_is_blocked():

@@ -1,5 +1,6 @@
 """Ops that move channels without mixing them: Concat, Split, Slice, Transpose,
-Squeeze/Unsqueeze, Flatten, Reshape (dense layers, channel shuffle), Gather, Expand, Tile.
+Squeeze/Unsqueeze, Flatten, Reshape (dense layers, channel shuffle), Gather, Expand, Tile,
+DepthToSpace (pixel shuffle) and SpaceToDepth.
 
 Index maps, written as element arrays:
 - Concat along the channel axis: the output's elements are the inputs' concatenated.
@@ -10,6 +11,9 @@ Index maps, written as element arrays:
 - Reshape splitting a channel axis of size A*B into (A, B) (channel shuffle, heads):
   the b-th channel of every a-block is tied into one unit, so every block keeps the
   same local channels and the split shape becomes (A, B_kept).
+- DepthToSpace with block b: the b*b input channels that become one output channel are
+  one unit (contiguous in CRD mode, C apart in DCR mode). SpaceToDepth: the b*b output
+  channels that one input channel becomes (C apart) follow it.
 """
 
 from __future__ import annotations
@@ -444,3 +448,39 @@ def tile(node: onnx.NodeProto, ctx: RuleContext) -> None:
             raise Unsupported("Tile repeats a channel axis")
     passthrough(ctx, x, node.output[0])
 
+
+
+def _space_axes_only_channels(ctx: RuleContext, name: str, op: str) -> np.ndarray | None:
+    spaces = ctx.spaces_of(name)
+    if set(spaces) - {1}:
+        raise Unsupported(f"{op} moves channel axes other than axis 1")
+    return spaces.get(1)
+
+
+@register("DepthToSpace")
+def depth_to_space(node: onnx.NodeProto, ctx: RuleContext) -> None:
+    elems = _space_axes_only_channels(ctx, node.input[0], "DepthToSpace")
+    if elems is None:
+        return
+    block = int(attr(node, "blocksize")) ** 2
+    if len(elems) % block:
+        raise Unsupported(f"DepthToSpace of {len(elems)} channels in blocks of {block}")
+    channels = len(elems) // block
+    if attr(node, "mode", b"DCR") in (b"CRD", "CRD") or channels == 1:  # c <- inputs c*b*b .. c*b*b + b*b - 1
+        out = _split_heads(ctx, elems, channels, block)
+    else:  # DCR: output channel c <- inputs c, c + C, c + 2C, ...
+        out = _split_axis(ctx, elems, [block, channels])
+    ctx.set_space(node.output[0], 1, out)
+
+
+@register("SpaceToDepth")
+def space_to_depth(node: onnx.NodeProto, ctx: RuleContext) -> None:
+    elems = _space_axes_only_channels(ctx, node.input[0], "SpaceToDepth")
+    if elems is None:
+        return
+    copies = [elems]  # output channel k*C + c <- input channel c
+    for _ in range(int(attr(node, "blocksize")) ** 2 - 1):
+        copy = ctx.new_elements(len(elems))
+        ctx.union(copy, elems)
+        copies.append(copy)
+    ctx.set_space(node.output[0], 1, np.concatenate(copies))

@@ -449,8 +449,9 @@ def tile(node: onnx.NodeProto, ctx: RuleContext) -> None:
     passthrough(ctx, x, node.output[0])
 
 
-
 def _space_axes_only_channels(ctx: RuleContext, name: str, op: str) -> np.ndarray | None:
+    """The elements of ``name``'s axis 1 (None when it holds no channels), the only axis a
+    depth / space rearrangement may carry channels on."""
     spaces = ctx.spaces_of(name)
     if set(spaces) - {1}:
         raise Unsupported(f"{op} moves channel axes other than axis 1")

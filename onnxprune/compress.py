@@ -1,0 +1,347 @@
+"""One call from a prepared model and a recipe to a pruned (and recovered) model.
+
+``compress(model, recipe, calib=...)`` is the whole run that the CLI's ``prune`` and Python
+users share: resolve the recipe for this model and data, analyse, score, allocate (or
+replay a plan), rewrite, recover on held-out-checked calibration data, and measure the
+speed-up on the target runtime. It returns a ``CompressResult``; writing the model is the
+caller's (``CompressResult.save``), so nothing is written when any step fails.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import onnx
+
+from onnxprune.analysis import Analysis, analyze
+from onnxprune.flops import Cost, model_cost
+from onnxprune.plan import Plan
+from onnxprune.recipe import Context, Recipe, RecipeError, provider_name, resolve
+
+if TYPE_CHECKING:
+    from onnxprune.calib import CalibrationData
+
+log = logging.getLogger(__name__)
+
+#: ``progress(step, done, total)``: a new ``step`` label starts a step (done/total None
+#: while its length is unknown); the same label with counts advances it.
+Progress = Callable[[str, "int | None", "int | None"], None]
+
+
+@dataclass(frozen=True)
+class CompressResult:
+    """What a run produced and how: the pruned model, its plan and resolved recipe, costs
+    before and after, and one-line notes (budget reached, recovery on held-out data,
+    measured speed-up) and warnings (nothing removed, slower, more parameters)."""
+
+    model: onnx.ModelProto
+    plan: Plan
+    recipe: Recipe
+    analysis: Analysis
+    before: Cost
+    after: Cost
+    removed_channels: int
+    total_channels: int
+    notes: tuple[str, ...] = ()
+    warnings: tuple[str, ...] = ()
+    recovery: dict[str, Any] | None = None
+    speed: Any = None  # speedcheck.SpeedResult when measured
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.plan.keep)
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write the pruned model atomically (``modelio.save_model``)."""
+        from onnxprune.modelio import save_model
+
+        return save_model(self.model, path)
+
+    def summary(self) -> str:
+        """One line: what was removed, in channels, parameters and MACs."""
+        if not self.changed:
+            return "nothing removed"
+        pct = self.removed_channels / self.total_channels if self.total_channels else 0.0
+        return (f"removed {self.removed_channels:,} of {self.total_channels:,} prunable channels ({pct:.1%}) in "
+                f"{len(self.plan.keep)} groups; parameters {self.before.params:,} -> {self.after.params:,}, "
+                f"MACs {self.before.macs:,} -> {self.after.macs:,} ({_ratio(self.after.macs, self.before.macs)})")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data for ``--json``: the recipe, the costs, the notes, the measured speed."""
+        out: dict[str, Any] = {
+            "recipe": self.recipe.to_dict(),
+            "groups_pruned": len(self.plan.keep),
+            "channels": {"removed": self.removed_channels, "prunable": self.total_channels},
+            "params": {"before": self.before.params, "after": self.after.params},
+            "macs": {"before": self.before.macs, "after": self.after.macs},
+            "notes": list(self.notes),
+            "warnings": list(self.warnings),
+        }
+        if self.speed is not None:
+            out["speed"] = {k: getattr(self.speed, k) for k in ("original_ms", "pruned_ms", "speedup", "provider")
+                            if hasattr(self.speed, k)}
+        if self.recovery is not None:
+            out["recovery"] = self.recovery
+        return out
+
+
+def _ratio(after: float, before: float) -> str:
+    return f"{after / before:.1%}" if before else "-"
+
+
+def _human(n: float) -> str:
+    for unit, div in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
+        if abs(n) >= div:
+            return f"{n / div:.1f}{unit}"
+    return f"{n:.0f}"
+
+
+def _quiet(label: str, done: int | None = None, total: int | None = None) -> None:
+    """The default progress: log each step at debug level."""
+    if done is None:
+        log.debug("%s", label)
+
+
+def resolve_for(recipe: Recipe, *, has_calib: bool) -> Recipe:
+    """``resolve`` with this machine's context (the target provider's channel block)."""
+    block = 1
+    if recipe.align == "auto":
+        from onnxprune.latency import resolve_align
+
+        try:
+            block = resolve_align("auto", provider_name(recipe))
+        except Exception as exc:  # noqa: BLE001 - onnxruntime missing or unusable: no alignment
+            log.debug("no channel block for alignment: %s", exc)
+            block = 1
+    return resolve(recipe, Context(has_calib=has_calib, align_block=block))
+
+
+def compress(model: onnx.ModelProto, recipe: Recipe, *, calib: CalibrationData | None = None,
+             plan: Plan | None = None, analysis: Analysis | None = None, batch_size: int = 32,
+             device: str = "cpu", latency_table: str | os.PathLike[str] | None = None,
+             recovery_report: str | os.PathLike[str] | None = None, debug: bool = False,
+             progress: Progress | None = None) -> CompressResult:
+    """Prune a prepared model (``api.load``) by ``recipe``, or replay ``plan``.
+
+    ``calib``: unlabelled (or labelled) calibration samples for data-driven scoring and
+    recovery; ``batch_size``/``device``: for the torch calibration pass;
+    ``latency_table``: cache for ``target_latency``; ``recovery_report``: also write what
+    recovery did as JSON. ``model`` is not modified unless nothing later needs the
+    original (no recovery, no measurement), in which case it is rewritten in place to save
+    a copy of the weights."""
+    step = progress or _quiet
+    if plan is None:
+        recipe.require_budget()
+    elif recipe.budgets:
+        raise RecipeError("a replayed --plan and a budget exclude each other")
+    resolved = resolve_for(recipe, has_calib=calib is not None)
+    if plan is not None and resolved.align not in (1, "auto") and recipe.align != "auto":
+        raise RecipeError("--align applies when allocating (a budget or ratio), not to a replayed --plan")
+    if resolved.method != "criterion":
+        return _train(model, resolved, calib, step, batch_size, device)
+    if analysis is None:
+        step("analysing channel groups", None, None)
+        analysis = analyze(model, ignore=resolved.ignore, prune_hidden=resolved.prune_hidden)
+    notes: list[str] = []
+    if plan is None:
+        scores = _score(model, analysis, resolved, calib, step, batch_size, device)
+        plan, note = _allocate(model, analysis, resolved, scores, step, latency_table)
+        if note:
+            notes.append(note)
+    plan = replace(plan, options={**plan.options, "recipe": resolved.to_dict()})
+    from onnxprune.api import apply_plan
+
+    methods = resolved.recover if calib is not None else ()
+    measure = resolved.measure
+    step("rewriting the graph", None, None)
+    result = apply_plan(model, analysis, plan, debug=debug, inplace=not (methods or measure))
+    pruned, after = result.model, result.after
+    report = None
+    if methods and plan.keep:
+        pruned, report = _recover(model, pruned, analysis, plan, resolved, calib, step)
+        after = model_cost(pruned)
+        if recovery_report is not None:
+            import json
+
+            from onnxprune.fileutil import write_text_atomic
+
+            write_text_atomic(recovery_report, json.dumps(report, indent=1, default=str))
+        notes.append(_recovery_line(report))
+    warnings = _warnings(analysis, plan, result.before, after, resolved)
+    speed = None
+    if measure and plan.keep:
+        step("measuring the speed-up", None, None)
+        speed, line, slower = _measure(model, pruned, resolved, calib)
+        if line:
+            notes.append(line)
+        if slower:
+            warnings.append(slower)
+    return CompressResult(pruned, plan, resolved, analysis, result.before, after,
+                          plan.removed_channels(analysis),
+                          sum(g.size * g.unit_width for g in analysis.prunable_groups),
+                          tuple(notes), tuple(warnings), report, speed)
+
+
+def _score(model: onnx.ModelProto, analysis: Analysis, r: Recipe, calib: CalibrationData | None, step: Progress,
+           batch_size: int, device: str) -> dict:
+    from onnxprune.api import score_channels
+
+    label = f"scoring channels ({r.criterion})"
+    step(label, None, None)
+    if calib is None or r.criterion not in _data_driven():
+        return score_channels(model, analysis, r.criterion)
+    return score_channels(model, analysis, r.criterion, calib=calib, loss=r.loss, reduction=r.reduction,
+                          batch_size=batch_size, device=device, flops_reg=r.flops_reg, projections=r.projections,
+                          progress=lambda done, total: step(label, done, total))
+
+
+def _data_driven() -> tuple[str, ...]:
+    from onnxprune.recipe import DATA_DRIVEN_CRITERIA
+
+    return DATA_DRIVEN_CRITERIA
+
+
+def _allocate(model: onnx.ModelProto, analysis: Analysis, r: Recipe, scores: dict, step: Progress,
+              latency_table: str | os.PathLike[str] | None) -> tuple[Plan, str]:
+    """The plan for the recipe's budget, and a one-line note of what the budget reached."""
+    from onnxprune.api import plan_by_ratio, plan_to_budget
+    from onnxprune.budget import Budget
+
+    common = dict(criterion=r.criterion, scores=scores, round_to=r.round_to, min_channels=r.min_channels,
+                  max_ratio=r.max_ratio, align=int(r.align))
+    if r.ratio is not None:
+        step("selecting channels", None, None)
+        return plan_by_ratio(model, analysis, ratio=r.ratio, mode=r.mode, ranking=r.ranking, **common), ""
+    if r.target_latency is not None:
+        from onnxprune.latency import latency_note, plan_to_latency
+        from onnxprune.runtime import random_inputs
+
+        label = "measuring per-group latency"
+        step(label, None, None)
+        reached = plan_to_latency(model, analysis, r.target_latency, provider=provider_name(r),
+                                  table_path=latency_table, feeds=random_inputs(model),
+                                  progress=lambda done, total: step(label, done, total), **common)
+        return reached.plan, latency_note(reached)
+    metric, target = ("flops", r.target_flops) if r.target_flops is not None else ("params", r.target_params)
+    step(f"allocating to the {metric} budget", None, None)
+    reached = plan_to_budget(model, analysis, Budget(metric, float(target)), ranking=r.ranking, **common)
+    if metric == "flops":  # one unit everywhere: MACs (FLOPs = 2 x MACs)
+        note = (f"MACs budget: target {_human(reached.target / 2)} ({reached.target / reached.original:.1%}), "
+                f"achieved {_human(reached.achieved / 2)} ({reached.achieved / reached.original:.1%})")
+    else:
+        note = (f"parameter budget: target {_human(reached.target)} ({reached.target / reached.original:.1%}), "
+                f"achieved {_human(reached.achieved)} ({reached.achieved / reached.original:.1%})")
+    return reached.plan, note
+
+
+def _recover(original: onnx.ModelProto, pruned: onnx.ModelProto, analysis: Analysis, plan: Plan, r: Recipe,
+             calib: CalibrationData, step: Progress) -> tuple[onnx.ModelProto, dict]:
+    from onnxprune.recovery import recover
+
+    label = f"recovering ({', '.join(r.recover)})"
+    step(label, None, None)
+    options: dict[str, Any] = {"methods": r.recover, "weighting": r.recovery_weighting}
+    options.update(_recovery_options(r))
+    return recover(original, pruned, analysis, plan, calib,
+                   progress=lambda done, total, node: step(label, done, total), **options)
+
+
+def _recovery_options(r: Recipe) -> dict[str, Any]:
+    """The recipe's held-out recovery settings, as ``recovery.recover`` takes them."""
+    import inspect
+
+    from onnxprune.recovery import recover
+
+    accepted = inspect.signature(recover).parameters
+    options: dict[str, Any] = {}
+    if r.ridge != "auto":
+        options["ridge"] = float(r.ridge)
+    elif "ridge" in accepted and accepted["ridge"].default is None:
+        options["ridge"] = None
+    for name in ("holdout", "augment"):
+        if name in accepted:
+            options[name] = getattr(r, name)
+    return options
+
+
+def _recovery_line(report: dict) -> str:
+    """What recovery did, in held-out figures (never calibration error as quality)."""
+    try:
+        from onnxprune.recovery import summary_line
+    except ImportError:
+        summary_line = None
+    if summary_line is not None:
+        return summary_line(report)
+    counts = ", ".join(f"{m} {len(v)}" for m, v in report.get("updated", {}).items())
+    return f"recovery: updated {counts}"
+
+
+def _warnings(analysis: Analysis, plan: Plan, before: Cost, after: Cost, r: Recipe) -> list[str]:
+    out: list[str] = []
+    if not plan.keep:
+        why = ("no group is prunable (see `onnxprune analyze`)" if not analysis.prunable_groups else
+               "the budget is already met by the original" if r.ratio is None else
+               "--min-channels / --max-ratio / --round-to leave every group whole")
+        out.append(f"nothing was removed: {why}; the output is a copy of the input")
+    if after.params > before.params:
+        out.append(f"the pruned model has MORE parameters than the original ({after.params:,} > {before.params:,})")
+    return out
+
+
+def _measure(original: onnx.ModelProto, pruned: onnx.ModelProto, r: Recipe, calib: CalibrationData | None
+             ) -> tuple[Any, str, str]:
+    """The measured speed-up on the target provider: (result, note, warning if slower)."""
+    from onnxprune.errors import OnnxPruneError
+    from onnxprune.modelio import has_file_weights, materialize
+
+    try:
+        from onnxprune.speedcheck import measure_speedup
+    except ImportError:
+        return None, "", ""
+    feeds = None
+    if calib is not None:
+        feeds = {k: v[:1] for k, v in calib.inputs.items()}
+    a = materialize(original) if has_file_weights(original) else original
+    b = materialize(pruned) if has_file_weights(pruned) else pruned
+    try:
+        speed = measure_speedup(a, b, feeds, provider=provider_name(r))
+    except OnnxPruneError as exc:
+        return None, f"speed not measured: {exc}", ""
+    from onnxprune.report import SHORT_PROVIDER
+
+    where = SHORT_PROVIDER.get(getattr(speed, "provider", ""), getattr(speed, "provider", "onnxruntime"))
+    line = (f"speed ({where}): {speed.original_ms:.3g} ms -> {speed.pruned_ms:.3g} ms, "
+            f"{speed.speedup:.2f}x")
+    slower = ""
+    if getattr(speed, "slower", speed.speedup < 1.0):
+        slower = (f"the pruned model is SLOWER than the original on {where} ({speed.speedup:.2f}x): "
+                  "try a larger budget step, --round-to 8, or --target-latency")
+    return speed, line, slower
+
+
+def _train(model: onnx.ModelProto, r: Recipe, calib: CalibrationData | None, step: Progress, batch_size: int,
+           device: str) -> CompressResult:
+    """Pruning while training (iterative, spp, learned-threshold): distillation on ``calib``."""
+    from onnxprune.train import train_prune
+
+    if r.target_flops is None:
+        raise RecipeError(f"{r.method} pruning trains the model: it needs --calib data and --target-flops")
+    assert calib is not None  # resolve() refused a training method without data
+    step(f"{r.method} pruning with fine-tuning", None, None)
+    result = train_prune(r.method, model, calib, target_flops=r.target_flops, round_to=r.round_to,
+                         min_channels=r.min_channels, max_ratio=r.max_ratio, steps=r.train_steps, lr=r.lr,
+                         batch_size=batch_size, device=device)
+    analysis = analyze(model, ignore=r.ignore)
+    plan = replace(result.plan, options={**result.plan.options, "recipe": r.to_dict()})
+    note = (f"{r.method}: MACs target {_human(result.target_flops / 2)}, achieved "
+            f"{_human(result.achieved_flops / 2)} ({result.achieved_flops / result.original_flops:.1%}) "
+            f"after {result.steps} training steps")
+    return CompressResult(result.model, plan, r, analysis, result.prune.before, result.prune.after,
+                          plan.removed_channels(analysis),
+                          sum(g.size * g.unit_width for g in analysis.prunable_groups),
+                          (note, *result.notes))

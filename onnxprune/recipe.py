@@ -1,0 +1,341 @@
+"""A pruning recipe: every choice of a compression run, as one frozen, validated value.
+
+The CLI builds a ``Recipe`` from its flags or a recipe file (TOML or JSON; flags override
+the file), the Python API takes one (``onnxprune.compress``), and the plan, the report
+and ``--json`` outputs record the resolved recipe. Fields left at ``"auto"`` are chosen by
+``resolve`` from the model and the data at hand (see ``resolve`` for the rules), so the
+plain command (a budget and, when the user has it, ``--calib``) runs the best recipe
+known, and prints it in one line (``Recipe.describe``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+from onnxprune.errors import SelectionError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+AUTO = "auto"
+DATA_FREE_CRITERIA = ("l1", "l2", "bn-scale", "random", "similarity")
+# the criteria of onnxprune.calib.scores (kept here so that resolving a recipe never imports torch;
+# tests/test_recipe.py checks the two lists agree)
+DATA_DRIVEN_CRITERIA = ("taylor-fo", "taylor-so", "taylor-act", "activation", "apoz", "oracle")
+LOSSES = ("auto", "ce", "mse", "pseudo", "fisher")
+REDUCTIONS = ("sum", "mean", "max")
+MODES = ("per-group", "global")
+RANKINGS = ("normalised", "per-mac")
+RECOVERY_METHODS = ("bn", "bias", "lstsq", "scale")
+WEIGHTINGS = ("uniform", "fisher")
+METHODS = ("criterion", "iterative", "spp", "learned-threshold")
+BUDGETS = ("ratio", "target_flops", "target_params", "target_latency")
+PROVIDERS = ("auto", "cpu", "cuda", "tensorrt")
+
+
+class RecipeError(SelectionError):
+    """A recipe (flags or file) names an unknown key, has a value of the wrong type or out of
+    range, or needs something the run does not have (calibration data, a budget)."""
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """What to remove, how to choose it, and how to recover; ``"auto"`` fields are resolved
+    per model by ``resolve``. Exactly one budget field is set for a run that allocates."""
+
+    # budget: exactly one of these
+    ratio: float | None = None
+    target_flops: float | None = None
+    target_params: float | None = None
+    target_latency: str | None = None
+    # scoring
+    criterion: str = AUTO
+    loss: str = AUTO
+    reduction: str = "sum"
+    projections: int = 1
+    flops_reg: float = 0.0
+    # allocation
+    mode: str = AUTO
+    ranking: str = AUTO
+    round_to: int = 1
+    align: str | int = AUTO
+    min_channels: int = 1
+    max_ratio: float = 1.0
+    ignore: tuple[str, ...] = ()
+    prune_hidden: bool = False
+    # recovery (post-training, on the calibration data; every refit checked on held-out data)
+    recover: str | tuple[str, ...] = AUTO
+    ridge: float | str = AUTO
+    recovery_weighting: str = "uniform"
+    holdout: float = 0.25
+    augment: bool = False
+    # pruning while training (distillation): criterion (none), iterative, spp, learned-threshold
+    method: str = "criterion"
+    train_steps: int = 200
+    lr: float = 1e-3
+    # where the model will run: alignment block and the closing speed measurement
+    provider: str = "auto"
+    measure: bool = True
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            _check_type(f.name, value)
+        if isinstance(self.ignore, list):
+            object.__setattr__(self, "ignore", tuple(self.ignore))
+        if isinstance(self.recover, list):
+            object.__setattr__(self, "recover", tuple(self.recover))
+        if isinstance(self.recover, str):
+            object.__setattr__(self, "recover", _recovery_methods(self.recover))
+        _check_values(self)
+
+    # -- budget ------------------------------------------------------------
+    @property
+    def budgets(self) -> tuple[str, ...]:
+        """The budget fields that are set."""
+        return tuple(name for name in BUDGETS if getattr(self, name) is not None)
+
+    def require_budget(self) -> str:
+        """The one budget field that is set; a RecipeError if none or several are."""
+        chosen = self.budgets
+        if len(chosen) != 1:
+            flags = ", ".join("--" + n.replace("_", "-") for n in BUDGETS)
+            got = f" (got {', '.join('--' + n.replace('_', '-') for n in chosen)})" if chosen else ""
+            raise RecipeError(f"give exactly one budget: {flags}, or a --plan to replay{got}")
+        return chosen[0]
+
+    @property
+    def needs_data(self) -> bool:
+        """Whether this recipe, as written, cannot run without calibration data."""
+        return (self.criterion in DATA_DRIVEN_CRITERIA or self.method != "criterion"
+                or (isinstance(self.recover, tuple) and bool(self.recover)))
+
+    # -- serialisation -----------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data (TOML/JSON-ready): unset budget fields are left out, tuples are lists."""
+        out: dict[str, Any] = {}
+        for key, value in asdict(self).items():
+            if value is None:
+                continue
+            out[key] = list(value) if isinstance(value, tuple) else value
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], source: str = "recipe") -> Recipe:
+        """A recipe from plain data; an unknown key or a wrong type is refused, naming it."""
+        if not isinstance(data, Mapping):
+            raise RecipeError(f"{source}: a recipe is a table of keys and values")
+        known = {f.name for f in fields(cls)}
+        for key in data:
+            if key not in known:
+                raise RecipeError(f"{source}: unknown key '{key}' (known: {', '.join(sorted(known))})")
+        try:
+            return cls(**dict(data))
+        except RecipeError as exc:
+            raise RecipeError(f"{source}: {exc}") from None
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write the recipe as TOML (or JSON for a ``.json`` path), atomically."""
+        from onnxprune.fileutil import write_text_atomic
+
+        p = Path(path)
+        if p.suffix.lower() == ".json":
+            return write_text_atomic(p, json.dumps(self.to_dict(), indent=1) + "\n")
+        import tomli_w
+
+        return write_text_atomic(p, tomli_w.dumps(self.to_dict()))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> Recipe:
+        """Read a TOML (or ``.json``) recipe file; errors name the file and the key."""
+        p = Path(path)
+        try:
+            text = p.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise RecipeError(f"{p}: recipe file not found") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise RecipeError(f"{p}: cannot read the recipe file ({exc.__class__.__name__})") from None
+        try:
+            data = json.loads(text) if p.suffix.lower() == ".json" else tomllib.loads(text)
+        except (json.JSONDecodeError, tomllib.TOMLDecodeError) as exc:
+            raise RecipeError(f"{p}: not a valid {'JSON' if p.suffix.lower() == '.json' else 'TOML'} "
+                              f"recipe ({exc})") from None
+        return cls.from_dict(data, source=str(p))
+
+    def merged(self, **overrides: Any) -> Recipe:
+        """A copy with ``overrides`` (flags given on the command line win over a file); setting
+        one budget clears the others."""
+        changes = {k: v for k, v in overrides.items() if v is not None}
+        if any(k in BUDGETS for k in changes):
+            changes = {**{b: None for b in BUDGETS}, **changes}
+        return replace(self, **changes)
+
+    # -- description -------------------------------------------------------
+    def describe(self) -> str:
+        """One line: what this (resolved) recipe does."""
+        budget = ", ".join(f"{n.replace('_', ' ')} {getattr(self, n)}" for n in self.budgets) or "replayed plan"
+        parts = [budget]
+        if self.method != "criterion":
+            parts.append(f"{self.method} training ({self.train_steps} steps)")
+        scoring = self.criterion + (f" ({self.loss} loss)" if self.criterion in DATA_DRIVEN_CRITERIA else "")
+        parts.append(scoring)
+        if self.ratio is not None:
+            parts.append(self.mode)
+        if self.mode == "global" or self.ratio is None:
+            parts.append(f"{self.ranking} ranking")
+        if self.max_ratio < 1.0:
+            parts.append(f"at most {self.max_ratio:.0%} of a group")
+        parts.append(f"align {self.align}" if self.align != 1 else "no alignment")
+        if self.round_to > 1:
+            parts.append(f"round to {self.round_to}")
+        if self.prune_hidden:
+            parts.append("hidden size too")
+        if self.recover:
+            parts.append(f"recovery {'+'.join(self.recover)} (held-out {self.holdout:.0%}, ridge {self.ridge})")
+        else:
+            parts.append("no recovery")
+        return "; ".join(parts)
+
+
+def _recovery_methods(text: str) -> str | tuple[str, ...]:
+    text = text.strip().lower()
+    if text == AUTO:
+        return AUTO
+    if text in ("", "none"):
+        return ()
+    if text == "all":
+        return RECOVERY_METHODS
+    return tuple(m.strip() for m in text.split(",") if m.strip())
+
+
+# the accepted types of each field: a value of another type is refused, naming the field
+_NUMBER = (int, float)
+_TYPES: dict[str, tuple[type, ...]] = {
+    "ratio": (*_NUMBER, type(None)), "target_flops": (*_NUMBER, type(None)),
+    "target_params": (*_NUMBER, type(None)), "target_latency": (str, *_NUMBER, type(None)),
+    "criterion": (str,), "loss": (str,), "reduction": (str,), "projections": (int,), "flops_reg": _NUMBER,
+    "mode": (str,), "ranking": (str,), "round_to": (int,), "align": (str, int), "min_channels": (int,),
+    "max_ratio": _NUMBER, "ignore": (tuple, list), "prune_hidden": (bool,), "recover": (str, tuple, list),
+    "ridge": (str, *_NUMBER), "recovery_weighting": (str,), "holdout": _NUMBER, "augment": (bool,),
+    "method": (str,), "train_steps": (int,), "lr": _NUMBER, "provider": (str,), "measure": (bool,),
+}
+_TYPE_WORDS = {int: "an integer", float: "a number", str: "a string", bool: "true or false",
+               tuple: "a list", list: "a list", type(None): "unset"}
+
+
+def _check_type(name: str, value: Any) -> None:
+    accepted = _TYPES[name]
+    ok = isinstance(value, accepted) and not (isinstance(value, bool) and bool not in accepted)
+    if ok and isinstance(value, (tuple, list)):
+        ok = all(isinstance(v, str) for v in value)
+    if not ok:
+        words = " or ".join(dict.fromkeys(_TYPE_WORDS[t] for t in accepted))
+        raise RecipeError(f"'{name}' must be {words}, got {value!r}")
+
+
+def _one_of(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise RecipeError(f"unknown {name.replace('_', ' ')} {value!r} (choose from {', '.join(choices)})")
+
+
+def _check_values(r: Recipe) -> None:
+    if r.ratio is not None and not 0.0 <= r.ratio < 1.0:
+        raise RecipeError(f"'ratio' must be in [0, 1), got {r.ratio}")
+    for name in ("target_flops", "target_params"):
+        value = getattr(r, name)
+        if value is not None and value <= 0:
+            raise RecipeError(f"'{name}' must be positive (a fraction <= 1 or an absolute count), got {value}")
+    _one_of("criterion", r.criterion, (AUTO, *DATA_FREE_CRITERIA, *DATA_DRIVEN_CRITERIA))
+    _one_of("loss", r.loss, LOSSES)
+    _one_of("reduction", r.reduction, REDUCTIONS)
+    _one_of("mode", r.mode, (AUTO, *MODES))
+    _one_of("ranking", r.ranking, (AUTO, *RANKINGS))
+    _one_of("recovery_weighting", r.recovery_weighting, WEIGHTINGS)
+    _one_of("method", r.method, METHODS)
+    _one_of("provider", r.provider, PROVIDERS)
+    if r.projections < 1:
+        raise RecipeError(f"'projections' must be >= 1, got {r.projections}")
+    if r.round_to < 1:
+        raise RecipeError(f"'round_to' must be >= 1, got {r.round_to}")
+    if r.min_channels < 1:
+        raise RecipeError(f"'min_channels' must be >= 1, got {r.min_channels}")
+    if not 0.0 < r.max_ratio <= 1.0:
+        raise RecipeError(f"'max_ratio' must be in (0, 1], got {r.max_ratio}")
+    if isinstance(r.align, str) and r.align != AUTO:
+        try:
+            object.__setattr__(r, "align", int(r.align))
+        except ValueError:
+            raise RecipeError(f"'align' must be a positive integer or 'auto', got {r.align!r}") from None
+    if isinstance(r.align, int) and r.align < 1:
+        raise RecipeError(f"'align' must be a positive integer or 'auto', got {r.align}")
+    if isinstance(r.ridge, str) and r.ridge != AUTO:
+        raise RecipeError(f"'ridge' must be a number or 'auto', got {r.ridge!r}")
+    if not isinstance(r.ridge, str) and r.ridge < 0:
+        raise RecipeError(f"'ridge' must be >= 0, got {r.ridge}")
+    if r.recover != AUTO:
+        unknown = [m for m in r.recover if m not in RECOVERY_METHODS]
+        if unknown:
+            raise RecipeError(f"'recover': unknown method(s) {', '.join(unknown)} "
+                              f"(choose from {', '.join(RECOVERY_METHODS)}, all, none or auto)")
+    if not 0.0 <= r.holdout < 1.0:
+        raise RecipeError(f"'holdout' must be in [0, 1), got {r.holdout}")
+    if r.train_steps < 1:
+        raise RecipeError(f"'train_steps' must be >= 1, got {r.train_steps}")
+    if r.lr <= 0:
+        raise RecipeError(f"'lr' must be positive, got {r.lr}")
+    if r.target_latency is not None:
+        object.__setattr__(r, "target_latency", str(r.target_latency))
+
+
+@dataclass(frozen=True)
+class Context:
+    """What ``resolve`` looks at: the data at hand and what the model is."""
+
+    has_calib: bool = False
+    align_block: int = 1
+
+
+def resolve(recipe: Recipe, ctx: Context) -> Recipe:
+    """The concrete recipe: every ``"auto"`` replaced by the choice for this model and data.
+
+    - criterion: with calibration data, ``taylor-fo`` (the loss change of removing a unit,
+      Molchanov 2019; label-free through the model's own predictions or a Fisher estimate);
+      without, ``l2`` magnitude;
+    - mode (for ``ratio``): ``global`` ranking with data (scores comparable across groups),
+      ``per-group`` without; ranking: ``per-mac`` (score per MAC saved, a knapsack order,
+      Kwon et al. 2022) with data, ``normalised`` without;
+    - align: the channel block of the target provider (onnxruntime CPU: 16 on AVX-512, 8 on
+      AVX2), so no kept count pays for padded channels;
+    - recover: every post-training method (bn, bias, lstsq, scale) when there is data,
+      each refit accepted only if it lowers the error on held-out samples;
+    - ridge: chosen per layer on the held-out samples.
+    """
+    if recipe.needs_data and not ctx.has_calib:
+        what = (recipe.criterion if recipe.criterion in DATA_DRIVEN_CRITERIA else
+                f"{recipe.method} training" if recipe.method != "criterion" else "recovery")
+        raise RecipeError(f"{what} needs calibration data: give --calib")
+    data = ctx.has_calib
+    criterion = recipe.criterion if recipe.criterion != AUTO else ("taylor-fo" if data else "l2")
+    data_scores = criterion in DATA_DRIVEN_CRITERIA
+    mode = recipe.mode if recipe.mode != AUTO else ("global" if data_scores else "per-group")
+    ranking = recipe.ranking if recipe.ranking != AUTO else ("per-mac" if data_scores else "normalised")
+    align = recipe.align if recipe.align != AUTO else ctx.align_block
+    recover = recipe.recover
+    if recover == AUTO:
+        recover = RECOVERY_METHODS if data and recipe.method == "criterion" else ()
+    return replace(recipe, criterion=criterion, mode=mode, ranking=ranking, align=align, recover=recover)
+
+
+def provider_name(recipe: Recipe) -> str:
+    """The onnxruntime provider the recipe targets (``auto``: CUDA where available)."""
+    from onnxprune.runtime import resolve_provider
+
+    return resolve_provider(recipe.provider)

@@ -119,8 +119,22 @@ def _run_step(progress: Progress, label: str, fn: Callable, *args, **kwargs):  #
         progress.remove_task(task)
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            v = version("onnxprune")
+        except PackageNotFoundError:  # run from a source tree
+            from onnxprune import __version__ as v
+        console.print(f"onnxprune {v}", highlight=False)
+        raise typer.Exit(0)
+
+
 @app.callback()
-def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log details.")] = False) -> None:
+def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log details.")] = False,
+          version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
+                                                help="Print the version and exit.")] = False) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, format="%(message)s",
                         handlers=[RichHandler(console=err, show_time=False, show_path=False)])
 
@@ -539,8 +553,8 @@ def verify(
                            providers=provider_list, batch_sizes=sizes, warmup=warmup, threads=threads,
                            original_path=original, pruned_path=pruned)
     if report.get("inputs") == "random":
-        console.print(f"note: no --inputs or --calib given: compared on {report['samples']} random samples "
-                      "(agreement on random data; give real inputs for a meaningful check)", highlight=False)
+        console.print(f"note: compared on {report['samples']} random samples (no --inputs or --calib): "
+                      "agreement only", highlight=False)
     verify_table(report, console)
     failures: list[str] = []
     if any(v is not None for v in tolerances.values()):
@@ -782,7 +796,7 @@ def _print_error(message: object) -> None:
 def main() -> None:
     """Console entry point: one-line errors and a non-zero exit on failure."""
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)  # a command's typer.Exit(n) comes back as n here
     except OnnxPruneError as exc:
         _print_error(exc)
         sys.exit(1)
@@ -801,6 +815,8 @@ def main() -> None:
             sys.exit(exc.exit_code)  # type: ignore[attr-defined]
         _print_error(f"unexpected {type(exc).__name__}: {exc}")
         sys.exit(2)
+    if isinstance(code, int) and code:
+        sys.exit(code)
 
 
 if __name__ == "__main__":

@@ -149,8 +149,8 @@ def compress(model: onnx.ModelProto, recipe: Recipe, *, calib: CalibrationData |
         analysis = analyze(model, ignore=resolved.ignore, prune_hidden=resolved.prune_hidden)
     notes: list[str] = []
     if plan is None:
-        scores = _score(model, analysis, resolved, calib, step, batch_size, device)
-        plan, note = _allocate(model, analysis, resolved, scores, step, latency_table)
+        plan, note = plan_for(model, resolved, analysis, calib=calib, batch_size=batch_size, device=device,
+                              latency_table=latency_table, progress=step)
         if note:
             notes.append(note)
     plan = replace(plan, options={**plan.options, "recipe": resolved.to_dict()})
@@ -185,6 +185,16 @@ def compress(model: onnx.ModelProto, recipe: Recipe, *, calib: CalibrationData |
                           plan.removed_channels(analysis),
                           sum(g.size * g.unit_width for g in analysis.prunable_groups),
                           tuple(notes), tuple(warnings), report, speed)
+
+
+def plan_for(model: onnx.ModelProto, resolved: Recipe, analysis: Analysis, *, calib: CalibrationData | None = None,
+             batch_size: int = 32, device: str = "cpu", latency_table: str | os.PathLike[str] | None = None,
+             progress: Progress | None = None) -> tuple[Plan, str]:
+    """Score and allocate by a resolved recipe (``resolve_for``) without rewriting: the plan
+    and a one-line note of what the budget reached (what ``analyze --recipe`` previews)."""
+    step = progress or _quiet
+    scores = _score(model, analysis, resolved, calib, step, batch_size, device)
+    return _allocate(model, analysis, resolved, scores, step, latency_table)
 
 
 def _score(model: onnx.ModelProto, analysis: Analysis, r: Recipe, calib: CalibrationData | None, step: Progress,

@@ -171,3 +171,19 @@ def test_default_command_with_calibration_keeps_a_trained_cnn(monkeypatch, capsy
 
     assert accuracy(out) >= accuracy(DIGITS) - 0.01
     assert sys.modules.get("onnxprune.compress") is not None
+
+
+def test_readme_python_example_runs(tmp_path, monkeypatch):
+    """README's one-call example, run as written on the shipped digits model."""
+    import re
+    import shutil
+    from pathlib import Path
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    block = next(b for b in re.findall(r"```python\n(.*?)```", readme, re.S) if "compress(" in b)
+    shutil.copy(DIGITS, tmp_path / "model.onnx")
+    monkeypatch.chdir(tmp_path)
+    exec(compile(block.replace("Recipe(target_flops=0.5)", "Recipe(target_flops=0.5, measure=False)"),
+                 "README.md", "exec"), {})
+    assert (tmp_path / "small.onnx").exists()
+    onnx.checker.check_model(onnx.load(tmp_path / "small.onnx"), full_check=True)

@@ -170,99 +170,106 @@ def analyze(
         analysis_summary(analysis, console, name=str(model))
 
 
+_BUDGET, _RECIPE, _SCORING, _ALLOCATION = "Budget (give one)", "Recipe", "Scoring", "Allocation"
+_RECOVERY, _TRAINING, _RUN = "Recovery", "Pruning while training", "Runtime and outputs"
+_DATA = "Calibration data"
+
+
+def _opt(panel: str, *names: str, **kwargs):  # noqa: ANN003, ANN202
+    """A prune option in its help panel."""
+    return typer.Option(*names, rich_help_panel=panel, **kwargs)
+
+
 @app.command()
 def prune(
     model: ModelArg,
     output: Annotated[Path, typer.Option("--output", "-o", help="Where to write the pruned model.")],
-    ratio: Annotated[Optional[float], typer.Option(help="Fraction of channels to remove, in [0, 1).")] = None,
-    target_flops: Annotated[Optional[float], typer.Option(
-        help="Keep MACs (FLOPs) at most this: a fraction of the original (<= 1) or an absolute FLOP count.")
+    ratio: Annotated[Optional[float], _opt(_BUDGET, help="Fraction of channels to remove, in [0, 1).")] = None,
+    target_flops: Annotated[Optional[float], _opt(
+        _BUDGET, help="Keep MACs (FLOPs) at most this: a fraction of the original (<= 1) or an absolute "
+                      "FLOP count.")] = None,
+    target_params: Annotated[Optional[float], _opt(
+        _BUDGET, help="Keep parameters at most this: a fraction of the original (<= 1) or a count.")] = None,
+    target_latency: Annotated[Optional[str], _opt(
+        _BUDGET, help="Keep p50 latency at most this: milliseconds (12.5), or 70% / 0.7x of the "
+                      "original's, measured on --provider.")] = None,
+    plan: Annotated[Optional[Path], _opt(_BUDGET, help="Replay a saved plan instead of a budget.")] = None,
+    recipe: Annotated[Optional[Path], _opt(
+        _RECIPE, help="Read the recipe from this TOML (or .json) file; flags given here override it.")] = None,
+    save_recipe: Annotated[Optional[Path], _opt(
+        _RECIPE, help="Also write the resolved recipe (TOML, or JSON for .json) to replay or edit.")] = None,
+    calib: Annotated[Optional[Path], _opt(
+        _DATA, help="Calibration data: .npz or folder of .npy named after the inputs, or an image folder. "
+                    "Turns on data-driven scoring and recovery.")] = None,
+    labels: Annotated[Optional[str], _opt(_DATA, help="Name of the labels array in the data (optional).")] = None,
+    calib_samples: Annotated[Optional[int], _opt(_DATA, "--calib-samples", help="Use at most N samples.")] = None,
+    batch_size: Annotated[int, _opt(_DATA, help="Calibration batch size.")] = 32,
+    device: Annotated[str, _opt(_DATA, help="Torch device for calibration: cpu, cuda, cuda:1, ...")] = "cpu",
+    image_size: Annotated[Optional[str], _opt(_DATA, help="Image folder preprocessing: H,W.")] = None,
+    mean: Annotated[str, _opt(_DATA, help="Image folder preprocessing: per-channel mean (after /255).")] = "0",
+    std: Annotated[str, _opt(_DATA, help="Image folder preprocessing: per-channel std.")] = "1",
+    layout: Annotated[str, _opt(_DATA, help="Image folder preprocessing: NCHW or NHWC.")] = "NCHW",
+    criterion: Annotated[Optional[str], _opt(
+        _SCORING, help="Default auto: taylor-fo with --calib, l2 without. Data-free: l1, l2, bn-scale, "
+                       "random, similarity; with --calib: taylor-fo, taylor-so, taylor-act, activation, apoz, "
+                       "oracle.")] = None,
+    loss: Annotated[Optional[str], _opt(
+        _SCORING, help="auto (labels if given, else the model's own predictions or a Fisher estimate), ce, "
+                       "mse, pseudo or fisher.")] = None,
+    reduction: Annotated[Optional[str], _opt(
+        _SCORING, help="A unit's score over its consumers: sum (default), mean, max.")] = None,
+    flops_reg: Annotated[Optional[float], _opt(_SCORING, help="taylor-act: minus this x the FLOPs share.")] = None,
+    projections: Annotated[Optional[int], _opt(_SCORING, help="--loss fisher: projections per sample.")] = None,
+    mode: Annotated[Optional[str], _opt(
+        _ALLOCATION, help="--ratio: per-group or global. Default auto: global with data-driven scores.")] = None,
+    ranking: Annotated[Optional[str], _opt(
+        _ALLOCATION, help="normalised (score / group mean) or per-mac (score per MAC saved). Default auto: "
+                          "per-mac with data-driven scores.")] = None,
+    round_to: Annotated[Optional[int], _opt(
+        _ALLOCATION, help="Kept counts in multiples of N (8 for TensorRT). Default 1.")] = None,
+    align: Annotated[Optional[str], _opt(
+        _ALLOCATION, help="Hardware channel block: kept counts rounded down to a multiple where legal. "
+                          "Default auto: --provider's block here (onnxruntime CPU: 16 on AVX-512, 8 on AVX2); "
+                          "1: off.")] = None,
+    min_channels: Annotated[Optional[int], _opt(_ALLOCATION, help="Never keep fewer channels in a group.")] = None,
+    max_ratio: Annotated[Optional[float], _opt(
+        _ALLOCATION, help="Never remove more than this fraction of a group.")] = None,
+    ignore: Annotated[Optional[list[str]], _opt(
+        _ALLOCATION, help="Node name or pattern whose channels stay (repeatable).")] = None,
+    prune_hidden: Annotated[Optional[bool], _opt(
+        _ALLOCATION, "--prune-hidden/--no-prune-hidden",
+        help="Also prune a transformer's residual stream (approximate: use recovery).")] = None,
+    recover: Annotated[Optional[str], _opt(
+        _RECOVERY, help="Comma list of bn, bias, lstsq, scale; all; none. Default auto: all with --calib, "
+                        "each refit kept only if it helps on held-out samples.")] = None,
+    ridge: Annotated[Optional[str], _opt(
+        _RECOVERY, help="Ridge strength of the refits. Default auto: chosen on held-out samples.")] = None,
+    holdout: Annotated[Optional[float], _opt(
+        _RECOVERY, help="Fraction of --calib samples held out to check every refit. Default 0.25.")] = None,
+    augment: Annotated[Optional[bool], _opt(
+        _RECOVERY, "--augment/--no-augment", help="More rows from flips and crops of image inputs.")] = None,
+    recovery_weighting: Annotated[Optional[str], _opt(
+        _RECOVERY, help="uniform (default) or fisher (rows weighted by their sensitivity).")] = None,
+    recovery_report: Annotated[Optional[Path], _opt(_RECOVERY, help="Write what recovery did as JSON.")] = None,
+    schedule: Annotated[Optional[str], _opt(
+        _TRAINING, help="oneshot, or iterative (Molchanov 2016: score, remove, fine-tune, repeat).")] = None,
+    method: Annotated[Optional[str], _opt(
+        _TRAINING, help="criterion (score and cut), spp (Wang 2017) or learned-threshold (Manessi 2017).")] = None,
+    train_steps: Annotated[Optional[int], _opt(_TRAINING, help="Fine-tuning steps. Default 200.")] = None,
+    lr: Annotated[Optional[float], _opt(_TRAINING, help="Learning rate. Default 1e-3.")] = None,
+    provider: Annotated[Optional[str], _opt(
+        _RUN, help="Target runtime: auto (CUDA if available), cpu, cuda, tensorrt.")] = None,
+    measure: Annotated[Optional[bool], _opt(
+        _RUN, "--measure/--no-measure", help="End with the measured speed-up (default on).")] = None,
+    latency_table: Annotated[Optional[Path], _opt(
+        _RUN, help="--target-latency: JSON cache of per-group latency tables.")] = None,
+    save_plan: Annotated[Optional[Path], _opt(_RUN, help="Also write the plan used as JSON.")] = None,
+    json_out: Annotated[Optional[Path], _opt(
+        _RUN, "--json", help="Also write what was done (recipe, costs, notes, speed) as JSON.")] = None,
+    input_shape: Annotated[Optional[list[str]], _opt(
+        _RUN, "--input-shape", help="Set an input's shape: NAME=1,3,224,224 (a name for a dynamic axis).")
     ] = None,
-    target_params: Annotated[Optional[float], typer.Option(
-        help="Keep parameters at most this: a fraction of the original (<= 1) or an absolute count.")] = None,
-    target_latency: Annotated[Optional[str], typer.Option(
-        help="Keep p50 latency at most this: milliseconds (12.5), or 70% / 0.7x of the original's, "
-             "measured on --provider.")] = None,
-    plan: Annotated[Optional[Path], typer.Option(help="Replay a saved plan instead of a budget.")] = None,
-    recipe: Annotated[Optional[Path], typer.Option(
-        help="Read the recipe from this TOML (or .json) file; flags given here override it.")] = None,
-    save_recipe: Annotated[Optional[Path], typer.Option(
-        help="Also write the resolved recipe (TOML, or JSON for .json) to replay or edit.")] = None,
-    json_out: Annotated[Optional[Path], typer.Option(
-        "--json", help="Also write what was done (recipe, costs, notes, speed) as JSON.")] = None,
-    calib: CalibOpt = None,
-    criterion: Annotated[Optional[str], typer.Option(
-        help="Channel criterion. Default auto: taylor-fo with --calib, l2 without. Data-free: l1, l2, "
-             "bn-scale, random, similarity; with --calib: taylor-fo, taylor-so, taylor-act, activation, apoz, "
-             "oracle.")] = None,
-    mode: Annotated[Optional[str], typer.Option(
-        help="--ratio: per-group (same ratio everywhere) or global ranking. Default auto: global with "
-             "data-driven scores, per-group without.")] = None,
-    ranking: Annotated[Optional[str], typer.Option(
-        help="Global order: normalised (scores / group mean) or per-mac (score per MAC saved, a knapsack "
-             "order). Default auto: per-mac with data-driven scores, normalised without.")] = None,
-    round_to: Annotated[Optional[int], typer.Option(help="Keep channel counts in multiples of N (8 for "
-                                                         "TensorRT). Default 1.")] = None,
-    align: Annotated[Optional[str], typer.Option(
-        help="Hardware channel block: kept counts are rounded down to a multiple where legal (padded "
-             "channels cost latency anyway). Default auto: the block of --provider here (onnxruntime CPU: "
-             "16 on AVX-512, 8 on AVX2); 1: off.")] = None,
-    min_channels: Annotated[Optional[int], typer.Option(help="Never keep fewer channels in a group.")] = None,
-    max_ratio: Annotated[Optional[float], typer.Option(help="Never remove more than this fraction of a group."
-                                                       )] = None,
-    ignore: Annotated[Optional[list[str]], typer.Option(help="Node name or pattern whose channels stay.")] = None,
-    prune_hidden: Annotated[Optional[bool], typer.Option(
-        "--prune-hidden/--no-prune-hidden",
-        help="Also prune a transformer's residual stream through LayerNorm (approximate: use recovery).")] = None,
-    recover: Annotated[Optional[str], typer.Option(
-        help="Post-training recovery on --calib data: comma list of bn, bias, lstsq, scale; all, none. "
-             "Default auto: all with --calib (each refit kept only if it helps on held-out samples).")] = None,
-    ridge: Annotated[Optional[str], typer.Option(
-        help="Ridge strength of the least-squares refits. Default auto: chosen on held-out samples.")] = None,
-    holdout: Annotated[Optional[float], typer.Option(
-        help="Fraction of --calib samples recovery holds out to check every refit. Default 0.25.")] = None,
-    augment: Annotated[Optional[bool], typer.Option(
-        "--augment/--no-augment", help="Recovery: more rows from flips and shifted crops of image inputs.")
-    ] = None,
-    recovery_weighting: Annotated[Optional[str], typer.Option(
-        help="Recovery fits: uniform rows, or fisher (rows weighted by their sensitivity). Default uniform.")
-    ] = None,
-    recovery_report: Annotated[Optional[Path], typer.Option(help="Write what recovery did as JSON.")] = None,
-    schedule: Annotated[Optional[str], typer.Option(
-        help="oneshot, or iterative (Molchanov 2016: score, remove, fine-tune, repeat; needs --calib "
-             "and --target-flops).")] = None,
-    method: Annotated[Optional[str], typer.Option(
-        help="criterion (score and cut), spp (Wang 2017) or learned-threshold (Manessi 2017): pruning "
-             "during distillation fine-tuning; needs --calib and --target-flops.")] = None,
-    train_steps: Annotated[Optional[int], typer.Option(help="Fine-tuning steps of the training methods.")] = None,
-    lr: Annotated[Optional[float], typer.Option(help="Learning rate of the training methods.")] = None,
-    provider: Annotated[Optional[str], typer.Option(
-        help="Target runtime: auto (CUDA if available), cpu, cuda, tensorrt: its channel block, latency "
-             "tables and the closing speed measurement.")] = None,
-    measure: Annotated[Optional[bool], typer.Option(
-        "--measure/--no-measure", help="End with the measured speed-up on --provider (default on).")] = None,
-    latency_table: Annotated[Optional[Path], typer.Option(
-        help="--target-latency: JSON cache of per-group latency tables (read, completed, written).")] = None,
-    save_plan: Annotated[Optional[Path], typer.Option(help="Also write the plan used as JSON.")] = None,
-    debug: Annotated[bool, typer.Option(help="Check the graph after every pass.")] = False,
-    input_shape: InputShapeOpt = None,
-    labels: LabelsOpt = None,
-    calib_samples: SamplesOpt = None,
-    batch_size: BatchOpt = 32,
-    loss: Annotated[Optional[str], typer.Option(
-        help="Scoring loss: auto (labels if given, else the model's own predictions or a Fisher estimate), "
-             "ce, mse, pseudo or fisher.")] = None,
-    reduction: Annotated[Optional[str], typer.Option(
-        help="Reduce a unit's scores over its consumers: sum, mean, max.")] = None,
-    device: DeviceOpt = "cpu",
-    image_size: ImageSizeOpt = None,
-    mean: MeanOpt = "0",
-    std: StdOpt = "1",
-    layout: LayoutOpt = "NCHW",
-    flops_reg: Annotated[Optional[float], typer.Option(
-        help="taylor-act: subtract this x the unit's FLOPs share.")] = None,
-    projections: Annotated[Optional[int], typer.Option(
-        help="--loss fisher: random projections per sample.")] = None,
+    debug: Annotated[bool, _opt(_RUN, help="Check the graph after every pass.")] = False,
 ) -> None:
     """Prune MODEL to a budget (--target-flops, --target-params, --target-latency or --ratio),
     or replay a saved --plan, and write OUTPUT. The default recipe is chosen for the model

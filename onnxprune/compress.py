@@ -25,6 +25,7 @@ from onnxprune.recipe import Context, Recipe, RecipeError, provider_name, resolv
 
 if TYPE_CHECKING:
     from onnxprune.calib import CalibrationData
+    from onnxprune.speedcheck import SpeedResult
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +51,7 @@ class CompressResult:
     notes: tuple[str, ...] = ()
     warnings: tuple[str, ...] = ()
     recovery: dict[str, Any] | None = None
-    speed: Any = None  # speedcheck.SpeedResult when measured
+    speed: SpeedResult | None = None  # when measured
 
     @property
     def changed(self) -> bool:
@@ -83,8 +84,7 @@ class CompressResult:
             "warnings": list(self.warnings),
         }
         if self.speed is not None:
-            out["speed"] = {k: getattr(self.speed, k) for k in ("original_ms", "pruned_ms", "speedup", "provider")
-                            if hasattr(self.speed, k)}
+            out["speed"] = self.speed.to_dict()
         if self.recovery is not None:
             out["recovery"] = self.recovery
         return out
@@ -304,15 +304,12 @@ def _warnings(analysis: Analysis, plan: Plan, before: Cost, after: Cost, r: Reci
 
 
 def _measure(original: onnx.ModelProto, pruned: onnx.ModelProto, r: Recipe, calib: CalibrationData | None
-             ) -> tuple[Any, str, str]:
+             ) -> tuple[SpeedResult | None, str, str]:
     """The measured speed-up on the target provider: (result, note, warning if slower)."""
     from onnxprune.errors import OnnxPruneError
     from onnxprune.modelio import has_file_weights, materialize
+    from onnxprune.speedcheck import measure_speedup
 
-    try:
-        from onnxprune.speedcheck import measure_speedup
-    except ImportError:
-        return None, "", ""
     feeds = None
     if calib is not None:
         feeds = {k: v[:1] for k, v in calib.inputs.items()}
@@ -322,15 +319,12 @@ def _measure(original: onnx.ModelProto, pruned: onnx.ModelProto, r: Recipe, cali
         speed = measure_speedup(a, b, feeds, provider=provider_name(r))
     except OnnxPruneError as exc:
         return None, f"speed not measured: {exc}", ""
-    from onnxprune.report import SHORT_PROVIDER
-
-    where = SHORT_PROVIDER.get(getattr(speed, "provider", ""), getattr(speed, "provider", "onnxruntime"))
-    line = (f"speed ({where}): {speed.original_ms:.3g} ms -> {speed.pruned_ms:.3g} ms, "
-            f"{speed.speedup:.2f}x")
+    where = speed.provider.replace("ExecutionProvider", "")
+    line = f"speed: {speed.summary()}"
     slower = ""
-    if getattr(speed, "slower", speed.speedup < 1.0):
-        slower = (f"the pruned model is SLOWER than the original on {where} ({speed.speedup:.2f}x): "
-                  "try a larger budget step, --round-to 8, or --target-latency")
+    if speed.slower:
+        slower = (f"the pruned model is SLOWER than the original on {where} ({speed.speedup:.2f}x): try "
+                  "--target-latency (measured allocation), --round-to 8, or a smaller cut")
     return speed, line, slower
 
 

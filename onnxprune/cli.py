@@ -60,6 +60,8 @@ def _distributed_rank(device: str) -> int:
 
 def _distributed_done() -> None:
     """Leave the process group cleanly (gloo aborts at exit otherwise)."""
+    if sys.modules.get("torch") is None:  # no process group without torch: do not import it for nothing
+        return
     try:
         import torch.distributed as dist
     except ImportError:
@@ -150,9 +152,10 @@ def analyze(
     input_shape: InputShapeOpt = None,
     prune_hidden: PruneHiddenOpt = False,
 ) -> None:
-    """Find the coupled channel groups, what each accounts for, and what blocks the rest:
-    a summary (the largest prunable groups, why the others are blocked), every group with
-    --wide, all of it as JSON with --json. Costs in MACs."""
+    """Find the coupled channel groups, what each accounts for, and what blocks the rest.
+
+    By default a summary that fits 80 columns (the largest prunable groups, why the others
+    are blocked); every group with --wide; all of it as JSON with --json. Costs in MACs."""
     from onnxprune.analysis import analyze as run_analysis
     from onnxprune.api import load
     from onnxprune.report import analysis_summary, analysis_tables
@@ -271,10 +274,11 @@ def prune(
     ] = None,
     debug: Annotated[bool, _opt(_RUN, help="Check the graph after every pass.")] = False,
 ) -> None:
-    """Prune MODEL to a budget (--target-flops, --target-params, --target-latency or --ratio),
-    or replay a saved --plan, and write OUTPUT. The default recipe is chosen for the model
-    and the data (give --calib when you have a few hundred unlabelled samples) and printed
-    before it runs; every choice can be overridden by a flag or a --recipe file."""
+    """Prune MODEL to a budget, or replay a saved --plan, and write OUTPUT.
+
+    The default recipe is chosen for the model and the data (give --calib when you have a
+    few hundred unlabelled samples) and printed before it runs; every choice can be
+    overridden by a flag or a --recipe file."""
     from onnxprune.api import load
     from onnxprune.compress import compress
     from onnxprune.modelio import check_output_path
@@ -312,8 +316,9 @@ def prune(
     console.print(f"recipe: {escape(resolved.describe())}", soft_wrap=True, highlight=False)
     the_plan = PlanData.load(plan) if plan is not None else None
     # the weights stay in the memory-mapped file (read once to score, once to slice) unless
-    # something runs the model (calibration, recovery, the speed measurement) or --debug checks it
-    mapped = calib is None and not resolved.measure and resolved.target_latency is None and not debug
+    # something runs the model (calibration, recovery, latency tables) or --debug checks it; the
+    # closing speed check runs materialised copies
+    mapped = calib is None and resolved.target_latency is None and not debug
     with _Steps(debug) as steps:
         steps("loading and inferring shapes")
         m = load(model, input_shapes=_parse_shapes(input_shape), mapped=mapped)
@@ -489,10 +494,11 @@ def verify(
         help="Fail (exit 1) when a classifier output's top-1 agreement with the original is below this "
              "(0 to 1).")] = None,
 ) -> None:
-    """Run ORIGINAL and PRUNED in onnxruntime and compare outputs, accuracy, cost (MACs), size and
-    latency. Without --inputs or --calib, 8 random samples are compared (agreement only).
-    With --atol, --rtol, --min-cosine or --min-top1 it gates a pipeline: exit 1 and one line
-    saying what failed when a tolerance is not met."""
+    """Run ORIGINAL and PRUNED in onnxruntime and compare outputs, accuracy, cost, size and latency.
+
+    Without --inputs or --calib, 8 random samples are compared (agreement only). Costs are in
+    MACs. With --atol, --rtol, --min-cosine or --min-top1 it gates a pipeline: exit 1 and one
+    line saying what failed when a tolerance is not met."""
     import numpy as np
     from rich.markup import escape
 
@@ -571,7 +577,8 @@ def verify(
         write_text_atomic(json_path, json.dumps(report, indent=1))
     if report_path is not None:
         written, png = write_verify_report(report, report_path, names=(str(original), str(pruned)))
-        console.print(f"wrote report [bold]{escape(str(written))}[/]" + (f" (plots {escape(str(png))})" if png else ""))
+        plots = f" (plots {escape(str(png))})" if png else ""
+        console.print(f"wrote report [bold]{escape(str(written))}[/]{plots}")
     if plot is not None:
         from onnxprune.plots import write_verify_plot
 
@@ -708,7 +715,7 @@ def demo(
     from onnxprune.compress import compress, resolve_for
     from onnxprune.modelio import load_model
     from onnxprune.recipe import Recipe
-    from onnxprune.report import analysis_tables, cost_table, verify_table
+    from onnxprune.report import analysis_summary, cost_table, verify_table
     from onnxprune.verify import verify as run_verify
 
     data = Path(__file__).parent / "data"
@@ -716,7 +723,7 @@ def demo(
     test = np.load(test_path)
     m = load(model_path)
     analysis = run_analysis(m)
-    analysis_tables(analysis, console)
+    analysis_summary(analysis, console, name=model_path.name)
     recipe = Recipe(ratio=ratio, measure=False)  # verify below times both models
     console.print(f"recipe: {escape(resolve_for(recipe, has_calib=False).describe())}", soft_wrap=True,
                   highlight=False)
@@ -743,20 +750,26 @@ def finetune(
         help="Distil from this model (the original): same inputs and outputs. No labels needed.")] = None,
     labels: Annotated[Optional[str], typer.Option(
         help="Name of the labels array in the data: adds cross-entropy (MSE for float labels).")] = None,
-    epochs: Annotated[Optional[float], typer.Option(help="Epochs over the data (default 1).")] = None,
+    epochs: Annotated[Optional[float], typer.Option(help="Epochs over the data (default 5).")] = None,
     steps: Annotated[Optional[int], typer.Option(help="Training steps (instead of --epochs).")] = None,
-    lr: Annotated[float, typer.Option(help="Learning rate.")] = 1e-3,
-    batch_size: Annotated[int, typer.Option(help="Training batch size.")] = 64,
-    optimizer: Annotated[str, typer.Option(help="sgd, adam or adamw.")] = "adam",
-    weight_decay: Annotated[float, typer.Option(help="Weight decay.")] = 0.0,
-    schedule: Annotated[str, typer.Option(help="Learning rate: cosine or constant.")] = "cosine",
-    temperature: Annotated[float, typer.Option(help="Distillation temperature.")] = 4.0,
+    lr: Annotated[Optional[float], typer.Option(help="Learning rate (default 1e-2 for convolutional networks, "
+                                                     "1e-3 for others).")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Training batch size (default 64).")] = None,
+    optimizer: Annotated[Optional[str], typer.Option(help="sgd, adam (default) or adamw.")] = None,
+    weight_decay: Annotated[Optional[float], typer.Option(help="Weight decay (default 0).")] = None,
+    schedule: Annotated[Optional[str], typer.Option(help="Learning rate: cosine (default) or constant.")] = None,
+    temperature: Annotated[Optional[float], typer.Option(help="Distillation temperature (default 1).")] = None,
+    grad_clip: Annotated[Optional[float], typer.Option(help="Clip the gradient norm to this (default 1; 0: off).")
+                         ] = None,
+    bn_mode: Annotated[Optional[str], typer.Option(
+        help="BatchNorm while training: batch (default: batch statistics, stored ones re-estimated at the end) "
+             "or running (the stored statistics, inference mode).")] = None,
     distill_weight: Annotated[Optional[float], typer.Option(help="Weight of distillation (default 1 with "
                                                                  "--teacher).")] = None,
     ce_weight: Annotated[Optional[float], typer.Option(help="Weight of the label loss (default 1 with "
                                                             "--labels).")] = None,
-    recalibrate_bn: Annotated[bool, typer.Option(help="Re-estimate BatchNorm statistics on the data first.")
-                              ] = False,
+    recalibrate_bn: Annotated[Optional[bool], typer.Option(
+        help="Re-estimate BatchNorm statistics on the data first (with --bn-mode running).")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the data order.")] = 0,
     checkpoint: Annotated[Optional[Path], typer.Option(help="Write a checkpoint here (at the end, and every "
                                                              "--checkpoint-every steps).")] = None,
@@ -767,7 +780,11 @@ def finetune(
     device: Annotated[str, typer.Option(help="Torch device: cpu, cuda, cuda:1, ...")] = "cpu",
 ) -> None:
     """Fine-tune MODEL's weights in torch (distillation from --teacher and/or --labels) and write
-    OUTPUT: the same graph with the new weights. BatchNorm stays in inference mode."""
+    OUTPUT: the same graph with the new weights. Unset options take onnxprune.train.finetune's
+    defaults (5 epochs, Adam, cosine schedule, gradient norm clipped to 1, T = 1, BatchNorm on
+    batch statistics)."""
+    from rich.markup import escape
+
     from onnxprune.calib import load_calibration
     from onnxprune.modelio import check_output_path, load_model, save_model
     from onnxprune.train import finetune as run_finetune
@@ -778,16 +795,18 @@ def finetune(
     m = load_model(model, lazy=False)
     t = load_model(teacher, lazy=False) if teacher is not None else None
     data = load_calibration(calib, m, labels=labels, samples=calib_samples)
-    result = run_finetune(m, data, teacher=t, optimizer=optimizer, lr=lr, weight_decay=weight_decay,
-                          schedule=schedule, epochs=1.0 if epochs is None and steps is None else epochs,
-                          steps=steps, batch_size=batch_size, seed=seed, device=device, temperature=temperature,
-                          distill_weight=distill_weight, ce_weight=ce_weight, recalibrate_bn=recalibrate_bn,
-                          checkpoint=checkpoint, checkpoint_every=checkpoint_every, resume=resume,
-                          progress=err.is_terminal)
+    given = dict(optimizer=optimizer, lr=lr, weight_decay=weight_decay, schedule=schedule, epochs=epochs,
+                 steps=steps, batch_size=batch_size, temperature=temperature, grad_clip=grad_clip, bn_mode=bn_mode,
+                 recalibrate_bn=recalibrate_bn)
+    result = run_finetune(m, data, teacher=t, seed=seed, device=device, distill_weight=distill_weight,
+                          ce_weight=ce_weight, checkpoint=checkpoint, checkpoint_every=checkpoint_every,
+                          resume=resume, progress=err.is_terminal,
+                          **{k: v for k, v in given.items() if v is not None})
     save_model(result.model, output)
     losses = result.losses
     summary = f"loss {losses[0]:.4f} -> {losses[-1]:.4f}; " if losses else ""
-    console.print(f"fine-tuned {result.steps} steps ({summary}{len(data)} samples); wrote [bold]{output}[/]")
+    console.print(f"fine-tuned {result.steps} steps ({summary}{len(data)} samples); "
+                  f"wrote [bold]{escape(str(output))}[/]", soft_wrap=True)
 
 
 def _print_error(message: object) -> None:

@@ -157,9 +157,15 @@ def compress(model: onnx.ModelProto, recipe: Recipe, *, calib: CalibrationData |
     from onnxprune.api import apply_plan
 
     methods = resolved.recover if calib is not None else ()
-    measure = resolved.measure
+    measure = resolved.measure and bool(plan.keep)
+    reference = model
+    if measure and not methods:
+        from onnxprune.modelio import has_file_weights
+
+        if has_file_weights(model):  # weights in a file: time a loaded copy, rewrite the mapped model
+            reference = _in_memory(model)
     step("rewriting the graph", None, None)
-    result = apply_plan(model, analysis, plan, debug=debug, inplace=not (methods or measure))
+    result = apply_plan(model, analysis, plan, debug=debug, inplace=reference is not model or not (methods or measure))
     pruned, after = result.model, result.after
     report = None
     if methods and plan.keep:
@@ -174,9 +180,9 @@ def compress(model: onnx.ModelProto, recipe: Recipe, *, calib: CalibrationData |
         notes.append(_recovery_line(report))
     warnings = _warnings(analysis, plan, result.before, after, resolved)
     speed = None
-    if measure and plan.keep:
+    if measure:
         step("measuring the speed-up", None, None)
-        speed, line, slower = _measure(model, pruned, resolved, calib)
+        speed, line, slower = _measure(reference, pruned, resolved, calib)
         if line:
             notes.append(line)
         if slower:
@@ -307,14 +313,12 @@ def _measure(original: onnx.ModelProto, pruned: onnx.ModelProto, r: Recipe, cali
              ) -> tuple[SpeedResult | None, str, str]:
     """The measured speed-up on the target provider: (result, note, warning if slower)."""
     from onnxprune.errors import OnnxPruneError
-    from onnxprune.modelio import has_file_weights, materialize
     from onnxprune.speedcheck import measure_speedup
 
     feeds = None
     if calib is not None:
         feeds = {k: v[:1] for k, v in calib.inputs.items()}
-    a = materialize(original) if has_file_weights(original) else original
-    b = materialize(pruned) if has_file_weights(pruned) else pruned
+    a, b = _in_memory(original), _in_memory(pruned)
     try:
         speed = measure_speedup(a, b, feeds, provider=provider_name(r))
     except OnnxPruneError as exc:
@@ -326,6 +330,18 @@ def _measure(original: onnx.ModelProto, pruned: onnx.ModelProto, r: Recipe, cali
         slower = (f"the pruned model is SLOWER than the original on {where} ({speed.speedup:.2f}x): try "
                   "--target-latency (measured allocation), --round-to 8, or a smaller cut")
     return speed, line, slower
+
+
+def _in_memory(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``model`` itself, or a copy with the weights it keeps in files read in (the model
+    itself stays file-backed, so it is saved as it was loaded)."""
+    from onnxprune.modelio import has_file_weights, materialize
+
+    if not has_file_weights(model):
+        return model
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    return materialize(copy)
 
 
 def _train(model: onnx.ModelProto, r: Recipe, calib: CalibrationData | None, step: Progress, batch_size: int,

@@ -56,21 +56,46 @@ class Plan:
         }
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> Plan:
-        try:
-            if data.get("format_version") != FORMAT_VERSION:
-                raise PlanError(f"unsupported plan format_version {data.get('format_version')!r}")
-            groups = data["groups"]
-            return cls(
-                fingerprint=str(data["fingerprint"]),
-                keep={gid: tuple(g["keep"]) for gid, g in groups.items()},
-                sizes={gid: int(g["size"]) for gid, g in groups.items()},
-                criterion=data.get("criterion"),
-                options=data.get("options") or {},
-                merges={gid: tuple(tuple(m) for m in ms) for gid, ms in (data.get("merges") or {}).items()},
-            )
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise PlanError(f"malformed plan: {exc!r}") from exc
+    def from_dict(cls, data: Mapping[str, Any], source: str = "plan") -> Plan:
+        """A plan from ``to_dict``'s form; anything else is refused in words that name the field
+        (``source``, the file, starts the message)."""
+        def bad(what: str) -> PlanError:
+            return PlanError(f"{source}: malformed plan: {what}")
+
+        if not isinstance(data, Mapping):
+            raise bad("expected a JSON object with format_version, fingerprint and groups")
+        if data.get("format_version") != FORMAT_VERSION:
+            raise PlanError(f"{source}: unsupported plan format_version {data.get('format_version')!r} "
+                            f"(this onnxprune reads {FORMAT_VERSION})")
+        missing = [k for k in ("fingerprint", "groups") if k not in data]
+        if missing:
+            raise bad(f"no {' or '.join(missing)}")
+        groups = data["groups"]
+        if not isinstance(groups, Mapping):
+            raise bad("groups must map each group id to its size and kept indices")
+        for gid, g in groups.items():
+            if not isinstance(g, Mapping) or "size" not in g or "keep" not in g:
+                raise bad(f"group '{gid}' needs a size and a keep list")
+            if not _is_int(g["size"]):
+                raise bad(f"group '{gid}': size must be a whole number, got {g['size']!r}")
+            if not isinstance(g["keep"], list) or not all(_is_int(i) for i in g["keep"]):
+                raise bad(f"group '{gid}': keep must be a list of whole numbers")
+        merges = data.get("merges") or {}
+        if not isinstance(merges, Mapping) or not all(
+                isinstance(ms, list) and all(isinstance(m, list) and len(m) == 3 and _is_int(m[0]) and _is_int(m[1])
+                                             and _is_number(m[2]) for m in ms) for ms in merges.values()):
+            raise bad("merges must map group ids to lists of [removed, kept, factor]")
+        options = data.get("options") or {}
+        if not isinstance(options, Mapping):
+            raise bad("options must be a JSON object")
+        criterion = data.get("criterion")
+        if criterion is not None and not isinstance(criterion, str):
+            raise bad(f"criterion must be a name, got {criterion!r}")
+        return cls(fingerprint=str(data["fingerprint"]),
+                   keep={gid: tuple(g["keep"]) for gid, g in groups.items()},
+                   sizes={gid: int(g["size"]) for gid, g in groups.items()},
+                   criterion=criterion, options=options,
+                   merges={gid: tuple(tuple(m) for m in ms) for gid, ms in merges.items()})
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         from onnxprune.fileutil import write_text_atomic
@@ -84,9 +109,15 @@ class Plan:
             data = json.loads(p.read_text())
         except FileNotFoundError as exc:
             raise PlanError(f"{p}: plan file not found") from exc
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise PlanError(f"{p}: not a JSON plan ({exc})") from exc
-        return cls.from_dict(data)
+        except IsADirectoryError as exc:
+            raise PlanError(f"{p}: is a directory, not a plan file") from exc
+        except OSError as exc:
+            raise PlanError(f"{p}: cannot read the plan ({exc.strerror or 'I/O error'})") from exc
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+            reason = (f"line {exc.lineno} column {exc.colno}: {exc.msg}" if isinstance(exc, json.JSONDecodeError)
+                      else "not UTF-8 text" if isinstance(exc, UnicodeDecodeError) else "nested too deeply")
+            raise PlanError(f"{p}: not a JSON plan ({reason})") from exc
+        return cls.from_dict(data, source=str(p))
 
     # -- checks ----------------------------------------------------------
     def validate(self, analysis: Analysis) -> None:
@@ -129,3 +160,11 @@ class Plan:
             g = analysis.group(gid)
             total += (g.size - len(keep)) * g.unit_width
         return total
+
+
+def _is_int(v: object) -> bool:
+    return (isinstance(v, int) and not isinstance(v, bool)) or (isinstance(v, float) and v.is_integer())
+
+
+def _is_number(v: object) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)

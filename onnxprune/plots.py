@@ -63,7 +63,7 @@ def verify_png(report: Mapping[str, Any]) -> bytes:
     ax_lat.set_xlabel("batch size")
     ax_lat.set_ylabel("latency p50 (ms), bar to p90")
     ax_lat.set_title(f"Latency: speedup {report.get('speedup', float('nan')):.2f}x, "
-                     f"FLOPs ratio {report.get('flops_ratio', float('nan')):.3f}")
+                     f"MACs ratio {report.get('flops_ratio', float('nan')):.3f}")
     if len({int(b) for prov in report["original"].get("latency", {}).values() for b in prov}) > 1:
         from matplotlib.ticker import FormatStrFormatter, NullFormatter
 
@@ -110,7 +110,7 @@ def sweep_png(sweep: Mapping[str, Any]) -> bytes:
                     for p in points], "o-", color="tab:blue", label="top-1 agreement")
         ax.plot(x, [p.get("cosine", float("nan")) for p in points], "^:", color="tab:cyan", label="cosine")
         ax.set_ylabel("agreement with the original")
-    ax.set_xlabel(f"FLOPs kept (% of {sweep.get('original', {}).get('flops', 0) / 1e6:.1f} MFLOPs)")
+    ax.set_xlabel(f"MACs kept (% of {sweep.get('original', {}).get('flops', 0) / 2e6:.1f} M MACs)")
     ax.grid(alpha=0.3)
     ax2 = ax.twinx()
     ax2.plot(x, [p["latency_ms"]["p50"] for p in points], "s--", color="tab:red", label="latency p50")

@@ -1,4 +1,8 @@
-"""Human-readable tables (rich) for analysis, pruning and verification results."""
+"""Human-readable tables (rich) for analysis, pruning and verification results.
+
+Every cost is given in MACs (multiply-accumulates; FLOPs = 2 x MACs), named in each table.
+User text (paths, node and output names, messages) is escaped: brackets are printed as they are.
+"""
 
 from __future__ import annotations
 
@@ -6,12 +10,15 @@ import base64
 import html
 import math
 import os
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from onnxprune.analysis import Analysis
 from onnxprune.flops import Cost
@@ -25,26 +32,126 @@ def _human(n: float) -> str:
     return f"{n:.1f}P"
 
 
+def middle_ellipsis(text: str, width: int) -> str:
+    """``text`` cut to ``width`` characters in the middle ("/features/fe…/conv.0/Conv"), whole
+    when it fits: names keep their start and their end, never broken across lines."""
+    if len(text) <= width:
+        return text
+    if width <= 1:
+        return "\u2026"[:width]
+    head = width // 2
+    return text[:head] + "\u2026" + text[len(text) - (width - 1 - head):]
+
+
+def _wrap(text: str, width: int, indent: int) -> list[str]:
+    """Words wrapped to ``width`` (the first line keeps ``text``'s leading blanks, later lines
+    are indented by ``indent``); a word longer than a line is cut in the middle, never split."""
+    import textwrap
+
+    room = max(8, width - indent)
+    text = re.sub(rf"\S{{{room + 1},}}", lambda m: middle_ellipsis(m.group(0), room), text)
+    return textwrap.wrap(text, width=width, subsequent_indent=" " * indent, drop_whitespace=True,
+                         break_long_words=False, break_on_hyphens=False) or [""]
+
+
+def _label(g: Any, width: int) -> str:
+    """A group by its first producer node (its id when it has none), '(+N)' for the others."""
+    more = f" (+{len(g.producers) - 1})" if len(g.producers) > 1 else ""
+    return middle_ellipsis(g.producers[0] if g.producers else g.id, max(1, width - len(more))) + more
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n:,} {word}{'' if n == 1 else 's'}"
+
+
+def analysis_summary(analysis: Analysis, console: Console, *, name: str | None = None, top: int = 10) -> None:
+    """The analysis in a few lines that fit the console (80 columns and up): what is prunable,
+    the model's MACs and parameters, why the other groups are blocked, and the prunable
+    groups that account for the most MACs by producer node (a name too long for the line is
+    cut in the middle, never broken). ``analysis_tables`` prints every group."""
+    width = max(60, console.width)
+    s = analysis.summary()
+    blocked = [g for g in analysis.groups if not g.prunable]
+    lines: list[Text] = [Text.assemble(("Channel groups", "bold"), f" of {name}" if name else "")]
+    rows = [("prunable", (f"{s['prunable_groups']:,} of {_plural(s['groups'], 'group')}, "
+                          f"{s['prunable_channels']:,} of {_plural(s['channels'], 'channel')}")),
+            ("blocked", f"{_plural(len(blocked), 'group')}, "
+                        f"{_plural(sum(g.channels for g in blocked), 'channel')}"
+                        + (f" ({_plural(len(analysis.blocked), 'blocked node')})" if analysis.blocked else "")),
+            ("accounted", f"{_human(s['macs'])} MACs, {_human(s['params'])} parameters")]
+    for label, text in rows:
+        for line in _wrap(f"  {label:<11}{text}", width, 13):
+            lines.append(Text(line))
+    reasons: dict[str, list[int]] = {}
+    for g in blocked:
+        entry = reasons.setdefault(g.why_not[0] if g.why_not else "-", [0, 0])
+        entry[0] += 1
+        entry[1] += g.channels
+    if reasons:
+        lines.append(Text("Why groups are blocked", style="bold"))
+        ranked = sorted(reasons.items(), key=lambda kv: (-kv[1][1], -kv[1][0], kv[0]))
+        for reason, (n, ch) in ranked[:5]:
+            for line in _wrap(f"  {_plural(n, 'group')}, {_plural(ch, 'channel')}: {reason}", width, 4):
+                lines.append(Text(line))
+        if len(ranked) > 5:
+            lines.append(Text(f"  ... and {_plural(len(ranked) - 5, 'other reason')}"))
+    prunable = sorted(analysis.prunable_groups, key=lambda g: (-g.macs, g.id))
+    if prunable:
+        shown = prunable[:top]
+        lines.append(Text.assemble(("Largest prunable groups", "bold"),
+                                   f" by MACs ({len(shown)} of {len(prunable)})"))
+        name_w = width - 2 - 2 * 3 - 8 - 7 - 7
+        name_w = min(name_w, max(len("producer"), *(len(_label(g, 10**6)) for g in shown)))
+        lines.append(Text(f"  {'producer':<{name_w}}  {'channels':>8}  {'MACs':>7}  {'params':>7}", style="dim"))
+        for g in shown:
+            lines.append(Text(f"  {_label(g, name_w):<{name_w}}  {g.channels:>8,}  "
+                              f"{_human(g.macs):>7}  {_human(g.params):>7}"))
+    for line in _wrap("Every group and blocked node: --wide (--all adds groups with no producer); all of it: --json",
+                      width, 0):
+        lines.append(Text(line, style="dim"))
+    for line in lines:
+        console.print(line, soft_wrap=True, highlight=False)
+
+
+def _print_wide(console: Console, table: Table) -> None:
+    """A table at its natural width (up to ``WIDE_MAX`` columns), wider than the console if it
+    needs: names stay whole on one line (for a file, a pager with -S, or a wide terminal)."""
+    from rich.segment import Segments
+
+    natural = console.measure(table, options=console.options.update_width(WIDE_MAX)).maximum
+    width = max(console.width, min(natural, WIDE_MAX))
+    # console.print caps a width at the console's: render at ours, print the segments uncropped
+    console.print(Segments(console.render(table, console.options.update_width(width))), crop=False)
+
+
+WIDE_MAX = 400
+
+
 def analysis_tables(analysis: Analysis, console: Console, *, show_all: bool = False) -> None:
+    """Every channel group and blocked node as tables (``analyze --wide``), as wide as they
+    need: numbers, headers and names are not split (beyond ``WIDE_MAX`` columns names fold)."""
     groups = Table(title="Channel groups", show_lines=False)
     for col in ("group", "channels", "units", "params", "MACs", "prunable", "producers", "why not"):
-        groups.add_column(col, overflow="fold")
+        folds = col in ("group", "producers", "why not")
+        groups.add_column(col, overflow="fold" if folds else "ellipsis", no_wrap=not folds,
+                          justify="left" if folds or col == "prunable" else "right")
     for g in analysis.groups:
         if not show_all and not g.prunable and not g.producers:
             continue
         groups.add_row(
-            g.id, str(g.channels), str(g.size), _human(g.params), _human(g.macs),
-            "[green]yes[/]" if g.prunable else "[red]no[/]", ", ".join(g.producers[:3]) +
-            (f" (+{len(g.producers) - 3})" if len(g.producers) > 3 else ""), "; ".join(g.why_not[:2]),
+            escape(g.id), str(g.channels), str(g.size), _human(g.params), _human(g.macs),
+            "[green]yes[/]" if g.prunable else "[red]no[/]", escape(", ".join(g.producers[:3]) +
+            (f" (+{len(g.producers) - 3})" if len(g.producers) > 3 else "")), escape("; ".join(g.why_not[:2])),
         )
-    console.print(groups)
+    _print_wide(console, groups)
     if analysis.blocked:
         blocked = Table(title="Blocked regions (channels left alone)")
         for col in ("node", "op", "channels", "reason"):
-            blocked.add_column(col, overflow="fold")
+            blocked.add_column(col, overflow="fold", no_wrap=col == "channels",
+                               justify="right" if col == "channels" else "left")
         for b in sorted(analysis.blocked, key=lambda b: (b.node or "", b.reason)):
-            blocked.add_row(b.node or "-", b.op or "-", str(b.channels), b.reason)
-        console.print(blocked)
+            blocked.add_row(escape(b.node or "-"), escape(b.op or "-"), str(b.channels), escape(b.reason))
+        _print_wide(console, blocked)
     s = analysis.summary()
     console.print(
         f"[bold]{s['prunable_groups']}[/] of {s['groups']} groups prunable; "
@@ -53,7 +160,8 @@ def analysis_tables(analysis: Analysis, console: Console, *, show_all: bool = Fa
 
 
 def cost_table(before: Cost, after: Cost, console: Console, title: str = "Pruning result") -> None:
-    t = Table(title=title)
+    """Parameters and MACs before and after (the title is printed as given, brackets included)."""
+    t = Table(title=escape(title))
     for col in ("", "before", "after", "ratio"):
         t.add_column(col)
     for label, b, a in (("parameters", before.params, after.params), ("MACs", before.macs, after.macs)):
@@ -91,8 +199,7 @@ def verify_sections(report: Mapping) -> list[Section]:
     """The verification report as (title, header, rows) tables, shared by every output format."""
     o, p = report["original"], report["pruned"]
     cost = [["parameters", _human(o["params"]), _human(p["params"]), _ratio(o["params"], p["params"])],
-            ["FLOPs (2 x MACs)", _human(o.get("flops", 2 * o["macs"])), _human(p.get("flops", 2 * p["macs"])),
-             _ratio(o.get("flops", 2 * o["macs"]), p.get("flops", 2 * p["macs"]))]]
+            ["MACs", _human(o["macs"]), _human(p["macs"]), _ratio(o["macs"], p["macs"])]]
     if "size_bytes" in o:
         cost.append(["size on disk", _bytes(o["size_bytes"]), _bytes(p["size_bytes"]),
                      _ratio(o["size_bytes"], p["size_bytes"])])
@@ -131,21 +238,21 @@ def verify_sections(report: Mapping) -> list[Section]:
 
 
 def verify_summary(report: Mapping) -> str:
-    flops = report.get("flops_ratio", report.get("macs_ratio", float("nan")))
-    text = f"speedup (p50): {report['speedup']:.2f}x for a FLOPs ratio of {flops:.3f}"
-    if flops:
-        text += f" (ideal {1 / flops:.2f}x)"
+    macs = report.get("macs_ratio", report.get("flops_ratio", float("nan")))
+    text = f"speedup (p50): {report['speedup']:.2f}x for a MACs ratio of {macs:.3f}"
+    if macs:
+        text += f" (ideal {1 / macs:.2f}x)"
     return text
 
 
 def verify_table(report: Mapping, console: Console) -> None:
     providers = ", ".join(SHORT_PROVIDER.get(p, p) for p in report.get("providers", [report.get("provider", "CPU")]))
     for title, header, rows in verify_sections(report):
-        t = Table(title=f"Verification: {title}" + (f" ({providers})" if title.startswith("Latency") else ""))
+        t = Table(title=escape(f"Verification: {title}" + (f" ({providers})" if title.startswith("Latency") else "")))
         for col in header:
-            t.add_column(col)
+            t.add_column(escape(col))
         for row in rows:
-            t.add_row(*row)
+            t.add_row(*map(escape, row))
         console.print(t)
     summary = verify_summary(report)
     head, _, tail = summary.partition(": ")
@@ -242,13 +349,26 @@ def write_verify_report(report: Mapping, path: str | os.PathLike[str], *, plot: 
     meta = []
     if names:
         meta += [f"original: `{names[0]}`", f"pruned: `{names[1]}`"]
+    random = " (random inputs)" if report.get("inputs") == "random" else ""
     meta += [f"providers: {', '.join(SHORT_PROVIDER.get(p, p) for p in report.get('providers', []))}",
-             f"samples compared: {report.get('samples', '-')}; timed runs: {report.get('runs', '-')} "
-             f"after {report.get('warmup', '-')} warm-up; intra-op threads: {report.get('threads') or 'default'}"]
+             (f"samples compared: {report.get('samples', '-')}{random}; timed runs: {report.get('runs', '-')} "
+              f"after {report.get('warmup', '-')} warm-up; intra-op threads: {report.get('threads') or 'default'}")]
+    checks = report.get("checks")
+    if checks:
+        meta.append(tolerance_line(checks))
     if _report_format(Path(path)) == "html":
         meta = [m.replace("`", "") for m in meta]
     return _write_document(path, "onnxprune verification report", meta, verify_sections(report),
                            verify_summary(report), lambda: verify_png(report), plot)
+
+
+def tolerance_line(checks: Mapping) -> str:
+    """One line for a verdict of ``verify.check_tolerances``: what was asked, what failed."""
+    asked = ", ".join(f"{label} {checks[key]:g}" for key, label in (
+        ("atol", "atol"), ("rtol", "rtol"), ("min_cosine", "min cosine"), ("min_top1", "min top-1 agreement"))
+        if checks.get(key) is not None)
+    failures = checks.get("failures") or []
+    return f"tolerances ({asked}): " + ("passed" if not failures else "FAILED: " + "; ".join(failures))
 
 
 # -- sweeps ---------------------------------------------------------------------------------
@@ -256,7 +376,7 @@ def write_verify_report(report: Mapping, path: str | os.PathLike[str], *, plot: 
 
 def sweep_sections(sweep: Mapping) -> list[Section]:
     has_acc = any(p.get("accuracy") is not None for p in sweep["points"])
-    header = ["target", "FLOPs (ratio)", "params (ratio)", "accuracy" if has_acc else "top-1 agr.", "cosine",
+    header = ["target", "MACs (ratio)", "params (ratio)", "accuracy" if has_acc else "top-1 agr.", "cosine",
               "p50 ms", "speedup"]
     rows = []
     for pt in sweep["points"]:
@@ -266,7 +386,8 @@ def sweep_sections(sweep: Mapping) -> list[Section]:
         quality = pt.get("accuracy") if has_acc else pt.get("top1_agreement")
         rows.append([
             "original" if pt.get("target") is None else f"{pt['target']:g}",
-            f"{_human(pt['flops'])} ({pt['flops_ratio']:.3f})", f"{_human(pt['params'])} ({pt['params_ratio']:.3f})",
+            f"{_human(pt.get('macs', pt['flops'] / 2))} ({pt['flops_ratio']:.3f})",
+            f"{_human(pt['params'])} ({pt['params_ratio']:.3f})",
             _num(quality, ".4f"), _num(pt.get("cosine"), ".4f"), _num(pt["latency_ms"]["p50"], ".3f"),
             f"{pt['speedup']:.2f}x" if pt.get("speedup") else "-",
         ])
@@ -279,15 +400,16 @@ def sweep_notes(sweep: Mapping) -> list[str]:
 
 def sweep_table(sweep: Mapping, console: Console) -> None:
     for title, header, rows in sweep_sections(sweep):
-        t = Table(title=f"{title}: {sweep.get('criterion', '')}, {sweep.get('metric', 'flops')} budgets, "
-                        f"latency on {SHORT_PROVIDER.get(sweep.get('provider', ''), sweep.get('provider', ''))}")
+        provider = SHORT_PROVIDER.get(sweep.get("provider", ""), sweep.get("provider", ""))
+        t = Table(title=escape(f"{title}: {sweep.get('criterion', '')}, {sweep.get('metric', 'flops')} budgets, "
+                               f"latency on {provider}"))
         for col in header:
-            t.add_column(col)
+            t.add_column(escape(col))
         for row in rows:
-            t.add_row(*row)
+            t.add_row(*map(escape, row))
         console.print(t)
     for note in sweep_notes(sweep):
-        console.print(f"[yellow]{note}[/]")
+        console.print(f"[yellow]{escape(note)}[/]")
 
 
 def write_sweep_report(sweep: Mapping, path: str | os.PathLike[str], *, plot: bool = True
@@ -299,6 +421,6 @@ def write_sweep_report(sweep: Mapping, path: str | os.PathLike[str], *, plot: bo
             f"evaluated on {sweep.get('samples', '-')} samples ({sweep.get('eval', '-')}); latency: "
             f"{SHORT_PROVIDER.get(sweep.get('provider', ''), sweep.get('provider'))}, batch "
             f"{sweep.get('latency_batch', '-')}, {sweep.get('runs', '-')} runs"]
-    summary = "quality and latency against FLOPs; pick the point with the best trade-off"
+    summary = "quality and latency against the MACs kept; pick the point with the best trade-off"
     return _write_document(path, "onnxprune sweep", meta, sweep_sections(sweep), summary,
                            lambda: sweep_png(sweep), plot, notes=sweep_notes(sweep))

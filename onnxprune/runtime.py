@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Mapping, Sequence
 
@@ -85,6 +86,33 @@ def random_inputs(model: onnx.ModelProto, *, seed: int = 0, batch: int = 1,
         else:
             feeds[vi.name] = rng.integers(0, 8, size=shape).astype(dtype)
     return feeds
+
+
+def random_samples(model: onnx.ModelProto, n: int, *, seed: int = 0) -> Feeds:
+    """At least ``n`` random samples: draws of ``random_inputs`` (one sample each, or the
+    model's fixed batch) joined along each input's batch axis; an input without one (a scalar
+    option) comes from the first draw."""
+    from onnxprune.graph import batch_axes, static_batch
+
+    per_draw = static_batch(model) or 1
+    draws = [random_inputs(model, seed=seed + i) for i in range(max(1, -(-n // per_draw)))]
+    axes = batch_axes(model)
+    return {k: np.concatenate([d[k] for d in draws], axis=axes[k]) if k in axes and v.ndim > axes[k] else v
+            for k, v in draws[0].items()}
+
+
+_ORT_STATUS = re.compile(r"^\s*\[ONNXRuntimeError\]\s*:\s*\d+\s*:\s*\w+\s*:\s*")
+_ORT_BOILERPLATE = re.compile(r"\s*Please fix either the inputs(/outputs)? or the model\.?")
+ORT_MESSAGE_CHARS = 600
+
+
+def ort_error_text(exc: BaseException) -> str:
+    """onnxruntime's message on one line: its status prefix and closing boilerplate dropped,
+    every informative line kept ("index: 2 Got: 100 Expected: 224"), joined with '; '."""
+    text = _ORT_BOILERPLATE.sub("", _ORT_STATUS.sub("", str(exc).strip()))
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    one = "; ".join(lines) or type(exc).__name__
+    return one if len(one) <= ORT_MESSAGE_CHARS else one[:ORT_MESSAGE_CHARS - 1] + "\u2026"
 
 
 def run(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray], *, optimize: bool = False) -> dict[str, np.ndarray]:

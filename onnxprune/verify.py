@@ -20,6 +20,11 @@ ratios and speed
     ``params_ratio``, ``macs_ratio``, ``flops_ratio``, ``size_ratio`` (pruned / original),
     ``speedup`` (p50 original / pruned, first provider and batch size), ``speedups``
     (per provider and batch size), ``latency_skipped`` (batch sizes a static batch refuses).
+``inputs``
+    ``"given"``, or ``"random"`` when no feeds were given (``RANDOM_SAMPLES`` random samples
+    compared; latency timed on one).
+
+``check_tolerances`` turns a report into a pass / fail verdict (``verify --atol ...``).
 """
 
 from __future__ import annotations
@@ -35,20 +40,20 @@ import onnx
 from onnxprune.errors import ModelLoadError, ModelMismatchError, ModelRunError, OnnxPruneError
 from onnxprune.flops import model_cost
 from onnxprune.prepare import prepare
-from onnxprune.runtime import Feeds, random_inputs, session
+from onnxprune.runtime import Feeds, ort_error_text, random_inputs, random_samples, session
 
 HIST_BINS = 41
+RANDOM_SAMPLES = 8  # compared when no inputs are given: enough for agreement to mean something
 
 
 def load_inputs(path: str | os.PathLike[str], model: onnx.ModelProto) -> Feeds:
     """Feeds from an .npz whose arrays are named after the model's inputs."""
+    from onnxprune.fileutil import read_arrays
+
     p = Path(path)
     if not p.exists():
         raise ModelLoadError(f"{p}: inputs file not found")
-    try:
-        data = dict(np.load(p))
-    except (ValueError, OSError) as exc:
-        raise ModelLoadError(f"{p}: not a readable .npz file ({exc})") from exc
+    data = read_arrays(p, error=ModelLoadError)  # never unpickles; any failure names the file
     names = [vi.name for vi in model.graph.input if vi.name not in {t.name for t in model.graph.initializer}]
     missing = [n for n in names if n not in data]
     if missing:
@@ -115,6 +120,7 @@ def compare_outputs(a: np.ndarray, b: np.ndarray | None, *, bins: int = HIST_BIN
     entry["max_abs_diff"] = float(diff.max()) if diff.size else 0.0
     entry["mean_abs_diff"] = float(diff.mean()) if diff.size else 0.0
     entry["rel_max_abs_diff"] = entry["max_abs_diff"] / scale if scale else entry["max_abs_diff"]
+    entry["max_abs_original"] = scale
     if a.size:
         flat_a = a64.reshape(len(a64), -1) if a64.ndim > 1 else a64.reshape(1, -1)
         flat_b = b64.reshape(flat_a.shape)
@@ -187,17 +193,30 @@ def verify(original: onnx.ModelProto, pruned: onnx.ModelProto, feeds: Feeds | No
 
     ``providers`` (default: ``[provider]``) and ``batch_sizes`` (default: the batch of the
     feeds) choose where and how latency is measured; ``latency_feeds`` (default: ``feeds``)
-    are the samples timed, cut or repeated to each batch size. Both models are normalised in
-    place first (see ``onnxprune.prepare``)."""
+    are the samples timed, cut or repeated to each batch size. Without ``feeds``,
+    ``RANDOM_SAMPLES`` random samples are compared (one at a time if the model refuses them
+    together) and one is timed. Both models are normalised in place first (see
+    ``onnxprune.prepare``)."""
     from onnxprune.latency import full_provider
 
     _check_same_interface(original, pruned, original_path, pruned_path)
     for m in (original, pruned):
         prepare(m)  # count Constant-node weights as parameters, fresh shapes for MACs
-    feeds = feeds if feeds is not None else random_inputs(original)
+    drawn = feeds is None
     providers = [full_provider(p) for p in (providers or [provider])]
-    out_o = _run_or_explain(original, feeds, original_path or "the original model")
-    out_p = _run_or_explain(pruned, feeds, pruned_path or "the pruned model")
+    if drawn:
+        feeds = random_samples(original, RANDOM_SAMPLES)
+        if latency_feeds is None:
+            latency_feeds = random_inputs(original)
+    chunk = 256
+    try:
+        out_o = _run_or_explain(original, feeds, original_path or "the original model", chunk=chunk)
+    except ModelRunError:
+        if not drawn:
+            raise
+        chunk = 1  # a batch axis left symbolic by an export that only runs one sample at a time
+        out_o = _run_or_explain(original, feeds, original_path or "the original model", chunk=chunk)
+    out_p = _run_or_explain(pruned, feeds, pruned_path or "the pruned model", chunk=chunk)
     outputs = {name: compare_outputs(a, out_p.get(name)) for name, a in out_o.items()}
     timed_feeds = latency_feeds if latency_feeds is not None else feeds
     lat_o, skipped = _latencies(original, timed_feeds, providers, batch_sizes, runs, warmup, threads)
@@ -234,6 +253,7 @@ def verify(original: onnx.ModelProto, pruned: onnx.ModelProto, feeds: Feeds | No
         "size_ratio": sp / so if so else 1.0,
         "speedup": first_o["p50"] / first_p["p50"] if first_p["p50"] else float("nan"),
         "speedups": speedups,
+        "inputs": "random" if drawn else "given",
     }
     if labels is not None:
         first_out = next(iter(out_o))
@@ -244,16 +264,18 @@ def verify(original: onnx.ModelProto, pruned: onnx.ModelProto, feeds: Feeds | No
     return report
 
 
-def _run_or_explain(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray], name: object) -> dict[str, np.ndarray]:
-    """``run_batched``, with onnxruntime's failure turned into an error that says what was fed."""
+def _run_or_explain(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray], name: object,
+                    chunk: int = 256) -> dict[str, np.ndarray]:
+    """``run_batched``, with onnxruntime's failure turned into a one-line error that says what
+    was fed and keeps what onnxruntime said about it ("index: 2 Got: 100 Expected: 224")."""
     try:
-        return run_batched(model, feeds)
+        return run_batched(model, feeds, chunk=chunk)
     except Exception as exc:  # onnxruntime raises its own pybind exception types
         if isinstance(exc, OnnxPruneError):
             raise
         shapes = ", ".join(f"{k} {list(np.shape(v))}" for k, v in feeds.items())
         raise ModelRunError(f"{name}: onnxruntime could not run it on the inputs given ({shapes}): "
-                            f"{str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__}. "
+                            f"{ort_error_text(exc).rstrip('.')}. "
                             "Feed inputs the model accepts: --inputs FILE (real data) or "
                             "--input-shape NAME=d1,d2,... for the random ones.") from exc
 
@@ -275,3 +297,46 @@ def _check_same_interface(original: onnx.ModelProto, pruned: onnx.ModelProto,
     if sorted(outs_o) != sorted(outs_p):
         raise ModelMismatchError(f"{names}: graph outputs differ ({', '.join(outs_p)} vs {', '.join(outs_o)}); "
                                  "is it a pruned copy of this model?")
+
+
+def check_tolerances(report: Mapping[str, Any], *, atol: float | None = None, rtol: float | None = None,
+                     min_cosine: float | None = None, min_top1: float | None = None) -> list[str]:
+    """What in ``report`` fails the tolerances given, one phrase per failure (empty: all pass).
+
+    An output meets ``atol`` / ``rtol`` when max |pruned - original| <= atol + rtol x max
+    |original| (numpy's ``allclose`` with the output's largest magnitude as the scale; the one
+    not given counts as 0). ``min_cosine`` bounds each output's mean per-sample cosine
+    similarity, ``min_top1`` the top-1 agreement of each classifier-like output ([N, classes]).
+    NaN fails every check; an output whose shape changed fails all of them."""
+    failures: list[str] = []
+    bounded = atol is not None or rtol is not None
+    a, r = float(atol or 0.0), float(rtol or 0.0)
+    any_checks = bounded or min_cosine is not None or min_top1 is not None
+    for name, out in report["outputs"].items():
+        if out.get("original_shape") != out.get("pruned_shape"):
+            if any_checks:
+                failures.append(f"output '{name}': shape {out.get('pruned_shape')} != {out.get('original_shape')}")
+            continue
+        if bounded:
+            diff = out.get("max_abs_diff", float("nan"))
+            scale = out.get("max_abs_original")
+            if scale is None:  # a report written before max_abs_original was recorded
+                rel = out.get("rel_max_abs_diff") or 0.0
+                scale = diff / rel if rel else 0.0
+            allowed = a + r * scale
+            if not diff <= allowed:
+                why = f" = atol {a:g} + rtol {r:g} x max |original| {scale:.4g}" if r else ""
+                failures.append(f"output '{name}': max |diff| {diff:.4g} > {allowed:.4g}{why}")
+        cosine = out.get("cosine")
+        if min_cosine is not None and not (cosine is not None and cosine >= min_cosine):
+            failures.append(f"output '{name}': cosine {_fmt(cosine)} < {min_cosine:g}")
+        top1 = out.get("top1_agreement")
+        if min_top1 is not None and top1 is not None and not top1 >= min_top1:
+            failures.append(f"output '{name}': top-1 agreement {_fmt(top1)} < {min_top1:g}")
+    if min_top1 is not None and not any(o.get("top1_agreement") is not None for o in report["outputs"].values()):
+        failures.append("top-1 agreement: no output is classifier-like ([N, classes])")
+    return failures
+
+
+def _fmt(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.4g}"

@@ -151,26 +151,83 @@ def analyze(
     show_all: Annotated[bool, typer.Option("--all", help="--wide, also listing groups with no producer.")] = False,
     input_shape: InputShapeOpt = None,
     prune_hidden: PruneHiddenOpt = False,
+    recipe: Annotated[Optional[Path], typer.Option(
+        help="Preview what this recipe file would remove (data-free recipes; no file is written).")] = None,
+    ratio: Annotated[Optional[float], typer.Option(help="Preview --ratio with the default recipe.")] = None,
+    target_flops: Annotated[Optional[float], typer.Option(
+        help="Preview a MACs (FLOPs) budget with the default recipe.")] = None,
+    target_params: Annotated[Optional[float], typer.Option(
+        help="Preview a parameter budget with the default recipe.")] = None,
 ) -> None:
     """Find the coupled channel groups, what each accounts for, and what blocks the rest.
 
     By default a summary that fits 80 columns (the largest prunable groups, why the others
-    are blocked); every group with --wide; all of it as JSON with --json. Costs in MACs."""
+    are blocked) and the recipe `prune` would run; every group with --wide; all of it as
+    JSON with --json. With --recipe or a budget, also what that recipe would remove. Costs
+    in MACs."""
     from onnxprune.analysis import analyze as run_analysis
     from onnxprune.api import load
+    from onnxprune.recipe import Recipe
     from onnxprune.report import analysis_summary, analysis_tables
 
+    the_recipe = (Recipe.load(recipe) if recipe is not None else Recipe()).merged(
+        ratio=ratio, target_flops=target_flops, target_params=target_params,
+        ignore=tuple(ignore) if ignore else None, prune_hidden=prune_hidden or None)
     with _steps(False) as progress:
         m = _run_step(progress, "loading and inferring shapes", load, model,
                       input_shapes=_parse_shapes(input_shape))
         analysis = _run_step(progress, "analysing channel groups", run_analysis, m, ignore=ignore or (),
                               prune_hidden=prune_hidden)
+        preview = _run_step(progress, "planning", _recipe_preview, m, analysis, the_recipe)
     if json_out:
-        console.print_json(json.dumps(analysis.to_dict()))
-    elif wide or show_all:
+        console.print_json(json.dumps({**analysis.to_dict(), **({"preview": preview} if preview else {})}))
+        return
+    if wide or show_all:
         analysis_tables(analysis, console, show_all=show_all)
     else:
         analysis_summary(analysis, console, name=str(model))
+    from rich.markup import escape
+
+    for line in preview.get("lines", []) if preview else _default_recipe_lines(the_recipe):
+        console.print(escape(line), highlight=False)
+
+
+def _default_recipe_lines(recipe) -> list[str]:  # noqa: ANN001
+    """What `prune` would run on this model, without and with calibration data."""
+    from dataclasses import replace
+
+    from onnxprune.compress import resolve_for
+
+    budget = replace(recipe, target_flops=0.5) if not recipe.budgets else recipe
+    free = resolve_for(budget, has_calib=False).describe()
+    data = resolve_for(budget, has_calib=True).describe()
+    return [f"prune recipe, without data: {free}", f"prune recipe, with --calib: {data}"]
+
+
+def _recipe_preview(model, analysis, recipe) -> dict:  # noqa: ANN001
+    """What a budget or recipe would remove (data-free scoring only: nothing is rewritten)."""
+    if not recipe.budgets:
+        return {}
+    from onnxprune.accounting import CostModel
+    from onnxprune.compress import plan_for, resolve_for
+
+    if recipe.needs_data:
+        resolved = resolve_for(recipe, has_calib=True)
+        return {"recipe": resolved.to_dict(),
+                "lines": [f"recipe: {resolved.describe()}", "preview needs --calib data to score: run prune"]}
+    resolved = resolve_for(recipe, has_calib=False)
+    plan, note = plan_for(model, resolved, analysis)
+    costs = CostModel(model, analysis)
+    removed = plan.removed_units(analysis)
+    macs = (costs.macs(removed), costs.macs(removed[:0]))
+    params = (costs.params(removed), costs.params(removed[:0]))
+    lines = [f"recipe: {resolved.describe()}", *([note] if note else []),
+             f"would remove {plan.removed_channels(analysis):,} channels in {len(plan.keep)} groups: MACs "
+             f"{macs[1]:,} -> {macs[0]:,} ({macs[0] / max(macs[1], 1):.1%}), parameters {params[1]:,} -> "
+             f"{params[0]:,}"]
+    return {"recipe": resolved.to_dict(), "keep": {gid: len(k) for gid, k in plan.keep.items()},
+            "macs": {"before": int(macs[1]), "after": int(macs[0])},
+            "params": {"before": int(params[1]), "after": int(params[0])}, "lines": lines}
 
 
 _BUDGET, _RECIPE, _SCORING, _ALLOCATION = "Budget (give one)", "Recipe", "Scoring", "Allocation"

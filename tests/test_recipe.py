@@ -187,3 +187,24 @@ def test_readme_python_example_runs(tmp_path, monkeypatch):
                  "README.md", "exec"), {})
     assert (tmp_path / "small.onnx").exists()
     onnx.checker.check_model(onnx.load(tmp_path / "small.onnx"), full_check=True)
+
+
+def test_analyze_shows_what_the_recipe_would_do(monkeypatch, capsys, tmp_path):
+    """`analyze` prints the recipe prune would run; with a budget it previews the plan, and
+    the preview matches what prune then does."""
+    code, out, err = cli(monkeypatch, capsys, "analyze", DIGITS)
+    assert code == 0, err
+    assert "without data: target flops 0.5; l2" in out and "with --calib" in out and "taylor-fo" in out
+    code, out, err = cli(monkeypatch, capsys, "analyze", DIGITS, "--target-flops", "0.5", "--json")
+    assert code == 0, err
+    preview = json.loads(out)["preview"]
+    assert preview["macs"]["after"] <= 0.5 * preview["macs"]["before"]
+    code, _, err = cli(monkeypatch, capsys, "prune", DIGITS, "-o", tmp_path / "p.onnx", "--target-flops", "0.5",
+                       "--no-measure", "--json", tmp_path / "r.json")
+    assert code == 0, err
+    done = json.loads((tmp_path / "r.json").read_text())
+    assert done["macs"] == preview["macs"] and done["recipe"] == preview["recipe"]
+    path = tmp_path / "r.toml"
+    Recipe(target_flops=0.5, criterion="taylor-fo").save(path)
+    code, out, err = cli(monkeypatch, capsys, "analyze", DIGITS, "--recipe", path)
+    assert code == 0 and "needs --calib" in out

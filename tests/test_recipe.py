@@ -203,7 +203,8 @@ def test_analyze_shows_what_the_recipe_would_do(monkeypatch, capsys, tmp_path):
                        "--no-measure", "--json", tmp_path / "r.json")
     assert code == 0, err
     done = json.loads((tmp_path / "r.json").read_text())
-    assert done["macs"] == preview["macs"] and done["recipe"] == preview["recipe"]
+    assert done["macs"] == preview["macs"]
+    assert {**done["recipe"], "measure": True} == preview["recipe"]
     path = tmp_path / "r.toml"
     Recipe(target_flops=0.5, criterion="taylor-fo").save(path)
     code, out, err = cli(monkeypatch, capsys, "analyze", DIGITS, "--recipe", path)

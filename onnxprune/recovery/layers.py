@@ -186,3 +186,41 @@ def conv_pads(node: onnx.NodeProto, size: list[int], kernel: list[int], strides:
         return [0] * n, [0] * n
     pads = list(attr(node, "pads", [0] * (2 * n)))
     return pads[:n], pads[n:]
+
+
+def pooled_source(index: GraphIndex, node: onnx.NodeProto) -> str | None:
+    """The tensor [N, C, *spatial] whose mean over its spatial axes is the row a dense
+    consumer (Gemm without transA, MatMul) reads, through GlobalAveragePool or ReduceMean
+    and an optional Flatten / Reshape / Squeeze to [N, C]; None for any other input.
+
+    The consumer is affine, so its output is the spatial mean of the same layer applied at
+    every position: each position gives a row of the same problem (HW rows per sample)."""
+    if node.op_type not in ("Gemm", "MatMul") or (node.op_type == "Gemm" and int(attr(node, "transA", 0))):
+        return None
+    tensor = node.input[0]
+    if index.rank(tensor) != 2:
+        return None
+    producer = index.producer.get(tensor)
+    keepdims = 0
+    if producer is not None and producer.op_type in ("Flatten", "Reshape", "Squeeze"):
+        if producer.op_type == "Flatten" and int(attr(producer, "axis", 1)) != 1:
+            return None
+        producer = index.producer.get(producer.input[0])
+        keepdims = 1
+    if producer is None:
+        return None
+    source = producer.input[0]
+    rank = index.rank(source)
+    if rank is None or rank < 3:
+        return None
+    if producer.op_type == "GlobalAveragePool":
+        return source if keepdims else None
+    if producer.op_type != "ReduceMean" or int(attr(producer, "keepdims", 1)) != keepdims:
+        return None
+    axes = attr(producer, "axes", None)
+    if axes is None and len(producer.input) > 1 and producer.input[1]:
+        value = index.const(producer.input[1])
+        axes = None if value is None else [int(v) for v in np.asarray(value).reshape(-1)]
+    if axes is None or sorted(int(a) % rank for a in axes) != list(range(2, rank)):
+        return None
+    return source

@@ -6,53 +6,62 @@ order, each node handled with the model as recovered so far.
 - a consumer that lost input channels is refitted by least squares (``lstsq``) to the
   original consumer's output, or only one scale per kept input channel and its bias are
   (``scale``: Kwon et al. 2022's output-scale tuning, well posed with few calibration rows
-  for wide layers, as in transformers); where neither is on or possible (3-D
-  convolutions), its bias is compensated (``bias``) so that its mean output matches the
-  original's. Both fits include the bias, so they subsume bias compensation, and a full
-  ``lstsq`` refit subsumes ``scale``: at most one method touches a node.
+  for wide layers, as in transformers); where neither is on, possible or accepted, its
+  bias is compensated (``bias``) so that its mean output matches the original's. Both
+  fits include the bias, so they subsume bias compensation, and a full ``lstsq`` refit
+  subsumes ``scale``: at most one method changes a node.
 
 The walk order is what makes the methods compose: a BN is re-estimated after the layers
 feeding it were refitted, and every refit sees inputs produced by the already-recovered
 layers before it (He et al. 2017 reconstruct layer by layer in the same way).
+
+Held out: part of the calibration set (``holdout``, see ``holdout.split``) is never used
+to compute anything. Every step is computed on the other samples and kept only if the
+graph outputs on the held-out samples get closer to the original's (a refit must first
+lower its own layer's held-out error, with the ridge chosen on it, see ``refit``); at the
+end, should the recovered model be further from the original than the pruned one on the
+held-out samples, the pruned model is returned unchanged.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from functools import partial
 
 import numpy as np
 import onnx
 
 from onnxprune.analysis import Analysis
 from onnxprune.calib.data import CalibrationData
-from onnxprune.errors import OnnxPruneError
 from onnxprune.graph import GraphIndex, attr
 from onnxprune.plan import Plan
 from onnxprune.recovery import bn as bn_stats
+from onnxprune.recovery.augment import augment_images
 from onnxprune.recovery.bias import bias_delta
 from onnxprune.recovery.channels import ChannelMap
-from onnxprune.recovery.layers import Layer, Unsupported
-from onnxprune.recovery.lstsq import relative_error, ridge_fit
+from onnxprune.recovery.errors import RecoveryError
+from onnxprune.recovery.holdout import HeldOut, split, subset
+from onnxprune.recovery.layers import Layer, Unsupported, pooled_source
 from onnxprune.recovery.params import add_bias, set_constant
 from onnxprune.recovery.probe import Probe, batch_size_for
-from onnxprune.recovery.report import METHODS, RecoveryReport
-from onnxprune.recovery.scales import scale_fit
+from onnxprune.recovery.refit import Fit, Refused, Rows, fit_layer
+from onnxprune.recovery.report import METHODS, REFITS, RecoveryReport
 from onnxprune.recovery.stats import Moments, RowSample
 
+__all__ = ["RecoveryError", "recover"]
+
 Progress = Callable[[int, int, str], None]
+Weights = dict[str, tuple[np.ndarray, np.ndarray]]
 _CONSUMER_METHODS = ("lstsq", "scale", "bias")
-
-
-class RecoveryError(OnnxPruneError):
-    """Recovery cannot run: unknown method, empty calibration set, a pruned model that does
-    not belong to the original."""
+HELD_ROWS = 5000  # held-out rows a refit is chosen and checked on, at most
 
 
 def recover(original: onnx.ModelProto, pruned: onnx.ModelProto, analysis: Analysis, plan: Plan,
-            calib: CalibrationData, *, methods: Sequence[str] = ("bias", "lstsq", "scale", "bn"), ridge: float = 1e-3,
-            max_rows: int = 20000, progress: Progress | None = None, batch_size: int = 256,
-            bias_means: str = "current", bn_mode: str = "reestimate", weighting: str = "uniform",
-            seed: int = 0) -> tuple[onnx.ModelProto, dict]:
+            calib: CalibrationData, *, methods: Sequence[str] = ("bias", "lstsq", "scale", "bn"),
+            ridge: float | None = None, max_rows: int = 20000, progress: Progress | None = None,
+            batch_size: int = 256, bias_means: str = "current", bn_mode: str = "reestimate",
+            weighting: str = "uniform", seed: int = 0, holdout: float = 0.25,
+            augment: bool = False) -> tuple[onnx.ModelProto, dict]:
     """Return a recovered copy of ``pruned`` (same graph structure, new weights) and a report.
 
     ``original`` is the prepared model ``analysis`` was made on; ``pruned`` is
@@ -60,32 +69,44 @@ def recover(original: onnx.ModelProto, pruned: onnx.ModelProto, analysis: Analys
 
     - ``methods``: any of 'bn', 'bias', 'lstsq', 'scale' (the order given does not matter:
       see the module docstring).
+    - ``holdout``: the fraction of the calibration samples held out of every fit and used
+      to accept or refuse each step (at least 4 samples, see ``holdout.split``; 0: none,
+      then nothing is checked and refits with fewer independent rows than unknowns are
+      refused).
     - ``ridge``: relative ridge of the least-squares fits (times trace / size of the centred
-      Gram matrix), pulling towards the pruned weights (scales towards 1).
+      Gram matrix), pulling towards the pruned weights (scales towards 1). None (default):
+      chosen per layer on the held-out rows from ``refit.RIDGE_GRID`` (1e-3 without them).
     - ``max_rows``: rows per least-squares fit (a fixed-seed subsample, ``seed``).
-    - ``progress(done, total, node)`` is called after every step; ``batch_size``: samples
-      per onnxruntime run (a static batch dimension in the model wins).
+    - ``augment``: also fit on horizontal flips and shifted crops of the calibration
+      images (NCHW float inputs only; 4x the fit samples, see ``augment``).
+    - ``progress(done, total, node)`` is called after every step (each consumer and BN);
+      ``batch_size``: samples per onnxruntime run (a static batch dimension in the model wins).
     - ``bias_means``: 'current' (the kept inputs' means are measured in the model as recovered
       so far, so the consumer's mean output matches the original's exactly) or 'original'
       (all means from the original model: the FLAP formula as published).
     - ``bn_mode``: 'reestimate' (the calibration mean / variance of the BN's current input) or
       'match' (the BN's output keeps its original per-channel mean and variance).
-
     - ``weighting``: how the least-squares fits weigh their rows and outputs: 'uniform', or
       'fisher' (each row and output channel by how much an error there moves the graph
       outputs, measured in torch on the original model, see ``sensitivity``: padded tokens
       that a pooling ignores weigh nothing). Needs torch.
 
-    The report (a dict): per step (node, method) what was updated or skipped and why, with
-    details (relative reconstruction error before / after a fit, bias edits), and the MSE of
-    the graph outputs against the original on the calibration data, before and after.
+    The report (a dict, see ``report``): per step (node, method) what was updated, skipped
+    (not applicable) or refused (on held-out data) and why, with details (rows against
+    unknowns, the ridge chosen, layer errors on fit and held-out rows, held-out graph
+    error before / after); ``held_out``: the graph-output MSE against the original on the
+    held-out samples and, for classifier outputs, top-1 agreement with it, pruned ->
+    recovered (``report.summary_line`` prints them); ``mse``: the same MSE on the samples
+    fitted on (optimistic: not a quality figure).
     """
     methods = tuple(dict.fromkeys(methods))
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise RecoveryError(f"unknown recovery method(s) {', '.join(unknown)} (choose from {', '.join(METHODS)})")
-    if max_rows < 1 or ridge < 0:
+    if max_rows < 1 or (ridge is not None and ridge < 0):
         raise RecoveryError(f"max_rows must be positive and ridge non-negative (got {max_rows}, {ridge})")
+    if not 0 <= holdout < 1:
+        raise RecoveryError(f"holdout must be a fraction in [0, 1) (got {holdout})")
     if bias_means not in ("current", "original"):
         raise RecoveryError(f"unknown bias_means '{bias_means}' (current or original)")
     if bn_mode not in ("reestimate", "match"):
@@ -97,29 +118,37 @@ def recover(original: onnx.ModelProto, pruned: onnx.ModelProto, analysis: Analys
     plan.validate(analysis)
     model = onnx.ModelProto()
     model.CopyFrom(pruned)
-    return _Recovery(original, model, analysis, plan, calib, methods, ridge, max_rows, progress, batch_size,
-                     bn_mode, bias_means, weighting, seed).run()
+    fit_idx, held_idx = split(len(calib), holdout)
+    fit_data = subset(calib, fit_idx)
+    if augment:
+        fit_data = augment_images(fit_data)
+    held = subset(calib, held_idx) if len(held_idx) else None
+    report = RecoveryReport(methods, len(calib), weighting)
+    report.holdout = {"fraction": holdout, "samples": len(held_idx), "fit_samples": len(fit_idx),
+                      "augment": augment, "fit_rows_from_samples": len(fit_data)}
+    return _Recovery(original, model, pruned, analysis, plan, fit_data, held, methods, ridge, max_rows, progress,
+                     batch_size, bn_mode, bias_means, weighting, seed, report).run()
 
 
 class _Recovery:
-    def __init__(self, original: onnx.ModelProto, model: onnx.ModelProto, analysis: Analysis, plan: Plan,
-                 calib: CalibrationData, methods: tuple[str, ...], ridge: float, max_rows: int,
-                 progress: Progress | None, batch_size: int, bn_mode: str, bias_means: str, weighting: str,
-                 seed: int) -> None:
-        self.original, self.model = original, model
+    def __init__(self, original: onnx.ModelProto, model: onnx.ModelProto, pruned: onnx.ModelProto,
+                 analysis: Analysis, plan: Plan, calib: CalibrationData, held: CalibrationData | None,
+                 methods: tuple[str, ...], ridge: float | None, max_rows: int, progress: Progress | None,
+                 batch_size: int, bn_mode: str, bias_means: str, weighting: str, seed: int,
+                 report: RecoveryReport) -> None:
+        self.original, self.model, self.pruned = original, model, pruned
         self.orig_index = GraphIndex(original)
         self.channels = ChannelMap(analysis, plan)
         self.probe = Probe(calib, batch_size)
+        self.held = None if held is None else HeldOut(original, held, batch_size)
+        self.held_err = float("nan")
         self.methods, self.ridge, self.max_rows = methods, ridge, max_rows
         self.progress, self.bn_mode, self.seed = progress, bn_mode, seed
         self.bias_means, self.weighting = bias_means, weighting
-        self.calib, self.batch_size = calib, batch_size
-        self.weights: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-        held = _held_out(np.arange(len(calib)))
-        self.held = None if held.all() or not held.any() else Probe(
-            CalibrationData({k: v[held] for k, v in calib.inputs.items()}), batch_size)
-        self._held_reference: list[dict[str, np.ndarray]] | None = None
-        self.report = RecoveryReport(methods, len(calib), weighting)
+        self.calib, self.held_calib, self.batch_size = calib, held, batch_size
+        self.weights: Weights = {}
+        self.held_weights: Weights = {}
+        self.report = report
 
     # -- the walk ---------------------------------------------------------
     def run(self) -> tuple[onnx.ModelProto, dict]:
@@ -142,7 +171,14 @@ class _Recovery:
                     self.report.skipped(node.name, node.op_type, "bn", "input unchanged (no pruned consumer upstream)")
         orig_means = self._original_statistics(steps)
         if self.weighting == "fisher" and {"lstsq", "scale"} & set(self.methods):
-            self.weights = self._sensitivities([name for kind, name in steps if kind == "consumer"])
+            refitted = [name for kind, name in steps if kind == "consumer"]
+            self.weights = self._sensitivities(refitted, self.calib)
+            if self.held_calib is not None:
+                self.held_weights = self._sensitivities(refitted, self.held_calib)
+        held_before = None
+        if self.held is not None:
+            held_before = self.held.metrics(self.model)
+            self.held_err = held_before["output_mse"]
         before = self.probe.mse(self.original, self.model)
         for done, (kind, name) in enumerate(steps, 1):
             if kind == "bn":
@@ -151,11 +187,45 @@ class _Recovery:
                 self._consumer(name, orig_means)
             if self.progress is not None:
                 self.progress(done, len(steps), name)
+        if held_before is not None:
+            self._final_check(held_before, bool(steps))
         after = self.probe.mse(self.original, self.model) if steps else before
-        self.report.mse = {"pruned": before["total"], "recovered": after["total"],
+        self.report.mse = {"pruned": before["total"], "recovered": after["total"], "on": "fit samples",
                            "per_output": {k: {"pruned": before[k], "recovered": after[k]}
                                           for k in before if k != "total"}}
         return self.model, self.report.to_dict()
+
+    def _final_check(self, held_before: dict, changed: bool) -> None:
+        """Record the held-out figures; return to the pruned model if recovery as a whole made
+        the graph outputs further from the original's on the held-out samples."""
+        assert self.held is not None
+        held_after = self.held.metrics(self.model) if changed else held_before
+        self.report.held_out = {"samples": len(self.held), "pruned": held_before, "recovered": held_after}
+        if held_after["output_mse"] > held_before["output_mse"]:
+            self.report.reverted = True
+            self.report.note = (f"recovery raised the held-out output MSE ({held_before['output_mse']:.4g} -> "
+                                f"{held_after['output_mse']:.4g}): kept the pruned model unchanged")
+            self.model = onnx.ModelProto()
+            self.model.CopyFrom(self.pruned)
+            self.report.held_out.update(recovered=held_before, rejected=held_after)
+
+    def _commit(self, name: str, op: str, method: str, apply: Callable[[], dict], details: dict) -> bool:
+        """Apply an edit to the model; keep it only if it lowers the graph-output error on the
+        held-out samples (always, without them). Reported as updated or refused."""
+        backup = onnx.ModelProto()
+        backup.CopyFrom(self.model)
+        details = {**details, **apply()}
+        if self.held is not None:
+            err = self.held.error(self.model)
+            details.update(held_out_output_mse_before=self.held_err, held_out_output_mse_after=err)
+            if not err < self.held_err:
+                self.model = backup
+                self.report.refused(name, op, method, f"does not lower the graph-output error on held-out samples "
+                                                      f"(MSE {self.held_err:.4g} -> {err:.4g})", **details)
+                return False
+            self.held_err = err
+        self.report.updated(name, op, method, **details)
+        return True
 
     def _original_statistics(self, steps: list[tuple[str, str]]) -> dict[tuple[str, int], Moments]:
         """Per-channel moments, in the original model, of every consumer's and BN's input,
@@ -176,7 +246,7 @@ class _Recovery:
                 acc.update(out[tensor])
         return wanted
 
-    def _sensitivities(self, consumers: list[str]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    def _sensitivities(self, consumers: list[str], calib: CalibrationData) -> Weights:
         """Fisher row / channel weights of the refitted consumers' outputs in the original model."""
         from onnxprune.recovery.sensitivity import output_sensitivity
 
@@ -191,37 +261,48 @@ class _Recovery:
                 continue
             axes[node.output[0]] = 1 if layer.kind == "conv" else -1
         batch = batch_size_for(self.original, min(self.batch_size, 32))
-        return output_sensitivity(self.original, axes, self.calib, batch_size=batch, seed=self.seed) if axes else {}
+        return output_sensitivity(self.original, axes, calib, batch_size=batch, seed=self.seed) if axes else {}
 
     # -- consumers ----------------------------------------------------------
-    def _consumer(self, name: str, orig_means: dict[tuple[str, int], Moments]) -> None:
+    def _layers(self, name: str) -> tuple[Layer, Layer]:
+        """The consumer ``name`` in the current model and in the original."""
         index = GraphIndex(self.model)
-        node = index.nodes[name]
-        orig_node = self.orig_index.nodes.get(name)
-        if orig_node is None:
+        return Layer.of(index, index.nodes[name]), Layer.of(self.orig_index, self.orig_index.nodes[name])
+
+    def _consumer(self, name: str, orig_means: dict[tuple[str, int], Moments]) -> None:
+        op = GraphIndex(self.model).nodes[name].op_type
+        if name not in self.orig_index.nodes:
             for m in _CONSUMER_METHODS:
                 if m in self.methods:
-                    self.report.skipped(name, node.op_type, m, "node is not in the original model")
+                    self.report.skipped(name, op, m, "node is not in the original model")
             return
         try:
-            layer = Layer.of(index, node)
-            orig_layer = Layer.of(self.orig_index, orig_node)
+            self._layers(name)
         except Unsupported as exc:
             for m in _CONSUMER_METHODS:
                 if m in self.methods:
-                    self.report.skipped(name, node.op_type, m, str(exc))
+                    self.report.skipped(name, op, m, str(exc))
             return
         fallback = ""
-        for method in ("lstsq", "scale"):
-            if method in self.methods:
-                try:
-                    self._refit(layer, orig_layer, method)
-                    return
-                except Unsupported as exc:
-                    self.report.skipped(name, node.op_type, method, str(exc))
-                    fallback = f" ({method} not possible)"
+        for method in REFITS:
+            if method not in self.methods:
+                continue
+            layer, orig_layer = self._layers(name)
+            try:
+                fit = self._refit(layer, orig_layer, method)
+            except Unsupported as exc:
+                self.report.skipped(name, op, method, str(exc))
+                fallback = f" ({method} not possible)"
+                continue
+            except Refused as exc:
+                self.report.refused(name, op, method, exc.reason, **exc.details)
+                fallback = f" ({method} refused)"
+                continue
+            if self._commit(name, op, method, partial(self._apply_fit, layer, fit), fit.details):
+                return
+            fallback = f" ({method} refused)"
         if "bias" in self.methods:
-            self._bias(layer, orig_layer, orig_means, fallback)
+            self._bias(name, orig_means, fallback)
 
     def _masks(self, layer: Layer, orig_layer: Layer) -> tuple[np.ndarray, np.ndarray]:
         in_kept = self.channels.input_kept(layer.node.name)
@@ -233,9 +314,8 @@ class _Recovery:
                                 f"(original {list(w0.shape)}, keeping {int(out_kept.sum())} x {int(in_kept.sum())})")
         return in_kept, out_kept
 
-    def _bias(self, layer: Layer, orig_layer: Layer, orig_means: dict[tuple[str, int], Moments],
-              note: str = "") -> None:
-        name = layer.node.name
+    def _bias(self, name: str, orig_means: dict[tuple[str, int], Moments], note: str = "") -> None:
+        layer, orig_layer = self._layers(name)
         in_kept, out_kept = self._masks(layer, orig_layer)
         ref = self.channels.consumer(name)
         assert ref is not None
@@ -247,98 +327,50 @@ class _Recovery:
                 cur.update(out[layer.node.input[ref.slot]])
             kept_mean = cur.mean
         delta = bias_delta(orig_layer.per_input(), layer.per_input(), mean, in_kept, out_kept, kept_mean)
-        how = add_bias(self.model, name, delta)
-        self.report.updated(name, layer.node.op_type, "bias", bias=how + note,
-                            removed_inputs=int((~in_kept).sum()), max_shift=float(np.abs(delta).max(initial=0.0)))
+        self._commit(name, layer.node.op_type, "bias", lambda: {"bias": add_bias(self.model, name, delta) + note},
+                     {"removed_inputs": int((~in_kept).sum()), "max_shift": float(np.abs(delta).max(initial=0.0))})
 
-    def _refit(self, layer: Layer, orig_layer: Layer, method: str) -> None:
+    def _refit(self, layer: Layer, orig_layer: Layer, method: str) -> Fit:
         """Least-squares refit of the weights ('lstsq') or of one scale per kept input channel
-        ('scale'), with the bias, to the original consumer's output.
-
-        Every fifth calibration sample is held out of the fit. The fit is refused (raising
-        ``Unsupported``, so the next method in line is tried) when it makes the layer's error
-        on the held-out rows worse (too few rows for its parameters), or when the model with
-        the refitted layer computes graph outputs further from the original's on the
-        held-out samples than before (the layer-wise objective is only a proxy)."""
-        name = layer.node.name
+        ('scale'), with the bias, to the original consumer's output, chosen and checked on
+        the held-out rows (``refit.fit_layer``). Rows come from the layer's own rows and, for
+        a dense layer after a global average pooling, also from every position before it."""
         if layer.kind == "conv" and layer.weight.ndim - 2 not in (1, 2):
             raise Unsupported(f"{layer.weight.ndim - 2}-D convolution (rows are built for 1-D and 2-D only)")
         in_kept, out_kept = self._masks(layer, orig_layer)
-        x, y, sample_of, a = self._rows(layer, orig_layer, out_kept)
-        c = self.weights[orig_layer.node.output[0]][1][out_kept] if a is not None else None
+        sources = [self._rows(layer, orig_layer, out_kept, self.probe, self.weights)]
+        positions = self._position_rows(layer, orig_layer, out_kept)
+        if positions is not None:
+            sources.append(positions)
+        held = None if self.held is None else self._rows(layer, orig_layer, out_kept, self.held.probe,
+                                                         self.held_weights, HELD_ROWS)
+        weights = self.weights.get(orig_layer.node.output[0])
+        c = None if weights is None else weights[1][out_kept]
         w0 = layer.effective_weight().reshape(layer.outputs, -1)
-        b0 = layer.effective_bias()
         n_in = int(in_kept.sum())
         channel_of = np.repeat(np.arange(n_in), w0.shape[1] // max(n_in, 1))
+        fit = fit_layer(method, sources, held, w0, layer.effective_bias(), channel_of, self.ridge, c)
+        fit.details["removed_inputs"] = int((~in_kept).sum())
+        return fit
 
-        def fit(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, dict]:
-            if method == "lstsq":
-                w, b = ridge_fit(x[rows], y[rows], w0, self.ridge, None if a is None else a[rows])
-                return w, b, {}
-            s, b = scale_fit(x[rows], y[rows], w0, channel_of, self.ridge, None if a is None else a[rows], c)
-            return w0 * s[channel_of][None, :], b, {"scale_min": float(s.min(initial=1.0)),
-                                                    "scale_max": float(s.max(initial=1.0))}
-
-        held = _held_out(sample_of)
-        train = ~held if held.any() and (~held).any() else np.ones(len(x), dtype=bool)
-        err0 = relative_error(x[train], y[train], w0, b0, None if a is None else a[train])
-        w, b, extra = fit(train)
-        err1 = relative_error(x[train], y[train], w, b, None if a is None else a[train])
-        details: dict = {}
-        if train.sum() < len(x):
-            ah = None if a is None else a[held]
-            before, after = relative_error(x[held], y[held], w0, b0, ah), relative_error(x[held], y[held], w, b, ah)
-            details = {"held_out_error_before": before, "held_out_error_after": after}
-            if after > before:
-                raise Unsupported(f"the fit does not generalise: held-out error {before:.4g} -> {after:.4g}")
-        if self.held is not None and train.sum() < len(x):  # graph outputs on held-out samples must not get worse
-            backup = onnx.ModelProto()
-            backup.CopyFrom(self.model)
-            self._apply(layer, w, b - b0)
-            before_out, after_out = self._held_output_error(backup), self._held_output_error(self.model)
-            self.model.CopyFrom(backup)
-            details.update(held_out_output_mse_before=before_out, held_out_output_mse_after=after_out)
-            if after_out > before_out:
-                raise Unsupported(f"the refitted layer makes the graph outputs worse on held-out samples "
-                                  f"(MSE {before_out:.4g} -> {after_out:.4g})")
-            w, b, extra = fit(np.ones(len(x), dtype=bool))  # validated: the final fit uses every row
-            err1 = relative_error(x, y, w, b, a)
-            err0 = relative_error(x, y, w0, b0, a)
-        how = self._apply(layer, w, b - b0)
-        self.report.updated(name, layer.node.op_type, method, rows=int(len(x)), features=int(x.shape[1]),
-                            rel_error_before=err0, rel_error_after=err1, bias=how,
-                            removed_inputs=int((~in_kept).sum()), **details, **extra)
+    def _apply_fit(self, layer: Layer, fit: Fit) -> dict:
+        return {"bias": self._apply(layer, fit.w, fit.b - layer.effective_bias())}
 
     def _apply(self, layer: Layer, w: np.ndarray, bias_delta: np.ndarray) -> str:
         set_constant(self.model, layer.node.name, 1, layer.stored_weight(w.reshape(layer.effective_weight().shape)))
         return add_bias(self.model, layer.node.name, bias_delta)
 
-    def _held_output_error(self, model: onnx.ModelProto) -> float:
-        """MSE of the graph outputs against the original's on the held-out calibration samples
-        (the original's outputs computed once)."""
-        assert self.held is not None
-        names = [o.name for o in self.original.graph.output]
-        if self._held_reference is None:
-            self._held_reference = [out for _, _, out in self.held.stream(self.original, names)]
-        total, count = 0.0, 0
-        for ref, (_, _, out) in zip(self._held_reference, self.held.stream(model, names)):
-            for n in names:
-                diff = np.asarray(out[n], np.float64) - np.asarray(ref[n], np.float64)
-                total += float(np.sum(diff * diff))
-                count += diff.size
-        return total / max(count, 1)
-
-    def _rows(self, layer: Layer, orig_layer: Layer,
-              out_kept: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
-        """A fixed-seed sample of input rows in the current model, the original consumer's
-        output rows (kept outputs) at the same positions (float64), each row's sample, and
-        the rows' weights (None when uniform)."""
+    def _rows(self, layer: Layer, orig_layer: Layer, out_kept: np.ndarray, probe: Probe, weights: Weights,
+              most: int | None = None) -> Rows:
+        """A fixed-seed sample (at most ``most`` rows, default ``max_rows``) of input rows in
+        the current model and the original consumer's output rows (kept outputs) at the same
+        positions (float64), with the rows' weights (None when uniform)."""
         name = layer.node.name
         x_name, y_name = layer.node.input[0], orig_layer.node.output[0]
-        sample = RowSample(len(self.probe), self.max_rows, self.seed)
-        xs, ys, ids, picked = [], [], [], []
-        current = self.probe.stream(self.model, [x_name])
-        reference = self.probe.stream(self.original, [y_name])
+        sample = RowSample(len(probe), most or self.max_rows, self.seed)
+        xs, ys, picked = [], [], []
+        current = probe.stream(self.model, [x_name])
+        reference = probe.stream(self.original, [y_name])
         for (start, n, cur), (_, _, ref) in zip(current, reference):
             per = layer.rows_per_sample(cur[x_name].shape)
             y = orig_layer.out_rows(ref[y_name])
@@ -348,11 +380,37 @@ class _Recovery:
             local = sample.local(start, n)
             xs.append(layer.rows(cur[x_name], local).astype(np.float64))
             ys.append(y[local][:, out_kept].astype(np.float64))
-            ids.append(start + np.asarray(local) // max(per, 1))
             picked.append(start * per + np.asarray(local))
-        weights = self.weights.get(y_name)
-        a = None if weights is None else weights[0][np.concatenate(picked)]
-        return np.concatenate(xs), np.concatenate(ys), np.concatenate(ids), a
+        w = weights.get(y_name)
+        return Rows(np.concatenate(xs), np.concatenate(ys), None if w is None else w[0][np.concatenate(picked)],
+                    len(probe))
+
+    def _position_rows(self, layer: Layer, orig_layer: Layer, out_kept: np.ndarray) -> Rows | None:
+        """For a dense consumer reading a global average pooling (``layers.pooled_source``):
+        one row per sample and spatial position before the pooling (the current model's
+        features there), with the original layer applied to the original features at the
+        same position as the target. None for any other consumer."""
+        src, orig_src = pooled_source(GraphIndex(self.model), layer.node), pooled_source(self.orig_index,
+                                                                                         orig_layer.node)
+        if src is None or orig_src is None:
+            return None
+        w_orig, b_orig = orig_layer.effective_weight()[out_kept], orig_layer.effective_bias()[out_kept]
+        sample = RowSample(len(self.probe), self.max_rows, self.seed)
+        xs, ys, ids = [], [], []
+        for (start, n, cur), (_, _, ref) in zip(self.probe.stream(self.model, [src]),
+                                                self.probe.stream(self.original, [orig_src])):
+            x, x0 = np.moveaxis(cur[src], 1, -1), np.moveaxis(ref[orig_src], 1, -1)
+            if x.shape[-1] != layer.effective_weight().shape[1] or x0.shape[-1] != w_orig.shape[1]:
+                return None
+            per = int(np.prod(x.shape[1:-1], dtype=np.int64))
+            sample.fix(per)
+            local = sample.local(start, n)
+            xs.append(x.reshape(-1, x.shape[-1])[local].astype(np.float64))
+            ys.append(x0.reshape(-1, x0.shape[-1])[local].astype(np.float64) @ w_orig.T + b_orig)
+            ids.append(start + np.asarray(local) // max(per, 1))
+        w = self.weights.get(orig_layer.node.output[0])
+        return Rows(np.concatenate(xs), np.concatenate(ys), None if w is None else w[0][np.concatenate(ids)],
+                    len(self.probe), "positions")
 
     # -- batch norm ---------------------------------------------------------
     def _bn(self, name: str, orig_means: dict[tuple[str, int], Moments]) -> None:
@@ -387,14 +445,13 @@ class _Recovery:
         else:
             new_mean, new_var = bn_stats.reestimate(cur.mean, cur.var)
         dtype_m, dtype_v = index.const(node.input[3]).dtype, index.const(node.input[4]).dtype
-        set_constant(self.model, name, 3, new_mean.astype(dtype_m))
-        set_constant(self.model, name, 4, new_var.astype(dtype_v))
-        self.report.updated(name, node.op_type, "bn", mode=self.bn_mode, max_mean_shift_in_std=shift)
 
+        def apply() -> dict:
+            set_constant(self.model, name, 3, new_mean.astype(dtype_m))
+            set_constant(self.model, name, 4, new_var.astype(dtype_v))
+            return {}
 
-def _held_out(sample: np.ndarray) -> np.ndarray:
-    """Every fifth calibration sample is held out of the fits, to check that they generalise."""
-    return np.asarray(sample) % 5 == 4
+        self._commit(name, node.op_type, "bn", apply, {"mode": self.bn_mode, "max_mean_shift_in_std": shift})
 
 
 def _downstream(index: GraphIndex, nodes: Sequence[str]) -> set[str]:

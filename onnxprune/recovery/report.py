@@ -1,11 +1,13 @@
-"""What recovery did, as plain data: one record per node and method, and the output error
-against the original before and after."""
+"""What recovery did, as plain data: one record per node and method, the graph-output
+error against the original on the held-out samples before and after (the quality
+figures), and the same on the samples fitted on (not a quality figure: fits memorise)."""
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
 METHODS = ("bn", "bias", "lstsq", "scale")
+REFITS = ("lstsq", "scale")
 
 
 @dataclass
@@ -13,7 +15,7 @@ class Step:
     node: str
     op: str
     method: str
-    status: str  # updated | skipped
+    status: str  # updated | skipped (not applicable) | refused (computed, rejected on held-out data)
     reason: str = ""
     details: dict = field(default_factory=dict)
 
@@ -25,6 +27,10 @@ class RecoveryReport:
     weighting: str = "uniform"
     steps: list[Step] = field(default_factory=list)
     mse: dict = field(default_factory=dict)
+    holdout: dict = field(default_factory=dict)
+    held_out: dict | None = None
+    reverted: bool = False
+    note: str = ""
 
     def updated(self, node: str, op: str, method: str, **details) -> None:  # noqa: ANN003
         self.steps.append(Step(node, op, method, "updated", "", details))
@@ -32,14 +38,53 @@ class RecoveryReport:
     def skipped(self, node: str, op: str, method: str, reason: str, **details) -> None:  # noqa: ANN003
         self.steps.append(Step(node, op, method, "skipped", reason, details))
 
+    def refused(self, node: str, op: str, method: str, reason: str, **details) -> None:  # noqa: ANN003
+        self.steps.append(Step(node, op, method, "refused", reason, details))
+
     def to_dict(self) -> dict:
+        def by(status: str) -> dict:
+            return {m: [{"node": s.node, "reason": s.reason} for s in self.steps
+                        if s.method == m and s.status == status] for m in METHODS}
+
+        updated_nodes = {s.node for s in self.steps if s.status == "updated"}
         return {
             "methods": list(self.methods),
             "samples": self.samples,
             "weighting": self.weighting,
+            "holdout": self.holdout,
             "updated": {m: [s.node for s in self.steps if s.method == m and s.status == "updated"] for m in METHODS},
-            "skipped": {m: [{"node": s.node, "reason": s.reason} for s in self.steps
-                            if s.method == m and s.status == "skipped"] for m in METHODS},
+            "skipped": by("skipped"),
+            "refused": by("refused"),
+            "refitted": len({s.node for s in self.steps if s.status == "updated" and s.method in REFITS}),
+            "refused_nodes": len({s.node for s in self.steps if s.status == "refused"} - updated_nodes),
             "steps": [asdict(s) for s in self.steps],
+            "held_out": self.held_out,
+            "reverted": self.reverted,
+            "note": self.note,
             "mse": self.mse,
         }
+
+
+def summary_line(report: dict) -> str:
+    """One line for a console: the held-out figures before -> after (graph-output MSE, and
+    top-1 agreement with the original for classifier outputs, else mean cosine), what was
+    refitted and refused. Never the error on the samples fitted on."""
+    held = report.get("held_out")
+    if held:
+        before, after = held["pruned"], held["recovered"]
+        line = (f"recovery: output MSE on {held['samples']} held-out samples "
+                f"{before['output_mse']:.3g} -> {after['output_mse']:.3g}")
+        if before.get("top1") is not None:
+            line += f", top-1 agreement {before['top1']:.2f} -> {after['top1']:.2f}"
+        elif before.get("mean_cosine") is not None:
+            line += f", cosine {before['mean_cosine']:.3f} -> {after['mean_cosine']:.3f}"
+    else:
+        line = "recovery: no held-out samples, quality not measured"
+    updated = report.get("updated", {})
+    counts = [f"refitted {report.get('refitted', 0)} layers"]
+    counts += [f"{m} {len(updated[m])}" for m in ("bias", "bn") if updated.get(m)]
+    counts.append(f"refused {report.get('refused_nodes', 0)}")
+    line += "; " + ", ".join(counts)
+    if report.get("reverted"):
+        line += f"; {report.get('note') or 'kept the pruned model unchanged'}"
+    return line

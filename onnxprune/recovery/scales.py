@@ -14,14 +14,53 @@ The problem has C unknowns but R x N equations, so it stays well posed where a f
 least-squares refit of the weights (``lstsq``) is not: few calibration rows for a wide
 layer (a transformer's output projection or FFN down-projection read by a few hundred
 tokens). Its normal equations are cheap: G = A^T ((X^T X) * (W^T W)) A with A the
-feature-to-channel one-hot matrix, both Gram matrices of the centred rows.
+feature-to-channel one-hot matrix, both Gram matrices of the centred rows. ``ScaleProblem``
+builds G once; each ridge strength of a grid is then one C x C solve.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from onnxprune.recovery.lstsq import weighted_mean
+from onnxprune.recovery.lstsq import RANK_TOL, weighted_mean
+
+
+class ScaleProblem:
+    """The normal equations of one scale refit, built once for a grid of ridge strengths."""
+
+    def __init__(self, x: np.ndarray, y: np.ndarray, w: np.ndarray, channel_of: np.ndarray,
+                 row_weight: np.ndarray | None = None, out_weight: np.ndarray | None = None) -> None:
+        x = np.asarray(x, dtype=np.float64)
+        y = np.asarray(y, dtype=np.float64)
+        self.w = np.asarray(w, dtype=np.float64)
+        self.channel_of = np.asarray(channel_of, dtype=np.int64)
+        self.channels = int(self.channel_of.max(initial=-1)) + 1
+        a = np.ones(len(x)) if row_weight is None else np.asarray(row_weight, dtype=np.float64)
+        c = np.ones(self.w.shape[0]) if out_weight is None else np.asarray(out_weight, dtype=np.float64)
+        self.mx, self.my = weighted_mean(x, a), weighted_mean(y, a)
+        xc, yc = x - self.mx, y - self.my
+        xw = xc * a[:, None]
+        wc = self.w * c[:, None]
+        onehot = np.zeros((x.shape[1], self.channels))
+        onehot[np.arange(x.shape[1]), self.channel_of] = 1.0
+        self.gram = onehot.T @ ((xw.T @ xc) * (self.w.T @ wc)) @ onehot
+        self.rhs = onehot.T @ ((xw.T @ yc) * wc.T).sum(1)
+        diag = np.diag(self.gram)
+        tol = RANK_TOL * float(diag.max(initial=0.0))
+        self.rank = int((diag > tol).sum()) if tol > 0 else 0  # channels that vary (an upper bound)
+
+    def fit(self, ridge: float) -> tuple[np.ndarray, np.ndarray]:
+        """(s [C], b [N]) for the relative ridge ``ridge``."""
+        n = self.channels
+        mu = ridge * float(np.trace(self.gram)) / max(n, 1)
+        mu = mu if mu > 0 else ridge
+        system = self.gram + mu * np.eye(n)
+        target = self.rhs + mu * np.ones(n)
+        try:
+            s = np.linalg.solve(system, target)
+        except np.linalg.LinAlgError:
+            s = np.linalg.lstsq(system, target, rcond=None)[0]
+        return s, self.my - (self.mx * s[self.channel_of]) @ self.w.T
 
 
 def scale_fit(x: np.ndarray, y: np.ndarray, w: np.ndarray, channel_of: np.ndarray, ridge: float,
@@ -30,28 +69,4 @@ def scale_fit(x: np.ndarray, y: np.ndarray, w: np.ndarray, channel_of: np.ndarra
     """(s [C], b [N]) for rows x [R, D], targets y [R, N], weights w [N, D] and the feature ->
     channel map ``channel_of`` [D]; ``ridge`` is relative to the mean diagonal of G; optional
     row weights [R] and output weights [N]."""
-    x = np.asarray(x, dtype=np.float64)
-    y = np.asarray(y, dtype=np.float64)
-    w = np.asarray(w, dtype=np.float64)
-    channel_of = np.asarray(channel_of, dtype=np.int64)
-    n_channels = int(channel_of.max(initial=-1)) + 1
-    a = np.ones(len(x)) if row_weight is None else np.asarray(row_weight, dtype=np.float64)
-    c = np.ones(w.shape[0]) if out_weight is None else np.asarray(out_weight, dtype=np.float64)
-    mx, my = weighted_mean(x, a), weighted_mean(y, a)
-    xc, yc = x - mx, y - my
-    xw = xc * a[:, None]
-    wc = w * c[:, None]
-    onehot = np.zeros((x.shape[1], n_channels))
-    onehot[np.arange(x.shape[1]), channel_of] = 1.0
-    gram = onehot.T @ ((xw.T @ xc) * (w.T @ wc)) @ onehot
-    rhs = onehot.T @ ((xw.T @ yc) * wc.T).sum(1)
-    mu = ridge * float(np.trace(gram)) / max(n_channels, 1)
-    mu = mu if mu > 0 else ridge
-    system = gram + mu * np.eye(n_channels)
-    target = rhs + mu * np.ones(n_channels)
-    try:
-        s = np.linalg.solve(system, target)
-    except np.linalg.LinAlgError:
-        s = np.linalg.lstsq(system, target, rcond=None)[0]
-    b = my - (mx * s[channel_of]) @ w.T
-    return s, b
+    return ScaleProblem(x, y, w, channel_of, row_weight, out_weight).fit(ridge)

@@ -26,8 +26,9 @@ def output_sensitivity(model: onnx.ModelProto, axes: Mapping[str, int], calib: C
                        seed: int = 0) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Per tensor name in ``axes`` (its channel axis): (row weights [samples x positions],
     in sample-major order with positions in C order, mean 1; channel weights [C], mean 1)."""
-    import torch
+    from onnxprune._optional import require_torch
 
+    torch = require_torch("Fisher-weighted recovery")
     from onnxprune.torchexec import OnnxModule
 
     module = OnnxModule(model, trainable=lambda name: False).eval()

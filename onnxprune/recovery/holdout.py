@@ -1,0 +1,90 @@
+"""The held-out part of the calibration set: which samples no fit sees, and how far a
+model's graph outputs are from the original's on them.
+
+Every recovery step (a refit, a bias, BatchNorm statistics) is computed on the other
+samples only and kept only if it lowers the error measured here, so the figures this
+module gives are the ones that say whether recovery helped: they are not the error on
+the data the weights were fitted to.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+
+from onnxprune.calib.data import CalibrationData
+from onnxprune.recovery.probe import Probe
+
+MIN_HELD = 4  # held-out samples wanted at least (half the set when it is smaller than 8)
+
+
+def split(samples: int, fraction: float) -> tuple[np.ndarray, np.ndarray]:
+    """(fit indices, held-out indices) of a calibration set of ``samples``.
+
+    ``round(fraction * samples)`` samples, but at least ``MIN_HELD`` (at most half the
+    set), spread evenly over the set (a set sorted by class gives a held-out part of every
+    class); none when ``fraction`` is 0 or fewer than 2 would be held out or left to fit."""
+    everything = np.arange(samples)
+    if fraction <= 0:
+        return everything, everything[:0]
+    n = max(round(fraction * samples), min(MIN_HELD, samples // 2))
+    if n < 2 or samples - n < 2:
+        return everything, everything[:0]
+    held = np.floor((np.arange(n) + 0.5) * samples / n).astype(np.int64)
+    return np.setdiff1d(everything, held), held
+
+
+def subset(calib: CalibrationData, index: np.ndarray) -> CalibrationData:
+    return CalibrationData({k: v[index] for k, v in calib.inputs.items()},
+                           None if calib.labels is None else calib.labels[index])
+
+
+class HeldOut:
+    """Graph outputs of models against the original's on the held-out samples (the
+    original's computed once)."""
+
+    def __init__(self, original: onnx.ModelProto, calib: CalibrationData, batch_size: int) -> None:
+        self.probe = Probe(calib, batch_size)
+        self.original = original
+        self.names = [o.name for o in original.graph.output]
+        self._reference: list[dict[str, np.ndarray]] | None = None
+
+    def __len__(self) -> int:
+        return len(self.probe)
+
+    def error(self, model: onnx.ModelProto) -> float:
+        """The mean over graph outputs of their mean squared difference from the original's."""
+        return float(self.metrics(model)["output_mse"])
+
+    def metrics(self, model: onnx.ModelProto) -> dict:
+        """``output_mse`` (as ``error``), ``per_output`` MSE; for every [N, K] output (K >= 2,
+        a classifier's logits) the fraction of samples whose arg-max agrees with the
+        original's (``top1_agreement``, and their mean over such outputs under ``top1``);
+        the mean per-sample cosine of every floating output with the original's (``cosine``,
+        and their mean under ``mean_cosine``)."""
+        if self._reference is None:
+            self._reference = [out for _, _, out in self.probe.stream(self.original, self.names)]
+        sq = dict.fromkeys(self.names, 0.0)
+        count = dict.fromkeys(self.names, 0)
+        agree: dict[str, list[np.ndarray]] = {}
+        cos: dict[str, list[np.ndarray]] = {}
+        for ref, (_, _, out) in zip(self._reference, self.probe.stream(model, self.names)):
+            for n in self.names:
+                r, o = np.asarray(ref[n]), np.asarray(out[n])
+                if not np.issubdtype(r.dtype, np.floating):
+                    continue
+                r64, o64 = r.astype(np.float64), o.astype(np.float64)
+                sq[n] += float(np.sum((o64 - r64) ** 2))
+                count[n] += r64.size
+                if r64.ndim == 2 and r64.shape[1] >= 2:
+                    agree.setdefault(n, []).append(r64.argmax(1) == o64.argmax(1))
+                if r64.ndim >= 1 and r64.size:
+                    a, b = r64.reshape(len(r64), -1), o64.reshape(len(o64), -1)
+                    den = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+                    cos.setdefault(n, []).append(np.where(den > 0, (a * b).sum(1) / np.where(den > 0, den, 1), 1.0))
+        per = {n: sq[n] / count[n] for n in self.names if count[n]}
+        top1 = {n: float(np.concatenate(v).mean()) for n, v in agree.items()}
+        cosine = {n: float(np.concatenate(v).mean()) for n, v in cos.items()}
+        return {"output_mse": float(np.mean(list(per.values()))) if per else 0.0, "per_output": per,
+                "top1_agreement": top1, "top1": float(np.mean(list(top1.values()))) if top1 else None,
+                "cosine": cosine, "mean_cosine": float(np.mean(list(cosine.values()))) if cosine else None}

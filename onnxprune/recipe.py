@@ -243,7 +243,8 @@ def _check_type(name: str, value: Any) -> None:
 
 def _one_of(name: str, value: str, choices: tuple[str, ...]) -> None:
     if value not in choices:
-        raise RecipeError(f"unknown {name.replace('_', ' ')} {value!r} (choose from {', '.join(choices)})")
+        raise RecipeError(f"unknown {name.replace('_', ' ')} {value!r} (--{name.replace('_', '-')}: choose from "
+                          f"{', '.join(choices)})")
 
 
 def _check_values(r: Recipe) -> None:

@@ -12,7 +12,8 @@ measures the model, the others the neighbours.
 Per round r: ratio_r = original time / pruned time. The speedup is the median of the
 ratios (robust to the rounds a neighbour's burst of work spoils); the noise margin is
 the half-width of an approximate 95% interval of that median (1.57 x IQR / sqrt(rounds),
-the notch of a box plot), but at least ``tolerance``. The pruned model is judged
+the notch of a box plot; with fewer than ``FEW_ROUNDS`` rounds at least half the range of
+the ratios), but at least ``tolerance``. The pruned model is judged
 *slower* only when the speedup is below 1 - margin, *faster* when above 1 + margin, and
 "about the same" in between.
 """
@@ -38,6 +39,7 @@ MIN_BLOCK = 3  # runs per block where the budget allows
 MIN_ROUNDS = 3  # a model that runs for seconds gets three rounds, whatever the budget
 MAX_ROUNDS = 1000
 TOLERANCE = 0.03  # below 3% a difference is not called, however many rounds agree
+FEW_ROUNDS = 10  # below this many rounds the margin is at least half the range of the ratios
 
 
 @dataclass(frozen=True)
@@ -70,11 +72,16 @@ class SpeedResult:
         return "slower" if self.slower else "faster" if self.faster else "about the same"
 
     def summary(self) -> str:
-        """One line: 'measured 1.42x faster (2.31 -> 1.63 ms, +/-3%, 40 rounds, CPU)'."""
+        """One line, e.g. 'measured 1.42x faster (2.31 -> 1.63 ms, +/-3%, 40 rounds on CPU)'."""
         where = self.provider.replace("ExecutionProvider", "")
-        speed = (f"{self.speedup:.2f}x" if not self.slower else f"{1 / self.speedup:.2f}x SLOWER")
-        return (f"measured {speed} ({self.verdict}; {self.original_ms:.3g} -> {self.pruned_ms:.3g} ms, "
-                f"+/-{self.margin:.0%}, {self.rounds} rounds on {where})")
+        if self.slower:
+            speed = f"{1 / self.speedup:.2f}x SLOWER than the original"
+        elif self.faster:
+            speed = f"{self.speedup:.2f}x faster"
+        else:
+            speed = f"{self.speedup:.2f}x, about as fast as the original"
+        return (f"measured {speed} ({self.original_ms:.3g} -> {self.pruned_ms:.3g} ms, +/-{self.margin:.0%}, "
+                f"{self.rounds} rounds on {where})")
 
     def to_dict(self) -> dict[str, object]:
         return {"original_ms": self.original_ms, "pruned_ms": self.pruned_ms, "speedup": self.speedup,
@@ -94,6 +101,8 @@ def judge(times_ms: np.ndarray, *, per_round: int = 1, tolerance: float = TOLERA
     speedup = float(np.median(ratios))
     q1, q3 = np.percentile(ratios, [25, 75])
     notch = 1.57 * float(q3 - q1) / math.sqrt(len(ratios)) / speedup
+    if len(ratios) < FEW_ROUNDS:  # too few for quartiles to mean much: half their whole range
+        notch = max(notch, float(ratios.max() - ratios.min()) / 2 / speedup)
     return SpeedResult(original_ms=float(np.median(t[:, 0])), pruned_ms=float(np.median(t[:, 1])),
                        speedup=speedup, runs=len(t) * per_round, rounds=len(t), margin=max(tolerance, notch),
                        seconds=seconds, provider=provider)
@@ -153,8 +162,8 @@ def measure_speedup(original: onnx.ModelProto, pruned: onnx.ModelProto,
     """Time ``original`` and ``pruned`` in paired rounds for about ``budget_s`` seconds (plus
     session creation and up to ``warmup`` warm-up runs each, within a tenth of the budget) on
     ``provider`` and judge the speedup (see the module docstring); a model slower than about a
-    third of the budget per run still gets ``MIN_ROUNDS`` rounds. ``feeds``: one input batch for both (default: ``runtime.random_inputs`` of
-    the original, batch 1)."""
+    third of the budget per run still gets ``MIN_ROUNDS`` rounds. ``feeds``: one input batch
+    for both (default: ``runtime.random_inputs`` of the original, batch 1)."""
     if not budget_s > 0:
         raise SelectionError(f"the speed check's time budget must be positive, got {budget_s}")
     from onnxprune.runtime import random_inputs

@@ -12,6 +12,7 @@ from onnxprune.train.errors import TrainingError
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "cosine")
+BN_MODES = ("running", "batch")
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,10 @@ class TrainConfig:
     # pruning methods, True/False: always/never.
     recalibrate_bn: bool | None = None
     bn_samples: int = 512
+    # BatchNorm while training: "running" normalises with the stored statistics (the graph's
+    # inference mode); "batch" with each batch's own, as torch's train mode, and re-estimates
+    # the stored ones from ``bn_samples`` samples at the end (batchnorm.batch_statistics).
+    bn_mode: str = "running"
     checkpoint: str | os.PathLike[str] | None = None
     checkpoint_every: int = 0  # steps; 0 = only at the end (when ``checkpoint`` is set)
     resume: str | os.PathLike[str] | None = None
@@ -66,6 +71,8 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and value < 0:
                 raise TrainingError(f"{name} must be >= 0, got {value}")
+        if self.bn_mode not in BN_MODES:
+            raise TrainingError(f"bn_mode must be one of {', '.join(BN_MODES)}, got {self.bn_mode!r}")
         if self.bn_samples < 1:
             raise TrainingError(f"bn_samples must be >= 1, got {self.bn_samples}")
         if self.checkpoint_every < 0:

@@ -61,8 +61,9 @@ class Trainer:
                  teacher: onnx.ModelProto | None = None, method: str = "finetune",
                  trainable: Callable[[str], bool] | None = None, description: str = "fine-tuning",
                  on_step: Callable[[int, float], None] | None = None) -> None:
-        import torch
+        from onnxprune._optional import require_torch
 
+        torch = require_torch(description)
         from onnxprune.torchexec import OnnxModule
 
         if len(data) == 0:

@@ -12,11 +12,14 @@ gradients for the second-order (Fisher) estimate.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from onnxprune.analysis import Analysis
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass
@@ -58,6 +61,8 @@ class Gates:
     """Installs per-example gates on an OnnxModule for one batch at a time."""
 
     def __init__(self, module, layout: GateLayout) -> None:  # noqa: ANN001 - OnnxModule (torch optional)
+        import torch
+
         self.module, self.layout = module, layout
         self.values: torch.Tensor | None = None
         self.masked_units: np.ndarray | None = None  # for the oracle: units whose gate is 0
@@ -75,6 +80,8 @@ class Gates:
             self.module.set_input_hook(node, slot, None)
 
     def new_batch(self, batch: int, device: torch.device, requires_grad: bool = True) -> torch.Tensor:
+        import torch
+
         values = torch.ones(batch, len(self.layout.entry_unit), dtype=torch.float32, device=device)
         if self.masked_units is not None:
             values[:, np.isin(self.layout.entry_unit, self.masked_units)] = 0.0
@@ -82,6 +89,8 @@ class Gates:
         return self.values
 
     def _hook(self, k: int, axis: int):  # noqa: ANN202
+        import torch
+
         def fn(x: torch.Tensor) -> torch.Tensor:
             g = self.values
             assert g is not None, "call new_batch() before running the module"
@@ -101,6 +110,8 @@ class Gates:
 
     def _record_stats(self, k: int, x: torch.Tensor, axis: int) -> None:
         """Per channel: mean activation and fraction of zeros, summed over examples."""
+        import torch
+
         moved = x.movedim(axis, -1).reshape(-1, x.shape[axis]).double() if x.dim() > 1 else x.double()[:, None]
         examples = x.shape[0] if axis != 0 else 1
         mean = moved.mean(0) * examples

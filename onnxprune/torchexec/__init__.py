@@ -8,14 +8,9 @@ values into the ONNX initializers.
 
 from __future__ import annotations
 
-from onnxprune.errors import RuntimeUnavailableError
+from onnxprune._optional import require_torch
 
-try:
-    import torch  # noqa: F401
-except ImportError as exc:  # pragma: no cover - exercised with torch hidden
-    raise RuntimeUnavailableError(
-        "onnxprune.torchexec needs torch, which is not installed: pip install 'onnxprune[torch]'"
-    ) from exc
+require_torch("the torch execution of a graph (calibration, Fisher-weighted recovery, training)")
 
 from onnxprune.torchexec.module import OnnxModule
 from onnxprune.torchexec.ops import OPS, Node, op, supported_ops

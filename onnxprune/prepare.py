@@ -4,22 +4,24 @@ Real exports are messy; this makes them uniform without changing what they compu
 unique node names, Constant-node weights promoted to initializers, Identity nodes on
 weights folded away, initializers removed from the graph inputs (IR >= 4), and every
 intermediate shape dropped and re-inferred (stale annotations are common), what inference
-leaves unknown probed by running the model (see ``onnxprune.probe``), and shape arithmetic
+leaves unknown probed by running the nodes that compute it (see ``onnxprune.probe``), and shape arithmetic
 over static shapes folded into constants.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Mapping, Sequence
+
 import onnx
 from onnx import numpy_helper
 
-from onnxprune.errors import ShapeInferenceError
+from onnxprune.errors import SelectionError, ShapeInferenceError
 from onnxprune.graph import sync_initializer_inputs
-from onnxprune.modelio import has_file_weights, light_copy, materialize, weight_bytes
-from onnxprune.probe import MAX_PROBE_BYTES, _has_unknown, annotate, probe_shapes
-from onnxprune.shapefold import fold_shape_computations
+from onnxprune.modelio import light_copy
+from onnxprune.probe import annotate, probe_shapes
+from onnxprune.shapefold import fold_shape_computations, range_lengths
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +35,7 @@ def prepare(model: onnx.ModelProto) -> onnx.ModelProto:
     fold_identity_on_weights(model.graph)
     drop_initializer_inputs(model)
     infer_shapes(model)
-    probed = probe_shapes(_runnable(model))
+    probed = probe_shapes(model)
     annotate(model, probed)
     if fold_shape_computations(model):
         infer_shapes(model)
@@ -41,32 +43,64 @@ def prepare(model: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
-def _runnable(model: onnx.ModelProto) -> onnx.ModelProto:
-    """The model, or an in-memory copy of it when probing would run it with weights still in
-    files (probing skips models over MAX_PROBE_BYTES and models with every shape known)."""
-    if not has_file_weights(model) or weight_bytes(model) > MAX_PROBE_BYTES or not _has_unknown(model):
-        return model
-    copy = onnx.ModelProto()
-    copy.CopyFrom(model)
-    return materialize(copy)
+_DIM_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def parse_input_shapes(specs: Sequence[str] | None) -> dict[str, list[int | str]]:
+    """``NAME=d1,d2,...`` specs (``--input-shape``) as {name: dims}.
+
+    A dimension is a positive integer or a name (a dynamic axis, ``[A-Za-z_][A-Za-z0-9_]*``);
+    the list may be wrapped in one pair of brackets (``x=[1,3,224,224]``). Anything else, an
+    empty name or a name given twice is refused with a SelectionError quoting the spec."""
+    shapes: dict[str, list[int | str]] = {}
+    for spec in specs or ():
+        name, sep, text = spec.partition("=")
+        name, text = name.strip(), text.strip()
+        if text[:1] in "[(" and text[-1:] == {"[": "]", "(": ")"}.get(text[:1]):
+            text = text[1:-1].strip()
+        if not sep or not name or not text:
+            raise SelectionError(f"--input-shape expects NAME=d1,d2,... (for example x=1,3,224,224); got {spec!r}")
+        if name in shapes:
+            raise SelectionError(f"--input-shape gives input '{name}' twice")
+        shapes[name] = [_parse_dim(d.strip(), spec) for d in text.split(",")]
+    return shapes
+
+
+def _parse_dim(text: str, spec: str) -> int | str:
+    if text.isdigit() and int(text) > 0:
+        return int(text)
+    if _DIM_NAME.fullmatch(text):
+        return text
+    raise SelectionError(f"--input-shape {spec!r}: dimension {text!r} is neither a positive integer nor a name "
+                         "(use a name such as N for a dynamic axis)")
 
 
 def set_input_shapes(model: onnx.ModelProto, shapes: Mapping[str, Sequence[int | str]], source: str) -> None:
-    """Apply user-given input shapes; refuse inputs whose rank is unknown."""
+    """Apply user-given input shapes; refuse unknown inputs, invalid dimensions, a rank other
+    than the model's, and inputs whose rank is unknown."""
     inits = {t.name for t in model.graph.initializer}
     inputs = {vi.name: vi for vi in model.graph.input if vi.name not in inits}
     for name, dims in shapes.items():
         if name not in inputs:
             raise ShapeInferenceError(f"{source}: --input-shape names '{name}', which is not a model input "
-                                      f"(inputs: {', '.join(inputs)})")
+                                      f"(inputs: {', '.join(inputs) or 'none'})")
+        spec = f"{name}={','.join(map(str, dims))}"
+        parsed = [d if isinstance(d, int) and not isinstance(d, bool) and d > 0 else _parse_dim(str(d).strip(), spec)
+                  for d in dims]
+        if not inputs[name].type.HasField("tensor_type"):
+            raise ShapeInferenceError(f"{source}: --input-shape names '{name}', which is not a tensor input")
         tt = inputs[name].type.tensor_type
+        if tt.HasField("shape") and len(tt.shape.dim) != len(parsed):
+            raise ShapeInferenceError(f"{source}: --input-shape gives input '{name}' rank {len(parsed)} "
+                                      f"({spec}), but the model's input has rank {len(tt.shape.dim)}")
         tt.ClearField("shape")
-        for d in dims:
+        tt.shape.SetInParent()
+        for d in parsed:
             dim = tt.shape.dim.add()
-            if isinstance(d, int) or str(d).isdigit():
-                dim.dim_value = int(d)
+            if isinstance(d, int):
+                dim.dim_value = d
             else:
-                dim.dim_param = str(d)
+                dim.dim_param = d
     for name, vi in inputs.items():
         if vi.type.HasField("tensor_type") and not vi.type.tensor_type.HasField("shape"):
             raise ShapeInferenceError(
@@ -178,6 +212,10 @@ def infer_shapes(model: onnx.ModelProto, *, strict: bool = False) -> onnx.ModelP
     source = light_copy(model)
     try:
         inferred = onnx.shape_inference.infer_shapes(source, strict_mode=strict, data_prop=True)
+        lengths = range_lengths(inferred)  # arange(x.size(i)): inference again, with their lengths given
+        if lengths:
+            source.graph.value_info.extend(lengths)
+            inferred = onnx.shape_inference.infer_shapes(source, strict_mode=strict, data_prop=True)
     except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError) as exc:
         raise ShapeInferenceError(f"shape inference failed: {str(exc).splitlines()[0]}") from exc
     model.graph.value_info.extend(inferred.graph.value_info)

@@ -175,7 +175,7 @@ def analyze(
         ignore=tuple(ignore) if ignore else None, prune_hidden=prune_hidden or None)
     with _steps(False) as progress:
         m = _run_step(progress, "loading and inferring shapes", load, model,
-                      input_shapes=_parse_shapes(input_shape))
+                      input_shapes=_parse_shapes(input_shape), mapped=True)
         analysis = _run_step(progress, "analysing channel groups", run_analysis, m, ignore=ignore or (),
                               prune_hidden=prune_hidden)
         preview = _run_step(progress, "planning", _recipe_preview, m, analysis, the_recipe)

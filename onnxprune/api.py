@@ -34,18 +34,27 @@ log = logging.getLogger(__name__)
 
 
 def load(path: str | os.PathLike[str], *, input_shapes: Mapping[str, Sequence[int | str]] | None = None,
-         mapped: bool = False) -> onnx.ModelProto:
+         mapped: bool = False, runtime_check: bool = True) -> onnx.ModelProto:
     """Load, check and normalise a model for pruning (see ``onnxprune.prepare``).
 
     ``mapped`` leaves the weights of a single-file model in the memory-mapped file (only
     the structure is parsed; see ``modelio.load_model``): the fastest and leanest way
     through analyze, plan, apply_plan and save_model, which read and write such a model
     directly. Call ``modelio.materialize`` on it before running it in onnxruntime.
+    ``runtime_check``: refuse a model onnxruntime cannot load, with its reason
+    (``modelio.check_runtime``; skipped when onnxruntime is not installed).
     """
+    from onnxprune.modelio import check_prunable, check_runtime, check_weight_shapes
+
     model = load_model(path, check=False, mapped=mapped)
     set_input_shapes(model, input_shapes or {}, str(path))
     check_basic(model, path)
-    return prepare(model)
+    check_prunable(model, path)
+    if runtime_check:
+        check_runtime(model, path, path)
+    prepare(model)
+    check_weight_shapes(model, path)  # what onnxruntime would refuse at run time, on the inferred shapes
+    return model
 
 
 def score_channels(model: onnx.ModelProto, analysis: Analysis, criterion: str = "l2", *,

@@ -151,6 +151,9 @@ def analyze(
     show_all: Annotated[bool, typer.Option("--all", help="--wide, also listing groups with no producer.")] = False,
     input_shape: InputShapeOpt = None,
     prune_hidden: PruneHiddenOpt = False,
+    runtime_check: Annotated[bool, typer.Option(
+        "--runtime-check/--no-runtime-check",
+        help="Refuse a model onnxruntime cannot load, with its reason (default on).")] = True,
     recipe: Annotated[Optional[Path], typer.Option(
         help="Preview what this recipe file would remove (data-free recipes; no file is written).")] = None,
     ratio: Annotated[Optional[float], typer.Option(help="Preview --ratio with the default recipe.")] = None,
@@ -175,7 +178,7 @@ def analyze(
         ignore=tuple(ignore) if ignore else None, prune_hidden=prune_hidden or None)
     with _steps(False) as progress:
         m = _run_step(progress, "loading and inferring shapes", load, model,
-                      input_shapes=_parse_shapes(input_shape), mapped=True)
+                      input_shapes=_parse_shapes(input_shape), mapped=True, runtime_check=runtime_check)
         analysis = _run_step(progress, "analysing channel groups", run_analysis, m, ignore=ignore or (),
                               prune_hidden=prune_hidden)
         preview = _run_step(progress, "planning", _recipe_preview, m, analysis, the_recipe)
@@ -330,6 +333,9 @@ def prune(
         _RUN, "--input-shape", help="Set an input's shape: NAME=1,3,224,224 (a name for a dynamic axis).")
     ] = None,
     debug: Annotated[bool, _opt(_RUN, help="Check the graph after every pass.")] = False,
+    runtime_check: Annotated[bool, _opt(
+        _RUN, "--runtime-check/--no-runtime-check",
+        help="Refuse a model onnxruntime cannot load, with its reason (default on).")] = True,
 ) -> None:
     """Prune MODEL to a budget, or replay a saved --plan, and write OUTPUT.
 
@@ -378,7 +384,7 @@ def prune(
     mapped = calib is None and resolved.target_latency is None and not debug
     with _Steps(debug) as steps:
         steps("loading and inferring shapes")
-        m = load(model, input_shapes=_parse_shapes(input_shape), mapped=mapped)
+        m = load(model, input_shapes=_parse_shapes(input_shape), mapped=mapped, runtime_check=runtime_check)
         data = None
         if calib is not None:
             _distributed_rank(device)
@@ -594,7 +600,10 @@ def verify(
         raise SelectionError(f"--batch-sizes expects positive integers, got {batch_sizes!r}")
     provider_list = list(dict.fromkeys(resolve_provider(p.strip()) for p in providers.split(",") if p.strip()))
     mo, mp = load_model(original, lazy=False), load_model(pruned, lazy=False)
-    shapes = {k: [int(d) for d in v] for k, v in _parse_shapes(input_shape).items()}
+    shapes = _parse_shapes(input_shape)
+    named = [f"{k}={','.join(map(str, v))}" for k, v in shapes.items() if any(isinstance(d, str) for d in v)]
+    if named:
+        raise SelectionError(f"verify runs the models: --input-shape needs whole sizes, got {', '.join(named)}")
     if shapes:  # both models at the same input shapes: the random inputs, and their costs compared
         from onnxprune.prepare import set_input_shapes
 
@@ -609,10 +618,16 @@ def verify(
     elif inputs is not None:
         feeds = load_inputs(inputs, mo)
         if labels:
-            arrays = np.load(inputs)
+            from onnxprune.fileutil import read_arrays
+
+            arrays = read_arrays(inputs)
             if labels not in arrays:
-                raise SelectionError(f"{inputs}: no labels array '{labels}' (has: {', '.join(arrays.files)})")
+                raise SelectionError(f"{inputs}: no labels array '{labels}' (has: {', '.join(arrays)})")
             label_arr = arrays[labels]
+            n = len(next(iter(feeds.values())))
+            if label_arr.ndim == 0 or len(label_arr) != n:
+                count = 1 if label_arr.ndim == 0 else len(label_arr)
+                raise SelectionError(f"{inputs}: labels array '{labels}' has {count} entries for {n} samples")
         if samples is not None:
             feeds = {k: v[:samples] for k, v in feeds.items()}
             label_arr = None if label_arr is None else label_arr[:samples]

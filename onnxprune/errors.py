@@ -41,3 +41,7 @@ class OutputPathError(OnnxPruneError):
 
 class RuntimeUnavailableError(OnnxPruneError):
     """onnxruntime (or torch, for the optional features) is not installed."""
+
+
+class DataError(OnnxPruneError):
+    """A data file (inputs, calibration arrays) is missing, unreadable or not plain arrays."""

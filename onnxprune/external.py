@@ -25,6 +25,8 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from onnxprune.errors import ModelLoadError
+
 BASE_KEY = "onnxprune.external_base"  # metadata entry naming the source directory (never saved)
 EMBEDDED_KEY = "onnxprune.embedded_file"  # metadata entry: mapped weights live in this model file
 PRIVATE_KEYS = (BASE_KEY, EMBEDDED_KEY)
@@ -39,6 +41,15 @@ _PLAIN = {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOA
 
 def is_external(t: onnx.TensorProto) -> bool:
     return t.data_location == onnx.TensorProto.EXTERNAL
+
+
+def drop_private(model: onnx.ModelProto) -> None:
+    """Remove onnxprune's private metadata entries. A file never carries them legitimately
+    (they are never saved): one that does could point weights anywhere on disk."""
+    keep = [e for e in model.metadata_props if e.key not in PRIVATE_KEYS]
+    if len(keep) != len(model.metadata_props):
+        del model.metadata_props[:]
+        model.metadata_props.extend(keep)
 
 
 def mark_lazy(model: onnx.ModelProto, base_dir: Path) -> None:
@@ -76,17 +87,129 @@ def tensor_nbytes(t: onnx.TensorProto) -> int:
     """Bytes of a tensor's data, in memory or external, without copying it out of the message."""
     if is_external(t):
         for e in t.external_data:
-            if e.key == "length":
+            if e.key == "length" and e.value.isdigit():
                 return int(e.value)
-        itemsize = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(t.data_type)).itemsize
-        return int(np.prod(t.dims, dtype=np.int64)) * itemsize
+        return math.prod(t.dims) * _itemsize(t.data_type)
     if t.HasField("raw_data"):  # the declared size: reading t.raw_data (or ByteSize) would copy it
-        try:
-            itemsize = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(t.data_type)).itemsize
-        except (KeyError, TypeError, ValueError):
-            itemsize = 1
-        return math.prod(t.dims) * itemsize
+        return math.prod(t.dims) * _itemsize(t.data_type)
     return 0
+
+
+def _itemsize(data_type: int) -> int:
+    """Bytes per element (1 for a type numpy does not know: the checker reports it)."""
+    try:
+        return np.dtype(onnx.helper.tensor_dtype_to_np_dtype(data_type)).itemsize
+    except (KeyError, TypeError, ValueError):
+        return 1
+
+
+def all_tensors(model: onnx.ModelProto, *, initializers: bool = True):  # noqa: ANN201 - iterator of TensorProto
+    """Every tensor of the model: initializers (unless not ``initializers``: the main
+    graph's are left out), sparse initializers and tensors in node attributes, in
+    subgraphs and functions too (where external data can hide)."""
+    def graph_tensors(g: onnx.GraphProto, main: bool = False):  # noqa: ANN202
+        if initializers or not main:
+            yield from g.initializer
+        for sp in g.sparse_initializer:
+            yield sp.values
+            yield sp.indices
+        yield from node_tensors(g.node)
+
+    def node_tensors(nodes):  # noqa: ANN001, ANN202
+        for node in nodes:
+            for a in node.attribute:
+                if a.HasField("t"):
+                    yield a.t
+                yield from a.tensors
+                if a.HasField("sparse_tensor"):
+                    yield a.sparse_tensor.values
+                    yield a.sparse_tensor.indices
+                if a.HasField("g"):
+                    yield from graph_tensors(a.g)
+                for sub in a.graphs:
+                    yield from graph_tensors(sub)
+
+    yield from graph_tensors(model.graph, main=True)
+    for f in model.functions:
+        yield from node_tensors(f.node)
+
+
+def check_external_data(model: onnx.ModelProto, model_dir: Path, source: str | os.PathLike[str]) -> None:
+    """Refuse external-data references that cannot be read safely, before reading any.
+
+    Every location must be a relative path that stays inside ``model_dir`` (no absolute
+    path, no ``..``, no symbolic link out of it) and name a regular file holding the whole
+    tensor (offset plus its size). Mapped weights (``map_model``) are the model file's own
+    bytes, checked when they were mapped. Raises ModelLoadError naming the file and tensor.
+    """
+    embedded = embedded_file(model)
+    root = model_dir.resolve()
+    checked: dict[str, int] = {}  # resolved file -> size
+    for t in all_tensors(model):
+        if not is_external(t) or is_mapped(t, embedded):
+            continue
+        info = _info(t)
+        loc = info.get("location", "")
+        where = f"{source}: tensor '{t.name}'"
+        if not loc:
+            raise ModelLoadError(f"{where} is stored in external data with no location")
+        rel = Path(loc)
+        if rel.is_absolute() or loc.startswith(("/", "\\")) or ".." in rel.parts or ".." in loc.split("\\") \
+                or (len(loc) > 1 and loc[1] == ":"):
+            raise ModelLoadError(f"{where} refers to external data at '{loc}', outside the model's folder; "
+                                 "refusing to read it")
+        target = (root / rel).resolve()
+        if target != root and root not in target.parents:
+            raise ModelLoadError(f"{where} refers to external data '{loc}', a link out of the model's folder "
+                                 f"(to {target}); refusing to read it")
+        key = str(target)
+        if key not in checked:
+            if not target.exists():
+                raise ModelLoadError(f"{where} is stored in '{loc}', which is missing beside the model "
+                                     f"(looked in {root})")
+            if not target.is_file():
+                raise ModelLoadError(f"{where} is stored in '{loc}', which is not a regular file")
+            checked[key] = target.stat().st_size
+        size = checked[key]
+        try:
+            offset = int(info.get("offset", "0"))
+            length = int(info["length"]) if "length" in info else None
+        except ValueError:
+            raise ModelLoadError(f"{where} has an invalid external-data offset or length") from None
+        if offset < 0 or (length is not None and length < 0) or any(d < 0 for d in t.dims):
+            raise ModelLoadError(f"{where} has a negative external-data offset, length or dimension")
+        need = length
+        if t.data_type in _PLAIN:
+            want = math.prod(t.dims) * _dtype(t.data_type).itemsize
+            if length is not None and length != want:
+                raise ModelLoadError(f"{where}: external data length {length} does not match its shape "
+                                     f"{list(t.dims)} ({want} bytes)")
+            need = want
+        if need is not None and offset + need > size:
+            raise ModelLoadError(f"{where} needs bytes {offset}..{offset + need} of '{loc}', which has {size} "
+                                 "(truncated or replaced data file?)")
+
+
+def embed_external(t: onnx.TensorProto, directory: Path) -> None:
+    """Read an external tensor's bytes into its ``raw_data``, in place (the reference is
+    dropped). Check the model first (``check_external_data``)."""
+    info = _info(t)
+    path = directory / info["location"]
+    offset = int(info.get("offset", "0"))
+    if "length" in info:
+        length = int(info["length"])
+    elif t.data_type in _PLAIN:
+        length = math.prod(t.dims) * _dtype(t.data_type).itemsize
+    else:
+        length = os.path.getsize(path) - offset
+    with open(path, "rb") as fh:
+        fh.seek(offset)
+        raw = fh.read(length)
+    if len(raw) != length:
+        raise ModelLoadError(f"{path}: external data of tensor '{t.name}' ends early")
+    t.ClearField("external_data")
+    t.ClearField("data_location")
+    t.raw_data = raw
 
 
 _MAPS: dict[str, tuple[tuple[int, int, int], mmap.mmap]] = {}
@@ -303,6 +426,7 @@ def map_model(path: str | os.PathLike[str], min_bytes: int = MAP_MIN_BYTES) -> o
         parts.append(_length_delimited(_MODEL_GRAPH, len(graph)) + graph)
     model = onnx.ModelProto()
     model.ParseFromString(b"".join(parts))
+    drop_private(model)
     if mapped:
         inits = model.graph.initializer
         for i, (offset, length) in mapped.items():
@@ -324,9 +448,21 @@ def _copy_bytes(src: Path, offset: int, length: int, dst) -> None:  # noqa: ANN0
         while length > 0:
             chunk = fh.read(min(CHUNK, length))
             if not chunk:
-                raise OSError(f"{src}: external data ends early")
+                raise ModelLoadError(f"{src}: external data ends early (changed since the model was loaded?)")
             dst.write(chunk)
             length -= len(chunk)
+
+
+def _external_length(t: onnx.TensorProto, source_dir: Path | None) -> int:
+    """Bytes of an external tensor: its length entry, else what its shape and type need,
+    else the rest of its file."""
+    info = _info(t)
+    if "length" in info:
+        return int(info["length"])
+    if t.data_type in _PLAIN:
+        return math.prod(t.dims) * _dtype(t.data_type).itemsize
+    assert source_dir is not None
+    return os.path.getsize(source_dir / info["location"]) - int(info.get("offset", 0))
 
 
 def write_model(model: onnx.ModelProto, path: Path, location: str, min_bytes: int = 1024) -> None:
@@ -353,13 +489,19 @@ def write_model(model: onnx.ModelProto, path: Path, location: str, min_bytes: in
             if not is_external(t) and raw_len <= min_bytes:
                 g.initializer.add().CopyFrom(t)
                 continue
+            if is_external(t) and _external_length(t, source_dir) <= min_bytes:
+                small = g.initializer.add()  # small tensors inline, where shape inference and tools read them
+                small.CopyFrom(t)
+                assert source_dir is not None
+                embed_external(small, source_dir)
+                continue
             new = g.initializer.add()
             new.name, new.data_type, new.doc_string = t.name, t.data_type, t.doc_string
             new.dims.extend(t.dims)
             if is_external(t):
                 info = _info(t)
                 assert source_dir is not None
-                length = int(info.get("length", 0)) or os.path.getsize(source_dir / info["location"])
+                length = _external_length(t, source_dir)
                 _copy_bytes(source_dir / info["location"], int(info.get("offset", 0)), length, data)
             else:
                 raw = t.raw_data if raw_len else numpy_helper.to_array(t).tobytes()

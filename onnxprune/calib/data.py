@@ -17,13 +17,14 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from onnxprune.errors import OnnxPruneError
+from onnxprune.errors import DataError
+from onnxprune.fileutil import read_arrays
 from onnxprune.graph import GraphIndex
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 
 
-class CalibrationError(OnnxPruneError):
+class CalibrationError(DataError):
     """Calibration data that does not fit the model."""
 
 
@@ -70,10 +71,12 @@ def load_calibration(source: str | os.PathLike[str] | Iterable[Mapping[str, np.n
         path = Path(source)
         if not path.exists():
             raise CalibrationError(f"{path}: calibration data not found")
-        if path.is_file() and path.suffix == ".npz":
-            arrays = dict(np.load(path))
+        if path.is_file() and path.suffix.lower() == ".npz":
+            arrays = read_arrays(path, error=CalibrationError)
         elif path.is_dir() and any(p.suffix == ".npy" for p in path.iterdir()):
-            arrays = {p.stem: np.load(p) for p in sorted(path.glob("*.npy"))}
+            arrays = {}
+            for p in sorted(path.glob("*.npy")):
+                arrays.update(read_arrays(p, error=CalibrationError))
         elif path.is_dir():
             arrays = _load_images(path, model, image_size, mean, std, layout)
         else:
@@ -92,6 +95,9 @@ def load_calibration(source: str | os.PathLike[str] | Iterable[Mapping[str, np.n
         label_arr = arrays.pop(labels)
     elif labels is not None:
         label_arr = np.asarray(labels)
+    if label_arr is not None and (label_arr.ndim == 0 or not np.issubdtype(label_arr.dtype, np.number)):
+        raise CalibrationError(f"{origin}: labels must be an array of numbers, one per sample "
+                               f"(got {label_arr.dtype.name}, shape {list(label_arr.shape)})")
     data = CalibrationData(_validate(arrays, model, origin), label_arr)
     if label_arr is not None and len(label_arr) != len(data):
         raise CalibrationError(f"{origin}: {len(label_arr)} labels for {len(data)} samples")
@@ -157,7 +163,10 @@ def _load_images(folder: Path, model: onnx.ModelProto, size: Sequence[int] | Non
     c = shape[3] if channels_last else shape[1]
     images = []
     for f in files:
-        img = Image.open(f).convert("L" if c == 1 else "RGB").resize((int(size[1]), int(size[0])))
+        try:
+            img = Image.open(f).convert("L" if c == 1 else "RGB").resize((int(size[1]), int(size[0])))
+        except (OSError, ValueError, SyntaxError) as exc:  # PIL: unidentified, truncated or corrupt images
+            raise CalibrationError(f"{f}: not a readable image ({' '.join(str(exc).split())[:160]})") from exc
         arr = np.asarray(img, dtype=np.float32) / 255.0
         arr = arr[..., None] if arr.ndim == 2 else arr
         arr = (arr - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)

@@ -14,7 +14,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from onnxprune.graph import GraphIndex, attr, drop_initializers
+from onnxprune.graph import GraphIndex, attr, drop_initializers, subgraph_inputs
 
 log = logging.getLogger(__name__)
 
@@ -230,7 +230,8 @@ def _entries(index: GraphIndex, name: str, depth: int = 0) -> list[ShapeEntry] |
         data, idx = _entries(index, node.input[0], depth + 1), index.const(node.input[1])
         if data is None or idx is None or idx.dtype.kind not in "iu" or int(attr(node, "axis", 0)) != 0:
             return None
-        return [data[int(i)] for i in idx.reshape(-1)] if all(-len(data) <= i < len(data) for i in idx.reshape(-1)) else None
+        picks = [int(i) for i in idx.reshape(-1)]
+        return [data[i] for i in picks] if all(-len(data) <= i < len(data) for i in picks) else None
     if node.op_type == "Slice":
         data = _entries(index, node.input[0], depth + 1)
         bounds = [index.const(n) if n else None for n in node.input[1:]]
@@ -246,7 +247,7 @@ def _entries(index: GraphIndex, name: str, depth: int = 0) -> list[ShapeEntry] |
 def _without_dead_plumbing(nodes: list[onnx.NodeProto], outputs: set[str]) -> list[onnx.NodeProto]:
     """Drop shape plumbing (Shape, Slice, Concat, ...) nothing reads any more."""
     while True:
-        read = {name for n in nodes for name in n.input} | outputs
+        read = {name for n in nodes for name in [*n.input, *subgraph_inputs(n)]} | outputs
         live = [n for n in nodes if n.op_type not in SHAPE_PLUMBING or any(o in read for o in n.output)]
         if len(live) == len(nodes):
             return live
@@ -271,7 +272,8 @@ def range_lengths(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
         if node.op_type != "Range" or node.domain not in ("", "ai.onnx") or node.output[0] in known:
             continue
         start, delta = index.const(node.input[0]), index.const(node.input[2])
-        if start is None or delta is None or start.size != 1 or delta.size != 1 or start.item() != 0 or delta.item() != 1:
+        if start is None or delta is None or start.size != 1 or delta.size != 1 or \
+                start.item() != 0 or delta.item() != 1:
             continue
         entries = _entries(index, node.input[1])
         if entries is None or len(entries) != 1 or not isinstance(entries[0], tuple):

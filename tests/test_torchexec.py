@@ -282,7 +282,7 @@ def test_missing_torch_raises_with_install_hint(monkeypatch):
     for mod in [m for m in sys.modules if m == "onnxprune.torchexec" or m.startswith("onnxprune.torchexec.")]:
         monkeypatch.delitem(sys.modules, mod)
     monkeypatch.setitem(sys.modules, "torch", None)
-    with pytest.raises(RuntimeUnavailableError, match=r"pip install 'onnxprune\[torch\]'"):
+    with pytest.raises(RuntimeUnavailableError, match=r"pip install -c constraints.txt 'onnxprune\[torch\]'"):
         importlib.import_module("onnxprune.torchexec")
 
 

@@ -155,7 +155,7 @@ def _unit_costs(ctx: RuleContext, index: GraphIndex, roots: np.ndarray,
     for ref in ctx.params:
         shape = index.const_shape(nodes[ref.node].input[ref.slot]) or ()
         per_index = math.prod(shape) // max(1, shape[ref.axis]) if shape else 0
-        node_macs = node_mac.get(ref.node, 0) if ref.is_weight and ref.role != "param" else 0
+        node_macs = node_mac.get(ctx.mac_of.get(ref.node, ref.node), 0) if ref.is_weight and ref.role != "param" else 0
         per_mac = node_macs // max(1, shape[ref.axis]) if shape else 0
         r = roots[ref.elems]
         if per_index:

@@ -163,6 +163,7 @@ class RuleContext:
         self.blocks: list[BlockRecord] = []
         self.derived_shapes: dict[str, tuple[Dim, ...]] = {}
         self.mac_axes: dict[str, list[np.ndarray]] = {}  # node -> spaces its MACs scale with (no weights)
+        self.mac_of: dict[str, str] = {}  # node holding a weight -> the node whose MACs it scales (Transpose -> MatMul)
         self.node: onnx.NodeProto | None = None  # the node being analysed
 
     # -- shapes and constants ----------------------------------------------

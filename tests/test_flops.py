@@ -105,3 +105,19 @@ def test_params_count_is_every_used_initializer_element():
     assert model_cost(model).params == expected
     _, torch_params = torch_macs_and_params("mlp")
     assert expected == torch_params
+
+
+def test_matmul_macs_take_the_reduced_size_from_a_constant_weight():
+    """A MatMul whose input's last axis inference left unknown (Reshape to [b, s, -1] after
+    attention) still counts K MACs per output element: K comes from the weight's shape."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from onnxprune.flops import node_macs
+    from onnxprune.graph import GraphIndex
+
+    w = numpy_helper.from_array(np.ones((12, 5), np.float32), "w")
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, "k"])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3, 5])
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")], "g", [x], [y], [w])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    assert node_macs(GraphIndex(model), model.graph.node[0]) == 2 * 3 * 5 * 12

@@ -209,3 +209,33 @@ def test_analyze_shows_what_the_recipe_would_do(monkeypatch, capsys, tmp_path):
     Recipe(target_flops=0.5, criterion="taylor-fo").save(path)
     code, out, err = cli(monkeypatch, capsys, "analyze", DIGITS, "--recipe", path)
     assert code == 0 and "needs --calib" in out
+
+
+def test_long_steps_report_counts(tmp_path):
+    """Scoring reports batches and recovery reports layers as (done, total) counts, which the
+    CLI shows with a bar and an ETA."""
+    pytest.importorskip("torch")
+    import onnxprune
+    from onnxprune.calib.data import load_calibration
+    from onnxprune.compress import compress
+
+    model = onnxprune.load(DIGITS)
+    calib = load_calibration(DATA / "digits_train.npz", model, samples=96)
+    calls: list[tuple[str, int | None, int | None]] = []
+    result = compress(model, Recipe(target_flops=0.5, measure=False), calib=calib, batch_size=32,
+                      progress=lambda label, done=None, total=None: calls.append((label, done, total)))
+    assert result.recovery is not None
+    for step in ("scoring channels", "recovering"):
+        counted = [(d, t) for label, d, t in calls if label.startswith(step) and d is not None]
+        assert counted, f"no counts for {step}: {calls}"
+        assert all(t and 0 < d <= t for d, t in counted) and counted[-1][0] == counted[-1][1]
+
+
+def test_no_convolution_hint_on_a_transformer(monkeypatch, capsys, tmp_path):
+    from tests.zoo_cache import zoo_path
+
+    code, out, err = cli(monkeypatch, capsys, "prune", zoo_path("bert"), "-o", tmp_path / "b.onnx", "--ratio",
+                         "0.3", "--no-measure")
+    assert code == 0, err
+    text = (out + err).replace(str(tmp_path), "").lower()
+    assert "convolution" not in text and "hint" not in text

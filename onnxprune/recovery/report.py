@@ -74,10 +74,10 @@ def summary_line(report: dict) -> str:
         before, after = held["pruned"], held["recovered"]
         line = (f"recovery: output MSE on {held['samples']} held-out samples "
                 f"{before['output_mse']:.3g} -> {after['output_mse']:.3g}")
+        if before.get("mean_cosine") is not None:
+            line += f", cosine {before['mean_cosine']:.3f} -> {after['mean_cosine']:.3f}"
         if before.get("top1") is not None:
             line += f", top-1 agreement {before['top1']:.2f} -> {after['top1']:.2f}"
-        elif before.get("mean_cosine") is not None:
-            line += f", cosine {before['mean_cosine']:.3f} -> {after['mean_cosine']:.3f}"
     else:
         line = "recovery: no held-out samples, quality not measured"
     updated = report.get("updated", {})

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import onnx
 
 from onnxprune.analysis import Analysis, analyze
+from onnxprune.errors import SelectionError
 from onnxprune.flops import Cost, model_cost
 from onnxprune.plan import Plan
 from onnxprune.recipe import Context, Recipe, RecipeError, provider_name, resolve
@@ -245,14 +246,25 @@ def _allocate(model: onnx.ModelProto, analysis: Analysis, r: Recipe, scores: dic
         return reached.plan, latency_note(reached)
     metric, target = ("flops", r.target_flops) if r.target_flops is not None else ("params", r.target_params)
     step(f"allocating to the {metric} budget", None, None)
-    reached = plan_to_budget(model, analysis, Budget(metric, float(target)), ranking=r.ranking, **common)
+    budget = Budget(metric, float(target))
+    unaligned = ""
+    try:
+        reached = plan_to_budget(model, analysis, budget, ranking=r.ranking, **common)
+    except SelectionError:
+        if int(r.align) == 1:
+            raise
+        # aligned counts cannot reach it (a group smaller than two blocks can only stay whole):
+        # allocate unaligned, and say so (the speed check then tells whether it got slower)
+        reached = plan_to_budget(model, analysis, budget, ranking=r.ranking, **{**common, "align": 1})
+        unaligned = (f"; aligned counts (blocks of {r.align}) cannot reach this budget, so some kept counts are "
+                     "off the block and may run slower")
     if metric == "flops":  # one unit everywhere: MACs (FLOPs = 2 x MACs)
         note = (f"MACs budget: target {_human(reached.target / 2)} ({reached.target / reached.original:.1%}), "
                 f"achieved {_human(reached.achieved / 2)} ({reached.achieved / reached.original:.1%})")
     else:
         note = (f"parameter budget: target {_human(reached.target)} ({reached.target / reached.original:.1%}), "
                 f"achieved {_human(reached.achieved)} ({reached.achieved / reached.original:.1%})")
-    return reached.plan, note
+    return reached.plan, note + unaligned
 
 
 def _recover(original: onnx.ModelProto, pruned: onnx.ModelProto, analysis: Analysis, plan: Plan, r: Recipe,

@@ -11,7 +11,9 @@ kernel that computes channels in blocks of ``align`` pads a kept count up to the
 multiple, so a count between two multiples costs the latency of the one above. With
 ``align`` a kept count that is not a multiple of it is rounded *down* to one (dropping
 the group's lowest-scoring units) whenever that count is still legal (a multiple of
-``round_to`` within ``min_channels`` / ``max_ratio``); otherwise it stays as rounded.
+``round_to`` within ``min_channels`` / ``max_ratio``); otherwise it goes *up* to the next
+multiple when that still prunes the group (the padded channels would cost as much as kept
+ones), and stays as rounded in a group of a single block.
 onnxruntime's CPU convolutions (MLAS NCHWc) use blocks of 16 channels on AVX-512 and 8 on
 AVX2: ``onnxprune.latency.channel_block`` reports the block of this machine.
 """
@@ -127,11 +129,14 @@ def _global_keep_counts(groups: list[Group], scores: Mapping[str, np.ndarray], r
     return {g.id: g.size - removed[g.id] for g in groups}
 
 
-def legal_keep_count(g: Group, k: int, options: SelectionOptions) -> int:
+def legal_keep_count(g: Group, k: int, options: SelectionOptions, max_ratio: float | None = None) -> int:
     """Round a kept unit count up so that channels are a multiple of round_to and limits hold;
-    with ``options.align`` > 1, then down to a multiple of align channels where that stays legal."""
+    with ``options.align`` > 1, then down to a multiple of align channels where that stays legal,
+    else up to one where that still prunes the group.
+    ``max_ratio``: this group's own limit, where tighter than ``options.max_ratio``."""
     width = g.unit_width
-    floor = max(1, math.ceil(g.size * (1.0 - options.max_ratio)), math.ceil(options.min_channels / width))
+    limit = options.max_ratio if max_ratio is None else min(options.max_ratio, max_ratio)
+    floor = max(1, math.ceil(g.size * (1.0 - limit)), math.ceil(options.min_channels / width))
     k = max(k, floor)
     step = options.round_to // math.gcd(options.round_to, width)
     k = min(g.size, math.ceil(k / step) * step)
@@ -140,6 +145,11 @@ def legal_keep_count(g: Group, k: int, options: SelectionOptions) -> int:
         down = (k // a_step) * a_step
         if down >= floor and down % step == 0:
             k = down
+        else:  # padded channels cost as much as kept ones: keep the whole block instead, where
+            # that still prunes the group (a group of one block stays at the legal count below)
+            up = math.ceil(k / a_step) * a_step
+            if up < g.size and up % step == 0:
+                k = up
     return k
 
 

@@ -75,11 +75,14 @@ def test_legal_keep_count_aligns_down_only_where_legal():
 
     assert [keep(k) for k in (33, 40, 48, 60)] == [40, 40, 48, 64]
     assert [keep(k, align=16) for k in (33, 40, 48, 60)] == [32, 32, 48, 64]  # 64 = the whole group
-    assert keep(5, align=16) == 8  # 0 is not a legal count: stays at the round_to step
-    assert keep(40, align=16, min_channels=40) == 40  # 32 would break min_channels
-    assert keep(40, align=16, max_ratio=0.4) == 40  # 32 would remove more than 40 %
+    # where no aligned count below is legal, the count goes *up* to the block (padded channels
+    # cost as much as kept ones; the budget allocation takes the MACs elsewhere)
+    assert keep(5, align=16) == 16  # 0 is not a legal count
+    assert keep(40, align=16, min_channels=40) == 48  # 32 would break min_channels
+    assert keep(40, align=16, max_ratio=0.4) == 48  # 32 would remove more than 40 %
     assert keep(44, align=12) == 48  # 48 is already a multiple of 12
-    assert keep(40, align=12) == 40  # 36 is not a multiple of round_to 8: no legal aligned count below
+    assert keep(40, align=12) == 48  # 36 is not a multiple of round_to 8; 48 is (and of 12)
+    assert keep(40, align=24) == 24  # down where legal, as before
     assert legal_keep_count(g, 40, SelectionOptions(ratio=0.0, round_to=8, align=1)) == keep(40)
     heads = group(12, width=4)  # units of 4 channels (tied): 16 channels = 4 units
     assert legal_keep_count(heads, 6, SelectionOptions(ratio=0.0, round_to=8, align=16)) == 4

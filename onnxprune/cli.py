@@ -191,19 +191,19 @@ def analyze(
         analysis_summary(analysis, console, name=str(model))
     from rich.markup import escape
 
-    for line in preview.get("lines", []) if preview else _default_recipe_lines(the_recipe):
+    for line in preview.get("lines", []) if preview else _default_recipe_lines(the_recipe, m):
         console.print(escape(line), highlight=False)
 
 
-def _default_recipe_lines(recipe) -> list[str]:  # noqa: ANN001
+def _default_recipe_lines(recipe, model) -> list[str]:  # noqa: ANN001
     """What `prune` would run on this model, without and with calibration data."""
     from dataclasses import replace
 
     from onnxprune.compress import resolve_for
 
     budget = replace(recipe, target_flops=0.5) if not recipe.budgets else recipe
-    free = resolve_for(budget, has_calib=False).describe()
-    data = resolve_for(budget, has_calib=True).describe()
+    free = resolve_for(budget, has_calib=False, model=model).describe()
+    data = resolve_for(budget, has_calib=True, model=model).describe()
     return [f"prune recipe, without data: {free}", f"prune recipe, with --calib: {data}"]
 
 
@@ -215,10 +215,10 @@ def _recipe_preview(model, analysis, recipe) -> dict:  # noqa: ANN001
     from onnxprune.compress import plan_for, resolve_for
 
     if recipe.needs_data:
-        resolved = resolve_for(recipe, has_calib=True)
+        resolved = resolve_for(recipe, has_calib=True, model=model)
         return {"recipe": resolved.to_dict(),
                 "lines": [f"recipe: {resolved.describe()}", "preview needs --calib data to score: run prune"]}
-    resolved = resolve_for(recipe, has_calib=False)
+    resolved = resolve_for(recipe, has_calib=False, model=model)
     plan, note = plan_for(model, resolved, analysis)
     costs = CostModel(model, analysis)
     removed = plan.removed_units(analysis)
@@ -375,8 +375,7 @@ def prune(
             check_output_path(model, path)
     from rich.markup import escape
 
-    resolved = resolve_for_cli(the_recipe, calib, plan)
-    console.print(f"recipe: {escape(resolved.describe())}", soft_wrap=True, highlight=False)
+    resolved = resolve_for_cli(the_recipe, calib, plan)  # refuses what needs data before any work
     the_plan = PlanData.load(plan) if plan is not None else None
     # the weights stay in the memory-mapped file (read once to score, once to slice) unless
     # something runs the model (calibration, recovery, latency tables) or --debug checks it; the
@@ -385,6 +384,8 @@ def prune(
     with _Steps(debug) as steps:
         steps("loading and inferring shapes")
         m = load(model, input_shapes=_parse_shapes(input_shape), mapped=mapped, runtime_check=runtime_check)
+        resolved = resolve_for_cli(the_recipe, calib, plan, m)
+        console.print(f"recipe: {escape(resolved.describe())}", soft_wrap=True, highlight=False)
         data = None
         if calib is not None:
             _distributed_rank(device)
@@ -417,7 +418,7 @@ def prune(
         err.print(f"[yellow]warning:[/] {escape(warning)}", soft_wrap=True, highlight=False)
 
 
-def resolve_for_cli(recipe, calib: Path | None, plan: Path | None):  # noqa: ANN001, ANN201
+def resolve_for_cli(recipe, calib: Path | None, plan: Path | None, model=None):  # noqa: ANN001, ANN201
     """The recipe as it will run (for the line printed before the run)."""
     from dataclasses import replace
 
@@ -425,7 +426,7 @@ def resolve_for_cli(recipe, calib: Path | None, plan: Path | None):  # noqa: ANN
 
     if plan is not None:  # a replay allocates nothing: the plan's own options stand
         recipe = replace(recipe, align=1 if recipe.align == "auto" else recipe.align)
-    return resolve_for(recipe, has_calib=calib is not None)
+    return resolve_for(recipe, has_calib=calib is not None, model=model)
 
 
 def _ridge(text: str | None) -> float | str | None:

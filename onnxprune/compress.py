@@ -22,7 +22,7 @@ from onnxprune.analysis import Analysis, analyze
 from onnxprune.errors import SelectionError
 from onnxprune.flops import Cost, model_cost
 from onnxprune.plan import Plan
-from onnxprune.recipe import Context, Recipe, RecipeError, provider_name, resolve
+from onnxprune.recipe import Context, Recipe, RecipeError, is_transformer, provider_name, resolve
 
 if TYPE_CHECKING:
     from onnxprune.calib import CalibrationData
@@ -108,8 +108,9 @@ def _quiet(label: str, done: int | None = None, total: int | None = None) -> Non
         log.debug("%s", label)
 
 
-def resolve_for(recipe: Recipe, *, has_calib: bool) -> Recipe:
-    """``resolve`` with this machine's context (the target provider's channel block)."""
+def resolve_for(recipe: Recipe, *, has_calib: bool, model: onnx.ModelProto | None = None) -> Recipe:
+    """``resolve`` with this machine's context (the target provider's channel block) and, when
+    given, the model's (a transformer gets Kwon et al.'s recipe)."""
     block = 1
     if recipe.align == "auto":
         from onnxprune.latency import resolve_align
@@ -119,7 +120,8 @@ def resolve_for(recipe: Recipe, *, has_calib: bool) -> Recipe:
         except Exception as exc:  # noqa: BLE001 - onnxruntime missing or unusable: no alignment
             log.debug("no channel block for alignment: %s", exc)
             block = 1
-    return resolve(recipe, Context(has_calib=has_calib, align_block=block))
+    transformer = model is not None and is_transformer(model)
+    return resolve(recipe, Context(has_calib=has_calib, align_block=block, transformer=transformer))
 
 
 def compress(model: onnx.ModelProto, recipe: Recipe, *, calib: CalibrationData | None = None,
@@ -140,7 +142,7 @@ def compress(model: onnx.ModelProto, recipe: Recipe, *, calib: CalibrationData |
         recipe.require_budget()
     elif recipe.budgets:
         raise RecipeError("a replayed --plan and a budget exclude each other")
-    resolved = resolve_for(recipe, has_calib=calib is not None)
+    resolved = resolve_for(recipe, has_calib=calib is not None, model=model)
     if plan is not None and resolved.align not in (1, "auto") and recipe.align != "auto":
         raise RecipeError("--align applies when allocating (a budget or ratio), not to a replayed --plan")
     if resolved.method != "criterion":

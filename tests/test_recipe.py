@@ -239,3 +239,18 @@ def test_no_convolution_hint_on_a_transformer(monkeypatch, capsys, tmp_path):
     assert code == 0, err
     text = (out + err).replace(str(tmp_path), "").lower()
     assert "convolution" not in text and "hint" not in text
+
+
+def test_auto_gives_transformers_kwon_et_al_recipe():
+    from onnxprune.recipe import is_transformer
+    from tests.zoo_cache import zoo_path
+
+    bert = onnx.load(zoo_path("bert"))
+    assert is_transformer(bert) and not is_transformer(onnx.load(DIGITS))
+    r = resolve(Recipe(target_flops=0.67), Context(has_calib=True, transformer=True))
+    assert (r.criterion, r.loss, r.projections, r.recovery_weighting, r.recover, r.ranking) == (
+        "taylor-so", "fisher", 8, "fisher", ("lstsq", "scale"), "per-mac")
+    cnn = resolve(Recipe(target_flops=0.67), Context(has_calib=True))
+    assert (cnn.criterion, cnn.projections, cnn.recovery_weighting) == ("taylor-fo", 1, "uniform")
+    free = resolve(Recipe(target_flops=0.67), Context(transformer=True))
+    assert free.criterion == "l2" and free.recover == ()

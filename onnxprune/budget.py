@@ -55,12 +55,19 @@ class BudgetResult:
 
 def select_to_budget(model: onnx.ModelProto, analysis: Analysis, scores: Mapping[str, np.ndarray],
                      budget: Budget, *, round_to: int = 1, min_channels: int = 1, max_ratio: float = 1.0,
-                     criterion: str | None = None, align: int = 1, ranking: str = "normalised") -> BudgetResult:
+                     criterion: str | None = None, align: int = 1, ranking: str = "normalised",
+                     max_ratios: Mapping[str, float] | None = None) -> BudgetResult:
     """The plan that keeps the best units and whose cost is the largest that fits the budget
     (kept counts aligned down to multiples of ``align`` channels where legal, when > 1;
-    ``ranking``: the global order, see ``selection.global_order``)."""
+    ``ranking``: the global order, see ``selection.global_order``; ``max_ratios``: per-group
+    limits, group id -> the largest fraction of its units to remove, on top of ``max_ratio``,
+    e.g. from ``sensitivity_limits.ratio_limits``)."""
     options = SelectionOptions(ratio=0.0, round_to=round_to, min_channels=min_channels, max_ratio=max_ratio,
                                align=align, ranking=ranking)
+    limits = dict(max_ratios or {})
+    for gid, r in limits.items():
+        if not 0.0 <= r <= 1.0:
+            raise SelectionError(f"max ratio of group '{gid}' must be in [0, 1], got {r}")
     costs = CostModel(model, analysis)
     cost = (lambda removed: 2 * costs.macs(removed)) if budget.metric == "flops" else costs.params
     groups = [g for g in analysis.prunable_groups if g.id in scores]
@@ -74,7 +81,7 @@ def select_to_budget(model: onnx.ModelProto, analysis: Analysis, scores: Mapping
             removed_per_group[gid] = removed_per_group.get(gid, 0) + 1
         keep = {}
         for g in groups:
-            n_keep = legal_keep_count(g, g.size - removed_per_group.get(g.id, 0), options)
+            n_keep = legal_keep_count(g, g.size - removed_per_group.get(g.id, 0), options, limits.get(g.id))
             if n_keep < g.size:
                 ranked = np.lexsort((np.arange(g.size), -np.asarray(scores[g.id], dtype=np.float64)))
                 keep[g.id] = np.sort(ranked[:n_keep])
@@ -101,7 +108,7 @@ def select_to_budget(model: onnx.ModelProto, analysis: Analysis, scores: Mapping
                 sizes={gid: analysis.group(gid).size for gid in keep}, criterion=criterion,
                 options={"budget": budget.metric, "target": budget.target, "round_to": round_to,
                          "min_channels": min_channels, "max_ratio": max_ratio, **align_option(align),
-                         **ranking_option(ranking)})
+                         **ranking_option(ranking), **({"max_ratios": limits} if limits else {})})
     plan.validate(analysis)
     return BudgetResult(plan, int(original), float(target), int(cost(removed_units(keep))))
 

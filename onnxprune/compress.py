@@ -203,7 +203,7 @@ def plan_for(model: onnx.ModelProto, resolved: Recipe, analysis: Analysis, *, ca
     and a one-line note of what the budget reached (what ``analyze --recipe`` previews)."""
     step = progress or _quiet
     scores = _score(model, analysis, resolved, calib, step, batch_size, device)
-    return _allocate(model, analysis, resolved, scores, step, latency_table)
+    return _allocate(model, analysis, resolved, scores, step, latency_table, calib)
 
 
 def _score(model: onnx.ModelProto, analysis: Analysis, r: Recipe, calib: CalibrationData | None, step: Progress,
@@ -226,7 +226,8 @@ def _data_driven() -> tuple[str, ...]:
 
 
 def _allocate(model: onnx.ModelProto, analysis: Analysis, r: Recipe, scores: dict, step: Progress,
-              latency_table: str | os.PathLike[str] | None) -> tuple[Plan, str]:
+              latency_table: str | os.PathLike[str] | None, calib: CalibrationData | None = None
+              ) -> tuple[Plan, str]:
     """The plan for the recipe's budget, and a one-line note of what the budget reached."""
     from onnxprune.api import plan_by_ratio, plan_to_budget
     from onnxprune.budget import Budget
@@ -251,7 +252,15 @@ def _allocate(model: onnx.ModelProto, analysis: Analysis, r: Recipe, scores: dic
     budget = Budget(metric, float(target))
     unaligned = ""
     try:
-        reached = plan_to_budget(model, analysis, budget, ranking=r.ranking, **common)
+        if r.limits == "sensitivity" and calib is not None:
+            from onnxprune.sensitivity_limits import allocate
+
+            step("measuring each group's sensitivity", None, None)
+            reached = allocate(model, analysis, scores, calib, budget, round_to=r.round_to,
+                               min_channels=r.min_channels, max_ratio=r.max_ratio, align=int(r.align),
+                               criterion=r.criterion)[0]
+        else:
+            reached = plan_to_budget(model, analysis, budget, ranking=r.ranking, **common)
     except SelectionError:
         if int(r.align) == 1:
             raise

@@ -39,6 +39,7 @@ LOSSES = ("auto", "ce", "mse", "pseudo", "fisher")
 REDUCTIONS = ("sum", "mean", "max")
 MODES = ("per-group", "global")
 RANKINGS = ("normalised", "per-mac")
+LIMITS = ("sensitivity", "none")
 RECOVERY_METHODS = ("bn", "bias", "lstsq", "scale")
 WEIGHTINGS = ("uniform", "fisher")
 METHODS = ("criterion", "iterative", "spp", "learned-threshold")
@@ -74,6 +75,7 @@ class Recipe:
     align: str | int = AUTO
     min_channels: int = 1
     max_ratio: float = 1.0
+    limits: str = AUTO  # per-group limits: sensitivity (measured damage), none
     ignore: tuple[str, ...] = ()
     prune_hidden: bool = False
     # recovery (post-training, on the calibration data; every refit checked on held-out data)
@@ -200,6 +202,8 @@ class Recipe:
             parts.append(f"{self.ranking} ranking")
         if self.max_ratio < 1.0:
             parts.append(f"at most {self.max_ratio:.0%} of a group")
+        if self.limits == "sensitivity":
+            parts.append("per-group limits from measured sensitivity")
         parts.append(f"align {self.align}" if self.align != 1 else "no alignment")
         if self.round_to > 1:
             parts.append(f"round to {self.round_to}")
@@ -232,7 +236,7 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "target_params": (*_NUMBER, type(None)), "target_latency": (str, *_NUMBER, type(None)),
     "criterion": (str,), "loss": (str,), "reduction": (str,), "projections": (str, int), "flops_reg": _NUMBER,
     "mode": (str,), "ranking": (str,), "round_to": (int,), "align": (str, int), "min_channels": (int,),
-    "max_ratio": _NUMBER, "ignore": (tuple, list), "prune_hidden": (bool,), "recover": (str, tuple, list),
+    "max_ratio": _NUMBER, "limits": (str,), "ignore": (tuple, list), "prune_hidden": (bool,), "recover": (str, tuple, list),
     "ridge": (str, *_NUMBER), "recovery_weighting": (str,), "holdout": _NUMBER, "augment": (bool,),
     "method": (str,), "train_steps": (int,), "lr": _NUMBER, "provider": (str,), "measure": (bool,),
 }
@@ -268,6 +272,7 @@ def _check_values(r: Recipe) -> None:
     _one_of("reduction", r.reduction, REDUCTIONS)
     _one_of("mode", r.mode, (AUTO, *MODES))
     _one_of("ranking", r.ranking, (AUTO, *RANKINGS))
+    _one_of("limits", r.limits, (AUTO, *LIMITS))
     _one_of("recovery_weighting", r.recovery_weighting, (AUTO, *WEIGHTINGS))
     _one_of("method", r.method, METHODS)
     _one_of("provider", r.provider, PROVIDERS)
@@ -327,8 +332,14 @@ def resolve(recipe: Recipe, ctx: Context) -> Recipe:
       Kwon et al. 2022) with data, ``normalised`` without;
     - align: the channel block of the target provider (onnxruntime CPU: 16 on AVX-512, 8 on
       AVX2), so no kept count pays for padded channels;
-    - recover: every post-training method (bn, bias, lstsq, scale) when there is data,
-      each refit accepted only if it lowers the error on held-out samples;
+    - loss: the label-free ``fisher`` loss for Taylor scores (EfficientNet-Lite0: agreement
+      0.375 against 0.32 with pseudo-labels, before recovery);
+    - limits (budgets, CNNs, with data): ``sensitivity``: each group's damage measured at 25%
+      and 50% removal, scores rescaled to it, and per-group caps
+      (``onnxprune.sensitivity_limits.allocate``; EfficientNet-Lite0 at 0.75 of the MACs:
+      agreement 0.086 -> 0.508 with lstsq);
+    - recover: ``lstsq`` refits (which include the bias) when there is data, each accepted
+      only if it lowers the error on held-out samples (``bn``, ``bias`` on request);
     - transformers with data (``is_transformer``): Kwon et al. 2022: ``taylor-so`` with the
       label-free ``fisher`` loss over 8 projections, Fisher-weighted ``lstsq`` + ``scale``
       refits (on MiniLM at 0.67 of the MACs: held-out cosine 0.955 against 0.934);
@@ -342,8 +353,8 @@ def resolve(recipe: Recipe, ctx: Context) -> Recipe:
     kwon = data and ctx.transformer  # Kwon et al. 2022's post-training recipe for transformers
     criterion = recipe.criterion if recipe.criterion != AUTO else ("taylor-so" if kwon else "taylor-fo" if data
                                                                    else "l2")
-    loss = recipe.loss if recipe.loss != AUTO or not kwon or criterion != "taylor-so" else "fisher"
-    projections = recipe.projections if recipe.projections != AUTO else (8 if loss == "fisher" else 1)
+    loss = recipe.loss if recipe.loss != AUTO or criterion not in ("taylor-so", "taylor-fo") or not data else "fisher"
+    projections = recipe.projections if recipe.projections != AUTO else (8 if kwon and loss == "fisher" else 1)
     weighting = recipe.recovery_weighting if recipe.recovery_weighting != AUTO else ("fisher" if kwon else "uniform")
     data_scores = criterion in DATA_DRIVEN_CRITERIA
     mode = recipe.mode if recipe.mode != AUTO else ("global" if data_scores else "per-group")
@@ -352,9 +363,13 @@ def resolve(recipe: Recipe, ctx: Context) -> Recipe:
     recover = recipe.recover
     if recover == AUTO:
         recover = (() if not data or recipe.method != "criterion" else ("lstsq", "scale") if kwon
-                   else RECOVERY_METHODS)
+                   else ("lstsq",))
+    budget_metric = recipe.target_flops is not None or recipe.target_params is not None
+    limits = recipe.limits if recipe.limits != AUTO else (
+        "sensitivity" if data and not ctx.transformer and budget_metric and criterion in DATA_DRIVEN_CRITERIA
+        else "none")
     return replace(recipe, criterion=criterion, loss=loss, projections=projections, mode=mode, ranking=ranking,
-                   align=align, recover=recover, recovery_weighting=weighting)
+                   align=align, recover=recover, recovery_weighting=weighting, limits=limits)
 
 
 def is_transformer(model: "onnx.ModelProto") -> bool:

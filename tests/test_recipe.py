@@ -41,15 +41,18 @@ def test_recipe_round_trips_through_a_file(tmp_path, suffix):
 def test_auto_resolves_to_what_it_says():
     plain = Recipe(target_flops=0.5)
     free = resolve(plain, Context(has_calib=False, align_block=16))
-    assert (free.criterion, free.ranking, free.align, free.recover) == ("l2", "normalised", 16, ())
+    assert (free.criterion, free.ranking, free.align, free.recover, free.limits) == (
+        "l2", "normalised", 16, (), "none")
     data = resolve(plain, Context(has_calib=True, align_block=8))
-    assert (data.criterion, data.ranking, data.align) == ("taylor-fo", "per-mac", 8)
-    assert data.recover == RECOVERY_METHODS
+    assert (data.criterion, data.loss, data.ranking, data.align) == ("taylor-fo", "fisher", "per-mac", 8)
+    assert data.recover == ("lstsq",) and data.limits == "sensitivity"
+    assert resolve(Recipe(ratio=0.3), Context(has_calib=True)).limits == "none"  # limits serve budgets
     assert resolve(Recipe(ratio=0.3), Context()).mode == "per-group"
     assert resolve(Recipe(ratio=0.3), Context(has_calib=True)).mode == "global"
     # what the user set is kept
     mine = resolve(Recipe(target_flops=0.5, criterion="l1", align=1, recover="none"), Context(has_calib=True))
-    assert (mine.criterion, mine.align, mine.recover, mine.ranking) == ("l1", 1, (), "normalised")
+    assert (mine.criterion, mine.align, mine.recover, mine.ranking, mine.limits) == ("l1", 1, (), "normalised", "none")
+    assert resolve(Recipe(target_flops=0.5, recover="all"), Context(has_calib=True)).recover == RECOVERY_METHODS
     assert "taylor-fo" in data.describe() and "align 8" in data.describe() and "recovery" in data.describe()
     assert "no alignment" in mine.describe() and "no recovery" in mine.describe()
 

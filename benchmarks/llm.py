@@ -10,7 +10,12 @@ windows from its end (disjoint). Criteria: ``taylor-fo`` with the next-token cro
 data-free ``l2`` for comparison; global allocation to the parameter budget. Throughput: the
 models measured in turn, best of three rounds.
 
+The taylor-fo per-mac variant is also recovered post-training (``--recover``, default
+``bias``: FLAP's bias compensation, ``onnxprune.recovery``, each step checked on a quarter
+of the calibration windows held out) and measured the same way.
+
     python -m benchmarks.llm [--out benchmarks/results/llm.json] [--cache /tmp/llm_cache] [--rescore]
+                             [--recover bias]
 
 The export and the Taylor scores are kept in ``--cache``; ``load_to_save_s`` (load, analyse,
 score, allocate, rewrite, save) is reported for a run that scored.
@@ -34,6 +39,11 @@ SCORE_BATCH = 2  # windows per backward pass (activation memory grows with it)
 # (criterion, global ranking): Taylor scores per unit cost (Kwon et al.'s knapsack order) and
 # normalised per group, and the data-free L2 norm
 VARIANTS = (("taylor-fo", "per-mac"), ("taylor-fo", "normalised"), ("l2", "normalised"))
+RECOVER_FROM = ("taylor-fo", "per-mac")  # the variant recovered post-training (onnxprune.recovery)
+RECOVERY = ("bias",)  # FLAP's bias compensation (--recover)
+RECOVERY_HOLDOUT = 0.25  # of the calibration windows: every recovery step is checked on them
+RECOVERY_BATCH = 4  # windows per onnxruntime run during recovery
+RECOVERY_BIAS_MEANS = "original"  # FLAP as published: one pass of the original model gives every mean
 
 
 def export_smollm2(cache: Path) -> Path:
@@ -66,7 +76,7 @@ def embedding_params(model) -> int:  # noqa: ANN001
     return math.prod(index.const_shape(table) or ())
 
 
-def run(cache: Path, threads: int = 0, rescore: bool = False) -> dict:
+def run(cache: Path, threads: int = 0, rescore: bool = False, recovery: tuple[str, ...] = RECOVERY) -> dict:
     from onnxprune.accounting import predicted_macs
     from onnxprune.analysis import analyze
     from onnxprune.api import apply_plan, load, plan_to_budget, score_channels
@@ -100,7 +110,9 @@ def run(cache: Path, threads: int = 0, rescore: bool = False) -> dict:
             scores, t_score = score_channels(model, analysis, criterion), time.perf_counter() - t1
         chosen = plan_to_budget(model, analysis, budget, scores=scores, ranking=ranking)
         result = apply_plan(model, analysis, chosen.plan)
-        name = f"{criterion}_{ranking}"
+        if (criterion, ranking) == RECOVER_FROM and recovery:
+            to_recover = (result.model, chosen.plan, name_of(criterion, ranking))
+        name = name_of(criterion, ranking)
         out = outputs[name] = cache / f"smollm2_{name}.onnx"
         save_model(result.model, out)
         params = model_cost(result.model).params
@@ -120,15 +132,51 @@ def run(cache: Path, threads: int = 0, rescore: bool = False) -> dict:
                                             if len(g.producers) == 2))},
         })
         rows[-1]["perplexity_ratio"] = round(rows[-1]["perplexity"] / base["perplexity"], 3)
+    if recovery:
+        row = recover_variant(model, analysis, *to_recover, calib, recovery, cache, outputs)
+        row["perplexity"] = perplexity(outputs[row["name"]], evals, threads=threads)
+        row["perplexity_ratio"] = round(row["perplexity"] / base["perplexity"], 3)
+        rows.append(row)
     speed = throughput(outputs, threads)
     base["tokens_per_s"] = round(speed["original"], 1)
     for row in rows:
-        row["tokens_per_s"] = round(speed[f"{row['criterion']}_{row['ranking']}"], 1)
+        row["tokens_per_s"] = round(speed[row.pop("name", None) or name_of(row["criterion"], row["ranking"])], 1)
         row["speedup"] = round(row["tokens_per_s"] / base["tokens_per_s"], 3)
     return {"model": "SmolLM2-135M-Instruct (Q4_1 GGUF dequantised to float32)", "text": list(TEXT_PACKAGES),
             "windows": {"length": WINDOW, "calib": CALIB, "eval": EVAL}, "load_and_analyse_s": round(t_load, 1),
             "original": base, "pruned": rows,
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
+
+
+def name_of(criterion: str, ranking: str) -> str:
+    return f"{criterion}_{ranking}"
+
+
+def recover_variant(model, analysis, pruned, plan, name: str, calib: np.ndarray, methods: tuple[str, ...],  # noqa: ANN001
+                    cache: Path, outputs: dict[str, Path]) -> dict:
+    """Post-training recovery of one pruned variant on the calibration windows
+    (``onnxprune.recovery.recover``, every step checked on held-out windows), saved beside it."""
+    from onnxprune.calib.data import CalibrationData
+    from onnxprune.flops import model_cost
+    from onnxprune.modelio import save_model
+    from onnxprune.recovery import recover, summary_line
+
+    t0 = time.perf_counter()
+    recovered, report = recover(model, pruned, analysis, plan, CalibrationData({"input_ids": calib}), methods=methods,
+                                holdout=RECOVERY_HOLDOUT, batch_size=RECOVERY_BATCH,
+                                bias_means=RECOVERY_BIAS_MEANS)
+    seconds = time.perf_counter() - t0
+    key = f"{name}+{'+'.join(methods)}"
+    out = outputs[key] = cache / f"smollm2_{key}.onnx"
+    save_model(recovered, out)
+    criterion, ranking = name.split("_", 1)
+    steps = report["steps"]
+    return {"name": key, "criterion": criterion, "ranking": ranking, "recovery": list(methods),
+            "params": model_cost(recovered).params, "recover_s": round(seconds, 1),
+            "recovery_summary": summary_line(report), "reverted": bool(report.get("reverted")),
+            "steps": {status: sum(s["status"] == status for s in steps) for status in ("updated", "refused", "skipped")},
+            "held_out_logits_mse": {k: report["held_out"][k]["output_mse"] for k in ("pruned", "recovered")}
+            if report.get("held_out") else None}
 
 
 def throughput(paths: dict[str, Path], threads: int, rounds: int = 3) -> dict[str, float]:
@@ -149,8 +197,10 @@ def main() -> None:
     parser.add_argument("--cache", type=Path, default=Path("/tmp/llm_cache"))
     parser.add_argument("--threads", type=int, default=0, help="onnxruntime intra-op threads (0: all cores)")
     parser.add_argument("--rescore", action="store_true", help="score again even when --cache holds Taylor scores")
+    parser.add_argument("--recover", default=",".join(RECOVERY),
+                        help="recovery methods for the taylor-fo per-mac variant, comma-separated ('' for none)")
     args = parser.parse_args()
-    result = run(args.cache, args.threads, args.rescore)
+    result = run(args.cache, args.threads, args.rescore, tuple(m for m in args.recover.split(",") if m))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1))
     print(json.dumps(result, indent=1))

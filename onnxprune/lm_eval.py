@@ -6,7 +6,9 @@ token ids of one length: perplexity is exp of the mean next-token cross-entropy 
 predicted position of every window (``perplexity``); ``tokens_per_second`` times one
 prompt in onnxruntime. ``package_text`` gathers English prose that ships with installed
 Python packages (licence texts, one copy of each), and ``split_windows`` cuts token ids
-into disjoint calibration and evaluation windows. ``next_token_taylor_scores`` scores the
+into disjoint calibration and evaluation windows. ``language_model_report`` gives ``verify``
+perplexity before and after pruning and tokens per second when its inputs are token
+windows and the model writes logits. ``next_token_taylor_scores`` scores the
 prunable units on calibration windows with the natural label-free loss of a causal LM,
 next-token cross-entropy (first-order Taylor: the squared gradient of the loss with respect
 to each unit's gate, per batch, averaged; Molchanov et al. 2019).
@@ -17,8 +19,9 @@ from __future__ import annotations
 import hashlib
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -46,17 +49,29 @@ def _ids_input(sess) -> str:  # noqa: ANN001
     return names[0]
 
 
-def next_token_nll(logits: np.ndarray, ids: np.ndarray) -> tuple[float, int]:
-    """(summed negative log-likelihood of ids[:, 1:] under logits[:, :-1], positions counted)."""
+def next_token_nll(logits: np.ndarray, ids: np.ndarray, mask: np.ndarray | None = None) -> tuple[float, int]:
+    """(summed negative log-likelihood of ids[:, 1:] under logits[:, :-1], positions counted).
+
+    With an attention ``mask`` (ids' shape, 0 = padding) a position counts only when both the
+    token predicted and the one it is predicted from are real (not padding)."""
     if logits.ndim != 3 or logits.shape[:2] != ids.shape:
         raise LanguageModelError(f"logits of shape {logits.shape} do not match token windows of shape {ids.shape}")
+    if mask is not None and np.shape(mask) != ids.shape:
+        raise LanguageModelError(f"attention mask of shape {np.shape(mask)} does not match token windows "
+                                 f"of shape {ids.shape}")
+    keep = np.ones((ids.shape[0], max(ids.shape[1] - 1, 0)), bool)
+    if mask is not None:
+        real = np.asarray(mask) != 0
+        keep = real[:, :-1] & real[:, 1:]
     total = 0.0
-    for row, row_ids in zip(logits, ids):  # a row at a time: [seq, vocab] in float64 at most
-        pred, target = row[:-1].astype(np.float64), row_ids[1:]
+    for row, row_ids, row_keep in zip(logits, ids, keep):  # a row at a time: [seq, vocab] in float64 at most
+        pred, target = row[:-1][row_keep].astype(np.float64), row_ids[1:][row_keep]
+        if not len(target):
+            continue
         top = pred.max(-1, keepdims=True)
         log_z = np.log(np.exp(pred - top).sum(-1)) + top[:, 0]
         total += float((log_z - pred[np.arange(len(target)), target]).sum())
-    return total, int(ids[:, 1:].size)
+    return total, int(keep.sum())
 
 
 def perplexity(model: onnx.ModelProto | str | os.PathLike, windows: np.ndarray, *, batch_size: int = 4,
@@ -75,6 +90,71 @@ def perplexity(model: onnx.ModelProto | str | os.PathLike, windows: np.ndarray, 
         nll, n = next_token_nll(logits, ids)
         total, count = total + nll, count + n
     return float(np.exp(total / count))
+
+
+def causal_lm_io(feeds: Mapping[str, np.ndarray], outputs: Mapping[str, np.ndarray]) -> tuple[str, str | None, str] | None:
+    """(token input, attention-mask input or None, logits output) when ``feeds`` hold integer
+    token windows [n, length >= 2] (the input named ``input_ids``, or the only 2-D integer input
+    besides an ``attention_mask``) and ``outputs`` a float [n, length, vocab] output whose
+    vocabulary covers every token (the one named ``logits`` first); None otherwise."""
+    ints = {k: np.asarray(v) for k, v in feeds.items()
+            if np.ndim(v) == 2 and np.issubdtype(np.asarray(v).dtype, np.integer)}
+    mask_name = "attention_mask" if "attention_mask" in ints else None
+    tokens = ["input_ids"] if "input_ids" in ints else [k for k in ints if k != mask_name]
+    if len(tokens) != 1:
+        return None
+    ids = ints[tokens[0]]
+    if ids.shape[1] < 2 or not ids.size or ids.min() < 0:
+        return None
+    if mask_name is not None and ints[mask_name].shape != ids.shape:
+        mask_name = None
+    fits = [k for k, v in outputs.items() if np.ndim(v) == 3 and np.shape(v)[:2] == ids.shape
+            and np.issubdtype(np.asarray(v).dtype, np.floating) and np.shape(v)[2] > ids.max()]
+    if not fits:
+        return None
+    return tokens[0], mask_name, "logits" if "logits" in fits else fits[0]
+
+
+def language_model_report(feeds: Mapping[str, np.ndarray], original: Mapping[str, np.ndarray],
+                          pruned: Mapping[str, np.ndarray], latency_original: Mapping[str, Mapping[str, Mapping]],
+                          latency_pruned: Mapping[str, Mapping[str, Mapping]],
+                          timed_feeds: Mapping[str, np.ndarray] | None = None) -> dict[str, Any] | None:
+    """Perplexity and prompt throughput of a causal LM before and after pruning, from outputs
+    already computed on token windows (``verify``): None unless ``causal_lm_io`` finds token
+    windows and logits. Throughput: tokens per timed run (batch x window length of
+    ``timed_feeds``, default ``feeds``) over the p50 latency, of the first provider and batch
+    size timed for both (``latency_*``: ``{provider: {batch: {"p50": ms, ...}}}``)."""
+    found = causal_lm_io(feeds, original)
+    if found is None:
+        return None
+    ids_name, mask_name, logits_name = found
+    ids = np.asarray(feeds[ids_name])
+    mask = None if mask_name is None else np.asarray(feeds[mask_name])
+    nll_o, count = next_token_nll(np.asarray(original[logits_name]), ids, mask)
+    after = pruned.get(logits_name)
+    nll_p = next_token_nll(np.asarray(after), ids, mask)[0] if after is not None and np.shape(after) == np.shape(
+        original[logits_name]) else float("nan")
+    ppl_o = float(np.exp(nll_o / count)) if count else float("nan")
+    ppl_p = float(np.exp(nll_p / count)) if count else float("nan")
+    report: dict[str, Any] = {
+        "input": ids_name, "attention_mask": mask_name, "output": logits_name, "windows": int(ids.shape[0]),
+        "window_length": int(ids.shape[1]), "tokens_scored": count,
+        "original": {"perplexity": ppl_o, "tokens_per_s": None},
+        "pruned": {"perplexity": ppl_p, "tokens_per_s": None},
+        "perplexity_ratio": ppl_p / ppl_o if ppl_o else float("nan"), "throughput": None}
+    timed = np.asarray((timed_feeds if timed_feeds is not None else feeds).get(ids_name, ids))
+    for provider, per_batch in latency_original.items():
+        for batch, stats in per_batch.items():
+            other = latency_pruned.get(provider, {}).get(batch)
+            if other is None or timed.ndim != 2:
+                continue
+            tokens = int(batch) * int(timed.shape[1])
+            for side, lat in (("original", stats), ("pruned", other)):
+                p50 = float(lat.get("p50", float("nan")))
+                report[side]["tokens_per_s"] = tokens / (p50 / 1000) if p50 > 0 else float("nan")
+            report["throughput"] = {"provider": provider, "batch": int(batch), "tokens_per_run": tokens}
+            return report
+    return report
 
 
 def tokens_per_second(model: onnx.ModelProto | str | os.PathLike, *, prompt: int = 256, batch: int = 1,

@@ -234,7 +234,25 @@ def verify_sections(report: Mapping) -> list[Section]:
             rows.append(["top-5", f"{acc['top5_original']:.4f}", f"{acc['top5_pruned']:.4f}",
                          f"{acc['top5_pruned'] - acc['top5_original']:+.4f}"])
         sections.append(("Accuracy", ["", "original", "pruned", "change"], rows))
+    if report.get("language_model"):
+        sections.append(_language_model_section(report["language_model"]))
     return sections
+
+
+def _language_model_section(lm: Mapping) -> Section:
+    """Perplexity over the token windows and prompt throughput, original vs pruned."""
+    o, p = lm["original"], lm["pruned"]
+    mask = f", padding ignored ({lm['attention_mask']})" if lm.get("attention_mask") else ""
+    label = (f"perplexity ({lm['windows']} windows of {lm['window_length']}, "
+             f"{lm['tokens_scored']:,} tokens predicted{mask})")
+    rows = [[label, _num(o["perplexity"]), _num(p["perplexity"]), _ratio(o["perplexity"], p["perplexity"])]]
+    thr = lm.get("throughput")
+    if thr:
+        where = SHORT_PROVIDER.get(thr["provider"], thr["provider"])
+        label = f"tokens per second ({where}, batch {thr['batch']} x {lm['window_length']} tokens)"
+        rows.append([label, _num(o["tokens_per_s"], ".1f"), _num(p["tokens_per_s"], ".1f"),
+                     _ratio(o["tokens_per_s"], p["tokens_per_s"])])
+    return ("Language model", ["", "original", "pruned", "pruned / original"], rows)
 
 
 def verify_summary(report: Mapping) -> str:

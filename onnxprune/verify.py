@@ -23,6 +23,9 @@ ratios and speed
 ``inputs``
     ``"given"``, or ``"random"`` when no feeds were given (``RANDOM_SAMPLES`` random samples
     compared; latency timed on one).
+``language_model`` (given integer token windows and a [N, seq, vocab] logits output)
+    perplexity of both models over the windows (padding ignored with an ``attention_mask``)
+    and tokens per second of the first timed provider and batch (``lm_eval.language_model_report``).
 
 ``check_tolerances`` turns a report into a pass / fail verdict (``verify --atol ...``).
 """
@@ -255,6 +258,12 @@ def verify(original: onnx.ModelProto, pruned: onnx.ModelProto, feeds: Feeds | No
         "speedups": speedups,
         "inputs": "random" if drawn else "given",
     }
+    if not drawn:  # token windows and logits: perplexity before / after, tokens per second
+        from onnxprune.lm_eval import language_model_report
+
+        lm = language_model_report(feeds, out_o, out_p, lat_o, lat_p, timed_feeds)
+        if lm is not None:
+            report["language_model"] = lm
     if labels is not None:
         first_out = next(iter(out_o))
         acc_o, acc_p = accuracy(out_o[first_out], labels), accuracy(out_p[first_out], labels)

@@ -216,3 +216,113 @@ def test_next_token_scores_rank_units_and_split_windows_are_disjoint(tiny_export
     assert set(scores) == {g.id for g in analysis.prunable_groups}
     for g in analysis.prunable_groups:
         assert scores[g.id].shape == (g.size,) and np.all(np.isfinite(scores[g.id])) and scores[g.id].max() > 0
+
+
+# -- perplexity in verify ---------------------------------------------------------------------
+
+def test_verify_reports_perplexity_and_tokens_per_second(tiny_exports, tmp_path, monkeypatch, capsys):
+    """verify on token windows: perplexity of both models as lm_eval measures it (the torch
+    model's loss, tested above) and tokens per second from the timed runs; through the CLI
+    too (the 'Language model' table and the JSON report)."""
+    import json
+    import sys
+
+    from onnxprune.cli import main
+    from onnxprune.lm_eval import perplexity
+    from onnxprune.modelio import save_model
+    from onnxprune.verify import verify
+
+    path = tiny_exports("gqa")
+    model = load(path)
+    analysis = analyze(model)
+    heads, ffn = _group_kinds(analysis)
+    pruned_path = save_model(apply_plan(model, analysis, _plan(analysis, heads + ffn, seed=3)).model, tmp_path / "p.onnx")
+    windows = _ids(3, 20, seed=7)["input_ids"]
+    report = verify(onnx.load(path), onnx.load(pruned_path), {"input_ids": windows}, runs=2, warmup=1,
+                    batch_sizes=[2])
+    lm = report["language_model"]
+    assert (lm["input"], lm["output"], lm["attention_mask"]) == ("input_ids", "logits", None)
+    assert (lm["windows"], lm["window_length"], lm["tokens_scored"]) == (3, 20, 3 * 19)
+    assert lm["original"]["perplexity"] == pytest.approx(perplexity(path, windows), rel=1e-5)
+    assert lm["pruned"]["perplexity"] == pytest.approx(perplexity(pruned_path, windows), rel=1e-5)
+    assert lm["pruned"]["perplexity"] != pytest.approx(lm["original"]["perplexity"], rel=1e-5)  # random weights: close
+    assert lm["perplexity_ratio"] == pytest.approx(lm["pruned"]["perplexity"] / lm["original"]["perplexity"])
+    assert lm["throughput"] == {"provider": "CPUExecutionProvider", "batch": 2, "tokens_per_run": 40}
+    for side in ("original", "pruned"):
+        p50 = report[side]["latency"]["CPUExecutionProvider"]["2"]["p50"]
+        assert lm[side]["tokens_per_s"] == pytest.approx(40 / (p50 / 1000))
+    assert "language_model" not in verify(onnx.load(path), onnx.load(pruned_path), runs=1, warmup=0)  # random inputs
+
+    np.savez(tmp_path / "windows.npz", input_ids=windows)
+    monkeypatch.setattr(sys, "argv", ["onnxprune", "verify", path, str(pruned_path), "--inputs",
+                                      str(tmp_path / "windows.npz"), "--runs", "2", "--warmup", "0",
+                                      "--json", str(tmp_path / "r.json")])
+    monkeypatch.setenv("COLUMNS", "200")
+    with pytest.raises(SystemExit) as exc:
+        main()
+        raise SystemExit(0)
+    out = capsys.readouterr().out
+    assert not exc.value.code, out
+    assert "Language model" in out and "perplexity (3 windows of 20, 57 tokens predicted)" in out
+    assert f"{lm['original']['perplexity']:.4g}" in out and "tokens per second" in out
+    saved = json.loads((tmp_path / "r.json").read_text())["language_model"]
+    assert saved["pruned"]["perplexity"] == pytest.approx(lm["pruned"]["perplexity"], rel=1e-6)
+
+
+def test_perplexity_ignores_padded_positions():
+    """With an attention mask, a position counts only when the token predicted and the one
+    before it are real: left padding gives the same loss as the windows without it."""
+    from onnxprune.lm_eval import language_model_report, next_token_nll
+
+    rng = np.random.default_rng(0)
+    logits = rng.standard_normal((2, 10, 30)).astype(np.float32)
+    ids = rng.integers(0, 30, (2, 10))
+    mask = np.ones_like(ids)
+    mask[0, :4] = 0  # the first window is left-padded by 4
+    nll, count = next_token_nll(logits, ids, mask)
+    tail = next_token_nll(logits[:1, 4:], ids[:1, 4:])
+    full = next_token_nll(logits[1:], ids[1:])
+    assert count == 5 + 9 == tail[1] + full[1]
+    assert nll == pytest.approx(tail[0] + full[0])
+    assert next_token_nll(logits, ids)[1] == 18  # without the mask every position counts
+    report = language_model_report({"input_ids": ids, "attention_mask": mask}, {"logits": logits},
+                                   {"logits": logits}, {}, {})
+    assert report["attention_mask"] == "attention_mask" and report["tokens_scored"] == 14
+    assert report["original"]["perplexity"] == pytest.approx(np.exp(nll / count))
+    assert report["throughput"] is None
+    # no token windows (float inputs) or no logits over the vocabulary: not a language model
+    assert language_model_report({"x": logits[:, :, 0]}, {"logits": logits}, {"logits": logits}, {}, {}) is None
+    assert language_model_report({"input_ids": ids + 30}, {"logits": logits}, {"logits": logits}, {}, {}) is None
+
+
+# -- post-training recovery -------------------------------------------------------------------
+
+@pytest.mark.parametrize("method", ["lstsq", "scale", "bias"])
+def test_recovery_on_a_pruned_decoder(tiny_exports, method):
+    """Every consumer that lost inputs (the attention output projections after head removal,
+    the FFN down projections after neuron removal: MatMul with a constant [K, N] weight) is
+    recovered, unless the held-out check refuses a step, and the logits get closer to the
+    original's on held-out windows; the tied embedding stays one table."""
+    from onnxprune.calib.data import CalibrationData
+    from onnxprune.recovery import recover
+
+    model = load(tiny_exports("gqa_distinct"))
+    analysis = analyze(model)
+    heads, ffn = _group_kinds(analysis)
+    plan = _plan(analysis, heads + ffn, seed=4)
+    pruned = apply_plan(model, analysis, plan).model
+    windows = np.random.default_rng(2).integers(0, TINY_VOCAB, (24, 32)).astype(np.int64)
+    recovered, report = recover(model, pruned, analysis, plan, CalibrationData({"input_ids": windows}),
+                                methods=(method,), holdout=0.25)
+    consumers = {ref.node for ref in analysis.consumers if ref.node in {c for g in heads + ffn for c in g.consumers}}
+    assert len(consumers) == 4, consumers
+    steps = [(s["node"], s["method"], s["status"], s["reason"]) for s in report["steps"]]
+    assert {s[0] for s in steps} == consumers and all(s[1] == method for s in steps), steps
+    assert all(s[2] == "updated" or "held-out" in s[3] for s in steps), steps  # supported: none skipped
+    assert sum(s[2] == "updated" for s in steps) >= 2, steps
+    held = report["held_out"]
+    assert held["recovered"]["output_mse"] < held["pruned"]["output_mse"] and not report.get("reverted")
+    assert model_cost(recovered).params <= model_cost(pruned).params + 4 * 96  # at most a bias per consumer
+    tables = {n.input[0] for n in recovered.graph.node if n.op_type in ("Gather", "Transpose")
+              and n.input[0] in {t.name for t in recovered.graph.initializer}}
+    assert len(tables) == 1

@@ -63,8 +63,9 @@ def calibration_scores(model: onnx.ModelProto, analysis: Analysis, data: Calibra
     if projections > 1:
         data = CalibrationData({k: np.concatenate([v] * projections) for k, v in data.inputs.items()},
                                None if data.labels is None else np.concatenate([data.labels] * projections))
-    import torch
+    from onnxprune._optional import require_torch
 
+    torch = require_torch(f"scoring with '{criterion}'")
     from onnxprune.torchexec import OnnxModule
 
     fixed = static_batch(model)

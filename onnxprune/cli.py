@@ -563,7 +563,6 @@ def verify(
     Without --inputs or --calib, 8 random samples are compared (agreement only). Costs are in
     MACs. With --atol, --rtol, --min-cosine or --min-top1 it gates a pipeline: exit 1 and one
     line saying what failed when a tolerance is not met."""
-    import numpy as np
     from rich.markup import escape
 
     from onnxprune.fileutil import write_text_atomic

@@ -16,24 +16,18 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from onnxprune.api import load
-from onnxprune.cli import main
 from onnxprune.errors import ModelLoadError, OutputPathError, SelectionError, ShapeInferenceError
 from onnxprune.fileutil import write_text_atomic
 from onnxprune.modelio import check_runtime, load_model, save_model
 from onnxprune.prepare import parse_input_shapes
 from tests.graphs import pass_fixture
+from tests.test_cli import cli as run_cli
 
 DIGITS = Path(__file__).parent.parent / "onnxprune" / "data" / "digits_cnn.onnx"
 
 
 def cli(monkeypatch, capsys, *args: object) -> tuple[int, str, str]:
-    monkeypatch.setattr(sys, "argv", ["onnxprune", *map(str, args)])
-    monkeypatch.setenv("COLUMNS", "1000")
-    with pytest.raises(SystemExit) as exc:
-        main()
-        raise SystemExit(0)
-    out = capsys.readouterr()
-    return int(exc.value.code or 0), out.out, out.err
+    return run_cli(monkeypatch, capsys, *args, columns=1000)
 
 
 def refused(monkeypatch, capsys, *args: object) -> str:

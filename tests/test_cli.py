@@ -15,9 +15,10 @@ from onnxprune.cli import main
 from tests.graphs import pass_fixture
 
 
-def cli(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
+def cli(monkeypatch, capsys, *args: object, columns: int = 200) -> tuple[int, str, str]:
+    """Exit code, stdout and stderr of ``onnxprune ARGS`` in a terminal ``columns`` wide."""
     monkeypatch.setattr(sys, "argv", ["onnxprune", *map(str, args)])
-    monkeypatch.setenv("COLUMNS", "200")
+    monkeypatch.setenv("COLUMNS", str(columns))
     with pytest.raises(SystemExit) as exc:
         main()
         raise SystemExit(0)

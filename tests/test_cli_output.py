@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import re
-import sys
 
 import numpy as np
 import onnx
@@ -16,24 +15,13 @@ from rich.console import Console
 import onnxprune
 from onnxprune.analysis import analyze
 from onnxprune.api import apply_plan, plan_by_ratio
-from onnxprune.cli import main
 from onnxprune.errors import PlanError
 from onnxprune.plan import Plan
+from tests.test_cli import cli
 from onnxprune.verify import check_tolerances
 from tests.graphs import pass_fixture
 
 FAST = ("--runs", "1", "--warmup", "0", "--providers", "cpu")
-
-
-def cli(monkeypatch, capsys, *args: object, columns: int = 200) -> tuple[int, str, str]:
-    """Exit code, stdout and stderr of ``onnxprune ARGS`` in a terminal ``columns`` wide."""
-    monkeypatch.setattr(sys, "argv", ["onnxprune", *map(str, args)])
-    monkeypatch.setenv("COLUMNS", str(columns))
-    with pytest.raises(SystemExit) as exc:
-        main()
-        raise SystemExit(0)
-    out = capsys.readouterr()
-    return int(exc.value.code or 0), out.out, out.err
 
 
 @pytest.fixture()

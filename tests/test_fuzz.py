@@ -14,7 +14,6 @@ import hashlib
 import json
 import os
 import shutil
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,8 +23,8 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from onnxprune.cli import main
 from tests.graphs import pass_fixture
+from tests.test_cli import cli as run_cli
 
 # a different seed or more cases per family, for a longer hunt: ONNXPRUNE_FUZZ_SEED=7 ONNXPRUNE_FUZZ_SCALE=10
 SEED = int(os.environ.get("ONNXPRUNE_FUZZ_SEED", "1616"))
@@ -494,13 +493,7 @@ def _check_output(path: Path, model: Path, reference: Path) -> None:
 
 
 def cli(monkeypatch, capsys, argv: list[str]) -> tuple[int, str, str]:
-    monkeypatch.setattr(sys, "argv", ["onnxprune", *argv])
-    monkeypatch.setenv("COLUMNS", "1000")
-    with pytest.raises(SystemExit) as exc:
-        main()
-        raise SystemExit(0)
-    out = capsys.readouterr()
-    return int(exc.value.code or 0), out.out, out.err
+    return run_cli(monkeypatch, capsys, *argv, columns=1000)
 
 
 @pytest.mark.parametrize(("family", "index"), CASES, ids=[f"{f}-{i}" for f, i in CASES])

@@ -26,6 +26,7 @@ run prune digits_cnn.onnx -o small.onnx --ratio 0.3
 run prune digits_cnn.onnx -o half.onnx --target-flops 0.5
 run analyze digits_cnn.onnx
 run verify digits_cnn.onnx small.onnx
+run demo --output-dir "$work/demo"   # README's first command
 
 # calibration scoring needs torch: one clean line naming the extra, exit 1, nothing written
 set +e
@@ -39,4 +40,4 @@ if [ "$code" -ne 1 ] || ! grep -q "needs torch: pip install -c constraints.txt '
     echo "fresh set-up: FAILED: prune --calib without torch must exit 1 naming onnxprune[torch] (got $code)" >&2
     exit 1
 fi
-echo "fresh set-up: OK (prune --ratio, prune --target-flops, analyze, verify; --calib names the torch extra)"
+echo "fresh set-up: OK (prune --ratio, prune --target-flops, analyze, verify, demo; --calib names the torch extra)"

@@ -22,7 +22,15 @@ from onnxprune.analysis import Analysis, analyze
 from onnxprune.errors import SelectionError
 from onnxprune.flops import Cost, model_cost
 from onnxprune.plan import Plan
-from onnxprune.recipe import Context, Recipe, RecipeError, is_transformer, provider_name, resolve
+from onnxprune.recipe import (
+    DATA_DRIVEN_CRITERIA,
+    Context,
+    Recipe,
+    RecipeError,
+    is_transformer,
+    provider_name,
+    resolve,
+)
 
 if TYPE_CHECKING:
     from onnxprune.calib import CalibrationData
@@ -212,17 +220,11 @@ def _score(model: onnx.ModelProto, analysis: Analysis, r: Recipe, calib: Calibra
 
     label = f"scoring channels ({r.criterion})"
     step(label, None, None)
-    if calib is None or r.criterion not in _data_driven():
+    if calib is None or r.criterion not in DATA_DRIVEN_CRITERIA:
         return score_channels(model, analysis, r.criterion)
     return score_channels(model, analysis, r.criterion, calib=calib, loss=r.loss, reduction=r.reduction,
                           batch_size=batch_size, device=device, flops_reg=r.flops_reg, projections=r.projections,
                           progress=lambda done, total: step(label, done, total))
-
-
-def _data_driven() -> tuple[str, ...]:
-    from onnxprune.recipe import DATA_DRIVEN_CRITERIA
-
-    return DATA_DRIVEN_CRITERIA
 
 
 def _allocate(model: onnx.ModelProto, analysis: Analysis, r: Recipe, scores: dict, step: Progress,
@@ -291,33 +293,16 @@ def _recover(original: onnx.ModelProto, pruned: onnx.ModelProto, analysis: Analy
 
 
 def _recovery_options(r: Recipe) -> dict[str, Any]:
-    """The recipe's held-out recovery settings, as ``recovery.recover`` takes them."""
-    import inspect
-
-    from onnxprune.recovery import recover
-
-    accepted = inspect.signature(recover).parameters
-    options: dict[str, Any] = {}
-    if r.ridge != "auto":
-        options["ridge"] = float(r.ridge)
-    elif "ridge" in accepted and accepted["ridge"].default is None:
-        options["ridge"] = None
-    for name in ("holdout", "augment"):
-        if name in accepted:
-            options[name] = getattr(r, name)
-    return options
+    """The recipe's held-out recovery settings, as ``recovery.recover`` takes them (ridge
+    None: chosen on the held-out samples)."""
+    return {"ridge": None if r.ridge == "auto" else float(r.ridge), "holdout": r.holdout, "augment": r.augment}
 
 
 def _recovery_line(report: dict) -> str:
     """What recovery did, in held-out figures (never calibration error as quality)."""
-    try:
-        from onnxprune.recovery import summary_line
-    except ImportError:
-        summary_line = None
-    if summary_line is not None:
-        return summary_line(report)
-    counts = ", ".join(f"{m} {len(v)}" for m, v in report.get("updated", {}).items())
-    return f"recovery: updated {counts}"
+    from onnxprune.recovery import summary_line
+
+    return summary_line(report)
 
 
 def _warnings(analysis: Analysis, plan: Plan, before: Cost, after: Cost, r: Recipe) -> list[str]:

@@ -38,13 +38,18 @@ def masked_model(model: onnx.ModelProto, analysis: Analysis, plan: Plan) -> onnx
         inserts.setdefault(node.name, []).append(
             onnx.helper.make_node("Mul", [src, mask_name], [masked], name=f"__mask_mul{k}"))
         node.input[ref.slot] = masked
+    insert_before(out.graph, inserts)
+    return out
+
+
+def insert_before(graph: onnx.GraphProto, inserts: dict[str, list[onnx.NodeProto]]) -> None:
+    """Put each list of ``inserts`` (consumer node name -> new nodes) right before its consumer."""
     nodes = []
-    for node in out.graph.node:
+    for node in graph.node:
         nodes.extend(inserts.get(node.name, []))
         nodes.append(node)
-    del out.graph.node[:]
-    out.graph.node.extend(nodes)
-    return out
+    del graph.node[:]
+    graph.node.extend(nodes)
 
 
 def random_masking_plan(analysis: Analysis, seed: int, max_ratio: float = 0.6) -> Plan:

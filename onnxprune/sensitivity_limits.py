@@ -37,6 +37,7 @@ from onnxprune.budget import Budget, BudgetResult, select_to_budget
 from onnxprune.calib.data import CalibrationData
 from onnxprune.errors import SelectionError
 from onnxprune.graph import GraphIndex, static_batch
+from onnxprune.masking import insert_before
 from onnxprune.runtime import session
 
 MASK_PREFIX = "__sensitivity_mask"
@@ -161,12 +162,7 @@ def _mask_inputs(model: onnx.ModelProto, analysis: Analysis
         inserts.setdefault(node.name, []).append(helper.make_node("Mul", [src, mul_in], [masked], name=f"{name}__mul"))
         node.input[ref.slot] = masked
         masks.append((name, shape, roots))
-    nodes = []
-    for node in out.graph.node:
-        nodes.extend(inserts.get(node.name, []))
-        nodes.append(node)
-    del out.graph.node[:]
-    out.graph.node.extend(nodes)
+    insert_before(out.graph, inserts)
     return out, masks
 
 

@@ -8,7 +8,7 @@ Data (``models.sample_images``): calibration crops of some scikit-image / scikit
 sample images, evaluation crops of the others (disjoint images). For every target:
 
 - ``recipe``: taylor-fo scores with the label-free Fisher loss, the sensitivity-limited
-  per-MAC allocation (``onnxprune.sensitivity_limits.allocate``), counts aligned to the
+  per-MAC allocation (``onnxprune.selection.sensitivity_limits.allocate``), counts aligned to the
   CPU's channel block (``--align auto``), then ``onnxprune.recovery.recover`` with
   ``--recover`` methods ('none' to skip);
 - ``plain``: the same scores, per-MAC ranking, aligned, no limits, no recovery (what the
@@ -54,7 +54,7 @@ def quality(y0: np.ndarray, y1: np.ndarray) -> dict[str, float]:
 
 
 def logits(model, x: np.ndarray) -> np.ndarray:
-    from onnxprune.runtime import session
+    from onnxprune.runtime.session import session
 
     sess = session(model, optimize=True)
     name = sess.get_inputs()[0].name
@@ -63,7 +63,7 @@ def logits(model, x: np.ndarray) -> np.ndarray:
 
 def speedup(original, pruned, x: np.ndarray, rounds: int = 7) -> float:
     """Median over paired rounds of the ratio of p50 latencies (batch 1, 2 threads)."""
-    from onnxprune.latency import benchmark_pair
+    from onnxprune.selection.latency import benchmark_pair
 
     name = original.graph.input[0].name
     ratios = []
@@ -75,11 +75,12 @@ def speedup(original, pruned, x: np.ndarray, rounds: int = 7) -> float:
 
 def run_recipe(path: Path, calib: np.ndarray, target: float, methods: tuple[str, ...], log) -> dict:
     """The recommended recipe, timed from loading the file to the recovered model."""
-    from onnxprune import api, sensitivity_limits
+    from onnxprune import api
+    from onnxprune.selection import sensitivity_limits
     from onnxprune.analysis import analyze
-    from onnxprune.budget import Budget
-    from onnxprune.calib import CalibrationData
-    from onnxprune.latency import resolve_align
+    from onnxprune.selection.budget import Budget
+    from onnxprune.io.calib_data import CalibrationData
+    from onnxprune.selection.latency import resolve_align
 
     wall, cpu = time.perf_counter(), time.process_time()
     steps = {}
@@ -115,8 +116,8 @@ def run_recipe(path: Path, calib: np.ndarray, target: float, methods: tuple[str,
 def run_plain(model, analysis, scores, target: float) -> dict:
     """The same scores, per-MAC ranking, aligned, without limits or recovery."""
     from onnxprune import api
-    from onnxprune.budget import Budget
-    from onnxprune.latency import resolve_align
+    from onnxprune.selection.budget import Budget
+    from onnxprune.selection.latency import resolve_align
 
     result = api.plan_to_budget(model, analysis, Budget("flops", target), scores=scores, criterion="taylor-fo",
                                 align=resolve_align("auto"), ranking="per-mac")
@@ -135,8 +136,8 @@ def run_onnxsim(path: Path, calib: np.ndarray, target: float, log) -> dict | Non
         return None
     import onnx
 
-    from onnxprune.flops import model_cost
-    from onnxprune.prepare import prepare
+    from onnxprune.analysis.flops import model_cost
+    from onnxprune.prepare.normalize import prepare
 
     def macs(m: onnx.ModelProto) -> int:
         copy = onnx.ModelProto()

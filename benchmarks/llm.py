@@ -61,7 +61,7 @@ def export_smollm2(cache: Path) -> Path:
 
 def token_windows() -> tuple[np.ndarray, np.ndarray]:
     from models.llm import smollm2_tokenizer
-    from onnxprune.lm_eval import package_text, split_windows
+    from onnxprune.verify.lm_eval import package_text, split_windows
 
     tokens = smollm2_tokenizer()(package_text(TEXT_PACKAGES))["input_ids"]
     return split_windows(tokens, WINDOW, CALIB, EVAL)
@@ -77,13 +77,13 @@ def embedding_params(model) -> int:  # noqa: ANN001
 
 
 def run(cache: Path, threads: int = 0, rescore: bool = False, recovery: tuple[str, ...] = RECOVERY) -> dict:
-    from onnxprune.accounting import predicted_macs
+    from onnxprune.analysis.accounting import predicted_macs
     from onnxprune.analysis import analyze
     from onnxprune.api import apply_plan, load, plan_to_budget, score_channels
-    from onnxprune.budget import Budget
-    from onnxprune.flops import model_cost
-    from onnxprune.lm_eval import next_token_taylor_scores, perplexity
-    from onnxprune.modelio import save_model
+    from onnxprune.selection.budget import Budget
+    from onnxprune.analysis.flops import model_cost
+    from onnxprune.verify.lm_eval import next_token_taylor_scores, perplexity
+    from onnxprune.io.modelio import save_model
 
     path = export_smollm2(cache)
     calib, evals = token_windows()
@@ -156,9 +156,9 @@ def recover_variant(model, analysis, pruned, plan, name: str, calib: np.ndarray,
                     cache: Path, outputs: dict[str, Path]) -> dict:
     """Post-training recovery of one pruned variant on the calibration windows
     (``onnxprune.recovery.recover``, every step checked on held-out windows), saved beside it."""
-    from onnxprune.calib.data import CalibrationData
-    from onnxprune.flops import model_cost
-    from onnxprune.modelio import save_model
+    from onnxprune.io.calib_data import CalibrationData
+    from onnxprune.analysis.flops import model_cost
+    from onnxprune.io.modelio import save_model
     from onnxprune.recovery import recover, summary_line
 
     t0 = time.perf_counter()
@@ -182,7 +182,7 @@ def recover_variant(model, analysis, pruned, plan, name: str, calib: np.ndarray,
 def throughput(paths: dict[str, Path], threads: int, rounds: int = 3) -> dict[str, float]:
     """Tokens per second on a 256-token prompt, the models measured in turn, ``rounds``
     times, each keeping its best (the machine may be busy with other work)."""
-    from onnxprune.lm_eval import tokens_per_second
+    from onnxprune.verify.lm_eval import tokens_per_second
 
     best = dict.fromkeys(paths, 0.0)
     for _ in range(rounds):

@@ -40,10 +40,10 @@ def run_table(projections: int = 8, reductions: tuple[float, ...] = (1.5, 2.0),
     from models.minilm import EVAL_SENTENCES, calibration_sentences, export_minilm, tokenize
     from onnxprune.analysis import analyze
     from onnxprune.api import apply_plan, load, plan_to_budget, score_channels
-    from onnxprune.budget import Budget
-    from onnxprune.calib.data import CalibrationData
+    from onnxprune.selection.budget import Budget
+    from onnxprune.io.calib_data import CalibrationData
     from onnxprune.recovery import recover
-    from onnxprune.runtime import latency_ms, run
+    from onnxprune.runtime.session import latency_ms, run
 
     with tempfile.TemporaryDirectory() as tmp:
         model = load(export_minilm(Path(tmp) / "minilm.onnx"))

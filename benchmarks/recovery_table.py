@@ -75,8 +75,8 @@ def load_case(case):  # noqa: ANN001, ANN202
     """(model, analysis, calibration data, accuracy on the evaluation set, description) of a case."""
     from onnxprune.analysis import analyze
     from onnxprune.api import load
-    from onnxprune.calib.data import CalibrationData
-    from onnxprune.runtime import run
+    from onnxprune.io.calib_data import CalibrationData
+    from onnxprune.runtime.session import run
 
     path, x_cal, x_ev, y_ev, desc = case
     model = load(path)
@@ -90,7 +90,7 @@ def load_case(case):  # noqa: ANN001, ANN202
 
 def evaluate(name: str, case, log) -> dict:  # noqa: ANN001
     from onnxprune.api import apply_plan, plan_to_budget, score_channels
-    from onnxprune.budget import Budget
+    from onnxprune.selection.budget import Budget
     from onnxprune.recovery import recover
 
     model, analysis, calib, accuracy, desc = load_case(case)
@@ -123,7 +123,7 @@ def ablations(name: str, case, log) -> dict:  # noqa: ANN001
     """Options of ``recover`` at 2x and 3x: bias means (current / original), the ridge of the
     least-squares fits, and (graphs with BatchNorm) the BN mode."""
     from onnxprune.api import apply_plan, plan_to_budget, score_channels
-    from onnxprune.budget import Budget
+    from onnxprune.selection.budget import Budget
     from onnxprune.recovery import recover
 
     model, analysis, calib, accuracy, desc = load_case(case)

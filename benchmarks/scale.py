@@ -29,7 +29,7 @@ def peak_mb():  # VmHWM is this process image's own peak (ru_maxrss also counts 
 t0 = time.perf_counter()
 import onnxprune
 from onnxprune.analysis import analyze
-from onnxprune.modelio import save_model
+from onnxprune.io.modelio import save_model
 t_import = time.perf_counter()
 model = onnxprune.load(sys.argv[1]); t_load = time.perf_counter()
 analysis = analyze(model); t_analyze = time.perf_counter()

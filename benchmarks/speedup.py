@@ -6,7 +6,7 @@
 Each model: the zoo's torch definition exported to ONNX (BatchNorm kept), scored by l2, pruned to
 half its FLOPs with channel counts in multiples of 8 (global allocation, ``plan_to_budget``), once
 per ``--align`` value (1: off, the plain allocation; auto: this machine's onnxruntime channel
-block, ``onnxprune.latency.channel_block``). Then the original and every pruned variant are timed
+block, ``onnxprune.selection.latency.channel_block``). Then the original and every pruned variant are timed
 in onnxruntime the same way:
 
 - one session per model, all graph optimisations on (ORT_ENABLE_ALL, so the NCHWc layout
@@ -97,8 +97,8 @@ def main() -> None:
     from models import export_onnx
     from onnxprune.analysis import analyze
     from onnxprune.api import apply_plan, load, plan_to_budget, score_channels
-    from onnxprune.budget import Budget
-    from onnxprune.latency import channel_block, resolve_align
+    from onnxprune.selection.budget import Budget
+    from onnxprune.selection.latency import channel_block, resolve_align
 
     aligns = [a.strip() for a in args.align.split(",")]
     rows = []

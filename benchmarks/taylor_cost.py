@@ -31,8 +31,8 @@ def main() -> None:
     from models import ZOO, export_onnx
     from onnxprune.analysis import analyze
     from onnxprune.api import load
-    from onnxprune.calib import calibration_scores
-    from onnxprune.calib.data import CalibrationData
+    from onnxprune.scoring.calibrated import calibration_scores
+    from onnxprune.io.calib_data import CalibrationData
 
     shape = (args.batch, 3, args.size, args.size)
     rng = np.random.default_rng(0)

@@ -22,10 +22,10 @@ Each tool runs in its own fresh subprocess, so its wall time and peak RSS are it
 ``--repeat`` rounds run the tools interleaved, and the median and the minimum over the
 rounds are reported (the time target is judged on the minima: on a shared machine noise
 only ever adds time). The parent then compares the results (kept channel counts and
-identities per Conv, parameters and MACs by ``onnxprune.flops``, output difference in
+identities per Conv, parameters and MACs by ``onnxprune.analysis.flops``, output difference in
 onnxruntime with optimisations off) and times the original and pruned models in
 onnxruntime (CPU, optimisations on, batch 1, 2 threads: the sessions of
-``onnxprune.runtime.latency_ms``, interleaved run by run). Diagnostic re-plans (not timed)
+``onnxprune.runtime.session.latency_ms``, interleaved run by run). Diagnostic re-plans (not timed)
 attribute every difference to its cause: they re-run onnxprune with Torch-Pruning's
 rounding and/or its importance (depthwise Conv weights left out).
 """
@@ -212,14 +212,14 @@ def compare_convs(orig: dict, ours: dict, theirs: dict) -> dict[str, Any]:
 
 def cost(path: Path) -> dict[str, int]:
     import onnxprune
-    from onnxprune.flops import model_cost
+    from onnxprune.analysis.flops import model_cost
 
     c = model_cost(onnxprune.load(str(path)))
     return {"params": c.params, "macs": c.macs}
 
 
 def outputs(path: Path, feeds: dict[str, np.ndarray]) -> np.ndarray:
-    from onnxprune.runtime import run
+    from onnxprune.runtime.session import run
 
     res = run(onnx.load(str(path)), feeds, optimize=False)  # graph optimisations off
     return next(iter(res.values()))
@@ -229,14 +229,14 @@ def latency_interleaved(paths: dict[str, Path], feeds: dict[str, np.ndarray], *,
                         threads: int) -> dict[str, dict[str, float]]:
     """ORT CPU latency of several models, interleaved run by run (A B C A B C ...).
 
-    Each model gets exactly the session ``onnxprune.runtime.latency_ms`` uses
+    Each model gets exactly the session ``onnxprune.runtime.session.latency_ms`` uses
     (``runtime.session(optimize=True, threads=...)``: all graph optimisations, intra-op
     threads fixed, one inter-op thread) and is timed the same way (warm-up, then
     perf_counter around ``sess.run``); only the order differs: alternating models run by run
     means a busy moment of a shared machine slows every model alike, so the p50s stay
     comparable where model-after-model timing (``latency_ms`` per model) would not.
     """
-    from onnxprune.runtime import session
+    from onnxprune.runtime.session import session
 
     sessions = {k: session(onnx.load(str(p)), optimize=True, threads=threads) for k, p in paths.items()}
     for sess in sessions.values():
@@ -392,11 +392,11 @@ def bench_model(name: str, args: argparse.Namespace, workdir: Path, log) -> dict
 
 # --------------------------------------------------------------------------- reporting
 def source_digest() -> str:
-    """sha256 over onnxprune's sources (onnxprune/ and passes/): ties the numbers to the code measured."""
+    """sha256 over onnxprune's sources (onnxprune/): ties the numbers to the code measured."""
     import hashlib
 
     h = hashlib.sha256()
-    for d in ("onnxprune", "passes"):
+    for d in ("onnxprune",):
         for f in sorted((ROOT / d).rglob("*.py")):
             h.update(str(f.relative_to(ROOT)).encode())
             h.update(f.read_bytes())

@@ -90,7 +90,7 @@ def train_network(x: np.ndarray, y: np.ndarray, path: Path, *, arch: str = "cnn"
 
 def oneshot_plan(model, data, analysis, target: float):  # noqa: ANN001, ANN201
     from onnxprune.api import plan_to_budget
-    from onnxprune.budget import Budget
+    from onnxprune.selection.budget import Budget
 
     return plan_to_budget(model, analysis, Budget("flops", target), criterion="l1").plan
 
@@ -106,7 +106,7 @@ def cpu_name() -> str:
 
 
 def accuracy(model, x: np.ndarray, y: np.ndarray) -> float:  # noqa: ANN001
-    from onnxprune.runtime import run
+    from onnxprune.runtime.session import run
 
     return float((run(model, {"input": x})["logits"].argmax(-1) == y).mean())
 
@@ -124,7 +124,7 @@ def run_seed(args: argparse.Namespace, seed: int) -> dict:
     """Train the network for ``seed``, prune it with every method; one row per method."""
     from onnxprune.analysis import analyze
     from onnxprune.api import load
-    from onnxprune.calib import load_calibration
+    from onnxprune.io.calib_data import load_calibration
     from onnxprune.train import iterative_prune, learned_threshold_prune, oneshot_prune, spp_prune
 
     (xtr, ytr), (xte, yte) = mnist_split(seed)

@@ -1,5 +1,5 @@
 """Is the default allocation ever slower than the original? The whole zoo at 0.75 and 0.5 of
-the MACs, measured with the speed check that ends ``prune`` (``onnxprune.speedcheck``).
+the MACs, measured with the speed check that ends ``prune`` (``onnxprune.verify.speedcheck``).
 
     nice python -m benchmarks.zoo_speed [--models all|vgg,resnet18,...] [--targets 0.75,0.5]
                                         [--width 1.0] [--budget 8] [--repeat 3] [--threads 0]
@@ -82,7 +82,7 @@ def off_block(analysis, plan, block: int) -> int:  # noqa: ANN001
 
 
 def measure(original, pruned, feeds, args) -> dict[str, Any]:  # noqa: ANN001
-    from onnxprune.speedcheck import measure_speedup
+    from onnxprune.verify.speedcheck import measure_speedup
 
     runs = [measure_speedup(original, pruned, feeds, budget_s=args.budget, threads=args.threads)
             for _ in range(args.repeat)]
@@ -96,9 +96,9 @@ def zoo_rows(args, names: list[str]) -> list[dict[str, Any]]:  # noqa: ANN001
     from models import make_inputs
     from onnxprune.analysis import analyze
     from onnxprune.api import apply_plan, plan_to_budget, score_channels
-    from onnxprune.budget import Budget
+    from onnxprune.selection.budget import Budget
     from onnxprune.errors import OnnxPruneError
-    from onnxprune.latency import resolve_align
+    from onnxprune.selection.latency import resolve_align
 
     block = resolve_align("auto")
     targets = [float(t) for t in args.targets.split(",")]
@@ -132,8 +132,8 @@ def zoo_rows(args, names: list[str]) -> list[dict[str, Any]]:  # noqa: ANN001
 def resnet50_row(args) -> dict[str, Any]:  # noqa: ANN001
     from onnxprune.analysis import analyze
     from onnxprune.api import apply_plan, plan_to_budget
-    from onnxprune.budget import Budget
-    from onnxprune.latency import resolve_align
+    from onnxprune.selection.budget import Budget
+    from onnxprune.selection.latency import resolve_align
 
     size = args.resnet50_size
     model = export("resnet50", 1.0, {"input": (1, 3, size, size)})
@@ -186,7 +186,7 @@ def main() -> None:
     import onnxruntime as ort
 
     from models import ZOO
-    from onnxprune.latency import channel_block
+    from onnxprune.selection.latency import channel_block
 
     names = sorted(ZOO) if args.models == "all" else [n.strip() for n in args.models.split(",")]
     load_before, t0 = os.getloadavg(), time.time()

@@ -16,26 +16,26 @@ import onnx
 from typing import TYPE_CHECKING
 
 from onnxprune.analysis import Analysis, analyze
-from onnxprune.budget import Budget, BudgetResult, select_to_budget
-from onnxprune.criteria import DATA_FREE, Scores, score
-from onnxprune.flops import Cost, model_cost
+from onnxprune.selection.budget import Budget, BudgetResult, select_to_budget
+from onnxprune.scoring.data_free import DATA_FREE, Scores, score
+from onnxprune.analysis.flops import Cost, model_cost
 from onnxprune.errors import SelectionError
 from onnxprune.graph import GraphIndex
-from onnxprune.modelio import check_basic, fingerprint, load_model
-from onnxprune.passes import PruneContext, default_pipeline, run_passes
+from onnxprune.io.modelio import check_basic, fingerprint, load_model
+from onnxprune.rewrite import PruneContext, default_pipeline, run_passes
 from onnxprune.plan import Plan
-from onnxprune.prepare import prepare, set_input_shapes
-from onnxprune.selection import SelectionOptions, select
+from onnxprune.prepare.normalize import prepare, set_input_shapes
+from onnxprune.selection.select import SelectionOptions, select
 
 if TYPE_CHECKING:
-    from onnxprune.calib import CalibrationData
+    from onnxprune.io.calib_data import CalibrationData
 
 log = logging.getLogger(__name__)
 
 
 def load(path: str | os.PathLike[str], *, input_shapes: Mapping[str, Sequence[int | str]] | None = None,
          mapped: bool = False, runtime_check: bool = True) -> onnx.ModelProto:
-    """Load, check and normalise a model for pruning (see ``onnxprune.prepare``).
+    """Load, check and normalise a model for pruning (see ``onnxprune.prepare.normalize``).
 
     ``mapped`` leaves the weights of a single-file model in the memory-mapped file (only
     the structure is parsed; see ``modelio.load_model``): the fastest and leanest way
@@ -44,7 +44,7 @@ def load(path: str | os.PathLike[str], *, input_shapes: Mapping[str, Sequence[in
     ``runtime_check``: refuse a model onnxruntime cannot load, with its reason
     (``modelio.check_runtime``; skipped when onnxruntime is not installed).
     """
-    from onnxprune.modelio import check_prunable, check_runtime, check_weight_shapes
+    from onnxprune.io.modelio import check_prunable, check_runtime, check_weight_shapes
 
     model = load_model(path, check=False, mapped=mapped)
     set_input_shapes(model, input_shapes or {}, str(path))
@@ -60,10 +60,10 @@ def load(path: str | os.PathLike[str], *, input_shapes: Mapping[str, Sequence[in
 def score_channels(model: onnx.ModelProto, analysis: Analysis, criterion: str = "l2", *,
                    calib: CalibrationData | None = None, **calib_options) -> Scores:
     """Scores per prunable group's units (higher = keep): data-free (l1, l2, bn-scale, random)
-    or, with calibration data, data-driven (see ``onnxprune.calib.scores``)."""
+    or, with calibration data, data-driven (see ``onnxprune.scoring.calibrated``)."""
     if criterion in DATA_FREE:
         return score(criterion, GraphIndex(model), analysis)
-    from onnxprune.calib import DATA_DRIVEN, calibration_scores
+    from onnxprune.scoring.calibrated import DATA_DRIVEN, calibration_scores
 
     if criterion not in DATA_DRIVEN:
         raise SelectionError(f"unknown criterion '{criterion}' (data-free: {', '.join(sorted(DATA_FREE))}; "
@@ -84,7 +84,7 @@ def plan_by_ratio(model: onnx.ModelProto, analysis: Analysis, *, ratio: float, c
     options = SelectionOptions(ratio=ratio, mode=mode, round_to=round_to, min_channels=min_channels,
                                max_ratio=max_ratio, align=align, ranking=ranking)
     if criterion == "similarity" and scores is None and mode == "per-group" and max_ratio == 1.0 and align == 1:
-        from onnxprune.criteria.similarity import similarity_plan
+        from onnxprune.scoring.similarity import similarity_plan
 
         return similarity_plan(model, analysis, ratio=ratio, merge=True, round_to=round_to,
                                min_channels=min_channels)[0]

@@ -80,7 +80,7 @@ def _scores(progress: Progress, m, analysis, criterion: str, calib: Path | None,
             mean: str, std: str, layout: str, flops_reg: float, projections: int = 1):  # noqa: ANN202
     """Scores for a criterion, loading calibration data when one is given or needed."""
     from onnxprune.api import score_channels
-    from onnxprune.calib import load_calibration
+    from onnxprune.io.calib_data import load_calibration
 
     data = None
     if calib is not None:
@@ -103,7 +103,7 @@ def _scores(progress: Progress, m, analysis, criterion: str, calib: Path | None,
 
 
 def _parse_shapes(specs: list[str] | None) -> dict[str, list[int | str]]:
-    from onnxprune.prepare import parse_input_shapes
+    from onnxprune.prepare.normalize import parse_input_shapes
 
     return parse_input_shapes(specs)
 
@@ -171,7 +171,7 @@ def analyze(
     from onnxprune.analysis import analyze as run_analysis
     from onnxprune.api import load
     from onnxprune.recipe import Recipe
-    from onnxprune.report import analysis_summary, analysis_tables
+    from onnxprune.report.tables import analysis_summary, analysis_tables
 
     the_recipe = (Recipe.load(recipe) if recipe is not None else Recipe()).merged(
         ratio=ratio, target_flops=target_flops, target_params=target_params,
@@ -211,7 +211,7 @@ def _recipe_preview(model, analysis, recipe) -> dict:  # noqa: ANN001
     """What a budget or recipe would remove (data-free scoring only: nothing is rewritten)."""
     if not recipe.budgets:
         return {}
-    from onnxprune.accounting import CostModel
+    from onnxprune.analysis.accounting import CostModel
     from onnxprune.compress import plan_for, resolve_for
 
     if recipe.needs_data:
@@ -344,10 +344,10 @@ def prune(
     overridden by a flag or a --recipe file."""
     from onnxprune.api import load
     from onnxprune.compress import compress
-    from onnxprune.modelio import check_output_path
+    from onnxprune.io.modelio import check_output_path
     from onnxprune.plan import Plan as PlanData
     from onnxprune.recipe import Recipe
-    from onnxprune.report import cost_table
+    from onnxprune.report.tables import cost_table
 
     base = Recipe.load(recipe) if recipe is not None else Recipe()
     if schedule is not None and schedule not in ("oneshot", "iterative"):
@@ -390,7 +390,7 @@ def prune(
         if calib is not None:
             _distributed_rank(device)
             steps("loading calibration data")
-            from onnxprune.calib.data import load_calibration
+            from onnxprune.io.calib_data import load_calibration
 
             data = load_calibration(calib, m, labels=labels, samples=calib_samples,
                                     image_size=[int(v) for v in image_size.split(",")] if image_size else None,
@@ -405,7 +405,7 @@ def prune(
     if save_recipe is not None:
         result.recipe.save(save_recipe)
     if json_out is not None:
-        from onnxprune.fileutil import write_text_atomic
+        from onnxprune.io.fileutil import write_text_atomic
 
         write_text_atomic(json_out, json.dumps({"model": str(model), "output": str(written), **result.to_dict()},
                                                indent=1))
@@ -500,8 +500,8 @@ def score(
     global batch (N x --batch-size samples) across processes and all-reduces the scores."""
     from onnxprune.analysis import analyze as run_analysis
     from onnxprune.api import load
-    from onnxprune.fileutil import write_text_atomic
-    from onnxprune.modelio import check_output_path
+    from onnxprune.io.fileutil import write_text_atomic
+    from onnxprune.io.modelio import check_output_path
 
     check_output_path(model, output)
     with _steps(False) as progress:
@@ -565,12 +565,12 @@ def verify(
     line saying what failed when a tolerance is not met."""
     from rich.markup import escape
 
-    from onnxprune.fileutil import write_text_atomic
-    from onnxprune.modelio import check_output_path, load_model
-    from onnxprune.report import tolerance_line, verify_table, write_verify_report
-    from onnxprune.runtime import resolve_provider
-    from onnxprune.verify import check_tolerances, load_inputs
-    from onnxprune.verify import verify as run_verify
+    from onnxprune.io.fileutil import write_text_atomic
+    from onnxprune.io.modelio import check_output_path, load_model
+    from onnxprune.report.tables import tolerance_line, verify_table, write_verify_report
+    from onnxprune.runtime.session import resolve_provider
+    from onnxprune.verify.compare import check_tolerances, load_inputs
+    from onnxprune.verify.compare import verify as run_verify
 
     if inputs is not None and calib is not None:
         raise SelectionError("give at most one of --inputs and --calib")
@@ -588,7 +588,7 @@ def verify(
             raise SelectionError(f"{flag} must be in [{low:g}, {high:g}], got {value:g}"
                                  if high != float("inf") else f"{flag} must be >= 0, got {value:g}")
     if plot is not None:
-        from onnxprune.plots import have_matplotlib
+        from onnxprune.report.plots import have_matplotlib
 
         if not have_matplotlib():
             raise SelectionError("--plot needs matplotlib: pip install 'onnxprune[report]'")
@@ -605,20 +605,20 @@ def verify(
     if named:
         raise SelectionError(f"verify runs the models: --input-shape needs whole sizes, got {', '.join(named)}")
     if shapes:  # both models at the same input shapes: the random inputs, and their costs compared
-        from onnxprune.prepare import set_input_shapes
+        from onnxprune.prepare.normalize import set_input_shapes
 
         set_input_shapes(mo, shapes, str(original))
         set_input_shapes(mp, shapes, str(pruned))
     label_arr = None
     if calib is not None:
-        from onnxprune.calib import load_calibration
+        from onnxprune.io.calib_data import load_calibration
 
         data = load_calibration(calib, mo, labels=labels, samples=samples)
         feeds, label_arr = dict(data.inputs), data.labels
     elif inputs is not None:
         feeds = load_inputs(inputs, mo)
         if labels:
-            from onnxprune.fileutil import read_arrays
+            from onnxprune.io.fileutil import read_arrays
 
             arrays = read_arrays(inputs)
             if labels not in arrays:
@@ -652,7 +652,7 @@ def verify(
         plots = f" (plots {escape(str(png))})" if png else ""
         console.print(f"wrote report [bold]{escape(str(written))}[/]{plots}")
     if plot is not None:
-        from onnxprune.plots import write_verify_plot
+        from onnxprune.report.plots import write_verify_plot
 
         write_verify_plot(report, plot)
         console.print(f"wrote plot [bold]{escape(str(plot))}[/]")
@@ -710,14 +710,14 @@ def sweep(
     sweep.md (table, costs in MACs) and sweep.png (quality and latency against the cost kept)."""
     from onnxprune.analysis import analyze as run_analysis
     from onnxprune.api import load
-    from onnxprune.budget import Budget
-    from onnxprune.calib import load_calibration
+    from onnxprune.selection.budget import Budget
+    from onnxprune.io.calib_data import load_calibration
     from onnxprune.graph import static_batch
-    from onnxprune.latency import feeds_for_batch
-    from onnxprune.report import sweep_table
-    from onnxprune.runtime import random_inputs, resolve_provider
-    from onnxprune.sweep import sweep as run_sweep
-    from onnxprune.sweep import write_sweep
+    from onnxprune.selection.latency import feeds_for_batch
+    from onnxprune.report.tables import sweep_table
+    from onnxprune.runtime.session import random_inputs, resolve_provider
+    from onnxprune.selection.sweep import sweep as run_sweep
+    from onnxprune.selection.sweep import write_sweep
 
     try:
         target_list = _floats(targets)
@@ -785,10 +785,10 @@ def demo(
     from onnxprune.analysis import analyze as run_analysis
     from onnxprune.api import load
     from onnxprune.compress import compress, resolve_for
-    from onnxprune.modelio import load_model
+    from onnxprune.io.modelio import load_model
     from onnxprune.recipe import Recipe
-    from onnxprune.report import analysis_summary, cost_table, verify_table
-    from onnxprune.verify import verify as run_verify
+    from onnxprune.report.tables import analysis_summary, cost_table, verify_table
+    from onnxprune.verify.compare import verify as run_verify
 
     data = Path(__file__).parent / "data"
     model_path, test_path = data / "digits_cnn.onnx", data / "digits_test.npz"
@@ -857,8 +857,8 @@ def finetune(
     batch statistics)."""
     from rich.markup import escape
 
-    from onnxprune.calib import load_calibration
-    from onnxprune.modelio import check_output_path, load_model, save_model
+    from onnxprune.io.calib_data import load_calibration
+    from onnxprune.io.modelio import check_output_path, load_model, save_model
     from onnxprune.train import finetune as run_finetune
 
     check_output_path(model, output)

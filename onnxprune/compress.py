@@ -20,7 +20,7 @@ import onnx
 
 from onnxprune.analysis import Analysis, analyze
 from onnxprune.errors import SelectionError
-from onnxprune.flops import Cost, model_cost
+from onnxprune.analysis.flops import Cost, model_cost
 from onnxprune.plan import Plan
 from onnxprune.recipe import (
     DATA_DRIVEN_CRITERIA,
@@ -33,8 +33,8 @@ from onnxprune.recipe import (
 )
 
 if TYPE_CHECKING:
-    from onnxprune.calib import CalibrationData
-    from onnxprune.speedcheck import SpeedResult
+    from onnxprune.io.calib_data import CalibrationData
+    from onnxprune.verify.speedcheck import SpeedResult
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ class CompressResult:
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write the pruned model atomically (``modelio.save_model``)."""
-        from onnxprune.modelio import save_model
+        from onnxprune.io.modelio import save_model
 
         return save_model(self.model, path)
 
@@ -121,7 +121,7 @@ def resolve_for(recipe: Recipe, *, has_calib: bool, model: onnx.ModelProto | Non
     given, the model's (a transformer gets Kwon et al.'s recipe)."""
     block = 1
     if recipe.align == "auto":
-        from onnxprune.latency import resolve_align
+        from onnxprune.selection.latency import resolve_align
 
         try:
             block = resolve_align("auto", provider_name(recipe))
@@ -171,7 +171,7 @@ def compress(model: onnx.ModelProto, recipe: Recipe, *, calib: CalibrationData |
     measure = resolved.measure and bool(plan.keep)
     reference = model
     if measure and not methods:
-        from onnxprune.modelio import has_file_weights
+        from onnxprune.io.modelio import has_file_weights
 
         if has_file_weights(model):  # weights in a file: time a loaded copy, rewrite the mapped model
             reference = _in_memory(model)
@@ -185,7 +185,7 @@ def compress(model: onnx.ModelProto, recipe: Recipe, *, calib: CalibrationData |
         if recovery_report is not None:
             import json
 
-            from onnxprune.fileutil import write_text_atomic
+            from onnxprune.io.fileutil import write_text_atomic
 
             write_text_atomic(recovery_report, json.dumps(report, indent=1, default=str))
         notes.append(_recovery_line(report))
@@ -232,7 +232,7 @@ def _allocate(model: onnx.ModelProto, analysis: Analysis, r: Recipe, scores: dic
               ) -> tuple[Plan, str]:
     """The plan for the recipe's budget, and a one-line note of what the budget reached."""
     from onnxprune.api import plan_by_ratio, plan_to_budget
-    from onnxprune.budget import Budget
+    from onnxprune.selection.budget import Budget
 
     common = dict(criterion=r.criterion, scores=scores, round_to=r.round_to, min_channels=r.min_channels,
                   max_ratio=r.max_ratio, align=int(r.align))
@@ -240,8 +240,8 @@ def _allocate(model: onnx.ModelProto, analysis: Analysis, r: Recipe, scores: dic
         step("selecting channels", None, None)
         return plan_by_ratio(model, analysis, ratio=r.ratio, mode=r.mode, ranking=r.ranking, **common), ""
     if r.target_latency is not None:
-        from onnxprune.latency import latency_note, plan_to_latency
-        from onnxprune.runtime import random_inputs
+        from onnxprune.selection.latency import latency_note, plan_to_latency
+        from onnxprune.runtime.session import random_inputs
 
         label = "measuring per-group latency"
         step(label, None, None)
@@ -255,7 +255,7 @@ def _allocate(model: onnx.ModelProto, analysis: Analysis, r: Recipe, scores: dic
     unaligned = ""
     try:
         if r.limits == "sensitivity" and calib is not None:
-            from onnxprune.sensitivity_limits import allocate
+            from onnxprune.selection.sensitivity_limits import allocate
 
             step("measuring each group's sensitivity", None, None)
             reached = allocate(model, analysis, scores, calib, budget, round_to=r.round_to,
@@ -321,7 +321,7 @@ def _measure(original: onnx.ModelProto, pruned: onnx.ModelProto, r: Recipe, cali
              ) -> tuple[SpeedResult | None, str, str]:
     """The measured speed-up on the target provider: (result, note, warning if slower)."""
     from onnxprune.errors import OnnxPruneError
-    from onnxprune.speedcheck import measure_speedup
+    from onnxprune.verify.speedcheck import measure_speedup
 
     feeds = None
     if calib is not None:
@@ -343,7 +343,7 @@ def _measure(original: onnx.ModelProto, pruned: onnx.ModelProto, r: Recipe, cali
 def _in_memory(model: onnx.ModelProto) -> onnx.ModelProto:
     """``model`` itself, or a copy with the weights it keeps in files read in (the model
     itself stays file-backed, so it is saved as it was loaded)."""
-    from onnxprune.modelio import has_file_weights, materialize
+    from onnxprune.io.modelio import has_file_weights, materialize
 
     if not has_file_weights(model):
         return model

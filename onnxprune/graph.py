@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import numpy as np
 import onnx
 
-from onnxprune.external import is_mapped, read_tensor, release_all, source_of, tensor_nbytes
+from onnxprune.io.external import is_mapped, read_tensor, release_all, source_of, tensor_nbytes
 
 Dim = int | str | None
 SMALL_CONST_BYTES = 64 * 1024
@@ -90,7 +90,7 @@ class GraphIndex:
 
     def release(self, name: str) -> None:
         """Done reading initializer ``name`` for now: a weight mapped from the model file
-        leaves this process's resident memory (``onnxprune.external.release_all``) once
+        leaves this process's resident memory (``onnxprune.io.external.release_all``) once
         ``RELEASE_BATCH_BYTES`` of such weights were read, all at once."""
         init = self.initializers.get(name)
         if init is None or not is_mapped(init, self._source[1]):

@@ -98,7 +98,7 @@ class Plan:
                    merges={gid: tuple(tuple(m) for m in ms) for gid, ms in merges.items()})
 
     def save(self, path: str | os.PathLike[str]) -> Path:
-        from onnxprune.fileutil import write_text_atomic
+        from onnxprune.io.fileutil import write_text_atomic
 
         return write_text_atomic(path, json.dumps(self.to_dict(), indent=1))
 

@@ -32,7 +32,7 @@ else:  # pragma: no cover - Python 3.10
 
 AUTO = "auto"
 DATA_FREE_CRITERIA = ("l1", "l2", "bn-scale", "random", "similarity")
-# the criteria of onnxprune.calib.scores (kept here so that resolving a recipe never imports torch;
+# the criteria of onnxprune.scoring.calibrated (kept here so that resolving a recipe never imports torch;
 # tests/test_recipe.py checks the two lists agree)
 DATA_DRIVEN_CRITERIA = ("taylor-fo", "taylor-so", "taylor-act", "activation", "apoz", "oracle")
 LOSSES = ("auto", "ce", "mse", "pseudo", "fisher")
@@ -151,7 +151,7 @@ class Recipe:
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write the recipe as TOML (or JSON for a ``.json`` path), atomically."""
-        from onnxprune.fileutil import write_text_atomic
+        from onnxprune.io.fileutil import write_text_atomic
 
         p = Path(path)
         if p.suffix.lower() == ".json":
@@ -336,7 +336,7 @@ def resolve(recipe: Recipe, ctx: Context) -> Recipe:
       0.375 against 0.32 with pseudo-labels, before recovery);
     - limits (budgets, CNNs, with data): ``sensitivity``: each group's damage measured at 25%
       and 50% removal, scores rescaled to it, and per-group caps
-      (``onnxprune.sensitivity_limits.allocate``; EfficientNet-Lite0 at 0.75 of the MACs:
+      (``onnxprune.selection.sensitivity_limits.allocate``; EfficientNet-Lite0 at 0.75 of the MACs:
       agreement 0.086 -> 0.508 with lstsq);
     - recover: ``lstsq`` refits (which include the bias) when there is data, each accepted
       only if it lowers the error on held-out samples (``bn``, ``bias`` on request);
@@ -380,6 +380,6 @@ def is_transformer(model: "onnx.ModelProto") -> bool:
 
 def provider_name(recipe: Recipe) -> str:
     """The onnxruntime provider the recipe targets (``auto``: CUDA where available)."""
-    from onnxprune.runtime import resolve_provider
+    from onnxprune.runtime.session import resolve_provider
 
     return resolve_provider(recipe.provider)

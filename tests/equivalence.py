@@ -8,9 +8,9 @@ import onnx
 
 from onnxprune.analysis import Analysis, analyze
 from onnxprune.api import PruneResult, apply_plan
-from onnxprune.masking import masked_model, random_masking_plan
+from onnxprune.rewrite.masking import masked_model, random_masking_plan
 from onnxprune.plan import Plan
-from onnxprune.runtime import random_inputs, run
+from onnxprune.runtime.session import random_inputs, run
 
 RTOL = 1e-4
 

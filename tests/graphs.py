@@ -6,7 +6,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from onnxprune.prepare import prepare
+from onnxprune.prepare.normalize import prepare
 
 
 def _w(rng: np.random.Generator, name: str, *shape: int) -> onnx.TensorProto:

@@ -29,7 +29,7 @@ from hypothesis import assume
 from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
 
-from onnxprune.prepare import prepare
+from onnxprune.prepare.normalize import prepare
 
 OPSET = 17
 INT64_MAX = 2**63 - 1
@@ -721,7 +721,7 @@ def random_models(draw: Draw, min_blocks: int = 3, max_blocks: int = 10,
 def _check_generated(model: onnx.ModelProto, x: T) -> None:
     """The generator's own correctness: a valid model that runs and gives finite values."""
     onnx.checker.check_model(model, full_check=True)
-    from onnxprune.runtime import random_inputs, run
+    from onnxprune.runtime.session import random_inputs, run
 
     dynamic = not model.graph.input[0].type.tensor_type.shape.dim[0].HasField("dim_value")
     for batch in (1, 2) if dynamic else (1,):

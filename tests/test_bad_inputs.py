@@ -17,9 +17,9 @@ from onnx import TensorProto, helper, numpy_helper
 
 from onnxprune.api import load
 from onnxprune.errors import ModelLoadError, OutputPathError, SelectionError, ShapeInferenceError
-from onnxprune.fileutil import write_text_atomic
-from onnxprune.modelio import check_runtime, load_model, save_model
-from onnxprune.prepare import parse_input_shapes
+from onnxprune.io.fileutil import write_text_atomic
+from onnxprune.io.modelio import check_runtime, load_model, save_model
+from onnxprune.prepare.normalize import parse_input_shapes
 from tests.graphs import pass_fixture
 from tests.test_cli import cli as run_cli
 
@@ -160,7 +160,7 @@ def test_runtime_check_can_be_skipped_and_is_skipped_without_onnxruntime(monkeyp
 
 
 def test_the_run_check_runs_only_what_random_inputs_can_run_conclusively():
-    from onnxprune.modelio import _run_check_feeds
+    from onnxprune.io.modelio import _run_check_feeds
 
     feeds = _run_check_feeds(conv_model(x_shape=("N", 4, 6, 6)))  # a symbolic batch runs as 1
     assert feeds is not None and feeds["x"].shape == (1, 4, 6, 6)
@@ -172,7 +172,7 @@ def test_the_run_check_runs_only_what_random_inputs_can_run_conclusively():
 
 def test_runtime_check_of_a_large_model_uses_its_light_copy(monkeypatch, tmp_path):
     """Weights that stay in files are not read to check loading (only a small model is run)."""
-    from onnxprune import modelio
+    from onnxprune.io import modelio
 
     monkeypatch.setattr(modelio, "RUN_CHECK_BYTES", 0)  # as for a model too large to run
     path = tmp_path / "ext.onnx"

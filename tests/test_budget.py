@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from onnxprune.accounting import CostModel
+from onnxprune.analysis.accounting import CostModel
 from onnxprune.analysis import analyze
 from onnxprune.api import apply_plan, load, plan_to_budget
-from onnxprune.budget import Budget
+from onnxprune.selection.budget import Budget
 from onnxprune.errors import SelectionError
 from tests.zoo_cache import zoo_path
 
@@ -62,7 +62,7 @@ def test_absolute_target_and_unreachable_budget():
 
 def test_legal_keep_count_aligns_down_only_where_legal():
     from onnxprune.analysis.result import Group
-    from onnxprune.selection import SelectionOptions, legal_keep_count
+    from onnxprune.selection.select import SelectionOptions, legal_keep_count
 
     def group(size, width=1):
         return Group(id="g", units=np.arange(size), channels=size * width, anchor=("t", 1), spaces=(("t", 1),),
@@ -119,7 +119,7 @@ def test_aligned_budget_keeps_block_multiples_and_fits(name):
 def test_cli_prune_align(monkeypatch, capsys, tmp_path):
     import json
 
-    from onnxprune.latency import channel_block
+    from onnxprune.selection.latency import channel_block
     from tests.test_cli import cli
 
     out, plan = tmp_path / "small.onnx", tmp_path / "plan.json"

@@ -17,8 +17,9 @@ scipy_stats = pytest.importorskip("scipy.stats")
 
 from onnxprune.analysis import analyze  # noqa: E402
 from onnxprune.api import load, score_channels  # noqa: E402
-from onnxprune.calib import calibration_scores, load_calibration  # noqa: E402
-from onnxprune.calib.data import CalibrationError  # noqa: E402
+from onnxprune.io.calib_data import load_calibration  # noqa: E402
+from onnxprune.scoring.calibrated import calibration_scores  # noqa: E402
+from onnxprune.io.calib_data import CalibrationError  # noqa: E402
 from onnxprune.errors import SelectionError  # noqa: E402
 from tests.trained import digits_split, trained_residual_cnn  # noqa: E402
 

@@ -275,7 +275,7 @@ def test_prune_transformer_post_training_recipe(monkeypatch, capsys, tmp_path):
 def test_alignment_is_on_by_default_and_can_be_switched_off(monkeypatch, capsys, model_path, tmp_path):
     """The default recipe aligns kept counts to the CPU's channel block (printed in the recipe
     line); --align 1 switches it off and keeps the plain rounding."""
-    from onnxprune.latency import channel_block
+    from onnxprune.selection.latency import channel_block
 
     block = channel_block("cpu")
     code, out, err = cli(monkeypatch, capsys, "prune", model_path, "-o", tmp_path / "a.onnx", "--ratio", "0.3",

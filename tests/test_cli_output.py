@@ -18,7 +18,7 @@ from onnxprune.api import apply_plan, plan_by_ratio
 from onnxprune.errors import PlanError
 from onnxprune.plan import Plan
 from tests.test_cli import cli
-from onnxprune.verify import check_tolerances
+from onnxprune.verify.compare import check_tolerances
 from tests.graphs import pass_fixture
 
 FAST = ("--runs", "1", "--warmup", "0", "--providers", "cpu")
@@ -67,7 +67,7 @@ def test_bracketed_paths_and_names_are_printed_as_they_are(monkeypatch, capsys, 
     assert f"wrote {scores}" in out and scores.exists()
 
     report = tmp_path / "r[1].md"
-    monkeypatch.setattr("onnxprune.plots.have_matplotlib", lambda: False)  # plotting is slow; not tested here
+    monkeypatch.setattr("onnxprune.report.plots.have_matplotlib", lambda: False)  # plotting is slow; not tested here
     code, out, err = cli(monkeypatch, capsys, "verify", original, original, *FAST, "--report", report)
     assert code == 0, err
     assert str(report) in out and report.exists()
@@ -96,8 +96,8 @@ def test_verify_without_inputs_says_it_compares_random_samples(monkeypatch, caps
 
 
 def test_cost_tables_use_macs_only(monkeypatch, capsys, tmp_path, models):
-    from onnxprune.flops import model_cost
-    from onnxprune.report import cost_table
+    from onnxprune.analysis.flops import model_cost
+    from onnxprune.report.tables import cost_table
 
     original, pruned = models
     con = Console(record=True, width=100)
@@ -114,13 +114,13 @@ def test_cost_tables_use_macs_only(monkeypatch, capsys, tmp_path, models):
 
 @pytest.mark.parametrize("flag, name", [("--json", "r.json"), ("--report", "r.md"), ("--plot", "p.png")])
 def test_verify_refuses_unwritable_outputs_before_running(monkeypatch, capsys, tmp_path, models, flag, name):
-    import onnxprune.verify
+    import onnxprune.verify.compare
 
     def must_not_run(*args, **kwargs):
         raise AssertionError("the models ran before the output path was checked")
 
-    monkeypatch.setattr(onnxprune.verify, "verify", must_not_run)
-    monkeypatch.setattr("onnxprune.plots.have_matplotlib", lambda: True)
+    monkeypatch.setattr(onnxprune.verify.compare, "verify", must_not_run)
+    monkeypatch.setattr("onnxprune.report.plots.have_matplotlib", lambda: True)
     original, pruned = models
     target = tmp_path / "missing_dir" / name
     code, _, err = cli(monkeypatch, capsys, "verify", original, pruned, flag, target)
@@ -144,7 +144,7 @@ def test_verify_keeps_what_onnxruntime_says_about_wrong_inputs(monkeypatch, caps
 
 
 def test_ort_error_text_keeps_every_informative_line():
-    from onnxprune.runtime import ort_error_text
+    from onnxprune.runtime.session import ort_error_text
 
     exc = RuntimeError("[ONNXRuntimeError] : 2 : INVALID_ARGUMENT : Got invalid dimensions for input: input for "
                        "the following indices\n index: 2 Got: 100 Expected: 224\n index: 3 Got: 100 Expected: 224\n"
@@ -226,8 +226,8 @@ def test_analyze_fits_80_columns_with_names_whole(monkeypatch, capsys):
 
 @pytest.mark.parametrize("command", ["score", "sweep"])
 def test_criterion_help_lists_every_criterion(monkeypatch, capsys, command):
-    from onnxprune.calib.scores import DATA_DRIVEN
-    from onnxprune.criteria import DATA_FREE
+    from onnxprune.scoring.calibrated import DATA_DRIVEN
+    from onnxprune.scoring.data_free import DATA_FREE
 
     code, out, _ = cli(monkeypatch, capsys, command, "--help")
     assert code == 0

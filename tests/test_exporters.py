@@ -10,8 +10,8 @@ from onnx import numpy_helper, version_converter
 
 from onnxprune.analysis import analyze
 from onnxprune.api import load
-from onnxprune.prepare import prepare
-from onnxprune.shapefold import MAX_ELEMENTS
+from onnxprune.prepare.normalize import prepare
+from onnxprune.prepare.shapefold import MAX_ELEMENTS
 from tests.equivalence import assert_matches_masked, check_pruned_model, prune_randomly_and_check
 from tests.zoo_cache import zoo_path
 

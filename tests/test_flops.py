@@ -10,8 +10,8 @@ import onnx
 import pytest
 
 from onnxprune.api import load
-from onnxprune.flops import model_cost
-from onnxprune.masking import random_masking_plan
+from onnxprune.analysis.flops import model_cost
+from onnxprune.rewrite.masking import random_masking_plan
 from onnxprune.analysis import analyze
 from onnxprune.api import apply_plan
 from tests.zoo_cache import TEST_WIDTH, ZOO_NAMES, zoo_path
@@ -88,7 +88,7 @@ def independent_macs(model: onnx.ModelProto, feeds) -> int:
 
 @pytest.mark.parametrize("name", ["resnet18", "mobilenetv2", "unet", "yolo", "vgg", "densenet"])
 def test_pruned_macs_match_runtime_shapes(name):
-    from onnxprune.runtime import random_inputs
+    from onnxprune.runtime.session import random_inputs
 
     model = load(zoo_path(name))
     analysis = analyze(model)
@@ -112,7 +112,7 @@ def test_matmul_macs_take_the_reduced_size_from_a_constant_weight():
     attention) still counts K MACs per output element: K comes from the weight's shape."""
     from onnx import TensorProto, helper, numpy_helper
 
-    from onnxprune.flops import node_macs
+    from onnxprune.analysis.flops import node_macs
     from onnxprune.graph import GraphIndex
 
     w = numpy_helper.from_array(np.ones((12, 5), np.float32), "w")

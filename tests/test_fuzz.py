@@ -324,7 +324,7 @@ def external_case(rng: np.random.Generator, bases: dict[str, Path], tmp: Path) -
 
 
 def _good_feeds(model: Path, rng: np.random.Generator, n: int) -> dict[str, np.ndarray]:
-    from onnxprune.runtime import random_inputs
+    from onnxprune.runtime.session import random_inputs
 
     feeds = random_inputs(onnx.load(model), seed=int(rng.integers(1000)))
     return {k: np.repeat(v, n, axis=0) if v.ndim and v.shape[0] == 1 and n > 1 else v for k, v in feeds.items()}
@@ -464,7 +464,7 @@ def _interface(path: Path) -> tuple[list[str], list[str]]:
 def _feeds(path: Path, reference: Path) -> dict[str, np.ndarray]:
     """Random inputs for ``path``: its static sizes; for a symbolic one, the reference
     model's size on that axis (else 1)."""
-    from onnxprune.runtime import random_inputs
+    from onnxprune.runtime.session import random_inputs
 
     def dims(m: onnx.ModelProto) -> dict[str, list]:
         return {vi.name: [d.dim_value if d.HasField("dim_value") else None for d in vi.type.tensor_type.shape.dim]

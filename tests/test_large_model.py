@@ -12,7 +12,7 @@ from onnx import numpy_helper
 from models.synthetic import mlp_chain
 from onnxprune.api import apply_plan, load, plan_by_ratio
 from onnxprune.analysis import analyze
-from onnxprune.modelio import has_external_data, save_model
+from onnxprune.io.modelio import has_external_data, save_model
 
 WIDTH, LAYERS = 8192, 9  # 9 x 256 MiB of weights: 2.3 GiB
 

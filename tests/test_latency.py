@@ -1,4 +1,4 @@
-"""Latency tables and allocation to a latency target (onnxprune.latency).
+"""Latency tables and allocation to a latency target (onnxprune.selection.latency).
 
 Timing is on CPU with one intra-op thread and few runs; the target is checked with a
 generous tolerance (shared CI machines are noisy). The CUDA / TensorRT code path (IO
@@ -16,11 +16,11 @@ import numpy as np
 import onnx
 import pytest
 
-from onnxprune import latency as lat
+from onnxprune.selection import latency as lat
 from onnxprune.analysis import analyze
 from onnxprune.api import apply_plan, load, score_channels
 from onnxprune.errors import PlanError, SelectionError
-from onnxprune.runtime import random_inputs
+from onnxprune.runtime.session import random_inputs
 from tests.zoo_cache import zoo_path
 
 RUNS = dict(threads=1, runs=10, warmup=3)

@@ -10,13 +10,13 @@ import numpy as np
 import onnx
 import pytest
 
-from onnxprune.accounting import predicted_params
+from onnxprune.analysis.accounting import predicted_params
 from onnxprune.analysis import analyze
 from onnxprune.api import apply_plan, load
-from onnxprune.flops import model_cost
-from onnxprune.masking import random_masking_plan
+from onnxprune.analysis.flops import model_cost
+from onnxprune.rewrite.masking import random_masking_plan
 from onnxprune.plan import Plan
-from onnxprune.runtime import run
+from onnxprune.runtime.session import run
 from tests.equivalence import assert_matches_masked, check_pruned_model
 
 torch = pytest.importorskip("torch")
@@ -110,9 +110,9 @@ def test_attention_heads_and_ffn_neurons_are_prunable(tiny_exports, name):
 def test_heads_are_found_from_inferred_shapes_alone(tiny_exports, monkeypatch):
     """Shape probing does not run every model (large ones): inference alone must carry the batch
     and sequence symbols through the rotary positions and the causal mask (Range(0, seq))."""
-    import onnxprune.prepare
+    import onnxprune.prepare.normalize
 
-    monkeypatch.setattr(onnxprune.prepare, "probe_shapes", lambda model: {})
+    monkeypatch.setattr(onnxprune.prepare.normalize, "probe_shapes", lambda model: {})
     heads, ffn = _group_kinds(analyze(load(tiny_exports("gqa"))))
     assert len(heads) == 2 and len(ffn) == 2
 
@@ -191,7 +191,7 @@ def test_inputs_a_node_cannot_take_are_a_clean_error():
 # -- language-model measurements ----------------------------------------------------------------
 
 def test_perplexity_equals_the_torch_models(tiny_exports):
-    from onnxprune.lm_eval import perplexity
+    from onnxprune.verify.lm_eval import perplexity
 
     windows = _ids(3, 24, seed=5)["input_ids"]
     with torch.no_grad():
@@ -201,7 +201,7 @@ def test_perplexity_equals_the_torch_models(tiny_exports):
 
 
 def test_next_token_scores_rank_units_and_split_windows_are_disjoint(tiny_exports):
-    from onnxprune.lm_eval import next_token_taylor_scores, split_windows
+    from onnxprune.verify.lm_eval import next_token_taylor_scores, split_windows
 
     model = load(tiny_exports("gqa"))
     analysis = analyze(model)
@@ -228,9 +228,9 @@ def test_verify_reports_perplexity_and_tokens_per_second(tiny_exports, tmp_path,
     import sys
 
     from onnxprune.cli import main
-    from onnxprune.lm_eval import perplexity
-    from onnxprune.modelio import save_model
-    from onnxprune.verify import verify
+    from onnxprune.verify.lm_eval import perplexity
+    from onnxprune.io.modelio import save_model
+    from onnxprune.verify.compare import verify
 
     path = tiny_exports("gqa")
     model = load(path)
@@ -272,7 +272,7 @@ def test_verify_reports_perplexity_and_tokens_per_second(tiny_exports, tmp_path,
 def test_perplexity_ignores_padded_positions():
     """With an attention mask, a position counts only when the token predicted and the one
     before it are real: left padding gives the same loss as the windows without it."""
-    from onnxprune.lm_eval import language_model_report, next_token_nll
+    from onnxprune.verify.lm_eval import language_model_report, next_token_nll
 
     rng = np.random.default_rng(0)
     logits = rng.standard_normal((2, 10, 30)).astype(np.float32)
@@ -303,7 +303,7 @@ def test_recovery_on_a_pruned_decoder(tiny_exports, method):
     the FFN down projections after neuron removal: MatMul with a constant [K, N] weight) is
     recovered, unless the held-out check refuses a step, and the logits get closer to the
     original's on held-out windows; the tied embedding stays one table."""
-    from onnxprune.calib.data import CalibrationData
+    from onnxprune.io.calib_data import CalibrationData
     from onnxprune.recovery import recover
 
     model = load(tiny_exports("gqa_distinct"))

@@ -12,8 +12,8 @@ from onnx import TensorProto, helper, numpy_helper
 import onnxprune
 from onnxprune.analysis import analyze
 from onnxprune.errors import ModelLoadError
-from onnxprune.external import embedded_file, is_external, read_tensor
-from onnxprune.modelio import load_model, materialize, save_model
+from onnxprune.io.external import embedded_file, is_external, read_tensor
+from onnxprune.io.modelio import load_model, materialize, save_model
 from tests.graphs import pass_fixture
 
 

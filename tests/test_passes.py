@@ -10,8 +10,8 @@ from onnx import numpy_helper
 
 from onnxprune.analysis import analyze
 from onnxprune.graph import GraphIndex, attr
-from onnxprune.masking import random_masking_plan
-from onnxprune.passes import (
+from onnxprune.rewrite.masking import random_masking_plan
+from onnxprune.rewrite import (
     CheckModelPass, PruneContext, RefreshShapesPass, RemoveDeadNodesPass, RewriteShapeConstantsPass,
     SliceWeightsPass, SortTopologicallyPass,
     default_pipeline, run_passes,
@@ -93,7 +93,7 @@ def test_slice_weights():
 
 def test_slice_weights_reads_each_weight_once(monkeypatch):
     """A weight sliced along two axes (rows and columns) is decoded once and written once."""
-    from onnxprune.passes import constants
+    from onnxprune.rewrite import constants
 
     model, _, ctx = _setup()
     work = _run_until(SliceWeightsPass, model, ctx)
@@ -216,6 +216,6 @@ def _opset11_fixture():
     del split.input[1]
     split.attribute.append(onnx.helper.make_attribute("split", sizes.tolist()))
     model.opset_import[0].version = 11
-    from onnxprune.prepare import prepare
+    from onnxprune.prepare.normalize import prepare
 
     return prepare(model)

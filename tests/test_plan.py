@@ -11,7 +11,7 @@ from onnxprune.analysis import analyze
 from onnxprune.api import apply_plan, plan_by_ratio
 from onnxprune.errors import PlanError
 from onnxprune.plan import Plan
-from onnxprune.runtime import random_inputs, run
+from onnxprune.runtime.session import random_inputs, run
 from tests.graphs import pass_fixture
 
 
@@ -114,8 +114,8 @@ def test_removed_units_count(fixture):
 @pytest.mark.parametrize("shared", [False, True])
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_parameters_removed_equal_what_the_plan_predicts(shared, seed):
-    from onnxprune.accounting import predicted_params
-    from onnxprune.masking import random_masking_plan
+    from onnxprune.analysis.accounting import predicted_params
+    from onnxprune.rewrite.masking import random_masking_plan
 
     model = pass_fixture(shared_weight=shared)
     analysis = analyze(model)
@@ -128,8 +128,8 @@ def test_parameters_removed_equal_what_the_plan_predicts(shared, seed):
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_macs_after_pruning_equal_what_the_plan_predicts(seed):
-    from onnxprune.accounting import predicted_macs
-    from onnxprune.masking import random_masking_plan
+    from onnxprune.analysis.accounting import predicted_macs
+    from onnxprune.rewrite.masking import random_masking_plan
 
     model = pass_fixture()
     analysis = analyze(model)

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from onnxprune.analysis import analyze
 from onnxprune.api import apply_plan, prune
 from onnxprune.plan import Plan
-from onnxprune.runtime import random_inputs, run
+from onnxprune.runtime.session import random_inputs, run
 from tests.equivalence import assert_matches_masked, check_pruned_model, prune_randomly_and_check
 from tests.strategies import BLOCKS, GeneratedModel, random_models
 

@@ -60,8 +60,8 @@ def test_prune_hidden_through_paddle_layer_norms():
     runs (approximate by design)."""
     from onnxprune.analysis import analyze
     from onnxprune.api import apply_plan
-    from onnxprune.masking import random_masking_plan
-    from onnxprune.runtime import random_inputs, run
+    from onnxprune.rewrite.masking import random_masking_plan
+    from onnxprune.runtime.session import random_inputs, run
 
     path, shapes = real_model("ppocr_rec")
     model = load(path, input_shapes=shapes)

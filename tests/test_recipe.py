@@ -19,8 +19,8 @@ DIGITS = DATA / "digits_cnn.onnx"
 
 def test_criteria_and_methods_agree_with_the_implementations():
     pytest.importorskip("torch")
-    from onnxprune.calib.scores import DATA_DRIVEN
-    from onnxprune.criteria import DATA_FREE
+    from onnxprune.scoring.calibrated import DATA_DRIVEN
+    from onnxprune.scoring.data_free import DATA_FREE
     from onnxprune.recipe import DATA_FREE_CRITERIA
     from onnxprune.recovery import METHODS
 
@@ -157,7 +157,7 @@ def test_default_command_with_calibration_keeps_a_trained_cnn(monkeypatch, capsy
     """The plain command on the shipped trained digits CNN with --calib and nothing else: half
     the MACs, accuracy on held-out digits within 1 point of the original."""
     pytest.importorskip("torch")
-    from onnxprune.runtime import run
+    from onnxprune.runtime.session import run
 
     train, test = np.load(DATA / "digits_train.npz"), np.load(DATA / "digits_test.npz")
     calib = tmp_path / "calib.npz"
@@ -219,7 +219,7 @@ def test_long_steps_report_counts(tmp_path):
     CLI shows with a bar and an ETA."""
     pytest.importorskip("torch")
     import onnxprune
-    from onnxprune.calib.data import load_calibration
+    from onnxprune.io.calib_data import load_calibration
     from onnxprune.compress import compress
 
     model = onnxprune.load(DIGITS)

@@ -14,14 +14,14 @@ torch = pytest.importorskip("torch")
 
 from onnxprune.analysis import analyze  # noqa: E402
 from onnxprune.api import apply_plan, load, plan_to_budget  # noqa: E402
-from onnxprune.budget import Budget  # noqa: E402
-from onnxprune.calib.data import CalibrationData  # noqa: E402
+from onnxprune.selection.budget import Budget  # noqa: E402
+from onnxprune.io.calib_data import CalibrationData  # noqa: E402
 from onnxprune.graph import GraphIndex  # noqa: E402
 from onnxprune.plan import Plan  # noqa: E402
 from onnxprune.recovery import RecoveryError, recover, summary_line  # noqa: E402
 from onnxprune.recovery.layers import Layer  # noqa: E402
 from onnxprune.recovery.params import set_constant  # noqa: E402
-from onnxprune.runtime import run, session  # noqa: E402
+from onnxprune.runtime.session import run, session  # noqa: E402
 
 
 # -- helpers ----------------------------------------------------------------------------------

@@ -14,9 +14,9 @@ import pytest
 import onnxprune
 from onnxprune.analysis import analyze
 from onnxprune.api import apply_plan, load, plan_to_budget
-from onnxprune.budget import Budget
-from onnxprune.modelio import load_model, save_model
-from onnxprune.verify import verify
+from onnxprune.selection.budget import Budget
+from onnxprune.io.modelio import load_model, save_model
+from onnxprune.verify.compare import verify
 from tests.graphs import pass_fixture
 from tests.test_cli import cli
 
@@ -109,8 +109,8 @@ def test_verify_html_report_with_calib_data(monkeypatch, capsys, tmp_path, prune
 
 
 def test_report_without_matplotlib(monkeypatch, tmp_path):
-    from onnxprune import plots
-    from onnxprune.report import write_verify_report
+    from onnxprune.report.tables import plots
+    from onnxprune.report.tables import write_verify_report
 
     monkeypatch.setattr(plots, "have_matplotlib", lambda: False)
     test = np.load(TEST)
@@ -163,8 +163,8 @@ def test_inputs_without_a_leading_batch_axis_are_fed_whole():
     feeds a scalar whole, both for comparing outputs in chunks and for latency at other batch
     sizes."""
     from onnxprune.graph import batch_axes
-    from onnxprune.latency import feeds_for_batch
-    from onnxprune.verify import run_batched
+    from onnxprune.selection.latency import feeds_for_batch
+    from onnxprune.verify.compare import run_batched
 
     rng = np.random.default_rng(0)
     feeds = {"x": rng.standard_normal((300, 4)).astype(np.float32),
@@ -205,7 +205,7 @@ def test_verify_bad_options(monkeypatch, capsys, tmp_path, args, fragment):
 
 
 def test_sweep_api_points_are_consistent():
-    from onnxprune.sweep import sweep
+    from onnxprune.selection.sweep import sweep
 
     test = np.load(TEST)
     m = load(MODEL)
@@ -263,7 +263,7 @@ def test_sweep_cli_without_data_reports_agreement(monkeypatch, capsys, tmp_path)
 
 @needs_mpl
 def test_plot_functions_write_png(tmp_path):
-    from onnxprune.plots import write_sweep_plot, write_verify_plot
+    from onnxprune.report.plots import write_sweep_plot, write_verify_plot
 
     test = np.load(TEST)
     report = verify(load_model(MODEL), load_model(MODEL), {"input": test["input"][:8]}, runs=1, warmup=0,

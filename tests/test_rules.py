@@ -17,8 +17,8 @@ from onnxprune.analysis import Analysis, Group, analyze
 from onnxprune.api import apply_plan
 from onnxprune.graph import GraphIndex, attr
 from onnxprune.plan import Plan
-from onnxprune.prepare import prepare
-from onnxprune.runtime import random_inputs, run
+from onnxprune.prepare.normalize import prepare
+from onnxprune.runtime.session import random_inputs, run
 from tests.equivalence import assert_matches_masked, check_pruned_model, prune_randomly_and_check
 
 INT64_MAX = 2**63 - 1

@@ -7,7 +7,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from onnxprune.analysis import analyze
-from onnxprune.prepare import prepare
+from onnxprune.prepare.normalize import prepare
 from tests.equivalence import prune_randomly_and_check
 
 

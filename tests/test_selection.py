@@ -8,7 +8,7 @@ import pytest
 from onnxprune.analysis import analyze
 from onnxprune.api import plan_by_ratio
 from onnxprune.errors import SelectionError
-from onnxprune.selection import SelectionOptions, select
+from onnxprune.selection.select import SelectionOptions, select
 from tests.graphs import pass_fixture
 from tests.test_rules_core import grouped_conv_model
 
@@ -112,7 +112,7 @@ def test_invalid_options(kwargs):
 def test_per_mac_ranking_removes_the_cheapest_loss_per_mac_first():
     """'per-mac' divides raw scores by each unit's MACs (Kwon et al.'s knapsack order): with
     equal scores, units of the costliest group go first; 'normalised' ignores cost."""
-    from onnxprune.selection import global_order
+    from onnxprune.selection.select import global_order
     from tests.zoo_cache import zoo_path
 
     from onnxprune.api import load

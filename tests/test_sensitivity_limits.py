@@ -6,15 +6,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from onnxprune import sensitivity_limits as sl
+from onnxprune.selection import sensitivity_limits as sl
 from onnxprune.analysis import analyze
 from onnxprune.api import load, score_channels
-from onnxprune.budget import Budget, select_to_budget
-from onnxprune.calib import CalibrationData
+from onnxprune.selection.budget import Budget, select_to_budget
+from onnxprune.io.calib_data import CalibrationData
 from onnxprune.errors import SelectionError
-from onnxprune.masking import masked_model
+from onnxprune.rewrite.masking import masked_model
 from onnxprune.plan import Plan
-from onnxprune.runtime import session
+from onnxprune.runtime.session import session
 from tests.zoo_cache import zoo_path
 
 

@@ -21,16 +21,16 @@ from onnx import TensorProto, helper, numpy_helper
 
 from onnxprune.analysis import Analysis, analyze
 from onnxprune.api import apply_plan, plan_by_ratio
-from onnxprune.criteria.similarity import GroupVectors, greedy_removal, similarity_plan, similarity_scores
+from onnxprune.scoring.similarity import GroupVectors, greedy_removal, similarity_plan, similarity_scores
 from onnxprune.graph import GraphIndex
-from onnxprune.masking import masked_model
-from onnxprune.passes import (
+from onnxprune.rewrite.masking import masked_model
+from onnxprune.rewrite import (
     MergeRemovedChannelsPass, PruneContext, SliceWeightsPass, default_pipeline, run_passes,
 )
 from onnxprune.plan import Plan
-from onnxprune.prepare import prepare
-from onnxprune.runtime import random_inputs, run, session
-from onnxprune.selection import SelectionOptions, select
+from onnxprune.prepare.normalize import prepare
+from onnxprune.runtime.session import random_inputs, run, session
+from onnxprune.selection.select import SelectionOptions, select
 from tests.equivalence import RTOL, assert_matches_masked, check_pruned_model
 from tests.graphs import pass_fixture
 

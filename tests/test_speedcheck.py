@@ -1,4 +1,4 @@
-"""The quick speed check at the end of prune (onnxprune.speedcheck): the judgement on
+"""The quick speed check at the end of prune (onnxprune.verify.speedcheck): the judgement on
 synthetic paired timings, the adaptive round loop on a fake clock, and one real call whose
 result is checked for shape only (timings on a shared machine are not asserted)."""
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from onnxprune.errors import OnnxPruneError
-from onnxprune.speedcheck import (
+from onnxprune.verify.speedcheck import (
     MIN_ROUNDS,
     TOLERANCE,
     SpeedResult,

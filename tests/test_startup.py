@@ -26,7 +26,7 @@ import onnxprune
 from onnxprune._optional import TORCH_EXTRA, require_torch
 from onnxprune.errors import RuntimeUnavailableError
 from onnxprune.graph import GraphIndex
-from onnxprune.prepare import prepare
+from onnxprune.prepare.normalize import prepare
 
 DATA = Path(onnxprune.__file__).parent / "data"
 MODEL = DATA / "digits_cnn.onnx"
@@ -38,7 +38,7 @@ import contextlib, io, json, sys
 mode, report, commands = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
 if mode == "hide-torch":
     sys.modules["torch"] = None
-import onnxprune.api, onnxprune.calib, onnxprune.cli, onnxprune.recovery, onnxprune.train
+import onnxprune.api, onnxprune.scoring.calibrated, onnxprune.cli, onnxprune.recovery, onnxprune.train
 from onnxprune.recovery import METHODS
 assert METHODS
 results = []
@@ -158,16 +158,16 @@ def _probe_model(with_flatten: bool) -> onnx.ModelProto:
 
 def _sessions(monkeypatch) -> list[onnx.ModelProto]:
     """Record every model the probe hands to onnxruntime."""
-    import onnxprune.runtime
+    import onnxprune.runtime.session
 
     seen: list[onnx.ModelProto] = []
-    real = onnxprune.runtime.session
+    real = onnxprune.runtime.session.session
 
     def spy(model: onnx.ModelProto, *args: object, **kwargs: object) -> object:
         seen.append(model)
         return real(model, *args, **kwargs)
 
-    monkeypatch.setattr(onnxprune.runtime, "session", spy)
+    monkeypatch.setattr(onnxprune.runtime.session, "session", spy)
     return seen
 
 

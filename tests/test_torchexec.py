@@ -15,14 +15,14 @@ from onnx import TensorProto, helper, numpy_helper
 
 torch = pytest.importorskip("torch")
 
-from onnxprune.passes import PruneContext
+from onnxprune.rewrite import PruneContext
 
 from models import make_inputs
 from onnxprune.analysis import analyze
 from onnxprune.api import load
 from onnxprune.errors import RuntimeUnavailableError
-from onnxprune.masking import masked_model, random_masking_plan
-from onnxprune.runtime import run
+from onnxprune.rewrite.masking import masked_model, random_masking_plan
+from onnxprune.runtime.session import run
 from onnxprune.torchexec import OnnxModule
 from tests.zoo_cache import ZOO_NAMES, zoo_path
 

@@ -17,11 +17,11 @@ pytest.importorskip("sklearn")
 
 from onnxprune.analysis import analyze  # noqa: E402
 from onnxprune.api import load  # noqa: E402
-from onnxprune.calib import load_calibration  # noqa: E402
+from onnxprune.io.calib_data import load_calibration  # noqa: E402
 from onnxprune.errors import OnnxPruneError, SelectionError  # noqa: E402
-from onnxprune.flops import model_cost  # noqa: E402
-from onnxprune.masking import masked_model  # noqa: E402
-from onnxprune.runtime import run  # noqa: E402
+from onnxprune.analysis.flops import model_cost  # noqa: E402
+from onnxprune.rewrite.masking import masked_model  # noqa: E402
+from onnxprune.runtime.session import run  # noqa: E402
 from onnxprune.torchexec import OnnxModule  # noqa: E402
 from onnxprune.train import (  # noqa: E402
     METHODS,
@@ -37,7 +37,7 @@ from onnxprune.train import (  # noqa: E402
 from onnxprune.train.batchnorm import recalibrate_batchnorm  # noqa: E402
 from onnxprune.train.costs import UnitCosts  # noqa: E402
 from onnxprune.train.units import UnitIndex  # noqa: E402
-from onnxprune.verify import verify  # noqa: E402
+from onnxprune.verify.compare import verify  # noqa: E402
 from tests.trained import digits_split, trained_residual_cnn  # noqa: E402
 
 TARGET = 1 / 3  # 3x fewer FLOPs
@@ -314,7 +314,7 @@ def test_soft_flops_are_exact_for_hard_masks(trained):
 
 def test_cli_finetune(tmp_path, monkeypatch, capsys, trained, oneshot_pruned):
     from onnxprune.cli import main
-    from onnxprune.modelio import save_model
+    from onnxprune.io.modelio import save_model
 
     model, _, data = trained
     pruned_path, teacher_path, out = tmp_path / "pruned.onnx", tmp_path / "teacher.onnx", tmp_path / "tuned.onnx"

@@ -11,7 +11,7 @@ from onnx import TensorProto, helper
 from onnxprune.analysis import analyze
 from onnxprune.api import apply_plan, load
 from onnxprune.plan import Plan
-from onnxprune.prepare import prepare
+from onnxprune.prepare.normalize import prepare
 from tests.equivalence import assert_matches_masked, check_pruned_model, prune_randomly_and_check
 from tests.zoo_cache import zoo_path
 
@@ -112,7 +112,7 @@ def test_prune_hidden_is_opt_in_and_spans_every_layer(name):
     assert "/tok/Gather" in g.producers
     assert sum("attn/out" in p for p in g.producers) == 2 and sum("ffn.2" in p for p in g.producers) == 2
     from onnxprune.api import plan_by_ratio
-    from onnxprune.runtime import random_inputs, run
+    from onnxprune.runtime.session import random_inputs, run
 
     analysis = analyze(model, prune_hidden=True)
     plan = plan_by_ratio(model, analysis, ratio=0.25)
@@ -127,7 +127,7 @@ def test_prune_hidden_slices_the_class_token():
     """ViT's class token (a constant [1, 1, hidden] expanded to the batch and concatenated in
     front of the patch tokens) is sliced with the residual stream under --prune-hidden."""
     from onnxprune.api import plan_by_ratio
-    from onnxprune.runtime import random_inputs, run
+    from onnxprune.runtime.session import random_inputs, run
 
     model = load(zoo_path("vit"))
     assert not [g for g in analyze(model).prunable_groups if len(g.consumers) > 3]
@@ -152,10 +152,10 @@ def test_minilm_post_training_recovery_raises_cosine_at_half_the_flops(minilm):
     from benchmarks.minilm_table import RECOVERY, cosine
     from models.minilm import EVAL_SENTENCES, SENTENCES, tokenize
     from onnxprune.api import plan_to_budget, score_channels
-    from onnxprune.budget import Budget
-    from onnxprune.calib.data import CalibrationData
+    from onnxprune.selection.budget import Budget
+    from onnxprune.io.calib_data import CalibrationData
     from onnxprune.recovery import recover
-    from onnxprune.runtime import run
+    from onnxprune.runtime.session import run
 
     model = load(minilm)
     analysis = analyze(model)
@@ -211,7 +211,7 @@ def test_gpt2_style_conv1d_ffn_is_prunable(tmp_path):
     assert [g.size for g in analysis.prunable_groups] == [48]
     for seed in range(3):
         _, _, result = prune_randomly_and_check(model, seed=seed)
-    from onnxprune.runtime import run
+    from onnxprune.runtime.session import run
 
     x = np.random.default_rng(0).standard_normal((3, 7, 16)).astype(np.float32)
     assert run(result.model, {"x": x})["y"].shape == (3, 7, 16)

@@ -6,11 +6,11 @@ from __future__ import annotations
 import onnx
 import pytest
 
-from onnxprune.accounting import predicted_macs, predicted_params
+from onnxprune.analysis.accounting import predicted_macs, predicted_params
 from onnxprune.analysis import analyze
 from onnxprune.api import load
-from onnxprune.flops import model_cost
-from onnxprune.prepare import promote_constants
+from onnxprune.analysis.flops import model_cost
+from onnxprune.prepare.normalize import promote_constants
 from tests.equivalence import prune_randomly_and_check
 from tests.zoo_cache import ZOO_NAMES, zoo_path
 

@@ -15,9 +15,9 @@ from onnxprune.analysis import rules as _rules  # noqa: F401 - registers the rul
 from onnxprune.analysis.context import RuleContext
 from onnxprune.analysis.registry import Unsupported, rule_for
 from onnxprune.analysis.result import Analysis, BlockedRegion, Group
-from onnxprune.flops import model_cost, node_macs
+from onnxprune.analysis.flops import model_cost, node_macs
 from onnxprune.graph import GraphIndex, subgraph_inputs
-from onnxprune.modelio import fingerprint
+from onnxprune.io.modelio import fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +32,7 @@ def _distinct(ids: np.ndarray) -> np.ndarray:
 
 
 def analyze(model: onnx.ModelProto, *, ignore: Sequence[str] = (), prune_hidden: bool = False) -> Analysis:
-    """Find the coupled channel groups of a prepared model (see ``onnxprune.prepare``).
+    """Find the coupled channel groups of a prepared model (see ``onnxprune.prepare.normalize``).
 
     ``ignore`` holds node names or fnmatch patterns whose output channels must stay (their
     input channels follow their producers, as Torch-Pruning's ``ignored_layers``).

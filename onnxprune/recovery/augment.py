@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from onnxprune.calib.data import CalibrationData
+from onnxprune.io.calib_data import CalibrationData
 from onnxprune.recovery.errors import RecoveryError
 
 VIEWS = 4

@@ -12,7 +12,7 @@ import numpy as np
 
 from onnxprune.analysis import Analysis
 from onnxprune.analysis.context import ConsumerRef
-from onnxprune.passes import PruneContext
+from onnxprune.rewrite import PruneContext
 from onnxprune.plan import Plan
 
 

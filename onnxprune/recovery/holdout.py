@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
-from onnxprune.calib.data import CalibrationData
+from onnxprune.io.calib_data import CalibrationData
 from onnxprune.recovery.probe import Probe
 
 MIN_HELD = 4  # held-out samples wanted at least (half the set when it is smaller than 8)

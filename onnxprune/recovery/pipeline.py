@@ -32,7 +32,7 @@ import numpy as np
 import onnx
 
 from onnxprune.analysis import Analysis
-from onnxprune.calib.data import CalibrationData
+from onnxprune.io.calib_data import CalibrationData
 from onnxprune.graph import GraphIndex, attr
 from onnxprune.plan import Plan
 from onnxprune.recovery import bn as bn_stats

@@ -12,9 +12,9 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 import onnx
 
-from onnxprune.calib.data import CalibrationData
+from onnxprune.io.calib_data import CalibrationData
 from onnxprune.graph import GraphIndex, static_batch
-from onnxprune.runtime import session
+from onnxprune.runtime.session import session
 
 
 def expose(model: onnx.ModelProto, names: Sequence[str]) -> onnx.ModelProto:

@@ -17,7 +17,7 @@ from collections.abc import Mapping
 import numpy as np
 import onnx
 
-from onnxprune.calib.data import CalibrationData
+from onnxprune.io.calib_data import CalibrationData
 from onnxprune.graph import GraphIndex
 
 

@@ -234,7 +234,7 @@ class OnnxModule(torch.nn.Module):
         if not steps:
             raise KeyError(f"no node named '{node_name}' in this model")
         if len(steps) > 1:
-            raise ValueError(f"node name '{node_name}' is not unique (onnxprune.prepare.prepare names every node)")
+            raise ValueError(f"node name '{node_name}' is not unique (onnxprune.prepare.normalize.prepare names every node)")
         step = steps[0]
         if not 0 <= slot < len(step.inputs) or not step.inputs[slot]:
             raise IndexError(f"node '{node_name}' ({step.node.op_type}) has no input in slot {slot}")

@@ -8,7 +8,7 @@ checkpoints, exact resume) and pruning methods that train while they prune:
 - ``learned_threshold_prune``: Manessi et al. 2017, learned per-group thresholds on channel saliency.
 
 Every method returns a ``TrainPruneResult`` whose model was rewritten by
-``onnxprune.api.apply_plan`` from a ``Plan`` (so ``onnxprune.verify`` works on it).
+``onnxprune.api.apply_plan`` from a ``Plan`` (so ``onnxprune.verify.compare`` works on it).
 Needs torch.
 """
 

@@ -1,9 +1,9 @@
 """FLOPs of any set of removed units, the legal removal counts (round_to, min_channels,
-max_ratio, as ``onnxprune.selection``), the budget's reachability, a differentiable
+max_ratio, as ``onnxprune.selection.select``), the budget's reachability, a differentiable
 ("soft") FLOPs count for masks in [0, 1], and the Plan of a removed set.
 
 Removed sets are boolean [n_units] masks over ``UnitIndex``; FLOPs = 2 x MACs of
-``onnxprune.accounting.CostModel`` (exact for Conv, ConvTranspose, Gemm and MatMul).
+``onnxprune.analysis.accounting.CostModel`` (exact for Conv, ConvTranspose, Gemm and MatMul).
 """
 
 from __future__ import annotations
@@ -15,12 +15,12 @@ from typing import Any
 import numpy as np
 import onnx
 
-from onnxprune.accounting import WEIGHT_SLOT, CostModel
+from onnxprune.analysis.accounting import WEIGHT_SLOT, CostModel
 from onnxprune.analysis import Analysis
-from onnxprune.budget import Budget
+from onnxprune.selection.budget import Budget
 from onnxprune.errors import SelectionError
 from onnxprune.plan import Plan
-from onnxprune.selection import SelectionOptions, legal_keep_count
+from onnxprune.selection.select import SelectionOptions, legal_keep_count
 from onnxprune.train.units import UnitIndex
 
 

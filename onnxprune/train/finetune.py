@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import onnx
 
-from onnxprune.calib.data import CalibrationData
+from onnxprune.io.calib_data import CalibrationData
 from onnxprune.train.config import TrainConfig, make_config
 from onnxprune.train.loop import Trainer
 

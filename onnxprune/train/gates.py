@@ -3,7 +3,7 @@ value where consumers read them (the analysis's ConsumerRefs), exactly where the
 reference inserts its 0/1 Mul. A gate of 0 is therefore exactly the unit's removal, and a
 model trained with 0 gates equals, once pruned, the pruned model with the same weights.
 
-Unlike ``onnxprune.calib.gates`` (per-example gates for scoring), one [n_units] vector
+Unlike ``onnxprune.scoring.gates`` (per-example gates for scoring), one [n_units] vector
 applies to the whole batch; it may be a hard 0/1 mask, a Bernoulli sample (SPP) or a soft,
 differentiable mask (learned thresholds).
 """

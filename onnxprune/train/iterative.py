@@ -7,8 +7,8 @@ global ranking); fine-tune ``steps_per_round`` steps with distillation from the 
 until the FLOPs budget is met, then fine-tune for the rest of ``steps``.
 
 Removed units are masked with 0 gates at their consumers; scoring runs
-``onnxprune.calib.calibration_scores`` on the masked reference of the current weights
-(``onnxprune.masking.masked_model``), so a removed unit scores 0 and the remaining ones
+``onnxprune.scoring.calibrated.calibration_scores`` on the masked reference of the current weights
+(``onnxprune.rewrite.masking.masked_model``), so a removed unit scores 0 and the remaining ones
 are scored in the network as it is. Rounds keep every group's count legal (round_to,
 min_channels, max_ratio); if ``steps`` runs out before the budget is met, rounds go on
 until it is.
@@ -23,9 +23,9 @@ import numpy as np
 import onnx
 
 from onnxprune.analysis import Analysis
-from onnxprune.calib import calibration_scores
-from onnxprune.calib.data import CalibrationData
-from onnxprune.masking import masked_model
+from onnxprune.scoring.calibrated import calibration_scores
+from onnxprune.io.calib_data import CalibrationData
+from onnxprune.rewrite.masking import masked_model
 from onnxprune.train.config import TrainConfig
 from onnxprune.train.errors import TrainingError
 from onnxprune.train.loop import TrainHooks, Trainer

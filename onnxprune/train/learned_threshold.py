@@ -39,8 +39,8 @@ import numpy as np
 import onnx
 
 from onnxprune.analysis import Analysis
-from onnxprune.budget import Budget, select_to_budget
-from onnxprune.calib.data import CalibrationData
+from onnxprune.selection.budget import Budget, select_to_budget
+from onnxprune.io.calib_data import CalibrationData
 from onnxprune.train.config import TrainConfig
 from onnxprune.train.errors import TrainingError
 from onnxprune.train.loop import TrainHooks, Trainer

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from onnxprune.calib.data import CalibrationData, CalibrationError
+from onnxprune.io.calib_data import CalibrationData, CalibrationError
 from onnxprune.train.checkpoint import check_meta, load_checkpoint, restore_rng, save_checkpoint
 from onnxprune.train.config import TrainConfig
 from onnxprune.train.errors import TrainingError

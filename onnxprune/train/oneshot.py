@@ -2,7 +2,7 @@
 
 The baseline the training-time methods are compared with: score once (default
 taylor-fo on the calibration data), allocate globally to the budget
-(``onnxprune.budget.select_to_budget``), rewrite with ``apply_plan``, then ``finetune`` the
+(``onnxprune.selection.budget.select_to_budget``), rewrite with ``apply_plan``, then ``finetune`` the
 pruned (smaller) model against the original as teacher, after re-estimating its
 BatchNorm statistics (``recalibrate_bn``). ``steps=0`` skips the training (and the
 re-estimation: the result is the plain one-shot pruned model).
@@ -16,9 +16,9 @@ import onnx
 
 from onnxprune.analysis import Analysis, analyze
 from onnxprune.api import apply_plan, plan_to_budget, score_channels
-from onnxprune.budget import Budget
-from onnxprune.calib.data import CalibrationData
-from onnxprune.criteria import DATA_FREE
+from onnxprune.selection.budget import Budget
+from onnxprune.io.calib_data import CalibrationData
+from onnxprune.scoring.data_free import DATA_FREE
 from onnxprune.train.config import TrainConfig, make_config
 from onnxprune.train.finetune import finetune
 from onnxprune.train.iterative import score_subset

@@ -15,7 +15,7 @@ import onnx
 
 from onnxprune.analysis import Analysis, analyze
 from onnxprune.api import PruneResult, apply_plan
-from onnxprune.calib.data import CalibrationData
+from onnxprune.io.calib_data import CalibrationData
 from onnxprune.errors import SelectionError
 from onnxprune.plan import Plan
 from onnxprune.train.config import TrainConfig, make_config

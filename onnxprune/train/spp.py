@@ -13,7 +13,7 @@ in the group, R its target ratio). p is clipped to [0, 1]; a unit whose p reache
 removed for good; a group is done when R N of its units are. A unit pruned too eagerly
 early can still recover, as long as its p has not reached 1.
 
-The per-group targets R N come from the FLOPs budget: ``onnxprune.budget.select_to_budget``
+The per-group targets R N come from the FLOPs budget: ``onnxprune.selection.budget.select_to_budget``
 on the L1 scores (one global allocation, legal counts with round_to). Removing them meets
 the budget, whichever units of each group go. If groups are still open when
 ``prune_fraction`` of the steps has passed, their units with the highest p are removed
@@ -30,9 +30,9 @@ import numpy as np
 import onnx
 
 from onnxprune.analysis import Analysis
-from onnxprune.budget import Budget, select_to_budget
-from onnxprune.calib.data import CalibrationData
-from onnxprune.criteria import score
+from onnxprune.selection.budget import Budget, select_to_budget
+from onnxprune.io.calib_data import CalibrationData
+from onnxprune.scoring.data_free import score
 from onnxprune.graph import GraphIndex
 from onnxprune.train.config import TrainConfig
 from onnxprune.train.errors import TrainingError

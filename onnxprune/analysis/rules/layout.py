@@ -320,7 +320,7 @@ def _match_blocks(a: tuple[Dim, ...], b: tuple[Dim, ...]) -> list[tuple[list[int
 
 
 def _probe_sizes(shape: tuple[Dim, ...], run: int) -> tuple[int, ...] | None:
-    """The concrete shape of one of the two shape-probe runs (``onnxprune.probe`` names a
+    """The concrete shape of one of the two shape-probe runs (``onnxprune.prepare.shape_probe`` names a
     dynamic dim ``d<run 0 size>_<run 1 size>``); None when a dim is of another kind."""
     out = []
     for d in shape:

@@ -1,0 +1,85 @@
+"""What a plan will cost, computed from the analysis alone (no rewrite).
+
+Parameters: every initializer's size with its tracked axes cut to their kept counts
+(a shared weight sliced two ways counts once per distinct slice, as the rewrite copies
+it). MACs: every weighted node's MACs times the kept fraction of each tracked axis of its
+weight (output rows, input columns), which is exact for Conv, ConvTranspose, Gemm and
+MatMul; a MatMul of two activations scales with its live output axes (heads) and its
+contracted axis.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+
+import numpy as np
+import onnx
+
+from onnxprune.analysis import Analysis
+from onnxprune.analysis.flops import is_parameter
+from onnxprune.graph import GraphIndex
+from onnxprune.plan import Plan
+
+WEIGHT_SLOT = 1
+
+
+class CostModel:
+    """Parameters and MACs of the model for any set of removed units, quickly."""
+
+    def __init__(self, model: onnx.ModelProto, analysis: Analysis) -> None:
+        self.analysis = analysis
+        index = GraphIndex(model)
+        refs: dict[tuple[str, int], list[tuple[int, np.ndarray]]] = defaultdict(list)
+        for ref in analysis.params:
+            refs[(ref.node, ref.slot)].append((ref.axis, analysis.roots[ref.elems]))
+        self._inits: list[tuple[tuple[int, ...], list[list[tuple[int, np.ndarray]]]]] = []
+        for name, tensor in index.initializers.items():
+            users = index.users(name)
+            if users and is_parameter(tensor):
+                shape = index.const_shape(name) or ()
+                self._inits.append((shape, [refs.get((n.name, s), []) for n, s in users]))
+        self._macs: list[tuple[int, list[np.ndarray]]] = []
+        for node_name, macs in analysis.node_macs.items():
+            if macs:
+                axes = [roots for _, roots in refs.get((node_name, WEIGHT_SLOT), [])]
+                axes += [analysis.roots[elems] for elems in analysis.mac_axes.get(node_name, [])]
+                self._macs.append((macs, axes))
+
+    def _removed_mask(self, removed_units: np.ndarray) -> np.ndarray:
+        mask = np.zeros(len(self.analysis.roots), dtype=bool)
+        mask[removed_units] = True
+        return mask
+
+    def params(self, removed_units: np.ndarray) -> int:
+        removed = self._removed_mask(removed_units)
+        total = 0
+        for shape, uses in self._inits:
+            variants = set()
+            for axes in uses:
+                dims = list(shape)
+                for axis, roots in axes:
+                    dims[axis] = int((~removed[roots]).sum())
+                variants.add(tuple(dims))
+            total += sum(math.prod(v) for v in variants)
+        return total
+
+    def macs(self, removed_units: np.ndarray) -> int:
+        removed = self._removed_mask(removed_units)
+        total = 0.0
+        for macs, axes in self._macs:
+            frac = 1.0
+            for roots in axes:
+                frac *= float((~removed[roots]).sum()) / len(roots)
+            total += macs * frac
+        return int(round(total))
+
+
+def predicted_params(model: onnx.ModelProto, analysis: Analysis, plan: Plan) -> int:
+    """Parameters of the pruned model, predicted from the plan."""
+    return CostModel(model, analysis).params(plan.removed_units(analysis))
+
+
+def predicted_macs(model: onnx.ModelProto, analysis: Analysis, plan: Plan) -> int:
+    """MACs of the pruned model, predicted from the plan."""
+    return CostModel(model, analysis).macs(plan.removed_units(analysis))

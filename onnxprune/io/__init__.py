@@ -1,0 +1,1 @@
+"""Model and data input/output: loading and saving models (external data included), atomic files, calibration data."""

@@ -1,0 +1,1 @@
+"""Preparation: normalise a loaded model (names, constants, shapes) before analysis."""

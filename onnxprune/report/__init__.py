@@ -1,0 +1,1 @@
+"""Human-readable reports: rich tables and plots."""

@@ -1,0 +1,1 @@
+"""onnxruntime sessions: providers, inputs, runs and timing."""

@@ -1,0 +1,284 @@
+"""Data-driven importance of every prunable unit, from a calibration pass in torch.
+
+Criteria (higher = keep):
+- ``taylor-fo`` (Molchanov 2019): (g * dL/dg)^2 of the unit's gate, per minibatch, averaged;
+- ``taylor-so``: the squared per-example gradients (Fisher / Gauss-Newton surrogate);
+- ``taylor-act`` (Molchanov 2016): |mean over positions of a * dL/da| per example,
+  averaged, L2-normalised per group, optionally minus ``flops_reg`` x the unit's share of FLOPs;
+- ``activation``: mean activation; ``apoz``: minus the average percentage of zeros;
+- ``oracle``: the true change of loss when the unit alone is removed.
+
+Losses: cross-entropy with integer labels, MSE with float labels; without labels,
+pseudo-labels (the model's own argmax) for classifiers and, for any other output, a random
+projection of the outputs (its squared gradients estimate the Gauss-Newton diagonal; a
+distillation loss would have zero gradient at g = 1). Scores of a unit with several
+consumers are reduced over them: ``sum`` (one shared gate: exact first order), ``mean``
+or ``max`` of the per-consumer scores.
+
+Under ``torch.distributed`` (torchrun; gloo on CPU, nccl on GPU), each process scores its
+shard of every global batch and the per-batch gradient sums are all-reduced before
+squaring, so the result equals one process on the same data.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+
+import numpy as np
+import onnx
+
+from onnxprune.analysis import Analysis
+from onnxprune.io.calib_data import CalibrationData, CalibrationError
+from onnxprune.scoring.gates import Gates, gate_layout
+from onnxprune.errors import SelectionError
+from onnxprune.graph import GraphIndex, static_batch
+
+log = logging.getLogger(__name__)
+
+DATA_DRIVEN = ("taylor-fo", "taylor-so", "taylor-act", "activation", "apoz", "oracle")
+REDUCTIONS = ("sum", "mean", "max")
+LOSSES = ("auto", "ce", "mse", "pseudo", "fisher")
+
+
+def calibration_scores(model: onnx.ModelProto, analysis: Analysis, data: CalibrationData, criterion: str, *,
+                       loss: str = "auto", reduction: str = "sum", batch_size: int = 32, device: str = "cpu",
+                       flops_reg: float = 0.0, seed: int = 0, projections: int = 1,
+                       progress: Callable[[int, int], None] | None = None) -> dict[str, np.ndarray]:
+    """Score every prunable group's units with a data-driven criterion.
+
+    ``projections``: passes over the calibration set, each with fresh random projections for
+    the label-free 'fisher' loss (its estimate of the Gauss-Newton diagonal averages them:
+    more projections, less noise, when samples are few)."""
+    if criterion not in DATA_DRIVEN:
+        raise SelectionError(f"unknown data-driven criterion '{criterion}' (choose from {', '.join(DATA_DRIVEN)})")
+    if reduction not in REDUCTIONS:
+        raise SelectionError(f"reduction must be one of {', '.join(REDUCTIONS)}, got {reduction!r}")
+    if loss not in LOSSES:
+        raise SelectionError(f"loss must be one of {', '.join(LOSSES)}, got {loss!r}")
+    if len(data) == 0:
+        raise CalibrationError("calibration set is empty")
+    if projections < 1:
+        raise SelectionError(f"projections must be >= 1, got {projections}")
+    if projections > 1:
+        data = CalibrationData({k: np.concatenate([v] * projections) for k, v in data.inputs.items()},
+                               None if data.labels is None else np.concatenate([data.labels] * projections))
+    from onnxprune._optional import require_torch
+
+    torch = require_torch(f"scoring with '{criterion}'")
+    from onnxprune.torchexec import OnnxModule
+
+    fixed = static_batch(model)
+    if fixed and fixed != batch_size:
+        log.info("the model's batch dimension is fixed at %d: calibrating in batches of %d", fixed, fixed)
+        batch_size = fixed
+    module = OnnxModule(model, trainable=lambda name: False).to(device).eval()
+    layout = gate_layout(analysis)
+    gates = Gates(module, layout)
+    run = _Runner(module, gates, data, _loss(loss, data, model), batch_size, torch.device(device), seed, progress)
+    try:
+        if criterion == "oracle":
+            unit_scores = run.oracle(layout.n_units)
+            return _per_group(analysis, layout.unit_offsets, unit_scores)
+        gates.record_stats = criterion in ("activation", "apoz")
+        acc = run.accumulate(need_grad=criterion.startswith("taylor"))
+    finally:
+        gates.remove()
+    entry_scores, unit_scores = _criterion_values(criterion, acc, layout)
+    if reduction != "sum" or criterion in ("activation", "apoz"):
+        unit_scores = _reduce_entries(entry_scores, layout.entry_unit, layout.n_units,
+                                      "mean" if reduction == "sum" else reduction)
+    scores = _per_group(analysis, layout.unit_offsets, unit_scores)
+    if criterion == "taylor-act":
+        scores = _normalise_per_group(scores, analysis, flops_reg)
+    return scores
+
+
+class _Runner:
+    def __init__(self, module, gates: Gates, data: CalibrationData, loss_fn, batch_size: int,  # noqa: ANN001
+                 device, seed: int, progress) -> None:  # noqa: ANN001
+        import torch.distributed as dist
+
+        self.module, self.gates, self.loss_fn, self.device, self.seed = module, gates, loss_fn, device, seed
+        self.batch_size, self.progress = batch_size, progress
+        self.distributed = dist.is_available() and dist.is_initialized()
+        self.world = dist.get_world_size() if self.distributed else 1
+        rank = dist.get_rank() if self.distributed else 0
+        self.total_batches = -(-len(data) // (batch_size * self.world))
+        self.local = data.shard(rank, self.world, batch_size) if self.distributed else data
+
+    def _batches(self):  # noqa: ANN202
+        batches = list(self.local.batches(self.batch_size))
+        for step in range(self.total_batches):
+            yield step, (batches[step] if step < len(batches) else None)
+
+    def _forward_loss(self, feeds, labels, step: int):  # noqa: ANN001, ANN202
+        import torch
+
+        tensors = {k: torch.as_tensor(v, device=self.device) for k, v in feeds.items()}
+        outputs = self.module(**tensors)
+        outputs = outputs if isinstance(outputs, tuple) else (outputs,)
+        return self.loss_fn(outputs, labels, torch.Generator().manual_seed(self.seed * 100003 + step))
+
+    def accumulate(self, need_grad: bool) -> dict:
+        """Per entry ('e') and per unit ('u'): first-order (squared batch sums), second-order
+        (sums of squared per-example gradients), and sums of |per-example gradient|."""
+        import torch
+
+        layout = self.gates.layout
+        e, u = len(layout.entry_unit), layout.n_units
+        entry_unit = torch.as_tensor(layout.entry_unit)
+        acc = {f"{k}_{s}": torch.zeros(e if s == "e" else u, dtype=torch.float64)
+               for k in ("fo", "so", "abs") for s in ("e", "u")}
+        n = torch.zeros(1, dtype=torch.float64)
+        for step, batch in self._batches():
+            grad_sum = torch.zeros(e, dtype=torch.float64)
+            if batch is not None:
+                feeds, labels = batch
+                size = len(next(iter(feeds.values())))
+                values = self.gates.new_batch(size, self.device, requires_grad=need_grad)
+                with torch.set_grad_enabled(need_grad):
+                    loss = self._forward_loss(feeds, labels, step)
+                    if need_grad:
+                        (grad,) = torch.autograd.grad(loss, values)
+                        g = grad.double().cpu()
+                        g_unit = torch.zeros(size, u, dtype=torch.float64).index_add_(1, entry_unit, g)
+                        grad_sum = g.sum(0)
+                        acc["so_e"] += (g**2).sum(0)
+                        acc["so_u"] += (g_unit**2).sum(0)
+                        acc["abs_e"] += g.abs().sum(0)
+                        acc["abs_u"] += g_unit.abs().sum(0)
+                n += size
+            grad_sum = self._all_reduce(grad_sum)
+            acc["fo_e"] += grad_sum**2
+            acc["fo_u"] += torch.zeros(u, dtype=torch.float64).index_add_(0, entry_unit, grad_sum) ** 2
+            if self.progress:
+                self.progress(step + 1, self.total_batches)
+        for key in ("so_e", "so_u", "abs_e", "abs_u"):
+            acc[key] = self._all_reduce(acc[key])
+        for name in ("act_sum", "zero_sum", "example_count"):
+            acc[name] = self._all_reduce(getattr(self.gates, name))
+        acc["n"] = float(self._all_reduce(n).item()) or 1.0
+        acc["batches"] = self.total_batches
+        return acc
+
+    def oracle(self, n_units: int) -> np.ndarray:
+        import torch
+
+        def total_loss(masked: np.ndarray | None) -> float:
+            self.gates.masked_units = masked
+            value = torch.zeros(1, dtype=torch.float64)
+            with torch.no_grad():
+                for step, batch in self._batches():
+                    if batch is not None:
+                        feeds, labels = batch
+                        self.gates.new_batch(len(next(iter(feeds.values()))), self.device, requires_grad=False)
+                        value += float(self._forward_loss(feeds, labels, step))
+            return float(self._all_reduce(value))
+
+        base = total_loss(None)
+        scores = np.zeros(n_units)
+        for u in range(n_units):
+            scores[u] = total_loss(np.array([u])) - base
+            if self.progress:
+                self.progress(u + 1, n_units)
+        self.gates.masked_units = None
+        return scores
+
+    def _all_reduce(self, t):  # noqa: ANN001, ANN202
+        if self.distributed:
+            import torch.distributed as dist
+
+            t = t.clone()
+            dist.all_reduce(t)
+        return t
+
+
+def _loss(kind: str, data: CalibrationData, model: onnx.ModelProto):  # noqa: ANN202
+    """A loss summed over examples (so per-example gradients decompose it)."""
+    import torch
+    import torch.nn.functional as F
+
+    labels = data.labels
+    if kind == "auto":
+        if labels is not None:
+            kind = "ce" if np.issubdtype(labels.dtype, np.integer) else "mse"
+        else:
+            kind = "pseudo" if _classifier_like(model) else "fisher"
+    if kind in ("ce", "mse") and labels is None:
+        raise CalibrationError(f"loss '{kind}' needs labels")
+    log.info("calibration loss: %s", kind)
+
+    def fn(outputs, batch_labels, generator):  # noqa: ANN001, ANN202
+        first = outputs[0]
+        if kind == "ce":
+            return F.cross_entropy(first, torch.as_tensor(batch_labels, device=first.device).long(), reduction="sum")
+        if kind == "mse":
+            target = torch.as_tensor(batch_labels, device=first.device, dtype=first.dtype).reshape(first.shape)
+            return F.mse_loss(first, target, reduction="sum")
+        if kind == "pseudo":
+            return F.cross_entropy(first, first.detach().argmax(-1), reduction="sum")
+        total = first.new_zeros(())
+        for out in outputs:  # fisher: a random projection of every float output
+            if out.is_floating_point():
+                r = torch.randn(out.shape, generator=generator).to(out.device, out.dtype)
+                total = total + (out * r).sum()
+        return total
+
+    return fn
+
+
+def _criterion_values(criterion: str, acc: dict, layout) -> tuple[np.ndarray, np.ndarray]:  # noqa: ANN001
+    """(per-entry scores, per-unit scores with one shared gate per unit)."""
+    import torch
+
+    n, batches = acc["n"], max(1, acc["batches"])
+    if criterion == "taylor-fo":
+        return (acc["fo_e"] / batches).numpy(), (acc["fo_u"] / batches).numpy()
+    if criterion == "taylor-so":
+        return (acc["so_e"] / n).numpy(), (acc["so_u"] / n).numpy()
+    if criterion == "taylor-act":
+        positions = torch.as_tensor(np.maximum(layout.positions, 1.0))
+        unit_positions = np.ones(layout.n_units)
+        np.maximum.at(unit_positions, layout.entry_unit, np.maximum(layout.positions, 1.0))
+        return (acc["abs_e"] / positions / n).numpy(), (acc["abs_u"] / n).numpy() / unit_positions
+    count = torch.clamp(acc["example_count"][:-1], min=1.0)
+    if criterion == "activation":
+        entry = (acc["act_sum"][:-1] / count).numpy()
+    else:  # apoz: fewer zeros = more important
+        entry = -(acc["zero_sum"][:-1] / count).numpy()
+    return entry, _reduce_entries(entry, layout.entry_unit, layout.n_units, "mean")
+
+
+def _classifier_like(model: onnx.ModelProto) -> bool:
+    """A first output of shape [batch, classes] is treated as class scores."""
+    shape = GraphIndex(model).shape(model.graph.output[0].name)
+    return shape is not None and len(shape) == 2 and isinstance(shape[1], int) and shape[1] > 1
+
+
+def _reduce_entries(entry: np.ndarray, entry_unit: np.ndarray, n_units: int, how: str) -> np.ndarray:
+    out = np.full(n_units, -np.inf if how == "max" else 0.0)
+    if how == "max":
+        np.maximum.at(out, entry_unit, entry)
+        return np.where(np.isinf(out), 0.0, out)
+    np.add.at(out, entry_unit, entry)
+    counts = np.bincount(entry_unit, minlength=n_units)
+    return out / np.maximum(counts, 1)
+
+
+def _per_group(analysis: Analysis, offsets: Mapping[str, int], unit_scores: np.ndarray) -> dict[str, np.ndarray]:
+    return {gid: np.asarray(unit_scores[off: off + analysis.group(gid).size], dtype=np.float64)
+            for gid, off in offsets.items()}
+
+
+def _normalise_per_group(scores: dict[str, np.ndarray], analysis: Analysis, flops_reg: float) -> dict[str, np.ndarray]:
+    """Molchanov 2016: divide by the group's L2 norm; optionally subtract lambda x FLOPs share."""
+    max_macs = max((float(g.unit_macs.max()) for g in analysis.prunable_groups if g.size), default=1.0) or 1.0
+    out = {}
+    for gid, s in scores.items():
+        norm = float(np.sqrt((s**2).sum()))
+        s = s / norm if norm > 0 else s
+        if flops_reg:
+            s = s - flops_reg * analysis.group(gid).unit_macs / max_macs
+        out[gid] = s
+    return out

@@ -1,0 +1,1 @@
+"""Selection: from scores and a budget (ratio, MACs, parameters, latency) to a plan of kept units."""

@@ -1,0 +1,1 @@
+"""Verification: compare a pruned model with its original (outputs, perplexity, speed)."""

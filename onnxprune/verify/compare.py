@@ -1,0 +1,351 @@
+"""Compare a pruned model with its original in onnxruntime: output agreement, accuracy,
+parameters, FLOPs, size on disk, and latency per execution provider and batch size.
+
+The report is a plain dict (JSON-serialisable):
+
+``original`` / ``pruned``
+    ``params``, ``macs``, ``flops`` (2 x MACs), ``size_bytes`` (file and external data on
+    disk, or the serialised size), ``latency_ms`` (p50/p90/mean/min of the first provider
+    and batch size) and ``latency`` (``{provider: {batch: {p50, p90, ...}}}``).
+``outputs``
+    per output: ``original_shape``, ``pruned_shape``, ``max_abs_diff``, ``mean_abs_diff``,
+    ``rel_max_abs_diff`` (over the original's largest magnitude), ``cosine`` (mean per-sample
+    cosine similarity), ``cosine_min``, ``top1_agreement`` / ``top5_agreement`` for
+    classifier-like outputs ([N, classes]; top-5: the original's top-1 class is among the
+    pruned model's five best), ``diff_histogram`` ({edges, counts} of pruned - original).
+``accuracy`` (labels given)
+    ``original``, ``pruned`` (top-1) and ``top5_original``, ``top5_pruned`` when there are
+    more than five classes.
+ratios and speed
+    ``params_ratio``, ``macs_ratio``, ``flops_ratio``, ``size_ratio`` (pruned / original),
+    ``speedup`` (p50 original / pruned, first provider and batch size), ``speedups``
+    (per provider and batch size), ``latency_skipped`` (batch sizes a static batch refuses).
+``inputs``
+    ``"given"``, or ``"random"`` when no feeds were given (``RANDOM_SAMPLES`` random samples
+    compared; latency timed on one).
+``language_model`` (given integer token windows and a [N, seq, vocab] logits output)
+    perplexity of both models over the windows (padding ignored with an ``attention_mask``)
+    and tokens per second of the first timed provider and batch (``lm_eval.language_model_report``).
+
+``check_tolerances`` turns a report into a pass / fail verdict (``verify --atol ...``).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from onnxprune.errors import ModelLoadError, ModelMismatchError, ModelRunError, OnnxPruneError
+from onnxprune.analysis.flops import model_cost
+from onnxprune.prepare.normalize import prepare
+from onnxprune.runtime.session import Feeds, ort_error_text, random_inputs, random_samples, session
+
+HIST_BINS = 41
+RANDOM_SAMPLES = 8  # compared when no inputs are given: enough for agreement to mean something
+
+
+def load_inputs(path: str | os.PathLike[str], model: onnx.ModelProto) -> Feeds:
+    """Feeds from an .npz whose arrays are named after the model's inputs."""
+    from onnxprune.io.fileutil import read_arrays
+
+    p = Path(path)
+    if not p.exists():
+        raise ModelLoadError(f"{p}: inputs file not found")
+    data = read_arrays(p, error=ModelLoadError)  # never unpickles; any failure names the file
+    names = [vi.name for vi in model.graph.input if vi.name not in {t.name for t in model.graph.initializer}]
+    missing = [n for n in names if n not in data]
+    if missing:
+        raise ModelLoadError(f"{p}: no array for model input(s) {', '.join(missing)} (has: {', '.join(data)})")
+    return {n: data[n] for n in names}
+
+
+def run_batched(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray], *, chunk: int = 256,
+                optimize: bool = False) -> dict[str, np.ndarray]:
+    """Outputs for every sample of ``feeds``: in chunks of the model's fixed batch size (or of
+    ``chunk`` samples for a dynamic batch), concatenated. Exact (optimisations off) by default."""
+    from onnxprune.graph import batch_axes, static_batch
+
+    sess = session(model, optimize=optimize)
+    names = [o.name for o in sess.get_outputs()]
+    feeds = {k: np.asarray(v) for k, v in feeds.items()}
+    axes = {k: a for k, a in batch_axes(model).items() if k in feeds and feeds[k].ndim > a}
+    n = min((feeds[k].shape[a] for k, a in axes.items()), default=0)
+    step = static_batch(model) or chunk
+    if n == 0 or n == step or (n < step and not static_batch(model)):
+        return dict(zip(names, sess.run(names, feeds)))
+    parts: list[list[np.ndarray]] = [[] for _ in names]
+    for start in range(0, n, step):
+        real = min(step, n - start)
+        idx = start + np.arange(step) % real  # a short last chunk of a fixed batch is padded, then cut
+        outs = sess.run(names, {k: np.take(v, idx, axis=axes[k]) if k in axes else v for k, v in feeds.items()})
+        for i, o in enumerate(outs):
+            parts[i].append(o[:real] if o.ndim and len(o) == step else o)
+    return {name: np.concatenate(p) if p[0].ndim else p[-1] for name, p in zip(names, parts)}
+
+
+def disk_size(model: onnx.ModelProto, path: str | os.PathLike[str] | None = None) -> int:
+    """Bytes on disk: the file plus its external data files; without a path, the serialised size."""
+    if path is None or not Path(path).exists():
+        return int(model.ByteSize())
+    p = Path(path)
+    total = p.stat().st_size
+    locations = set()
+    for t in model.graph.initializer:
+        for entry in t.external_data:
+            if entry.key == "location":
+                locations.add(entry.value)
+    for loc in locations:
+        f = p.parent / loc
+        if f.exists():
+            total += f.stat().st_size
+    return int(total)
+
+
+def _is_classifier(a: np.ndarray) -> bool:
+    return a.ndim == 2 and a.shape[-1] > 1 and np.issubdtype(a.dtype, np.floating)
+
+
+def compare_outputs(a: np.ndarray, b: np.ndarray | None, *, bins: int = HIST_BINS) -> dict[str, Any]:
+    """Agreement of one output of the pruned model (``b``) with the original's (``a``)."""
+    entry: dict[str, Any] = {"original_shape": list(a.shape), "pruned_shape": None if b is None else list(b.shape)}
+    if b is None or a.shape != b.shape:
+        entry.update(max_abs_diff=float("nan"), mean_abs_diff=float("nan"), cosine=None, top1_agreement=None)
+        return entry
+    a64, b64 = a.astype(np.float64), b.astype(np.float64)
+    signed = b64 - a64
+    diff = np.abs(signed)
+    scale = float(np.abs(a64).max()) if a64.size else 0.0
+    entry["max_abs_diff"] = float(diff.max()) if diff.size else 0.0
+    entry["mean_abs_diff"] = float(diff.mean()) if diff.size else 0.0
+    entry["rel_max_abs_diff"] = entry["max_abs_diff"] / scale if scale else entry["max_abs_diff"]
+    entry["max_abs_original"] = scale
+    if a.size:
+        flat_a = a64.reshape(len(a64), -1) if a64.ndim > 1 else a64.reshape(1, -1)
+        flat_b = b64.reshape(flat_a.shape)
+        na, nb = np.linalg.norm(flat_a, axis=1), np.linalg.norm(flat_b, axis=1)
+        dots = (flat_a * flat_b).sum(axis=1)
+        both_zero = (na == 0) & (nb == 0)
+        cos = np.where(both_zero, 1.0, dots / np.maximum(na * nb, 1e-300))
+        entry["cosine"] = float(np.clip(cos, -1.0, 1.0).mean())
+        entry["cosine_min"] = float(np.clip(cos, -1.0, 1.0).min())
+        finite = signed[np.isfinite(signed)]
+        if finite.size:
+            lim = float(np.abs(finite).max()) or 1e-12
+            counts, edges = np.histogram(finite, bins=bins, range=(-lim, lim))
+            entry["diff_histogram"] = {"edges": [float(e) for e in edges], "counts": [int(c) for c in counts]}
+    else:
+        entry["cosine"] = 1.0
+    if _is_classifier(a):
+        top_a = a.argmax(-1)
+        entry["top1_agreement"] = float((top_a == b.argmax(-1)).mean())
+        if a.shape[-1] > 5:
+            top5_b = np.argsort(-b, axis=-1)[:, :5]
+            entry["top5_agreement"] = float((top5_b == top_a[:, None]).any(axis=1).mean())
+    else:
+        entry["top1_agreement"] = None
+    return entry
+
+
+def accuracy(logits: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    """Top-1 (and top-5 with more than five classes) accuracy of [N, classes] scores."""
+    labels = np.asarray(labels).reshape(-1)
+    out = {"top1": float((logits.argmax(-1) == labels).mean())}
+    if logits.ndim == 2 and logits.shape[-1] > 5:
+        top5 = np.argsort(-logits, axis=-1)[:, :5]
+        out["top5"] = float((top5 == labels[:, None]).any(axis=1).mean())
+    return out
+
+
+def _latencies(model: onnx.ModelProto, feeds: Feeds, providers: Sequence[str], batch_sizes: Sequence[int] | None,
+               runs: int, warmup: int, threads: int) -> tuple[dict[str, dict[str, dict[str, float]]], list[str]]:
+    from onnxprune.graph import static_batch
+    from onnxprune.selection.latency import benchmark, feeds_for_batch, timing_session
+
+    table: dict[str, dict[str, dict[str, float]]] = {}
+    skipped: list[str] = []
+    batches = list(batch_sizes) if batch_sizes else [static_batch(model) or _batch_of(feeds)]
+    for provider in providers:
+        per_batch: dict[str, dict[str, float]] = {}
+        sess = timing_session(model, provider=provider, threads=threads)
+        for b in batches:
+            bf = feeds_for_batch(model, feeds, b)
+            if bf is None:
+                skipped.append(f"batch {b}: the model's batch size is fixed")
+                continue
+            per_batch[str(b)] = benchmark(model, bf, provider=provider, warmup=warmup, runs=runs, session=sess)
+        table[provider] = per_batch
+    return table, sorted(set(skipped))
+
+
+def _batch_of(feeds: Mapping[str, np.ndarray]) -> int:
+    sizes = [len(v) for v in feeds.values() if np.asarray(v).ndim]
+    return sizes[0] if sizes else 1
+
+
+def verify(original: onnx.ModelProto, pruned: onnx.ModelProto, feeds: Feeds | None = None, *,
+           labels: np.ndarray | None = None, runs: int = 30, provider: str = "CPUExecutionProvider",
+           providers: Sequence[str] | None = None, batch_sizes: Sequence[int] | None = None, warmup: int = 5,
+           threads: int = 0, original_path: str | os.PathLike[str] | None = None,
+           pruned_path: str | os.PathLike[str] | None = None, latency_feeds: Feeds | None = None) -> dict[str, Any]:
+    """Run both models on the same inputs and report agreement, accuracy, cost, size and latency.
+
+    ``providers`` (default: ``[provider]``) and ``batch_sizes`` (default: the batch of the
+    feeds) choose where and how latency is measured; ``latency_feeds`` (default: ``feeds``)
+    are the samples timed, cut or repeated to each batch size. Without ``feeds``,
+    ``RANDOM_SAMPLES`` random samples are compared (one at a time if the model refuses them
+    together) and one is timed. Both models are normalised in place first (see
+    ``onnxprune.prepare.normalize``)."""
+    from onnxprune.selection.latency import full_provider
+
+    _check_same_interface(original, pruned, original_path, pruned_path)
+    for m in (original, pruned):
+        prepare(m)  # count Constant-node weights as parameters, fresh shapes for MACs
+    drawn = feeds is None
+    providers = [full_provider(p) for p in (providers or [provider])]
+    if drawn:
+        feeds = random_samples(original, RANDOM_SAMPLES)
+        if latency_feeds is None:
+            latency_feeds = random_inputs(original)
+    chunk = 256
+    try:
+        out_o = _run_or_explain(original, feeds, original_path or "the original model", chunk=chunk)
+    except ModelRunError:
+        if not drawn:
+            raise
+        chunk = 1  # a batch axis left symbolic by an export that only runs one sample at a time
+        out_o = _run_or_explain(original, feeds, original_path or "the original model", chunk=chunk)
+    out_p = _run_or_explain(pruned, feeds, pruned_path or "the pruned model", chunk=chunk)
+    outputs = {name: compare_outputs(a, out_p.get(name)) for name, a in out_o.items()}
+    timed_feeds = latency_feeds if latency_feeds is not None else feeds
+    lat_o, skipped = _latencies(original, timed_feeds, providers, batch_sizes, runs, warmup, threads)
+    lat_p, _ = _latencies(pruned, timed_feeds, providers, batch_sizes, runs, warmup, threads)
+    co, cp = model_cost(original), model_cost(pruned)
+    so, sp = disk_size(original, original_path), disk_size(pruned, pruned_path)
+
+    def first(lat: dict[str, dict[str, dict[str, float]]]) -> dict[str, float]:
+        for per_batch in lat.values():
+            for v in per_batch.values():
+                return v
+        return {"p50": float("nan"), "p90": float("nan"), "mean": float("nan")}
+
+    speedups = {prov: {b: (lat_o[prov][b]["p50"] / lat_p[prov][b]["p50"] if lat_p[prov][b]["p50"] else float("nan"))
+                       for b in lat_o[prov] if b in lat_p.get(prov, {})} for prov in lat_o}
+    first_o, first_p = first(lat_o), first(lat_p)
+    report: dict[str, Any] = {
+        "original": {"params": co.params, "macs": co.macs, "flops": co.flops, "size_bytes": so,
+                     "latency_ms": first_o, "latency": lat_o},
+        "pruned": {"params": cp.params, "macs": cp.macs, "flops": cp.flops, "size_bytes": sp,
+                   "latency_ms": first_p, "latency": lat_p},
+        "outputs": outputs,
+        "samples": _batch_of(feeds),
+        "provider": providers[0],
+        "providers": providers,
+        "batch_sizes": [int(b) for b in batch_sizes] if batch_sizes else [int(b) for b in next(iter(lat_o.values()))],
+        "latency_skipped": skipped,
+        "runs": runs,
+        "warmup": warmup,
+        "threads": threads,
+        "params_ratio": cp.params / co.params if co.params else 1.0,
+        "macs_ratio": cp.macs / co.macs if co.macs else 1.0,
+        "flops_ratio": cp.flops / co.flops if co.flops else 1.0,
+        "size_ratio": sp / so if so else 1.0,
+        "speedup": first_o["p50"] / first_p["p50"] if first_p["p50"] else float("nan"),
+        "speedups": speedups,
+        "inputs": "random" if drawn else "given",
+    }
+    if not drawn:  # token windows and logits: perplexity before / after, tokens per second
+        from onnxprune.verify.lm_eval import language_model_report
+
+        lm = language_model_report(feeds, out_o, out_p, lat_o, lat_p, timed_feeds)
+        if lm is not None:
+            report["language_model"] = lm
+    if labels is not None:
+        first_out = next(iter(out_o))
+        acc_o, acc_p = accuracy(out_o[first_out], labels), accuracy(out_p[first_out], labels)
+        report["accuracy"] = {"original": acc_o["top1"], "pruned": acc_p["top1"]}
+        if "top5" in acc_o:
+            report["accuracy"].update(top5_original=acc_o["top5"], top5_pruned=acc_p["top5"])
+    return report
+
+
+def _run_or_explain(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray], name: object,
+                    chunk: int = 256) -> dict[str, np.ndarray]:
+    """``run_batched``, with onnxruntime's failure turned into a one-line error that says what
+    was fed and keeps what onnxruntime said about it ("index: 2 Got: 100 Expected: 224")."""
+    try:
+        return run_batched(model, feeds, chunk=chunk)
+    except Exception as exc:  # onnxruntime raises its own pybind exception types
+        if isinstance(exc, OnnxPruneError):
+            raise
+        shapes = ", ".join(f"{k} {list(np.shape(v))}" for k, v in feeds.items())
+        raise ModelRunError(f"{name}: onnxruntime could not run it on the inputs given ({shapes}): "
+                            f"{ort_error_text(exc).rstrip('.')}. "
+                            "Feed inputs the model accepts: --inputs FILE (real data) or "
+                            "--input-shape NAME=d1,d2,... for the random ones.") from exc
+
+
+def _interface(model: onnx.ModelProto) -> tuple[list[str], list[str]]:
+    initializers = {t.name for t in model.graph.initializer}
+    return [i.name for i in model.graph.input if i.name not in initializers], [o.name for o in model.graph.output]
+
+
+def _check_same_interface(original: onnx.ModelProto, pruned: onnx.ModelProto,
+                          original_path: str | os.PathLike[str] | None,
+                          pruned_path: str | os.PathLike[str] | None) -> None:
+    """Refuse to compare models whose graph inputs or outputs differ (not a pruned copy)."""
+    (ins_o, outs_o), (ins_p, outs_p) = _interface(original), _interface(pruned)
+    names = f"{pruned_path or 'the pruned model'} vs {original_path or 'the original'}"
+    if sorted(ins_o) != sorted(ins_p):
+        raise ModelMismatchError(f"{names}: graph inputs differ ({', '.join(ins_p)} vs {', '.join(ins_o)}); "
+                                 "is it a pruned copy of this model?")
+    if sorted(outs_o) != sorted(outs_p):
+        raise ModelMismatchError(f"{names}: graph outputs differ ({', '.join(outs_p)} vs {', '.join(outs_o)}); "
+                                 "is it a pruned copy of this model?")
+
+
+def check_tolerances(report: Mapping[str, Any], *, atol: float | None = None, rtol: float | None = None,
+                     min_cosine: float | None = None, min_top1: float | None = None) -> list[str]:
+    """What in ``report`` fails the tolerances given, one phrase per failure (empty: all pass).
+
+    An output meets ``atol`` / ``rtol`` when max |pruned - original| <= atol + rtol x max
+    |original| (numpy's ``allclose`` with the output's largest magnitude as the scale; the one
+    not given counts as 0). ``min_cosine`` bounds each output's mean per-sample cosine
+    similarity, ``min_top1`` the top-1 agreement of each classifier-like output ([N, classes]).
+    NaN fails every check; an output whose shape changed fails all of them."""
+    failures: list[str] = []
+    bounded = atol is not None or rtol is not None
+    a, r = float(atol or 0.0), float(rtol or 0.0)
+    any_checks = bounded or min_cosine is not None or min_top1 is not None
+    for name, out in report["outputs"].items():
+        if out.get("original_shape") != out.get("pruned_shape"):
+            if any_checks:
+                failures.append(f"output '{name}': shape {out.get('pruned_shape')} != {out.get('original_shape')}")
+            continue
+        if bounded:
+            diff = out.get("max_abs_diff", float("nan"))
+            scale = out.get("max_abs_original")
+            if scale is None:  # a report written before max_abs_original was recorded
+                rel = out.get("rel_max_abs_diff") or 0.0
+                scale = diff / rel if rel else 0.0
+            allowed = a + r * scale
+            if not diff <= allowed:
+                why = f" = atol {a:g} + rtol {r:g} x max |original| {scale:.4g}" if r else ""
+                failures.append(f"output '{name}': max |diff| {diff:.4g} > {allowed:.4g}{why}")
+        cosine = out.get("cosine")
+        if min_cosine is not None and not (cosine is not None and cosine >= min_cosine):
+            failures.append(f"output '{name}': cosine {_fmt(cosine)} < {min_cosine:g}")
+        top1 = out.get("top1_agreement")
+        if min_top1 is not None and top1 is not None and not top1 >= min_top1:
+            failures.append(f"output '{name}': top-1 agreement {_fmt(top1)} < {min_top1:g}")
+    if min_top1 is not None and not any(o.get("top1_agreement") is not None for o in report["outputs"].values()):
+        failures.append("top-1 agreement: no output is classifier-like ([N, classes])")
+    return failures
+
+
+def _fmt(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.4g}"

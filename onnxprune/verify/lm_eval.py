@@ -1,0 +1,265 @@
+"""Causal language models on token windows: perplexity, prompt throughput, English text.
+
+A causal-LM export reads ``input_ids`` [batch, seq] (int64) and writes logits
+[batch, seq, vocab]; the logits at position t predict token t + 1. Windows are rows of
+token ids of one length: perplexity is exp of the mean next-token cross-entropy over every
+predicted position of every window (``perplexity``); ``tokens_per_second`` times one
+prompt in onnxruntime. ``package_text`` gathers English prose that ships with installed
+Python packages (licence texts, one copy of each), and ``split_windows`` cuts token ids
+into disjoint calibration and evaluation windows. ``language_model_report`` gives ``verify``
+perplexity before and after pruning and tokens per second when its inputs are token
+windows and the model writes logits. ``next_token_taylor_scores`` scores the
+prunable units on calibration windows with the natural label-free loss of a causal LM,
+next-token cross-entropy (first-order Taylor: the squared gradient of the loss with respect
+to each unit's gate, per batch, averaged; Molchanov et al. 2019).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from onnxprune.analysis import Analysis
+from onnxprune.errors import OnnxPruneError
+from onnxprune.runtime.session import session
+
+LICENCE_WORDS = ("LICENSE", "LICENCE", "COPYING", "NOTICE")  # the files of a distribution read as text
+
+
+class LanguageModelError(OnnxPruneError):
+    """A model or token windows that do not fit a causal-LM measurement."""
+
+
+def _session(model: onnx.ModelProto | str | os.PathLike, threads: int = 0, optimize: bool = True):  # noqa: ANN202
+    src = str(model) if isinstance(model, (str, os.PathLike)) else model
+    return session(src, optimize=optimize, threads=threads)
+
+
+def _ids_input(sess) -> str:  # noqa: ANN001
+    names = [i.name for i in sess.get_inputs()]
+    if len(names) != 1:
+        raise LanguageModelError(f"expected a causal LM with one input (input_ids), got inputs {', '.join(names)}")
+    return names[0]
+
+
+def next_token_nll(logits: np.ndarray, ids: np.ndarray, mask: np.ndarray | None = None) -> tuple[float, int]:
+    """(summed negative log-likelihood of ids[:, 1:] under logits[:, :-1], positions counted).
+
+    With an attention ``mask`` (ids' shape, 0 = padding) a position counts only when both the
+    token predicted and the one it is predicted from are real (not padding)."""
+    if logits.ndim != 3 or logits.shape[:2] != ids.shape:
+        raise LanguageModelError(f"logits of shape {logits.shape} do not match token windows of shape {ids.shape}")
+    if mask is not None and np.shape(mask) != ids.shape:
+        raise LanguageModelError(f"attention mask of shape {np.shape(mask)} does not match token windows "
+                                 f"of shape {ids.shape}")
+    keep = np.ones((ids.shape[0], max(ids.shape[1] - 1, 0)), bool)
+    if mask is not None:
+        real = np.asarray(mask) != 0
+        keep = real[:, :-1] & real[:, 1:]
+    total = 0.0
+    for row, row_ids, row_keep in zip(logits, ids, keep):  # a row at a time: [seq, vocab] in float64 at most
+        pred, target = row[:-1][row_keep].astype(np.float64), row_ids[1:][row_keep]
+        if not len(target):
+            continue
+        top = pred.max(-1, keepdims=True)
+        log_z = np.log(np.exp(pred - top).sum(-1)) + top[:, 0]
+        total += float((log_z - pred[np.arange(len(target)), target]).sum())
+    return total, int(keep.sum())
+
+
+def perplexity(model: onnx.ModelProto | str | os.PathLike, windows: np.ndarray, *, batch_size: int = 4,
+               threads: int = 0) -> float:
+    """Perplexity of ``model`` (a causal-LM ONNX model or its path) on token ``windows``
+    [n, length]: exp(mean next-token cross-entropy) over all windows, in onnxruntime."""
+    windows = np.asarray(windows)
+    if windows.ndim != 2 or windows.shape[1] < 2 or not len(windows):
+        raise LanguageModelError(f"token windows must be [n, length >= 2], got shape {windows.shape}")
+    sess = _session(model, threads)
+    name = _ids_input(sess)
+    total, count = 0.0, 0
+    for start in range(0, len(windows), batch_size):
+        ids = windows[start:start + batch_size].astype(np.int64)
+        (logits,) = sess.run(None, {name: ids})[:1]
+        nll, n = next_token_nll(logits, ids)
+        total, count = total + nll, count + n
+    return float(np.exp(total / count))
+
+
+def causal_lm_io(feeds: Mapping[str, np.ndarray], outputs: Mapping[str, np.ndarray]) -> tuple[str, str | None, str] | None:
+    """(token input, attention-mask input or None, logits output) when ``feeds`` hold integer
+    token windows [n, length >= 2] (the input named ``input_ids``, or the only 2-D integer input
+    besides an ``attention_mask``) and ``outputs`` a float [n, length, vocab] output whose
+    vocabulary covers every token (the one named ``logits`` first); None otherwise."""
+    ints = {k: np.asarray(v) for k, v in feeds.items()
+            if np.ndim(v) == 2 and np.issubdtype(np.asarray(v).dtype, np.integer)}
+    mask_name = "attention_mask" if "attention_mask" in ints else None
+    tokens = ["input_ids"] if "input_ids" in ints else [k for k in ints if k != mask_name]
+    if len(tokens) != 1:
+        return None
+    ids = ints[tokens[0]]
+    if ids.shape[1] < 2 or not ids.size or ids.min() < 0:
+        return None
+    if mask_name is not None and ints[mask_name].shape != ids.shape:
+        mask_name = None
+    fits = [k for k, v in outputs.items() if np.ndim(v) == 3 and np.shape(v)[:2] == ids.shape
+            and np.issubdtype(np.asarray(v).dtype, np.floating) and np.shape(v)[2] > ids.max()]
+    if not fits:
+        return None
+    return tokens[0], mask_name, "logits" if "logits" in fits else fits[0]
+
+
+def language_model_report(feeds: Mapping[str, np.ndarray], original: Mapping[str, np.ndarray],
+                          pruned: Mapping[str, np.ndarray], latency_original: Mapping[str, Mapping[str, Mapping]],
+                          latency_pruned: Mapping[str, Mapping[str, Mapping]],
+                          timed_feeds: Mapping[str, np.ndarray] | None = None) -> dict[str, Any] | None:
+    """Perplexity and prompt throughput of a causal LM before and after pruning, from outputs
+    already computed on token windows (``verify``): None unless ``causal_lm_io`` finds token
+    windows and logits. Throughput: tokens per timed run (batch x window length of
+    ``timed_feeds``, default ``feeds``) over the p50 latency, of the first provider and batch
+    size timed for both (``latency_*``: ``{provider: {batch: {"p50": ms, ...}}}``)."""
+    found = causal_lm_io(feeds, original)
+    if found is None:
+        return None
+    ids_name, mask_name, logits_name = found
+    ids = np.asarray(feeds[ids_name])
+    mask = None if mask_name is None else np.asarray(feeds[mask_name])
+    nll_o, count = next_token_nll(np.asarray(original[logits_name]), ids, mask)
+    after = pruned.get(logits_name)
+    nll_p = next_token_nll(np.asarray(after), ids, mask)[0] if after is not None and np.shape(after) == np.shape(
+        original[logits_name]) else float("nan")
+    ppl_o = float(np.exp(nll_o / count)) if count else float("nan")
+    ppl_p = float(np.exp(nll_p / count)) if count else float("nan")
+    report: dict[str, Any] = {
+        "input": ids_name, "attention_mask": mask_name, "output": logits_name, "windows": int(ids.shape[0]),
+        "window_length": int(ids.shape[1]), "tokens_scored": count,
+        "original": {"perplexity": ppl_o, "tokens_per_s": None},
+        "pruned": {"perplexity": ppl_p, "tokens_per_s": None},
+        "perplexity_ratio": ppl_p / ppl_o if ppl_o else float("nan"), "throughput": None}
+    timed = np.asarray((timed_feeds if timed_feeds is not None else feeds).get(ids_name, ids))
+    for provider, per_batch in latency_original.items():
+        for batch, stats in per_batch.items():
+            other = latency_pruned.get(provider, {}).get(batch)
+            if other is None or timed.ndim != 2:
+                continue
+            tokens = int(batch) * int(timed.shape[1])
+            for side, lat in (("original", stats), ("pruned", other)):
+                p50 = float(lat.get("p50", float("nan")))
+                report[side]["tokens_per_s"] = tokens / (p50 / 1000) if p50 > 0 else float("nan")
+            report["throughput"] = {"provider": provider, "batch": int(batch), "tokens_per_run": tokens}
+            return report
+    return report
+
+
+def tokens_per_second(model: onnx.ModelProto | str | os.PathLike, *, prompt: int = 256, batch: int = 1,
+                      repeats: int = 5, threads: int = 0, vocab: int = 1000, seed: int = 0) -> float:
+    """Prompt throughput in onnxruntime (all graph optimisations on): batch x prompt tokens
+    over the fastest of ``repeats`` runs after one warm-up run (on a shared machine the
+    fastest run is the one least disturbed by other work)."""
+    sess = _session(model, threads)
+    name = _ids_input(sess)
+    ids = np.random.default_rng(seed).integers(0, vocab, (batch, prompt)).astype(np.int64)
+    sess.run(None, {name: ids})
+    times = []
+    for _ in range(max(1, repeats)):
+        t0 = time.perf_counter()
+        sess.run(None, {name: ids})
+        times.append(time.perf_counter() - t0)
+    return batch * prompt / min(times)
+
+
+def package_text(packages: Sequence[str] | None = None, *, max_chars: int = 2_000_000) -> str:
+    """English prose shipped with installed Python distributions: the paragraphs of their
+    licence files (LICENSE, COPYING, NOTICE, third-party licences), each distinct paragraph
+    once (the same licence ships with many packages), in a stable order, joined by blank
+    lines. ``packages``: distribution names (a pinned one gives the same text everywhere,
+    e.g. ``["torch"]``); default: every installed distribution."""
+    from importlib import metadata
+
+    if packages is None:
+        dists = sorted(metadata.distributions(), key=lambda d: (d.metadata["Name"] or "").lower())
+    else:
+        try:
+            dists = [metadata.distribution(name) for name in packages]
+        except metadata.PackageNotFoundError as exc:
+            raise LanguageModelError(f"package '{exc.name}' is not installed "
+                                     "(its licence texts were asked for)") from exc
+    seen: set[str] = set()
+    paragraphs: list[str] = []
+    size = 0
+    for dist in dists:
+        files = sorted(str(f) for f in dist.files or () if any(w in Path(str(f)).name.upper() for w in LICENCE_WORDS))
+        for name in files:
+            try:
+                text = Path(dist.locate_file(name)).read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError):
+                continue
+            for para in text.split("\n\n"):
+                words = " ".join(para.split())
+                digest = hashlib.sha1(words.lower().encode()).hexdigest()
+                if len(words) < 40 or digest in seen:
+                    continue
+                seen.add(digest)
+                paragraphs.append(words)
+                size += len(words) + 2
+                if size >= max_chars:
+                    return "\n\n".join(paragraphs)
+    return "\n\n".join(paragraphs)
+
+
+def split_windows(tokens: Sequence[int] | np.ndarray, length: int, calib: int,
+                  evaluate: int) -> tuple[np.ndarray, np.ndarray]:
+    """Disjoint windows of ``length`` tokens: ``calib`` from the start of the stream,
+    ``evaluate`` from its end (no token in both)."""
+    tokens = np.asarray(tokens, dtype=np.int64)
+    n = len(tokens) // length
+    if calib + evaluate > n:
+        raise LanguageModelError(f"{len(tokens)} tokens make {n} windows of {length}; "
+                                 f"{calib} + {evaluate} were asked for")
+    rows = tokens[: n * length].reshape(n, length)
+    return rows[:calib].copy(), rows[n - evaluate:].copy()
+
+
+def next_token_taylor_scores(model: onnx.ModelProto, analysis: Analysis, windows: np.ndarray, *,
+                             batch_size: int = 4, device: str = "cpu") -> dict[str, np.ndarray]:
+    """Taylor-FO scores (higher = keep) of every prunable group's units on token ``windows``
+    under the next-token cross-entropy, run in ``onnxprune.torchexec`` (needs torch)."""
+    from onnxprune._optional import require_torch
+
+    torch = require_torch("scoring a language model")
+    import torch.nn.functional as F
+
+    from onnxprune.scoring.gates import Gates, gate_layout
+    from onnxprune.torchexec import OnnxModule
+
+    windows = np.asarray(windows, dtype=np.int64)
+    module = OnnxModule(model, trainable=lambda name: False).to(device).eval()
+    if len(module.input_names) != 1:
+        raise LanguageModelError(f"expected a causal LM with one input (input_ids), got {module.input_names}")
+    layout = gate_layout(analysis)
+    gates = Gates(module, layout)
+    entry_unit = torch.as_tensor(layout.entry_unit)
+    total = torch.zeros(layout.n_units, dtype=torch.float64)
+    batches = 0
+    try:
+        for start in range(0, len(windows), batch_size):
+            ids = torch.as_tensor(windows[start:start + batch_size], device=device)
+            values = gates.new_batch(len(ids), torch.device(device), requires_grad=True)
+            logits = module(ids)
+            logits = logits[0] if isinstance(logits, tuple) else logits
+            loss = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1),
+                                   reduction="sum")
+            (grad,) = torch.autograd.grad(loss, values)
+            batch_grad = grad.double().sum(0).cpu()
+            total += torch.zeros(layout.n_units, dtype=torch.float64).index_add_(0, entry_unit, batch_grad) ** 2
+            batches += 1
+    finally:
+        gates.remove()
+    unit_scores = (total / max(1, batches)).numpy()
+    return {gid: unit_scores[offset:offset + analysis.group(gid).size] for gid, offset in layout.unit_offsets.items()}

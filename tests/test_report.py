@@ -109,7 +109,7 @@ def test_verify_html_report_with_calib_data(monkeypatch, capsys, tmp_path, prune
 
 
 def test_report_without_matplotlib(monkeypatch, tmp_path):
-    from onnxprune.report.tables import plots
+    from onnxprune.report import plots
     from onnxprune.report.tables import write_verify_report
 
     monkeypatch.setattr(plots, "have_matplotlib", lambda: False)

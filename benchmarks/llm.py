@@ -76,8 +76,9 @@ def embedding_params(model) -> int:  # noqa: ANN001
     return math.prod(index.const_shape(table) or ())
 
 
-def run(cache: Path, threads: int = 0, rescore: bool = False, recovery: tuple[str, ...] = RECOVERY) -> dict:
-    from onnxprune.analysis.accounting import predicted_macs
+def run(cache: Path, threads: int = 0, rescore: bool = False, recovery: tuple[str, ...] = RECOVERY,
+        depth: bool = False) -> dict:
+    from onnxprune.analysis.accounting import CostModel
     from onnxprune.analysis import analyze
     from onnxprune.api import apply_plan, load, plan_to_budget, score_channels
     from onnxprune.selection.budget import Budget
@@ -121,7 +122,7 @@ def run(cache: Path, threads: int = 0, rescore: bool = False, recovery: tuple[st
         rows.append({
             "criterion": criterion, "ranking": ranking, "params": params,
             "non_embedding_removed": round((total - params) / non_embedding, 4),
-            "macs_ratio": round(predicted_macs(model, analysis, chosen.plan) / analysis.total_macs, 4),
+            "macs_ratio": round(CostModel(model, analysis).macs(chosen.plan.removed_units(analysis)) / analysis.total_macs, 4),
             "perplexity": perplexity(out, evals, threads=threads),
             "score_s": None if t_score is None else round(t_score, 1),
             "load_to_save_s": None if t_score is None or criterion != "taylor-fo" else round(
@@ -137,6 +138,9 @@ def run(cache: Path, threads: int = 0, rescore: bool = False, recovery: tuple[st
         row["perplexity"] = perplexity(outputs[row["name"]], evals, threads=threads)
         row["perplexity_ratio"] = round(row["perplexity"] / base["perplexity"], 3)
         rows.append(row)
+    if depth:
+        rows.extend(depth_variants(model, analysis, budget, calib, evals, cache, outputs, threads, base["perplexity"],
+                                   total, non_embedding))
     speed = throughput(outputs, threads)
     base["tokens_per_s"] = round(speed["original"], 1)
     for row in rows:
@@ -146,6 +150,71 @@ def run(cache: Path, threads: int = 0, rescore: bool = False, recovery: tuple[st
             "windows": {"length": WINDOW, "calib": CALIB, "eval": EVAL}, "load_and_analyse_s": round(t_load, 1),
             "original": base, "pruned": rows,
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
+
+
+# depth variants: (block criterion, share of the removed parameters taken by whole blocks; the
+# rest by channels, taylor-fo per-mac); blocks scored on DEPTH_WINDOWS calibration windows
+DEPTH_VARIANTS = (("influence", 1.0), ("loss", 1.0), ("loss", 0.5), ("loss", 0.25))
+DEPTH_WINDOWS = 8
+
+
+def depth_variants(model, analysis, budget, calib: np.ndarray, evals: np.ndarray, cache: Path,  # noqa: ANN001
+                   outputs: dict[str, Path], threads: int, base_perplexity: float, total: int,
+                   non_embedding: int) -> list[dict]:
+    """Residual blocks removed whole (``analysis.blocks``), scored by Block Influence or by the
+    loss when bypassed (``scoring.block_scores``, cached in ``--cache``), taking all or part of
+    the parameter budget; channels (cached Taylor scores, per-mac) take the rest."""
+    from onnxprune.analysis.blocks import block_cost_model, find_blocks
+    from onnxprune.analysis.flops import model_cost
+    from onnxprune.api import apply_plan
+    from onnxprune.io.calib_data import CalibrationData
+    from onnxprune.io.modelio import save_model
+    from onnxprune.scoring.block_scores import block_scores
+    from onnxprune.selection.budget import select_to_budget
+    from onnxprune.verify.lm_eval import perplexity
+
+    blocks = find_blocks(model)
+    saved = cache / "smollm2_block_scores.json"
+    scores = json.loads(saved.read_text()) if saved.exists() else {}
+    for criterion in dict.fromkeys(c for c, _ in DEPTH_VARIANTS):
+        if criterion not in scores:
+            t0 = time.perf_counter()
+            scores[criterion] = block_scores(model, blocks, CalibrationData({"input_ids": calib[:DEPTH_WINDOWS]}),
+                                             criterion=criterion, batch_size=2, threads=threads)
+            scores[f"{criterion}_s"] = round(time.perf_counter() - t0, 1)
+            saved.write_text(json.dumps(scores, indent=1))
+    taylor = dict(np.load(cache / "smollm2_taylor_scores.npz"))
+    none = np.zeros(0, dtype=np.int64)
+    rows = []
+    for criterion, share in DEPTH_VARIANTS:
+        order = sorted(blocks, key=lambda b: scores[criterion][b.add])
+        chosen: list = []
+        for block in order:  # whole blocks until they save `share` of the budget (all of it: at least)
+            saves = total - block_cost_model(model, analysis, [*chosen, block]).params(none)
+            if saves > share * (total - budget.absolute(total)) and share < 1.0:
+                break
+            chosen.append(block)
+            if saves >= share * (total - budget.absolute(total)):
+                break
+        reached = select_to_budget(model, analysis, taylor, budget, ranking="per-mac", criterion="taylor-fo",
+                                   removed_blocks=chosen)
+        name = f"depth_{criterion}_{share:g}"
+        out = outputs[name] = cache / f"smollm2_{name}.onnx"
+        result = apply_plan(model, analysis, reached.plan)
+        save_model(result.model, out)
+        params, macs = model_cost(result.model).params, result.after.macs
+        del result
+        ppl = perplexity(out, evals, threads=threads)
+        ops = {n.name: n.op_type for n in model.graph.node}
+        rows.append({"name": name, "criterion": f"blocks: {criterion}", "ranking": "per-mac", "block_share": share,
+                     "blocks_removed": len(chosen),
+                     "attention_blocks_removed": sum(any(ops[n] == "Softmax" for n in b.nodes) for b in chosen),
+                     "channel_groups_pruned": len(reached.plan.keep), "params": params,
+                     "non_embedding_removed": round((total - params) / non_embedding, 4),
+                     "macs_ratio": round(macs / analysis.total_macs, 4), "perplexity": ppl,
+                     "perplexity_ratio": round(ppl / base_perplexity, 3), "score_s": scores.get(f"{criterion}_s"),
+                     "removed_blocks": [b.add for b in chosen]})
+    return rows
 
 
 def name_of(criterion: str, ranking: str) -> str:
@@ -199,8 +268,10 @@ def main() -> None:
     parser.add_argument("--rescore", action="store_true", help="score again even when --cache holds Taylor scores")
     parser.add_argument("--recover", default=",".join(RECOVERY),
                         help="recovery methods for the taylor-fo per-mac variant, comma-separated ('' for none)")
+    parser.add_argument("--depth", action="store_true",
+                        help="also remove whole residual blocks (alone, and with channels for part of the budget)")
     args = parser.parse_args()
-    result = run(args.cache, args.threads, args.rescore, tuple(m for m in args.recover.split(",") if m))
+    result = run(args.cache, args.threads, args.rescore, tuple(m for m in args.recover.split(",") if m), args.depth)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1))
     print(json.dumps(result, indent=1))

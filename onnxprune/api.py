@@ -16,13 +16,14 @@ import onnx
 from typing import TYPE_CHECKING
 
 from onnxprune.analysis import Analysis, analyze
+from onnxprune.analysis.rules.quant import analysis_index
 from onnxprune.selection.budget import Budget, BudgetResult, select_to_budget
-from onnxprune.scoring.data_free import DATA_FREE, Scores, score
+from onnxprune.scoring.criteria import Scores, get_criterion
 from onnxprune.analysis.flops import Cost, model_cost
-from onnxprune.errors import SelectionError
-from onnxprune.graph import GraphIndex
+from onnxprune.errors import ScoringError
 from onnxprune.io.modelio import check_basic, fingerprint, load_model
-from onnxprune.rewrite import PruneContext, default_pipeline, run_passes
+from onnxprune.analysis.removal import Removal
+from onnxprune.rewrite import default_pipeline, run_passes
 from onnxprune.plan import Plan
 from onnxprune.prepare.normalize import prepare, set_input_shapes
 from onnxprune.selection.select import SelectionOptions, select
@@ -59,17 +60,16 @@ def load(path: str | os.PathLike[str], *, input_shapes: Mapping[str, Sequence[in
 
 def score_channels(model: onnx.ModelProto, analysis: Analysis, criterion: str = "l2", *,
                    calib: CalibrationData | None = None, **calib_options) -> Scores:
-    """Scores per prunable group's units (higher = keep): data-free (l1, l2, bn-scale, random)
-    or, with calibration data, data-driven (see ``onnxprune.scoring.calibrated``)."""
-    if criterion in DATA_FREE:
-        return score(criterion, GraphIndex(model), analysis)
-    from onnxprune.scoring.calibrated import DATA_DRIVEN, calibration_scores
-
-    if criterion not in DATA_DRIVEN:
-        raise SelectionError(f"unknown criterion '{criterion}' (data-free: {', '.join(sorted(DATA_FREE))}; "
-                             f"with calibration data: {', '.join(DATA_DRIVEN)})")
+    """Scores per prunable group's units (higher = keep) by a registered criterion
+    (``onnxprune.scoring.criteria``): data-free (l1, l2, bn-scale, random, similarity) or, with
+    calibration data, data-driven (see ``onnxprune.scoring.calibrated``)."""
+    found = get_criterion(criterion)
+    if not found.needs_data:
+        return found.score(analysis_index(model), analysis)  # QDQ weights scored dequantised
     if calib is None:
-        raise SelectionError(f"criterion '{criterion}' needs calibration data (--calib)")
+        raise ScoringError(f"criterion '{criterion}' needs calibration data (--calib)")
+    from onnxprune.scoring.calibrated import calibration_scores
+
     return calibration_scores(model, analysis, calib, criterion, **calib_options)
 
 
@@ -124,8 +124,8 @@ def apply_plan(model: onnx.ModelProto, analysis: Analysis, plan: Plan, *, debug:
         copy = onnx.ModelProto()
         copy.CopyFrom(model)
         model = copy
-    ctx = PruneContext(analysis, plan.removed_units(analysis))
-    model, history = run_passes(default_pipeline(plan), model, ctx, debug=debug)
+    removal = Removal(analysis, plan.removed_units(analysis))
+    model, history = run_passes(default_pipeline(plan), model, removal, debug=debug)
     return PruneResult(model, plan, before, model_cost(model), tuple(history))
 
 

@@ -14,10 +14,17 @@ from rich.console import Console
 from rich.logging import RichHandler
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-from onnxprune.errors import OnnxPruneError, SelectionError
+from onnxprune.errors import (EXIT_COMMAND_LINE, EXIT_INTERNAL, EXIT_USER_ERROR, DataError, OnnxPruneError,
+                              OptionError, OutputPathError, RuntimeUnavailableError, SelectionError, exit_code)
+from onnxprune.recovery.methods import names as recovery_names
+from onnxprune.scoring.criteria import cli_help as criteria_help
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="A structured-pruning compiler for ONNX models.")
+                  help="A structured-pruning compiler for ONNX models.",
+                  epilog=f"Exit status: 0 success; {EXIT_USER_ERROR} an error in the options, the model or the "
+                         f"data (one 'error: ...' line), or a failed verify gate; {EXIT_COMMAND_LINE} a "
+                         f"command-line syntax error; {EXIT_INTERNAL} an internal failure (a bug: please "
+                         "report it).")
 console = Console(stderr=False)
 err = Console(stderr=True)
 
@@ -136,9 +143,17 @@ def _print_version(value: bool) -> None:
 @app.callback()
 def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log details.")] = False,
           version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
-                                                help="Print the version and exit.")] = False) -> None:
+                                                help="Print the version and exit.")] = False,
+          plugin: Annotated[Optional[list[str]], typer.Option(
+              "--plugin", help="Import this module first: its criteria and recovery methods can then be named "
+                               "(repeatable; installed 'onnxprune.plugins' entry points load by themselves).")
+          ] = None) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, format="%(message)s",
                         handlers=[RichHandler(console=err, show_time=False, show_path=False)])
+    from onnxprune.extend import load_plugin
+
+    for module in plugin or ():
+        load_plugin(module)
 
 
 @app.command()
@@ -151,6 +166,8 @@ def analyze(
     show_all: Annotated[bool, typer.Option("--all", help="--wide, also listing groups with no producer.")] = False,
     input_shape: InputShapeOpt = None,
     prune_hidden: PruneHiddenOpt = False,
+    allow_interface_change: Annotated[bool, typer.Option(
+        help="Let input / output shapes change where they carry channels (a KV cache's heads).")] = False,
     runtime_check: Annotated[bool, typer.Option(
         "--runtime-check/--no-runtime-check",
         help="Refuse a model onnxruntime cannot load, with its reason (default on).")] = True,
@@ -175,22 +192,31 @@ def analyze(
 
     the_recipe = (Recipe.load(recipe) if recipe is not None else Recipe()).merged(
         ratio=ratio, target_flops=target_flops, target_params=target_params,
-        ignore=tuple(ignore) if ignore else None, prune_hidden=prune_hidden or None)
+        ignore=tuple(ignore) if ignore else None, prune_hidden=prune_hidden or None,
+        allow_interface_change=allow_interface_change or None)
     with _steps(False) as progress:
         m = _run_step(progress, "loading and inferring shapes", load, model,
                       input_shapes=_parse_shapes(input_shape), mapped=True, runtime_check=runtime_check)
         analysis = _run_step(progress, "analysing channel groups", run_analysis, m, ignore=ignore or (),
-                              prune_hidden=prune_hidden)
+                              prune_hidden=prune_hidden, allow_interface_change=allow_interface_change)
         preview = _run_step(progress, "planning", _recipe_preview, m, analysis, the_recipe)
     if json_out:
         console.print_json(json.dumps({**analysis.to_dict(), **({"preview": preview} if preview else {})}))
         return
+    from onnxprune.analysis.blocks import find_blocks
+
+    blocks = find_blocks(m)
     if wide or show_all:
         analysis_tables(analysis, console, show_all=show_all)
     else:
         analysis_summary(analysis, console, name=str(model))
     from rich.markup import escape
 
+    if blocks:
+        console.print(f"residual blocks removable whole (--depth N): {len(blocks)}, "
+                      f"{sum(b.params for b in blocks):,} parameters", highlight=False)
+        for b in blocks if wide or show_all else ():
+            console.print(f"  {escape(b.add)}: {b.params:,} parameters, {b.macs:,} MACs", highlight=False)
     for line in preview.get("lines", []) if preview else _default_recipe_lines(the_recipe, m):
         console.print(escape(line), highlight=False)
 
@@ -273,9 +299,7 @@ def prune(
     std: Annotated[str, _opt(_DATA, help="Image folder preprocessing: per-channel std.")] = "1",
     layout: Annotated[str, _opt(_DATA, help="Image folder preprocessing: NCHW or NHWC.")] = "NCHW",
     criterion: Annotated[Optional[str], _opt(
-        _SCORING, help="Default auto: taylor-fo with --calib, l2 without. Data-free: l1, l2, bn-scale, "
-                       "random, similarity; with --calib: taylor-fo, taylor-so, taylor-act, activation, apoz, "
-                       "oracle.")] = None,
+        _SCORING, help=criteria_help("Default auto: taylor-fo with --calib, l2 without."))] = None,
     loss: Annotated[Optional[str], _opt(
         _SCORING, help="auto (labels if given, else the model's own predictions or a Fisher estimate), ce, "
                        "mse, pseudo or fisher.")] = None,
@@ -302,9 +326,21 @@ def prune(
     prune_hidden: Annotated[Optional[bool], _opt(
         _ALLOCATION, "--prune-hidden/--no-prune-hidden",
         help="Also prune a transformer's residual stream (approximate: use recovery).")] = None,
+    allow_interface_change: Annotated[Optional[bool], _opt(
+        _ALLOCATION, "--allow-interface-change/--no-allow-interface-change",
+        help="Let input / output shapes change where they carry channels (a KV cache's past_key_values.* / "
+             "present.*: KV heads). Default off: those heads stay.")] = None,
+    uniform_heads: Annotated[Optional[bool], _opt(
+        _ALLOCATION, "--uniform-heads/--no-uniform-heads",
+        help="Every attention layer keeps as many KV heads and query heads per KV head (onnxruntime-genai, "
+             "KV-cache runtimes).")] = None,
+    depth: Annotated[Optional[str], _opt(
+        _ALLOCATION, help="Also remove N whole residual blocks (decoder layers' attention / MLP, ResNet blocks), "
+                          "those whose bypass raises the --calib loss least; channels take the rest of the "
+                          "budget. auto (default: off), off or N.")] = None,
     recover: Annotated[Optional[str], _opt(
-        _RECOVERY, help="Comma list of bn, bias, lstsq, scale; all; none. Default auto: all with --calib, "
-                        "each refit kept only if it helps on held-out samples.")] = None,
+        _RECOVERY, help=f"Comma list of {', '.join(recovery_names(plugins=False))}; all; none. Default auto: "
+                        "all with --calib, each refit kept only if it helps on held-out samples.")] = None,
     ridge: Annotated[Optional[str], _opt(
         _RECOVERY, help="Ridge strength of the refits. Default auto: chosen on held-out samples.")] = None,
     holdout: Annotated[Optional[float], _opt(
@@ -351,14 +387,15 @@ def prune(
 
     base = Recipe.load(recipe) if recipe is not None else Recipe()
     if schedule is not None and schedule not in ("oneshot", "iterative"):
-        raise SelectionError(f"--schedule must be oneshot or iterative, got {schedule!r}")
+        raise OptionError(f"--schedule must be oneshot or iterative, got {schedule!r}")
     if schedule == "iterative" and method not in (None, "criterion"):
-        raise SelectionError("give --schedule iterative or --method, not both")
+        raise OptionError("give --schedule iterative or --method, not both")
     the_recipe = base.merged(
         ratio=ratio, target_flops=target_flops, target_params=target_params, target_latency=target_latency,
         criterion=criterion, loss=loss, reduction=reduction, projections=projections, flops_reg=flops_reg,
         mode=mode, ranking=ranking, round_to=round_to, align=align, min_channels=min_channels,
-        max_ratio=max_ratio, ignore=tuple(ignore) if ignore else None, prune_hidden=prune_hidden,
+        max_ratio=max_ratio, ignore=tuple(ignore) if ignore else None, prune_hidden=prune_hidden, depth=depth,
+        allow_interface_change=allow_interface_change, uniform_heads=uniform_heads,
         recover=recover, ridge=_ridge(ridge), holdout=holdout, augment=augment,
         recovery_weighting=recovery_weighting, method="iterative" if schedule == "iterative" else method,
         train_steps=train_steps, lr=lr, provider=provider, measure=measure)
@@ -400,6 +437,9 @@ def prune(
                           progress=steps)
         steps(f"writing {output}")
         written = result.save(output)
+        from onnxprune.io.hf_config import write_configs
+
+        configs, config_warnings = write_configs(model, written, m, result.analysis, result.plan)
     if save_plan is not None:
         result.plan.save(save_plan)
     if save_recipe is not None:
@@ -414,7 +454,9 @@ def prune(
         console.print(escape(note), soft_wrap=True, highlight=False)
     console.print(f"{escape(result.summary())}; wrote [bold]{escape(str(written))}[/]", soft_wrap=True,
                   highlight=False)
-    for warning in result.warnings:
+    for path in configs:
+        console.print(f"wrote {escape(str(path))} (the pruned model's configuration)", soft_wrap=True, highlight=False)
+    for warning in (*result.warnings, *config_warnings):
         err.print(f"[yellow]warning:[/] {escape(warning)}", soft_wrap=True, highlight=False)
 
 
@@ -435,7 +477,7 @@ def _ridge(text: str | None) -> float | str | None:
     try:
         return float(text)
     except ValueError:
-        raise SelectionError(f"--ridge expects a number or auto, got {text!r}") from None
+        raise OptionError(f"--ridge expects a number or auto, got {text!r}") from None
 
 
 class _Steps:
@@ -476,9 +518,7 @@ class _Steps:
 def score(
     model: ModelArg,
     output: Annotated[Path, typer.Option("--output", "-o", help="Where to write the scores (JSON).")],
-    criterion: Annotated[str, typer.Option(help="Channel criterion. Data-free: l1, l2, bn-scale, random, similarity; "
-                                                "with --calib: taylor-fo, taylor-so, taylor-act, activation, apoz, "
-                                                "oracle.")] = "l2",
+    criterion: Annotated[str, typer.Option(help=criteria_help())] = "l2",
     input_shape: InputShapeOpt = None,
     calib: CalibOpt = None,
     labels: LabelsOpt = None,
@@ -573,9 +613,9 @@ def verify(
     from onnxprune.verify.compare import verify as run_verify
 
     if inputs is not None and calib is not None:
-        raise SelectionError("give at most one of --inputs and --calib")
+        raise OptionError("give at most one of --inputs and --calib")
     if report_path is not None and report_path.suffix.lower() not in (".md", ".markdown", ".html", ".htm"):
-        raise SelectionError(f"{report_path}: --report must end in .md or .html")
+        raise OptionError(f"{report_path}: --report must end in .md or .html")
     for path in (json_path, report_path, plot):  # refused now, not after the whole run
         if path is not None:
             check_output_path(original, path)
@@ -585,25 +625,25 @@ def verify(
         low, high = (-1.0, 1.0) if name == "min_cosine" else (0.0, 1.0) if name == "min_top1" else (0.0, float("inf"))
         if value is not None and not low <= value <= high:
             flag = "--" + name.replace("_", "-")
-            raise SelectionError(f"{flag} must be in [{low:g}, {high:g}], got {value:g}"
-                                 if high != float("inf") else f"{flag} must be >= 0, got {value:g}")
+            raise OptionError(f"{flag} must be in [{low:g}, {high:g}], got {value:g}"
+                              if high != float("inf") else f"{flag} must be >= 0, got {value:g}")
     if plot is not None:
         from onnxprune.report.plots import have_matplotlib
 
         if not have_matplotlib():
-            raise SelectionError("--plot needs matplotlib: pip install 'onnxprune[report]'")
+            raise RuntimeUnavailableError("--plot needs matplotlib: pip install 'onnxprune[report]'")
     try:
         sizes = [int(b) for b in batch_sizes.split(",") if b.strip()] if batch_sizes else None
     except ValueError as exc:
-        raise SelectionError(f"--batch-sizes expects integers like 1,8; got {batch_sizes!r}") from exc
+        raise OptionError(f"--batch-sizes expects integers like 1,8; got {batch_sizes!r}") from exc
     if sizes is not None and (not sizes or min(sizes) < 1):
-        raise SelectionError(f"--batch-sizes expects positive integers, got {batch_sizes!r}")
+        raise OptionError(f"--batch-sizes expects positive integers, got {batch_sizes!r}")
     provider_list = list(dict.fromkeys(resolve_provider(p.strip()) for p in providers.split(",") if p.strip()))
     mo, mp = load_model(original, lazy=False), load_model(pruned, lazy=False)
     shapes = _parse_shapes(input_shape)
     named = [f"{k}={','.join(map(str, v))}" for k, v in shapes.items() if any(isinstance(d, str) for d in v)]
     if named:
-        raise SelectionError(f"verify runs the models: --input-shape needs whole sizes, got {', '.join(named)}")
+        raise OptionError(f"verify runs the models: --input-shape needs whole sizes, got {', '.join(named)}")
     if shapes:  # both models at the same input shapes: the random inputs, and their costs compared
         from onnxprune.prepare.normalize import set_input_shapes
 
@@ -622,12 +662,12 @@ def verify(
 
             arrays = read_arrays(inputs)
             if labels not in arrays:
-                raise SelectionError(f"{inputs}: no labels array '{labels}' (has: {', '.join(arrays)})")
+                raise DataError(f"{inputs}: no labels array '{labels}' (has: {', '.join(arrays)})")
             label_arr = arrays[labels]
             n = len(next(iter(feeds.values())))
             if label_arr.ndim == 0 or len(label_arr) != n:
                 count = 1 if label_arr.ndim == 0 else len(label_arr)
-                raise SelectionError(f"{inputs}: labels array '{labels}' has {count} entries for {n} samples")
+                raise DataError(f"{inputs}: labels array '{labels}' has {count} entries for {n} samples")
         if samples is not None:
             feeds = {k: v[:samples] for k, v in feeds.items()}
             label_arr = None if label_arr is None else label_arr[:samples]
@@ -671,9 +711,7 @@ def sweep(
     targets: Annotated[str, typer.Option(
         help="Budgets, comma-separated: fractions of the original (<= 1) or absolute counts.")] = "0.9,0.8,0.6,0.4",
     metric: Annotated[str, typer.Option(help="Budget metric: flops or params.")] = "flops",
-    criterion: Annotated[str, typer.Option(help="Channel criterion. Data-free: l1, l2, bn-scale, random, "
-                                                "similarity; with --calib: taylor-fo, taylor-so, taylor-act, "
-                                                "activation, apoz, oracle.")] = "l2",
+    criterion: Annotated[str, typer.Option(help=criteria_help())] = "l2",
     round_to: Annotated[int, typer.Option(help="Keep channel counts in multiples of N (8 for GPUs).")] = 1,
     min_channels: Annotated[int, typer.Option(help="Never keep fewer channels in a group.")] = 1,
     max_ratio: Annotated[float, typer.Option(help="Never remove more than this fraction of a group.")] = 1.0,
@@ -728,15 +766,15 @@ def sweep(
     for t in target_list:
         Budget(metric, t)  # validates the metric and every target before any work
     if latency_batch < 1:
-        raise SelectionError(f"--latency-batch must be >= 1, got {latency_batch}")
+        raise OptionError(f"--latency-batch must be >= 1, got {latency_batch}")
     if output_dir.exists() and not output_dir.is_dir():
-        raise SelectionError(f"{output_dir}: --output must be a directory")
+        raise OutputPathError(f"{output_dir}: --output must be a directory")
     import os
 
     existing = next(d for d in (output_dir.absolute(), *output_dir.absolute().parents) if d.exists())
     if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
-        raise SelectionError(f"{output_dir}: --output cannot be created or written ({existing} is "
-                             f"{'not a directory' if not existing.is_dir() else 'not writable'})")
+        raise OutputPathError(f"{output_dir}: --output cannot be created or written ({existing} is "
+                              f"{'not a directory' if not existing.is_dir() else 'not writable'})")
     provider_name = resolve_provider(provider)
     with _steps(False) as progress:
         m = _run_step(progress, "loading and inferring shapes", load, model, input_shapes=_parse_shapes(input_shape))
@@ -892,12 +930,14 @@ def _print_error(message: object) -> None:
 
 
 def main() -> None:
-    """Console entry point: one-line errors and a non-zero exit on failure."""
+    """Console entry point: one-line errors and a non-zero exit on failure (``onnxprune.errors``):
+    1 for the caller's errors (usage, model, data), 2 for command-line syntax, 70 for internal
+    failures (an ``InternalError`` or any exception that is not an ``OnnxPruneError``)."""
     try:
         code = app(standalone_mode=False)  # a command's typer.Exit(n) comes back as n here
     except OnnxPruneError as exc:
-        _print_error(exc)
-        sys.exit(1)
+        _print_error(exc if exit_code(exc) == EXIT_USER_ERROR else f"internal error: {exc}")
+        sys.exit(exit_code(exc))
     except (typer.Exit, typer.Abort) as exc:
         sys.exit(getattr(exc, "exit_code", 1))
     except Exception as exc:  # click usage errors and the unexpected
@@ -912,7 +952,7 @@ def main() -> None:
             _print_error(exc.format_message() + hint)  # type: ignore[attr-defined]
             sys.exit(exc.exit_code)  # type: ignore[attr-defined]
         _print_error(f"unexpected {type(exc).__name__}: {exc}")
-        sys.exit(2)
+        sys.exit(EXIT_INTERNAL)
     if isinstance(code, int) and code:
         sys.exit(code)
 

@@ -22,8 +22,8 @@ from onnxprune.analysis import Analysis, analyze
 from onnxprune.errors import SelectionError
 from onnxprune.analysis.flops import Cost, model_cost
 from onnxprune.plan import Plan
+from onnxprune.scoring.criteria import needs_data
 from onnxprune.recipe import (
-    DATA_DRIVEN_CRITERIA,
     Context,
     Recipe,
     RecipeError,
@@ -64,7 +64,7 @@ class CompressResult:
 
     @property
     def changed(self) -> bool:
-        return bool(self.plan.keep)
+        return bool(self.plan.keep or self.plan.removed_blocks)
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write the pruned model atomically (``modelio.save_model``)."""
@@ -78,7 +78,8 @@ class CompressResult:
             return "nothing removed"
         pct = self.removed_channels / self.total_channels if self.total_channels else 0.0
         return (f"removed {self.removed_channels:,} of {self.total_channels:,} prunable channels ({pct:.1%}) in "
-                f"{len(self.plan.keep)} groups; parameters {self.before.params:,} -> {self.after.params:,}, "
+                f"{len(self.plan.keep)} groups{_blocks_phrase(self.plan)}; parameters {self.before.params:,} -> "
+                f"{self.after.params:,}, "
                 f"MACs {self.before.macs:,} -> {self.after.macs:,} ({_ratio(self.after.macs, self.before.macs)})")
 
     def to_dict(self) -> dict[str, Any]:
@@ -86,6 +87,7 @@ class CompressResult:
         out: dict[str, Any] = {
             "recipe": self.recipe.to_dict(),
             "groups_pruned": len(self.plan.keep),
+            "blocks_removed": list(self.plan.removed_blocks),
             "channels": {"removed": self.removed_channels, "prunable": self.total_channels},
             "params": {"before": self.before.params, "after": self.after.params},
             "macs": {"before": self.before.macs, "after": self.after.macs},
@@ -157,7 +159,8 @@ def compress(model: onnx.ModelProto, recipe: Recipe, *, calib: CalibrationData |
         return _train(model, resolved, calib, step, batch_size, device)
     if analysis is None:
         step("analysing channel groups", None, None)
-        analysis = analyze(model, ignore=resolved.ignore, prune_hidden=resolved.prune_hidden)
+        analysis = analyze(model, ignore=resolved.ignore, prune_hidden=resolved.prune_hidden,
+                           allow_interface_change=resolved.allow_interface_change)
     notes: list[str] = []
     if plan is None:
         plan, note = plan_for(model, resolved, analysis, calib=calib, batch_size=batch_size, device=device,
@@ -168,7 +171,7 @@ def compress(model: onnx.ModelProto, recipe: Recipe, *, calib: CalibrationData |
     from onnxprune.api import apply_plan
 
     methods = resolved.recover if calib is not None else ()
-    measure = resolved.measure and bool(plan.keep)
+    measure = resolved.measure and bool(plan.keep or plan.removed_blocks)
     reference = model
     if measure and not methods:
         from onnxprune.io.modelio import has_file_weights
@@ -178,8 +181,14 @@ def compress(model: onnx.ModelProto, recipe: Recipe, *, calib: CalibrationData |
     step("rewriting the graph", None, None)
     result = apply_plan(model, analysis, plan, debug=debug, inplace=reference is not model or not (methods or measure))
     pruned, after = result.model, result.after
+    from onnxprune.interface import kept_indices
+
+    changed = kept_indices(analysis, plan)  # a KV cache's heads (allowed by allow_interface_change)
+    if changed:
+        notes.append("interface changed: " + ", ".join(
+            f"{name} axis {axis} keeps {len(index)}" for name, (axis, index) in sorted(changed.items())))
     report = None
-    if methods and plan.keep:
+    if methods and (plan.keep or plan.removed_blocks):
         pruned, report = _recover(model, pruned, analysis, plan, resolved, calib, step)
         after = model_cost(pruned)
         if recovery_report is not None:
@@ -211,7 +220,12 @@ def plan_for(model: onnx.ModelProto, resolved: Recipe, analysis: Analysis, *, ca
     and a one-line note of what the budget reached (what ``analyze --recipe`` previews)."""
     step = progress or _quiet
     scores = _score(model, analysis, resolved, calib, step, batch_size, device)
-    return _allocate(model, analysis, resolved, scores, step, latency_table, calib)
+    plan, note = _allocate(model, analysis, resolved, scores, step, latency_table, calib)
+    if resolved.uniform_heads:  # every attention layer keeps as many heads
+        from onnxprune.selection.uniform_heads import uniform_heads
+
+        plan = uniform_heads(analysis, plan, scores)
+    return plan, note
 
 
 def _score(model: onnx.ModelProto, analysis: Analysis, r: Recipe, calib: CalibrationData | None, step: Progress,
@@ -220,7 +234,7 @@ def _score(model: onnx.ModelProto, analysis: Analysis, r: Recipe, calib: Calibra
 
     label = f"scoring channels ({r.criterion})"
     step(label, None, None)
-    if calib is None or r.criterion not in DATA_DRIVEN_CRITERIA:
+    if calib is None or not needs_data(r.criterion):
         return score_channels(model, analysis, r.criterion)
     return score_channels(model, analysis, r.criterion, calib=calib, loss=r.loss, reduction=r.reduction,
                           batch_size=batch_size, device=device, flops_reg=r.flops_reg, projections=r.projections,
@@ -253,8 +267,11 @@ def _allocate(model: onnx.ModelProto, analysis: Analysis, r: Recipe, scores: dic
     step(f"allocating to the {metric} budget", None, None)
     budget = Budget(metric, float(target))
     unaligned = ""
+    blocks = _depth_blocks(model, r, calib, step) if isinstance(r.depth, int) and r.depth and calib else []
     try:
-        if r.limits == "sensitivity" and calib is not None:
+        if blocks:  # whole residual blocks first, channels for the rest of the budget
+            reached = _fit_with_blocks(model, analysis, scores, budget, blocks, r.ranking, common)
+        elif r.limits == "sensitivity" and calib is not None:
             from onnxprune.selection.sensitivity_limits import allocate
 
             step("measuring each group's sensitivity", None, None)
@@ -268,7 +285,8 @@ def _allocate(model: onnx.ModelProto, analysis: Analysis, r: Recipe, scores: dic
             raise
         # aligned counts cannot reach it (a group smaller than two blocks can only stay whole):
         # allocate unaligned, and say so (the speed check then tells whether it got slower)
-        reached = plan_to_budget(model, analysis, budget, ranking=r.ranking, **{**common, "align": 1})
+        reached = (_fit_with_blocks(model, analysis, scores, budget, blocks, r.ranking, {**common, "align": 1})
+                   if blocks else plan_to_budget(model, analysis, budget, ranking=r.ranking, **{**common, "align": 1}))
         unaligned = (f"; aligned counts (blocks of {r.align}) cannot reach this budget, so some kept counts are "
                      "off the block and may run slower")
     if metric == "flops":  # one unit everywhere: MACs (FLOPs = 2 x MACs)
@@ -277,7 +295,42 @@ def _allocate(model: onnx.ModelProto, analysis: Analysis, r: Recipe, scores: dic
     else:
         note = (f"parameter budget: target {_human(reached.target)} ({reached.target / reached.original:.1%}), "
                 f"achieved {_human(reached.achieved)} ({reached.achieved / reached.original:.1%})")
+    if blocks:
+        note += f"; {_blocks_phrase(reached.plan).strip()}"
     return reached.plan, note + unaligned
+
+
+def _blocks_phrase(plan: Plan) -> str:
+    n = len(plan.removed_blocks)
+    return f" and {n} residual block{'s' if n > 1 else ''}" if n else ""
+
+
+# calibration samples the block scores use at most (one pass over them per block)
+DEPTH_SAMPLES = 16
+
+
+def _depth_blocks(model: onnx.ModelProto, r: Recipe, calib: CalibrationData, step: Progress) -> list:
+    """The ``r.depth`` residual blocks whose bypass raises the calibration loss least."""
+    from onnxprune.analysis.blocks import find_blocks
+    from onnxprune.scoring.block_scores import block_scores
+
+    blocks = find_blocks(model)
+    if len(blocks) < int(r.depth):
+        raise RecipeError(f"--depth {r.depth}: the model has {len(blocks)} removable residual block"
+                          f"{'' if len(blocks) == 1 else 's'} (`onnxprune analyze --wide` lists them)")
+    label = "scoring residual blocks (loss when bypassed)"
+    step(label, None, None)
+    scores = block_scores(model, blocks, calib.take(DEPTH_SAMPLES), criterion="loss",
+                          progress=lambda done, total: step(label, done, total))
+    return sorted(blocks, key=lambda b: (scores[b.add], b.add))[:int(r.depth)]
+
+
+def _fit_with_blocks(model: onnx.ModelProto, analysis: Analysis, scores: dict, budget: Any, blocks: list,
+                     ranking: str, common: dict) -> Any:
+    from onnxprune.selection.budget import select_to_budget
+
+    options = {k: v for k, v in common.items() if k != "scores"}
+    return select_to_budget(model, analysis, scores, budget, ranking=ranking, removed_blocks=blocks, **options)
 
 
 def _recover(original: onnx.ModelProto, pruned: onnx.ModelProto, analysis: Analysis, plan: Plan, r: Recipe,
@@ -307,7 +360,7 @@ def _recovery_line(report: dict) -> str:
 
 def _warnings(analysis: Analysis, plan: Plan, before: Cost, after: Cost, r: Recipe) -> list[str]:
     out: list[str] = []
-    if not plan.keep:
+    if not plan.keep and not plan.removed_blocks:
         why = ("no group is prunable (see `onnxprune analyze`)" if not analysis.prunable_groups else
                "the budget is already met by the original" if r.ratio is None else
                "--min-channels / --max-ratio / --round-to leave every group whole")

@@ -35,6 +35,9 @@ class Plan:
     # Recovery by merging (Srinivas & Babu): group id -> (removed unit j, kept unit i, factor):
     # before j is removed, factor * (j's outgoing weights) are added to i's.
     merges: Mapping[str, tuple[tuple[int, int, float], ...]] = field(default_factory=dict)
+    # Depth pruning: the residual blocks removed, named by their Add node
+    # (``analysis.blocks``); absent from older plans (none removed).
+    removed_blocks: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "keep", MappingProxyType(
@@ -43,6 +46,7 @@ class Plan:
         object.__setattr__(self, "options", MappingProxyType(dict(self.options)))
         object.__setattr__(self, "merges", MappingProxyType(
             {k: tuple((int(j), int(i), float(f)) for j, i, f in v) for k, v in self.merges.items()}))
+        object.__setattr__(self, "removed_blocks", tuple(sorted(set(self.removed_blocks))))
 
     # -- serialisation ---------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -53,6 +57,7 @@ class Plan:
             "options": dict(self.options),
             "groups": {gid: {"size": self.sizes[gid], "keep": list(keep)} for gid, keep in self.keep.items()},
             "merges": {gid: [list(m) for m in merges] for gid, merges in self.merges.items()},
+            **({"removed_blocks": list(self.removed_blocks)} if self.removed_blocks else {}),
         }
 
     @classmethod
@@ -91,11 +96,15 @@ class Plan:
         criterion = data.get("criterion")
         if criterion is not None and not isinstance(criterion, str):
             raise bad(f"criterion must be a name, got {criterion!r}")
+        blocks = data.get("removed_blocks") or []
+        if not isinstance(blocks, list) or not all(isinstance(b, str) for b in blocks):
+            raise bad("removed_blocks must be a list of Add node names")
         return cls(fingerprint=str(data["fingerprint"]),
                    keep={gid: tuple(g["keep"]) for gid, g in groups.items()},
                    sizes={gid: int(g["size"]) for gid, g in groups.items()},
                    criterion=criterion, options=options,
-                   merges={gid: tuple(tuple(m) for m in ms) for gid, ms in merges.items()})
+                   merges={gid: tuple(tuple(m) for m in ms) for gid, ms in merges.items()},
+                   removed_blocks=tuple(blocks))
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         from onnxprune.io.fileutil import write_text_atomic
@@ -143,16 +152,25 @@ class Plan:
             for j, i, _ in merges:
                 if gid not in self.keep or j in kept or i not in kept:
                     raise PlanError(f"group '{gid}': merge ({j} -> {i}) must move a removed unit into a kept one")
+        from onnxprune.analysis.query_heads import check_plan
+
+        check_plan(analysis, self.removed_units(analysis))
+        for name in self.removed_blocks:  # that each is a removable block is checked where the graph is
+            if name not in analysis.node_macs:
+                raise PlanError(f"plan removes block '{name}', which is not a node of this model")
 
     def removed_units(self, analysis: Analysis) -> np.ndarray:
-        """Union-find roots of the units this plan removes."""
+        """Union-find roots of the units this plan removes (with the query heads of removed KV
+        heads and the KV heads left without query heads: ``analysis.query_heads``)."""
+        from onnxprune.analysis.query_heads import close_removed
+
         removed: list[np.ndarray] = []
         for gid, keep in self.keep.items():
             units = analysis.group(gid).units
             mask = np.ones(len(units), dtype=bool)
             mask[list(keep)] = False
             removed.append(units[mask])
-        return np.concatenate(removed) if removed else np.zeros(0, dtype=np.int64)
+        return close_removed(analysis, np.concatenate(removed) if removed else np.zeros(0, dtype=np.int64))
 
     def removed_channels(self, analysis: Analysis) -> int:
         total = 0

@@ -31,20 +31,40 @@ else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
 AUTO = "auto"
-DATA_FREE_CRITERIA = ("l1", "l2", "bn-scale", "random", "similarity")
-# the criteria of onnxprune.scoring.calibrated (kept here so that resolving a recipe never imports torch;
-# tests/test_recipe.py checks the two lists agree)
-DATA_DRIVEN_CRITERIA = ("taylor-fo", "taylor-so", "taylor-act", "activation", "apoz", "oracle")
+# DATA_FREE_CRITERIA, DATA_DRIVEN_CRITERIA and RECOVERY_METHODS are live views of the registries
+# (onnxprune.scoring.criteria, onnxprune.recovery.methods; neither imports torch): see __getattr__
 LOSSES = ("auto", "ce", "mse", "pseudo", "fisher")
 REDUCTIONS = ("sum", "mean", "max")
 MODES = ("per-group", "global")
 RANKINGS = ("normalised", "per-mac")
 LIMITS = ("sensitivity", "none")
-RECOVERY_METHODS = ("bn", "bias", "lstsq", "scale")
 WEIGHTINGS = ("uniform", "fisher")
 METHODS = ("criterion", "iterative", "spp", "learned-threshold")
 BUDGETS = ("ratio", "target_flops", "target_params", "target_latency")
 PROVIDERS = ("auto", "cpu", "cuda", "tensorrt")
+
+
+def __getattr__(name: str) -> Any:
+    """The registered criteria and recovery methods, read when asked (plugins included)."""
+    if name in ("DATA_FREE_CRITERIA", "DATA_DRIVEN_CRITERIA"):
+        from onnxprune.scoring.criteria import names
+
+        return names(needs_data=name == "DATA_DRIVEN_CRITERIA")
+    if name == "RECOVERY_METHODS":
+        return _recovery_names()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _data_driven(criterion: str) -> bool:
+    from onnxprune.scoring.criteria import needs_data
+
+    return needs_data(criterion)
+
+
+def _recovery_names() -> tuple[str, ...]:
+    from onnxprune.recovery.methods import names
+
+    return names()
 
 
 class RecipeError(SelectionError):
@@ -78,6 +98,14 @@ class Recipe:
     limits: str = AUTO  # per-group limits: sensitivity (measured damage), none
     ignore: tuple[str, ...] = ()
     prune_hidden: bool = False
+    # decoders: KV heads may change a KV cache's input / output shapes (onnxprune.interface);
+    # every attention layer keeps as many KV heads and query heads per KV head (runtimes with
+    # one head count for all layers: onnxruntime-genai's GroupQueryAttention)
+    allow_interface_change: bool = False
+    uniform_heads: bool = False
+    # depth pruning: residual blocks removed as well as channels (a budget's share taken by
+    # whole blocks): "off", a count, or "auto" (see ``resolve``)
+    depth: str | int = AUTO
     # recovery (post-training, on the calibration data; every refit checked on held-out data)
     recover: str | tuple[str, ...] = AUTO
     ridge: float | str = AUTO
@@ -122,7 +150,7 @@ class Recipe:
     @property
     def needs_data(self) -> bool:
         """Whether this recipe, as written, cannot run without calibration data."""
-        return (self.criterion in DATA_DRIVEN_CRITERIA or self.method != "criterion"
+        return (_data_driven(self.criterion) or self.method != "criterion"
                 or (isinstance(self.recover, tuple) and bool(self.recover)))
 
     # -- serialisation -----------------------------------------------------
@@ -192,8 +220,8 @@ class Recipe:
         parts = [budget]
         if self.method != "criterion":
             parts.append(f"{self.method} training ({self.train_steps} steps)")
-        scoring = self.criterion + (f" ({self.loss} loss)" if self.criterion in DATA_DRIVEN_CRITERIA else "")
-        if self.loss == "fisher" and self.criterion in DATA_DRIVEN_CRITERIA:
+        scoring = self.criterion + (f" ({self.loss} loss)" if _data_driven(self.criterion) else "")
+        if self.loss == "fisher" and _data_driven(self.criterion):
             scoring += f" x{self.projections} projections"
         parts.append(scoring)
         if self.ratio is not None:
@@ -209,6 +237,12 @@ class Recipe:
             parts.append(f"round to {self.round_to}")
         if self.prune_hidden:
             parts.append("hidden size too")
+        if self.uniform_heads:
+            parts.append("equal head counts in every layer")
+        if self.allow_interface_change:
+            parts.append("input / output shapes may change")
+        if isinstance(self.depth, int) and self.depth:
+            parts.append(f"{self.depth} residual block{'s' if self.depth > 1 else ''} removed")
         if self.recover:
             weighting = ", fisher-weighted" if self.recovery_weighting == "fisher" else ""
             parts.append(f"recovery {'+'.join(self.recover)} (held-out {self.holdout:.0%}, ridge {self.ridge}"
@@ -225,7 +259,7 @@ def _recovery_methods(text: str) -> str | tuple[str, ...]:
     if text in ("", "none"):
         return ()
     if text == "all":
-        return RECOVERY_METHODS
+        return _recovery_names()
     return tuple(m.strip() for m in text.split(",") if m.strip())
 
 
@@ -236,7 +270,9 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "target_params": (*_NUMBER, type(None)), "target_latency": (str, *_NUMBER, type(None)),
     "criterion": (str,), "loss": (str,), "reduction": (str,), "projections": (str, int), "flops_reg": _NUMBER,
     "mode": (str,), "ranking": (str,), "round_to": (int,), "align": (str, int), "min_channels": (int,),
-    "max_ratio": _NUMBER, "limits": (str,), "ignore": (tuple, list), "prune_hidden": (bool,), "recover": (str, tuple, list),
+    "max_ratio": _NUMBER, "limits": (str,), "ignore": (tuple, list), "prune_hidden": (bool,), "depth": (str, int),
+    "allow_interface_change": (bool,), "uniform_heads": (bool,),
+    "recover": (str, tuple, list),
     "ridge": (str, *_NUMBER), "recovery_weighting": (str,), "holdout": _NUMBER, "augment": (bool,),
     "method": (str,), "train_steps": (int,), "lr": _NUMBER, "provider": (str,), "measure": (bool,),
 }
@@ -267,7 +303,9 @@ def _check_values(r: Recipe) -> None:
         value = getattr(r, name)
         if value is not None and value <= 0:
             raise RecipeError(f"'{name}' must be positive (a fraction <= 1 or an absolute count), got {value}")
-    _one_of("criterion", r.criterion, (AUTO, *DATA_FREE_CRITERIA, *DATA_DRIVEN_CRITERIA))
+    from onnxprune.scoring.criteria import names as criteria
+
+    _one_of("criterion", r.criterion, (AUTO, *criteria(needs_data=False), *criteria(needs_data=True)))
     _one_of("loss", r.loss, LOSSES)
     _one_of("reduction", r.reduction, REDUCTIONS)
     _one_of("mode", r.mode, (AUTO, *MODES))
@@ -293,15 +331,23 @@ def _check_values(r: Recipe) -> None:
             raise RecipeError(f"'align' must be a positive integer or 'auto', got {r.align!r}") from None
     if isinstance(r.align, int) and r.align < 1:
         raise RecipeError(f"'align' must be a positive integer or 'auto', got {r.align}")
+    if isinstance(r.depth, str) and r.depth not in (AUTO, "off"):
+        try:
+            object.__setattr__(r, "depth", int(r.depth))
+        except ValueError:
+            raise RecipeError(f"'depth' must be 'auto', 'off' or a number of blocks, got {r.depth!r}") from None
+    if isinstance(r.depth, int) and r.depth < 0:
+        raise RecipeError(f"'depth' must be 'auto', 'off' or a number of blocks >= 0, got {r.depth}")
     if isinstance(r.ridge, str) and r.ridge != AUTO:
         raise RecipeError(f"'ridge' must be a number or 'auto', got {r.ridge!r}")
     if not isinstance(r.ridge, str) and r.ridge < 0:
         raise RecipeError(f"'ridge' must be >= 0, got {r.ridge}")
     if r.recover != AUTO:
-        unknown = [m for m in r.recover if m not in RECOVERY_METHODS]
+        known = _recovery_names()
+        unknown = [m for m in r.recover if m not in known]
         if unknown:
             raise RecipeError(f"'recover': unknown method(s) {', '.join(unknown)} "
-                              f"(choose from {', '.join(RECOVERY_METHODS)}, all, none or auto)")
+                              f"(choose from {', '.join(known)}, all, none or auto)")
     if not 0.0 <= r.holdout < 1.0:
         raise RecipeError(f"'holdout' must be in [0, 1), got {r.holdout}")
     if r.train_steps < 1:
@@ -343,10 +389,12 @@ def resolve(recipe: Recipe, ctx: Context) -> Recipe:
     - transformers with data (``is_transformer``): Kwon et al. 2022: ``taylor-so`` with the
       label-free ``fisher`` loss over 8 projections, Fisher-weighted ``lstsq`` + ``scale``
       refits (on MiniLM at 0.67 of the MACs: held-out cosine 0.955 against 0.934);
-    - ridge: chosen per layer on the held-out samples.
+    - ridge: chosen per layer on the held-out samples;
+    - depth: ``off`` (residual blocks are removed only when asked, ``depth = N``: on SmolLM2
+      at 20% of the parameters, whole blocks cost more perplexity than channels: docs/llm.md).
     """
     if recipe.needs_data and not ctx.has_calib:
-        what = (recipe.criterion if recipe.criterion in DATA_DRIVEN_CRITERIA else
+        what = (recipe.criterion if _data_driven(recipe.criterion) else
                 f"{recipe.method} training" if recipe.method != "criterion" else "recovery")
         raise RecipeError(f"{what} needs calibration data: give --calib")
     data = ctx.has_calib
@@ -356,7 +404,7 @@ def resolve(recipe: Recipe, ctx: Context) -> Recipe:
     loss = recipe.loss if recipe.loss != AUTO or criterion not in ("taylor-so", "taylor-fo") or not data else "fisher"
     projections = recipe.projections if recipe.projections != AUTO else (8 if kwon and loss == "fisher" else 1)
     weighting = recipe.recovery_weighting if recipe.recovery_weighting != AUTO else ("fisher" if kwon else "uniform")
-    data_scores = criterion in DATA_DRIVEN_CRITERIA
+    data_scores = _data_driven(criterion)
     mode = recipe.mode if recipe.mode != AUTO else ("global" if data_scores else "per-group")
     ranking = recipe.ranking if recipe.ranking != AUTO else ("per-mac" if data_scores else "normalised")
     align = recipe.align if recipe.align != AUTO else ctx.align_block
@@ -366,10 +414,16 @@ def resolve(recipe: Recipe, ctx: Context) -> Recipe:
                    else ("lstsq",))
     budget_metric = recipe.target_flops is not None or recipe.target_params is not None
     limits = recipe.limits if recipe.limits != AUTO else (
-        "sensitivity" if data and not ctx.transformer and budget_metric and criterion in DATA_DRIVEN_CRITERIA
+        "sensitivity" if data and not ctx.transformer and budget_metric and data_scores
         else "none")
+    depth = recipe.depth if recipe.depth != AUTO else "off"
+    if isinstance(depth, int) and depth:
+        if not data:
+            raise RecipeError("depth pruning (--depth N) scores blocks on calibration data: give --calib")
+        if recipe.ratio is not None or recipe.target_latency is not None:
+            raise RecipeError("--depth N applies to a --target-flops or --target-params budget")
     return replace(recipe, criterion=criterion, loss=loss, projections=projections, mode=mode, ranking=ranking,
-                   align=align, recover=recover, recovery_weighting=weighting, limits=limits)
+                   align=align, recover=recover, recovery_weighting=weighting, limits=limits, depth=depth)
 
 
 def is_transformer(model: "onnx.ModelProto") -> bool:

@@ -8,7 +8,8 @@ import onnx
 
 from onnxprune.analysis import Analysis, analyze
 from onnxprune.api import PruneResult, apply_plan
-from onnxprune.rewrite.masking import masked_model, random_masking_plan
+from onnxprune.rewrite.masking import masked_model
+from tests.plans import random_masking_plan
 from onnxprune.plan import Plan
 from onnxprune.runtime.session import random_inputs, run
 

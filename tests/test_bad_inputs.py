@@ -396,25 +396,29 @@ def _bfloat16() -> onnx.ModelProto:
     return m
 
 
-def test_bfloat16_is_refused_up_front_and_float16_is_pruned(monkeypatch, capsys, tmp_path):
+def test_bfloat16_compute_is_refused_up_front_and_float16_is_pruned(monkeypatch, capsys, tmp_path):
+    """onnxruntime's CPU provider has no bfloat16 Conv (nor MatMul, Gemm, Add, Relu): such a
+    model is refused naming the first node computing in bfloat16 (tests/test_float16.py prunes
+    bfloat16 weights Cast to float, and a round trip through bfloat16)."""
     bf16, f16 = tmp_path / "bf16.onnx", tmp_path / "f16.onnx"
     onnx.save(_bfloat16(), bf16)
     onnx.save(conv_model(elem=TensorProto.FLOAT16, dtype=np.float16), f16)
     line = refused(monkeypatch, capsys, "prune", bf16, "-o", tmp_path / "o.onnx", "--ratio", "0.3")
-    assert "bfloat16" in line and str(bf16) in line
+    assert "bfloat16" in line and str(bf16) in line and "node 'conv1' (Conv)" in line, line
     assert not (tmp_path / "o.onnx").exists()
     code, _, err = cli(monkeypatch, capsys, "prune", f16, "-o", tmp_path / "o16.onnx", "--ratio", "0.3")
     assert code == 0, err
     pruned = onnx.load(tmp_path / "o16.onnx")
     assert pruned.graph.input[0].type.tensor_type.elem_type == TensorProto.FLOAT16
-    # a Cast to bfloat16 inside a float32 model is refused too
+    # a bfloat16 tensor read by an op other than Cast inside a float32 model is refused too
     m = conv_model()
     m.graph.node.insert(2, helper.make_node("Cast", ["r"], ["rb"], to=TensorProto.BFLOAT16, name="to_bf16"))
-    m.graph.node.insert(3, helper.make_node("Cast", ["rb"], ["rf"], to=TensorProto.FLOAT, name="to_f32"))
-    m.graph.node[4].input[0] = "rf"
+    m.graph.node.insert(3, helper.make_node("Relu", ["rb"], ["rr"], name="relu_bf16"))
+    m.graph.node.insert(4, helper.make_node("Cast", ["rr"], ["rf"], to=TensorProto.FLOAT, name="to_f32"))
+    m.graph.node[5].input[0] = "rf"
     cast = tmp_path / "cast.onnx"
     onnx.save(m, cast)
-    with pytest.raises(ModelLoadError, match="node 'to_bf16'"):
+    with pytest.raises(ModelLoadError, match=r"node 'relu_bf16' \(Relu\) computes in bfloat16"):
         load(cast)
 
 

@@ -210,12 +210,14 @@ def test_prune_with_training_methods(monkeypatch, capsys, tmp_path, flag):
     pytest.importorskip("torch")
     data = os.path.join(os.path.dirname(__file__), "..", "onnxprune", "data")
     model = os.path.join(data, "digits_cnn.onnx")
-    out = tmp_path / "t.onnx"
+    out, plan = tmp_path / "t.onnx", tmp_path / "plan.json"
     code, text, err = cli(monkeypatch, capsys, "prune", model, "-o", out, *flag, "--target-flops", "0.5",
                           "--calib", os.path.join(data, "digits_train.npz"), "--calib-samples", "128",
-                          "--train-steps", "12", "--batch-size", "32")
+                          "--train-steps", "12", "--batch-size", "32", "--save-plan", plan)
     assert code == 0, err
     assert "achieved" in text and out.exists()
+    options = json.loads(plan.read_text())["options"]
+    assert options["method"] == options["schedule"] == flag[1]  # the method asked for is the one that ran
     onnx.checker.check_model(onnx.load(out), full_check=True)
     code, _, err = cli(monkeypatch, capsys, "prune", model, "-o", tmp_path / "x.onnx", *flag, "--ratio", "0.3")
     assert code != 0 and "--calib" in err

@@ -11,7 +11,7 @@ import pytest
 
 from onnxprune.api import load
 from onnxprune.analysis.flops import model_cost
-from onnxprune.rewrite.masking import random_masking_plan
+from tests.plans import random_masking_plan
 from onnxprune.analysis import analyze
 from onnxprune.api import apply_plan
 from tests.zoo_cache import TEST_WIDTH, ZOO_NAMES, zoo_path

@@ -272,7 +272,7 @@ def _fake_ort():
 
 @pytest.mark.parametrize("provider", ["cuda", "tensorrt"])
 def test_gpu_providers_use_io_binding(monkeypatch, provider):
-    monkeypatch.setattr(lat, "_ort", _fake_ort)
+    monkeypatch.setattr("onnxprune.runtime.timing._ort", _fake_ort)  # the timer lives in runtime/
     _FakeSession.instances.clear()
     stats = lat.benchmark(b"model", {"x": np.zeros((1, 3), np.float32)}, provider=provider, threads=2, warmup=2,
                           runs=5)
@@ -364,7 +364,7 @@ def test_timing_sessions_do_not_spin_unless_asked(monkeypatch):
 
     fake = _fake_ort()
     fake.SessionOptions = options
-    monkeypatch.setattr(lat, "_ort", lambda: fake)
+    monkeypatch.setattr("onnxprune.runtime.timing._ort", lambda: fake)  # the timer lives in runtime/
     lat.timing_session(b"model", threads=2)
     lat.timing_session(b"model", threads=2, spin=True)
     assert entries == [("session.intra_op.allow_spinning", "0"), ("session.intra_op.allow_spinning", "1")]

@@ -10,11 +10,12 @@ import numpy as np
 import onnx
 import pytest
 
-from onnxprune.analysis.accounting import predicted_params
+from tests.plans import predicted_params
 from onnxprune.analysis import analyze
+from onnxprune.analysis.query_heads import repair_keep
 from onnxprune.api import apply_plan, load
 from onnxprune.analysis.flops import model_cost
-from onnxprune.rewrite.masking import random_masking_plan
+from tests.plans import random_masking_plan
 from onnxprune.plan import Plan
 from onnxprune.runtime.session import run
 from tests.equivalence import assert_matches_masked, check_pruned_model
@@ -47,10 +48,18 @@ def _ids(batch: int, seq: int, seed: int = 0) -> dict[str, np.ndarray]:
 
 
 def _group_kinds(analysis):  # noqa: ANN001, ANN202
-    """(attention head groups, FFN neuron groups) by their producers' count (q, k, v vs gate, up)."""
-    heads = [g for g in analysis.prunable_groups if len(g.producers) == 3]
-    ffn = [g for g in analysis.prunable_groups if len(g.producers) == 2]
+    """(KV-head groups, FFN neuron groups): both made by two projections (k, v; gate, up), only
+    the FFN's read by a weighted consumer (a KV head is read through its query heads). Removing
+    a KV head removes the query heads that read it."""
+    heads = [g for g in analysis.prunable_groups if len(g.producers) == 2 and not g.consumers]
+    ffn = [g for g in analysis.prunable_groups if len(g.producers) == 2 and g.consumers]
     return heads, ffn
+
+
+def _query_groups(analysis):  # noqa: ANN001, ANN202
+    """Query-head groups: q_proj rows and o_proj columns of one head each."""
+    return [g for g in analysis.prunable_groups if len(g.producers) == 1 and len(g.consumers) == 1
+            and g.size < 64]
 
 
 def test_tied_embedding_stays_shared(tiny_exports):
@@ -97,11 +106,13 @@ def test_attention_heads_and_ffn_neurons_are_prunable(tiny_exports, name):
     options = {"heads": 4, "kv_heads": 2, **CONFIGS[name]}
     analysis = analyze(load(tiny_exports(name)))
     heads, ffn = _group_kinds(analysis)
-    assert len(heads) == 2 and len(ffn) == 2, [(g.id, g.size, g.reasons) for g in analysis.groups]
+    queries = _query_groups(analysis)
+    assert len(heads) == 2 and len(ffn) == 2 and len(queries) == 2, [(g.id, g.size, g.reasons) for g in analysis.groups]
     head_dim = (options.get("hidden", 64)) // options["heads"]
-    for g in heads:  # a unit: one KV head and the query heads that read it
-        assert g.size == options["kv_heads"]
-        assert g.unit_width == head_dim * options["heads"] // options["kv_heads"]
+    for g in heads:  # a unit: one KV head (k_proj and v_proj rows; its query heads go with it)
+        assert g.size == options["kv_heads"] and g.unit_width == head_dim
+    for g in queries:  # a unit: one query head (q_proj rows, o_proj columns)
+        assert g.size == options["heads"] and g.unit_width == head_dim
     assert all(g.size == 128 for g in ffn)
     reasons = " ".join(b.reason for b in analysis.blocked)
     assert "Reshape moves a dynamic axis" not in reasons and "flattened together with a dynamic axis" not in reasons
@@ -120,23 +131,103 @@ def test_heads_are_found_from_inferred_shapes_alone(tiny_exports, monkeypatch):
 def _plan(analysis, groups, seed: int) -> Plan:  # noqa: ANN001
     rng = np.random.default_rng(seed)
     keep = {g.id: tuple(sorted(rng.choice(g.size, size=max(1, g.size // 2), replace=False).tolist())) for g in groups}
+    keep = repair_keep(analysis, keep)  # a layer keeps a query head of a kept KV head
     return Plan(fingerprint=analysis.fingerprint, keep=keep, sizes={g.id: g.size for g in groups}, criterion="test")
 
 
 @pytest.mark.parametrize("name", sorted(CONFIGS))
-@pytest.mark.parametrize("kind", ["heads", "ffn", "both", "one_layer_heads"])
+@pytest.mark.parametrize("kind", ["heads", "ffn", "both", "one_layer_heads", "queries", "all"])
 def test_pruned_decoder_equals_masked_reference(tiny_exports, name, kind):
-    """Heads, neurons or both; "one_layer_heads": layers keep different head counts (the
-    exporter builds the KV-repeat shapes once for all layers: each layer needs its own)."""
+    """KV heads (with their query heads), neurons or both; "one_layer_heads": layers keep
+    different head counts (the exporter builds the KV-repeat shapes once for all layers: each
+    layer needs its own); "queries": query heads alone; "all": KV heads, query heads, neurons."""
     model = load(tiny_exports(name))
     analysis = analyze(model)
     heads, ffn = _group_kinds(analysis)
-    groups = {"heads": heads, "ffn": ffn, "both": heads + ffn, "one_layer_heads": heads[:1]}[kind]
+    queries = _query_groups(analysis)
+    groups = {"heads": heads, "ffn": ffn, "both": heads + ffn, "one_layer_heads": heads[:1], "queries": queries,
+              "all": heads + queries + ffn}[kind]
     plan = _plan(analysis, groups, seed=len(kind))
     result = apply_plan(model, analysis, plan)
     check_pruned_model(result.model, model)
     assert model_cost(result.model).params < model_cost(model).params
     assert result.after.params == predicted_params(model, analysis, plan)  # the analysis predicts the rewrite
+    for batch in (1, 2):
+        assert_matches_masked(model, analysis, plan, result, seed=batch, batch=batch)
+
+
+def _query_plan(analysis, keep_per_layer):  # noqa: ANN001, ANN202
+    """A plan keeping, in every query-head group, the heads ``keep_per_layer`` names."""
+    queries = _query_groups(analysis)
+    return Plan(fingerprint=analysis.fingerprint, keep={g.id: keep_per_layer for g in queries},
+                sizes={g.id: g.size for g in queries}, criterion="test")
+
+
+# name -> (query heads kept per layer, query heads per KV head kept uniformly or None, KV heads removed)
+QUERY_PLANS = {
+    "gqa": [((0, 2), 1, 0), ((0, 1, 3), None, 0), ((2, 3), 2, 1)],
+    "gqa_distinct": [((0, 1, 3, 4), 2, 0), ((1, 3, 4, 5), None, 0), ((0,), 1, 1), ((1, 2, 5), None, 0)],
+}
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_query_heads_inside_a_kv_group_go_alone(tiny_exports, name):
+    """A query head goes without its KV head: q_proj rows and o_proj columns of that head only.
+    When every kept KV head keeps as many query heads, the repeat stays an Expand with the kept
+    count; otherwise a Gather picks each kept query head's KV head. Removing every query head of
+    a KV head removes the KV head (k_proj, v_proj rows) too."""
+    model = load(tiny_exports(name))
+    analysis = analyze(model)
+    options = {"heads": 4, "kv_heads": 2, "hidden": 64, **CONFIGS[name]}
+    head_dim = options["hidden"] // options["heads"]
+    per_query, per_kv = 2 * head_dim * options["hidden"], 2 * head_dim * options["hidden"]
+    for keep, uniform, kv_removed in QUERY_PLANS[name]:
+        plan = _query_plan(analysis, keep)
+        result = apply_plan(model, analysis, plan)
+        check_pruned_model(result.model, model)
+        removed = 2 * ((options["heads"] - len(keep)) * per_query + kv_removed * per_kv)  # 2 layers
+        assert result.before.params - result.after.params == removed == \
+            result.before.params - predicted_params(model, analysis, plan)
+        gathers = [n for n in result.model.graph.node if n.name.endswith("__kept_heads")]
+        assert len(gathers) == (0 if uniform else 4), (keep, [n.name for n in gathers])  # K and V, 2 layers
+        for batch in (1, 2):
+            assert_matches_masked(model, analysis, plan, result, seed=batch, batch=batch)
+
+
+def test_a_plan_without_query_heads_in_a_layer_is_refused(tiny_exports):
+    """Query heads kept only under removed KV heads: the layer would keep none; refused."""
+    from onnxprune.errors import PlanError
+
+    model = load(tiny_exports("gqa"))
+    analysis = analyze(model)
+    heads, _ = _group_kinds(analysis)
+    queries = _query_groups(analysis)
+    plan = Plan(fingerprint=analysis.fingerprint, keep={heads[0].id: (1,), queries[0].id: (0, 1)},
+                sizes={heads[0].id: 2, queries[0].id: 4}, criterion="test")
+    with pytest.raises(PlanError, match="removes every query head"):
+        apply_plan(model, analysis, plan)
+
+
+@pytest.fixture(scope="module")
+def legacy_export(tmp_path_factory) -> str:
+    folder = tmp_path_factory.mktemp("llm_legacy")
+    return str(export_causal_lm(tiny_llama(**CONFIGS["gqa_distinct"]), folder / "legacy.onnx", dynamo=False))
+
+
+@pytest.mark.parametrize("kind", ["heads", "queries", "all"])
+def test_legacy_export_prunes_and_equals_masked_reference(legacy_export, kind):
+    """The legacy (TorchScript) exporter, with eager attention (``export_causal_lm``): KV heads,
+    query heads alone, and both with FFN neurons, equal to the masked reference at batch 1 and 2."""
+    model = load(legacy_export)
+    analysis = analyze(model)
+    heads, ffn = _group_kinds(analysis)
+    queries = _query_groups(analysis)
+    assert len(heads) == len(ffn) == len(queries) == 2, [(g.id, g.size, g.reasons) for g in analysis.groups]
+    groups = {"heads": heads, "queries": queries, "all": heads + queries + ffn}[kind]
+    plan = _plan(analysis, groups, seed=len(kind))
+    result = apply_plan(model, analysis, plan)
+    check_pruned_model(result.model, model)
+    assert result.after.params == predicted_params(model, analysis, plan) < model_cost(model).params
     for batch in (1, 2):
         assert_matches_masked(model, analysis, plan, result, seed=batch, batch=batch)
 
@@ -314,9 +405,14 @@ def test_recovery_on_a_pruned_decoder(tiny_exports, method):
     windows = np.random.default_rng(2).integers(0, TINY_VOCAB, (24, 32)).astype(np.int64)
     recovered, report = recover(model, pruned, analysis, plan, CalibrationData({"input_ids": windows}),
                                 methods=(method,), holdout=0.25)
-    consumers = {ref.node for ref in analysis.consumers if ref.node in {c for g in heads + ffn for c in g.consumers}}
+    weighted = {c for g in analysis.prunable_groups for c in g.consumers}  # o_proj: its query heads go with their KV heads
+    consumers = {ref.node for ref in analysis.consumers if ref.node in weighted}
     assert len(consumers) == 4, consumers
     steps = [(s["node"], s["method"], s["status"], s["reason"]) for s in report["steps"]]
+    # the value repeats (where a removed KV head is masked, for scores) are listed, not refitted
+    others = [s for s in steps if s[0] not in consumers]
+    assert len(others) == 2 and all(s[2] == "skipped" and "Reshape is not refitted" in s[3] for s in others), others
+    steps = [s for s in steps if s[0] in consumers]
     assert {s[0] for s in steps} == consumers and all(s[1] == method for s in steps), steps
     assert all(s[2] == "updated" or "held-out" in s[3] for s in steps), steps  # supported: none skipped
     assert sum(s[2] == "updated" for s in steps) >= 2, steps

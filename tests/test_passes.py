@@ -10,14 +10,15 @@ from onnx import numpy_helper
 
 from onnxprune.analysis import analyze
 from onnxprune.graph import GraphIndex, attr
-from onnxprune.rewrite.masking import random_masking_plan
+from tests.plans import random_masking_plan
+from onnxprune.analysis.context import FIXUP_KINDS, Fixup, ShapeEntry
 from onnxprune.rewrite import (
-    CheckModelPass, PruneContext, RefreshShapesPass, RemoveDeadNodesPass, RewriteShapeConstantsPass,
-    SliceWeightsPass, SortTopologicallyPass,
+    BasePass, CheckModelPass, ModelPass, Pass, PassResult, RefreshShapesPass, Removal, RemoveDeadNodesPass,
+    RewriteShapeConstantsPass, SliceWeightsPass, SortTopologicallyPass,
     default_pipeline, run_passes,
 )
 from onnxprune.plan import Plan
-from onnxprune.errors import RewriteError
+from onnxprune.errors import InternalError, PipelineError, RewriteError
 from tests.equivalence import prune_randomly_and_check
 from tests.graphs import pass_fixture
 
@@ -30,7 +31,7 @@ def _setup(shared: bool = False):
     # remove channel 0 of every prunable group: deterministic and touches every pass
     keep = {g.id: tuple(range(1, g.size)) for g in analysis.prunable_groups}
     plan = Plan(analysis.fingerprint, keep, {g.id: g.size for g in analysis.prunable_groups})
-    return model, analysis, PruneContext(analysis, plan.removed_units(analysis))
+    return model, analysis, Removal(analysis, plan.removed_units(analysis))
 
 
 def _run_until(pass_type, model, ctx):
@@ -51,9 +52,9 @@ def _const(model, name):
 
 
 def _twice(pass_, model, ctx):
-    first = pass_.call(model, ctx)
+    first = pass_.apply(model, ctx)  # a generic pass ignores ctx: it takes only the model
     snapshot = model.SerializeToString(deterministic=True)
-    second = pass_.call(model, ctx)
+    second = pass_.apply(model, ctx)
     assert not second.modified, f"{pass_.name} is not idempotent"
     assert model.SerializeToString(deterministic=True) == snapshot, f"{pass_.name} changed the model again"
     return first
@@ -180,7 +181,7 @@ def test_check_model_never_modifies_and_rejects_invalid():
     broken.CopyFrom(model)
     broken.graph.node[0].input[1] = "missing"
     with pytest.raises(onnx.checker.ValidationError):
-        CheckModelPass().call(broken, ctx)
+        CheckModelPass().call(broken)
 
 
 def test_pipeline_error_names_failing_pass_and_previous():
@@ -199,13 +200,24 @@ def test_pipeline_matches_masked_reference(opset):
         prune_randomly_and_check(model, seed=seed)
 
 
-def test_debug_mode_checks_after_every_pass():
+@pytest.mark.parametrize("debug", [True, False])
+def test_debug_mode_checks_after_every_pass(monkeypatch, debug):
+    """debug=True runs the checks after every pass of the pipeline; debug=False runs none."""
+    from onnxprune.api import apply_plan
+    from onnxprune.rewrite import base
+
+    monkeypatch.delenv(base.DEBUG_ENV, raising=False)
+    checked, contracts = [], []
+    real_check, real_contract = base._debug_check, base.check_contract
+    monkeypatch.setattr(base, "_debug_check", lambda m, *, full: (checked.append(full), real_check(m, full=full)))
+    monkeypatch.setattr(base, "check_contract", lambda p, *a: (contracts.append(p.name), real_contract(p, *a)))
     model, analysis, _ = _setup()
     plan = random_masking_plan(analysis, seed=1)
-    from onnxprune.api import apply_plan
-
-    result = apply_plan(model, analysis, plan, debug=True)
-    assert [name for name, _ in result.history] == [p.name for p in default_pipeline()]
+    result = apply_plan(model, analysis, plan, debug=debug)
+    names = [p.name for p in default_pipeline()]
+    assert [name for name, _ in result.history] == names
+    assert contracts == (names if debug else [])
+    assert checked == ([p.consistent for p in default_pipeline()] if debug else [])
 
 
 def _opset11_fixture():
@@ -219,3 +231,156 @@ def _opset11_fixture():
     from onnxprune.prepare.normalize import prepare
 
     return prepare(model)
+
+
+# -- the pass framework's own checks ---------------------------------------------------
+
+def test_fixup_kind_without_handler_is_refused_at_pipeline_build(monkeypatch):
+    from dataclasses import dataclass
+
+    from onnxprune.analysis import context
+
+    monkeypatch.setattr(context, "FIXUP_KINDS", list(FIXUP_KINDS))  # the new kind stays in this test
+    default_pipeline()  # every kind defined so far has a handler
+
+    @dataclass(frozen=True, eq=False)
+    class Stride(Fixup):
+        """A toy kind: a strided op's stride follows the kept channels (no pass knows it)."""
+
+        stride: int
+
+    assert Stride in context.FIXUP_KINDS
+    with pytest.raises(PipelineError, match=r"handles fix-up kind .*Stride") as exc:
+        default_pipeline()
+    assert isinstance(exc.value, InternalError)
+    # a pass that names the kind in its handler table makes the pipeline whole again
+    handled = type("StridePass", (ModelPass,), {"name": "stride", "fixup_handlers": {Stride: lambda *a: False},
+                                                 "call": lambda self, model: PassResult(model, False)})
+    from onnxprune.rewrite.base import check_fixup_handlers
+
+    with pytest.raises(PipelineError):
+        check_fixup_handlers([handled()])  # the built-in kinds are then missing
+    check_fixup_handlers([handled()], kinds=[Stride])
+
+
+def test_fixups_are_typed_per_kind():
+    _, analysis, _ = _setup()
+    kinds = {type(f) for f in analysis.fixups}
+    assert ShapeEntry in kinds and all(issubclass(k, Fixup) and k is not Fixup for k in kinds)
+    handled = {k for p in default_pipeline() for k in p.fixup_handlers}
+    assert kinds <= handled
+    with pytest.raises(TypeError):
+        ShapeEntry("node", slot=1, index=0)  # a missing field is refused where the kind is built
+
+
+class _Liar(ModelPass):
+    """Renames the graph but reports no change."""
+
+    name = "liar"
+
+    def call(self, model):
+        model.graph.name += "_x"
+        return PassResult(model, False)
+
+
+class _Grower(ModelPass):
+    """Appends a node every run, and says so: truthful, but not idempotent."""
+
+    name = "grower"
+
+    def call(self, model):
+        out = f"grown{len(model.graph.node)}"
+        model.graph.node.append(onnx.helper.make_node("Identity", [model.graph.input[0].name], [out]))
+        return PassResult(model, True)
+
+
+class _Modest(ModelPass):
+    """Changes nothing, yet reports a change."""
+
+    name = "modest"
+
+    def call(self, model):
+        return PassResult(model, True)
+
+
+def _copy_fixture():
+    model, _, ctx = _setup()
+    work = onnx.ModelProto()
+    work.CopyFrom(model)
+    return work, ctx
+
+
+@pytest.mark.parametrize("toy, message", [(_Liar, "modified=False, but the model changed"),
+                                          (_Modest, "modified=True, but the model did not change"),
+                                          (_Grower, "not idempotent")])
+def test_debug_run_catches_a_pass_that_breaks_its_contract(monkeypatch, toy, message):
+    from onnxprune.rewrite import base
+
+    monkeypatch.delenv(base.DEBUG_ENV, raising=False)
+    work, ctx = _copy_fixture()
+    run_passes([toy()], work, ctx)  # not a debug run: nothing checks the contract
+    with pytest.raises(RewriteError, match=rf"pass '{toy.name}' failed .*{message}"):
+        run_passes([toy()], work, ctx, debug=True)
+
+
+def test_debug_environment_variable_turns_the_checks_on(monkeypatch):
+    from onnxprune.rewrite import base
+
+    monkeypatch.setenv(base.DEBUG_ENV, "1")
+    work, _ = _copy_fixture()
+    with pytest.raises(RewriteError, match="modified=False"):
+        run_passes([_Liar()], work)
+    monkeypatch.setenv(base.DEBUG_ENV, "0")
+    run_passes([_Liar()], work)
+
+
+def test_generic_passes_take_only_the_model():
+    work, ctx = _copy_fixture()
+    generic = [p for p in default_pipeline() if isinstance(p, ModelPass)]
+    assert {type(p) for p in generic} == {SortTopologicallyPass, RefreshShapesPass, CheckModelPass,
+                                          RemoveDeadNodesPass}
+    _, history = run_passes(generic, work)  # no pruning context needed
+    assert [name for name, _ in history] == [p.name for p in generic]
+    with pytest.raises(RewriteError, match="needs the Removal"):
+        run_passes([SliceWeightsPass()], work)
+    assert all(isinstance(p, (Pass, ModelPass)) and isinstance(p, BasePass) for p in default_pipeline())
+
+
+def test_requires_and_ensures_are_checked():
+    calls = []
+
+    class Guarded(ModelPass):
+        name = "guarded"
+
+        def requires(self, model):
+            calls.append("requires")
+            if not model.graph.node:
+                raise ValueError("needs at least one node")
+
+        def call(self, model):
+            calls.append("call")
+            return PassResult(model, False)
+
+        def ensures(self, model):
+            calls.append("ensures")
+
+    work, _ = _copy_fixture()
+    run_passes([Guarded()], work)
+    assert calls == ["requires", "call", "ensures"]
+    empty = onnx.ModelProto()
+    empty.CopyFrom(work)
+    del empty.graph.node[:]
+    with pytest.raises(RewriteError, match="guarded.*needs at least one node"):
+        run_passes([Guarded()], empty)
+    # the sort's postcondition: a graph it could not order is refused, not written
+    cyclic = onnx.ModelProto()
+    cyclic.CopyFrom(work)
+    with pytest.raises(ValueError, match="before it is produced"):
+        SortTopologicallyPass().ensures(_reversed(cyclic))
+
+
+def _reversed(model):
+    nodes = list(model.graph.node)
+    del model.graph.node[:]
+    model.graph.node.extend(reversed(nodes))
+    return model

@@ -114,8 +114,8 @@ def test_removed_units_count(fixture):
 @pytest.mark.parametrize("shared", [False, True])
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_parameters_removed_equal_what_the_plan_predicts(shared, seed):
-    from onnxprune.analysis.accounting import predicted_params
-    from onnxprune.rewrite.masking import random_masking_plan
+    from tests.plans import predicted_params
+    from tests.plans import random_masking_plan
 
     model = pass_fixture(shared_weight=shared)
     analysis = analyze(model)
@@ -128,8 +128,8 @@ def test_parameters_removed_equal_what_the_plan_predicts(shared, seed):
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_macs_after_pruning_equal_what_the_plan_predicts(seed):
-    from onnxprune.analysis.accounting import predicted_macs
-    from onnxprune.rewrite.masking import random_masking_plan
+    from tests.plans import predicted_macs
+    from tests.plans import random_masking_plan
 
     model = pass_fixture()
     analysis = analyze(model)

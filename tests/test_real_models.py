@@ -60,7 +60,7 @@ def test_prune_hidden_through_paddle_layer_norms():
     runs (approximate by design)."""
     from onnxprune.analysis import analyze
     from onnxprune.api import apply_plan
-    from onnxprune.rewrite.masking import random_masking_plan
+    from tests.plans import random_masking_plan
     from onnxprune.runtime.session import random_inputs, run
 
     path, shapes = real_model("ppocr_rec")

@@ -21,7 +21,8 @@ from models import make_inputs
 from onnxprune.analysis import analyze
 from onnxprune.api import load
 from onnxprune.errors import RuntimeUnavailableError
-from onnxprune.rewrite.masking import masked_model, random_masking_plan
+from onnxprune.rewrite.masking import masked_model
+from tests.plans import random_masking_plan
 from onnxprune.runtime.session import run
 from onnxprune.torchexec import OnnxModule
 from tests.zoo_cache import ZOO_NAMES, zoo_path

@@ -6,7 +6,7 @@ from __future__ import annotations
 import onnx
 import pytest
 
-from onnxprune.analysis.accounting import predicted_macs, predicted_params
+from tests.plans import predicted_macs, predicted_params
 from onnxprune.analysis import analyze
 from onnxprune.api import load
 from onnxprune.analysis.flops import model_cost

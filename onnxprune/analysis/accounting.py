@@ -18,8 +18,8 @@ import onnx
 
 from onnxprune.analysis import Analysis
 from onnxprune.analysis.flops import is_parameter
+from onnxprune.analysis.query_heads import close_removed
 from onnxprune.graph import GraphIndex
-from onnxprune.plan import Plan
 
 WEIGHT_SLOT = 1
 
@@ -48,7 +48,7 @@ class CostModel:
 
     def _removed_mask(self, removed_units: np.ndarray) -> np.ndarray:
         mask = np.zeros(len(self.analysis.roots), dtype=bool)
-        mask[removed_units] = True
+        mask[close_removed(self.analysis, removed_units)] = True
         return mask
 
     def params(self, removed_units: np.ndarray) -> int:
@@ -73,13 +73,3 @@ class CostModel:
                 frac *= float((~removed[roots]).sum()) / len(roots)
             total += macs * frac
         return int(round(total))
-
-
-def predicted_params(model: onnx.ModelProto, analysis: Analysis, plan: Plan) -> int:
-    """Parameters of the pruned model, predicted from the plan."""
-    return CostModel(model, analysis).params(plan.removed_units(analysis))
-
-
-def predicted_macs(model: onnx.ModelProto, analysis: Analysis, plan: Plan) -> int:
-    """MACs of the pruned model, predicted from the plan."""
-    return CostModel(model, analysis).macs(plan.removed_units(analysis))

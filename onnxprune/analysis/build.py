@@ -14,8 +14,13 @@ import onnx
 from onnxprune.analysis import rules as _rules  # noqa: F401 - registers the rules
 from onnxprune.analysis.context import RuleContext
 from onnxprune.analysis.registry import Unsupported, rule_for
+from onnxprune.analysis.rules.fused import understood
+from onnxprune.analysis.query_heads import tie_parents
+from onnxprune.interface import block_or_record_output
 from onnxprune.analysis.result import Analysis, BlockedRegion, Group
+from onnxprune.analysis.rules.quant import analysis_index, quantized_ops
 from onnxprune.analysis.flops import model_cost, node_macs
+from onnxprune.analysis.weighted_ops import weighted_op
 from onnxprune.graph import GraphIndex, subgraph_inputs
 from onnxprune.io.modelio import fingerprint
 
@@ -31,7 +36,8 @@ def _distinct(ids: np.ndarray) -> np.ndarray:
     return s[np.concatenate(([True], s[1:] != s[:-1]))] if s.size else s
 
 
-def analyze(model: onnx.ModelProto, *, ignore: Sequence[str] = (), prune_hidden: bool = False) -> Analysis:
+def analyze(model: onnx.ModelProto, *, ignore: Sequence[str] = (), prune_hidden: bool = False,
+            allow_interface_change: bool = False) -> Analysis:
     """Find the coupled channel groups of a prepared model (see ``onnxprune.prepare.normalize``).
 
     ``ignore`` holds node names or fnmatch patterns whose output channels must stay (their
@@ -39,9 +45,11 @@ def analyze(model: onnx.ModelProto, *, ignore: Sequence[str] = (), prune_hidden:
     ``prune_hidden`` lets channels through LayerNormalization over the last axis (a
     transformer's residual stream): pruning them changes LayerNorm's statistics, so the
     result is approximate (no longer equal to the masked model; use recovery).
+    ``allow_interface_change`` lets graph inputs and outputs change shape where they carry
+    channels (a KV cache's heads: ``onnxprune.interface``).
     """
-    index = GraphIndex(model)
-    ctx = RuleContext(index, prune_hidden=prune_hidden)
+    index = analysis_index(model)  # quantized (QDQ) weights read as the constants they dequantise
+    ctx = RuleContext(index, prune_hidden=prune_hidden, allow_interface_change=allow_interface_change)
     for node in index.topo_nodes():
         ctx.node = node
         _block_subgraph_reads(ctx, node)
@@ -53,10 +61,11 @@ def analyze(model: onnx.ModelProto, *, ignore: Sequence[str] = (), prune_hidden:
         except Unsupported as exc:
             _left_alone(ctx, node, str(exc))
     ctx.node = None
+    tie_parents(ctx)  # the key and value repeats of one layer repeat the same KV heads
     _block_ignored(ctx, index, ignore)
     for name in index.graph_outputs:
-        for elems in ctx.spaces_of(name).values():
-            ctx.block(elems, f"reaches graph output '{name}' (outputs keep their shapes)")
+        for axis, elems in ctx.spaces_of(name).items():
+            block_or_record_output(ctx, name, axis, elems)  # a KV cache's present.*: an interface change
     return _collect(ctx, index, model)
 
 
@@ -68,15 +77,13 @@ def _block_subgraph_reads(ctx: RuleContext, node: onnx.NodeProto) -> None:
                              f"'{node.name}' (control flow: subgraphs are not analysed)")
 
 
-OUTPUT_CHANNEL_AXIS = {"Conv": 1, "ConvTranspose": 1, "Gemm": -1, "MatMul": -1}
-
-
 def _left_alone(ctx: RuleContext, node: onnx.NodeProto, reason: str) -> None:
     """Block what the node reads; for a weighted op, also its output channels (so they are
     reported, not silently missing)."""
     ctx.block_all_inputs(reason)
     ctx.block(np.zeros(0, dtype=np.int64), reason)  # the node is listed even when nothing live reached it
-    axis = OUTPUT_CHANNEL_AXIS.get(node.op_type)
+    spec = weighted_op(node)
+    axis = spec.output_axis if spec is not None else None
     shape = ctx.shape(node.output[0]) if node.output else None
     if axis is not None and shape and isinstance(shape[axis], int) and not ctx.spaces_of(node.output[0]):
         ctx.opaque(node.output[0], axis % len(shape), int(shape[axis]), reason)
@@ -122,7 +129,7 @@ def _collect(ctx: RuleContext, index: GraphIndex, model: onnx.ModelProto) -> Ana
     return Analysis(
         fingerprint=fingerprint(model), groups=groups, blocked=blocked, roots=roots, spaces=ctx.spaces,
         params=ctx.params, consumers=ctx.consumers, fixups=ctx.fixups, node_macs=macs,
-        total_params=int(total_params), mac_axes=ctx.mac_axes,
+        total_params=int(total_params), mac_axes=ctx.mac_axes, fused_ops={**understood(model), **quantized_ops(model)},
     )
 
 

@@ -9,14 +9,15 @@ elements are unioned. After the walk, the union-find roots are the atomic prunin
 *units*.
 
 Rules also record what has to change when units are removed: weight slices
-(``ParamRef``), mixing reads for the masked reference (``ConsumerRef``), attribute
-and shape-constant fix-ups (``Fixup``), and the reasons a unit cannot be pruned.
+(``ParamRef``), mixing reads for the masked reference (``ConsumerRef``), attribute and
+shape-constant fix-ups (one frozen ``Fixup`` subclass per kind), and the reasons a unit
+cannot be pruned.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Literal
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import numpy as np
 import onnx
@@ -124,13 +125,56 @@ class ConsumerRef:
     elems: np.ndarray
 
 
-@dataclass(frozen=True)
-class Fixup:
-    """A non-weight edit (attribute or shape constant) a pass must make when channels go."""
+FIXUP_KINDS: list[type[Fixup]] = []
+"""Every fixup kind, in definition order (each subclass of ``Fixup`` adds itself).
+``rewrite.base.check_fixup_handlers`` refuses a pipeline in which one has no handler."""
 
-    kind: str
+
+@dataclass(frozen=True, eq=False)
+class Fixup:
+    """A non-weight edit (attribute or shape constant) on ``node`` a pass must make when
+    channels go. One frozen subclass per kind; a pass handles a kind in its ``fixup_handlers``."""
+
     node: str
-    data: dict = field(default_factory=dict)
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        FIXUP_KINDS.append(cls)
+
+
+@dataclass(frozen=True, eq=False)
+class GroupCount(Fixup):
+    """A depthwise Conv / ConvTranspose: its ``group`` becomes the kept count of ``elems``."""
+
+    elems: np.ndarray
+
+
+@dataclass(frozen=True, eq=False)
+class SplitSizes(Fixup):
+    """A Split: output i's size becomes the kept count of ``parts[i]``."""
+
+    parts: tuple[np.ndarray, ...]
+
+
+@dataclass(frozen=True, eq=False)
+class SliceBounds(Fixup):
+    """A Slice on a channel axis (entry ``position`` of its starts/ends): ``elems[start:stop]``
+    is kept; the bounds become the kept counts before ``start`` and up to ``stop``."""
+
+    position: int
+    elems: np.ndarray
+    start: int
+    stop: int
+
+
+@dataclass(frozen=True, eq=False)
+class ShapeEntry(Fixup):
+    """Entry ``index`` of the constant shape input ``slot`` (a Reshape / Expand target, Resize
+    sizes) counts ``elems``: it becomes their kept count."""
+
+    slot: int
+    index: int
+    elems: np.ndarray
 
 
 @dataclass(frozen=True)
@@ -151,9 +195,10 @@ class BlockRecord:
 class RuleContext:
     """What a rule sees and writes. One instance per analysis."""
 
-    def __init__(self, index: GraphIndex, *, prune_hidden: bool = False) -> None:
+    def __init__(self, index: GraphIndex, *, prune_hidden: bool = False, allow_interface_change: bool = False) -> None:
         self.index = index
         self.prune_hidden = prune_hidden  # LayerNorm over the hidden axis passes (approximate) channels
+        self.allow_interface_change = allow_interface_change  # a KV cache's inputs / outputs may change shape
         self.uf = UnionFind()
         self.live: dict[str, dict[int, np.ndarray]] = {}
         self.spaces: list[SpaceRecord] = []
@@ -236,7 +281,8 @@ class RuleContext:
         assert self.node is not None
         self.consumers.append(ConsumerRef(self.node.name, slot, axis, elems))
 
-    def fixup(self, kind: str, *, at: str | None = None, **data) -> None:  # noqa: ANN003
-        """Record an edit on the current node (or on node ``at``, e.g. a Concat building a shape)."""
+    def fixup(self, kind: type[Fixup], *, at: str | None = None, **fields: Any) -> None:
+        """Record an edit of type ``kind`` (a ``Fixup`` subclass, with its ``fields``) on the
+        current node (or on node ``at``, e.g. a Concat building a shape)."""
         assert self.node is not None
-        self.fixups.append(Fixup(kind, at or self.node.name, data))
+        self.fixups.append(kind(at or self.node.name, **fields))

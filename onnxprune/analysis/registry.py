@@ -13,6 +13,7 @@ from collections.abc import Callable
 import onnx
 
 from onnxprune.analysis.context import RuleContext
+from onnxprune.errors import Unsupported  # noqa: F401 (re-exported: the rules raise it)
 
 Rule = Callable[[onnx.NodeProto, RuleContext], None]
 
@@ -27,19 +28,13 @@ KNOWN_BLOCKERS: dict[str, str] = {
     "GRU": "recurrent op (GRU): its gates mix input channels in a fixed layout",
     "RNN": "recurrent op (RNN): its gates mix input channels in a fixed layout",
     "Einsum": "Einsum: index equations are not analysed",
-    "QuantizeLinear": "quantized graph (QuantizeLinear): quantization parameters are not pruned",
-    "DequantizeLinear": "quantized graph (DequantizeLinear): quantization parameters are not pruned",
-    "QLinearConv": "quantized op (QLinearConv) is not supported",
-    "QLinearMatMul": "quantized op (QLinearMatMul) is not supported",
-    "ConvInteger": "quantized op (ConvInteger) is not supported",
-    "MatMulInteger": "quantized op (MatMulInteger) is not supported",
+    # QuantizeLinear / DequantizeLinear (QDQ) have rules: analysis/rules/quant.py
+    **{op: f"QOperator form ({op}): integer activations with scales per op are not followed; "
+           "quantize with QuantFormat.QDQ to prune" for op in
+       ("QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger", "DynamicQuantizeLinear")},
     "Size": "Size reads the channel count into the computation",
     "NonZero": "data-dependent op (NonZero)",
 }
-
-
-class Unsupported(Exception):
-    """Raised by a rule that cannot handle this node; the message is the user-facing reason."""
 
 
 def register(*op_types: str) -> Callable[[Rule], Rule]:
@@ -55,9 +50,29 @@ def register(*op_types: str) -> Callable[[Rule], Rule]:
     return deco
 
 
+# rules for ops of other domains (onnxruntime's com.microsoft fused ops): (domain, op) -> rule
+_DOMAIN_RULES: dict[tuple[str, str], Rule] = {}
+
+
+def register_in(domain: str, *op_types: str) -> Callable[[Rule], Rule]:
+    """Register a rule for op types of ``domain`` (``com.microsoft``: onnxruntime's fused ops)."""
+
+    def deco(fn: Rule) -> Rule:
+        for op in op_types:
+            if (domain, op) in _DOMAIN_RULES:
+                raise ValueError(f"rule for {domain}::{op} registered twice")
+            _DOMAIN_RULES[(domain, op)] = fn
+        return fn
+
+    return deco
+
+
 def rule_for(node: onnx.NodeProto) -> tuple[Rule | None, str]:
     """The rule for a node, or None and the reason its channels are blocked."""
     if node.domain not in ("", "ai.onnx"):
+        rule = _DOMAIN_RULES.get((node.domain, node.op_type))
+        if rule is not None:
+            return rule, ""
         return None, f"custom-domain op {node.domain}::{node.op_type} is not supported"
     rule = _RULES.get(node.op_type)
     if rule is not None:
@@ -67,3 +82,8 @@ def rule_for(node: onnx.NodeProto) -> tuple[Rule | None, str]:
 
 def supported_ops() -> list[str]:
     return sorted(_RULES)
+
+
+def supported_domain_ops() -> list[str]:
+    """Ops of other domains with a rule, as ``domain::op``."""
+    return sorted(f"{d}::{op}" for d, op in _DOMAIN_RULES)

@@ -85,6 +85,7 @@ class Analysis:
     total_params: int
     mac_axes: dict[str, list[np.ndarray]] = field(default_factory=dict)
     groups_by_id: dict[str, Group] = field(default_factory=dict)
+    fused_ops: dict[str, int] = field(default_factory=dict)  # onnxruntime's fused ops understood -> nodes
 
     def __post_init__(self) -> None:
         self.groups_by_id = {g.id: g for g in self.groups}
@@ -128,4 +129,5 @@ class Analysis:
             "blocked": [
                 {"node": b.node, "op": b.op, "reason": b.reason, "channels": b.channels} for b in self.blocked
             ],
+            "fused_ops": dict(self.fused_ops),
         }

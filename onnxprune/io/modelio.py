@@ -267,13 +267,36 @@ def materialize(model: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
+# ops onnxruntime runs in the default domain although onnx does not define them (its
+# transformer optimizer writes SimplifiedLayerNormalization there for LLaMA-style models)
+ORT_DEFAULT_DOMAIN_OPS = frozenset({"SimplifiedLayerNormalization"})
+ORT_DOMAIN = "com.microsoft"
+
+
+def checker_view(model: onnx.ModelProto, target: onnx.ModelProto) -> onnx.ModelProto:
+    """``target`` (``model`` or its light copy) as onnx's checker can check a model that
+    onnxruntime runs: on a copy, nodes of ``ORT_DEFAULT_DOMAIN_OPS`` move to com.microsoft,
+    whose ops the checker leaves to onnxruntime; ``target`` itself when there are none."""
+    if not any(n.op_type in ORT_DEFAULT_DOMAIN_OPS and n.domain in ("", "ai.onnx") for n in model.graph.node):
+        return target
+    if target is model:
+        target = light_copy(model, check_sizes=True)
+    for node in target.graph.node:
+        if node.op_type in ORT_DEFAULT_DOMAIN_OPS and node.domain in ("", "ai.onnx"):
+            node.domain = ORT_DOMAIN
+    if not any(o.domain == ORT_DOMAIN for o in target.opset_import):
+        target.opset_import.add(domain=ORT_DOMAIN, version=1)
+    return target
+
+
 def check_basic(model: onnx.ModelProto, source: str | os.PathLike[str] = "<model>") -> None:
     """Run onnx's basic checker; raise ModelLoadError naming the source on failure.
 
-    Large models are checked on a light copy (their weights' bytes are not serialised).
+    Large models are checked on a light copy (their weights' bytes are not serialised);
+    ops onnxruntime runs in the default domain are left to onnxruntime (``checker_view``).
     """
     try:
-        target = checkable(model)
+        target = checker_view(model, checkable(model))
         if target is not model:
             target.ir_version = model.ir_version  # the light copy's own (>= 4) would hide an invalid one
         onnx.checker.check_model(target)
@@ -287,7 +310,7 @@ def check_basic(model: onnx.ModelProto, source: str | os.PathLike[str] = "<model
 
 def check_prunable(model: onnx.ModelProto, source: str | os.PathLike[str] = "<model>") -> None:
     """Refuse what the basic checker lets through but nothing can prune sensibly: a graph
-    with no outputs, an input with a dimension of 0, bfloat16 tensors (not supported yet)
+    with no outputs, an input with a dimension of 0, ops computing in bfloat16 (no CPU kernels)
     and Conv weights of the wrong rank. Raises ModelLoadError naming the source."""
     g = model.graph
     if not g.output:
@@ -300,10 +323,11 @@ def check_prunable(model: onnx.ModelProto, source: str | os.PathLike[str] = "<mo
             if dim.HasField("dim_value") and dim.dim_value == 0:
                 raise ModelLoadError(f"{source}: input '{vi.name}' has a dimension of size 0 (axis {axis}); "
                                      f"give its real shape with --input-shape {vi.name}=...")
-    bf16 = _bfloat16_use(model)
+    bf16 = _bfloat16_compute(model) if _bfloat16_use(model) else ""
     if bf16:
-        raise ModelLoadError(f"{source}: bfloat16 models are not supported yet ({bf16} is bfloat16); "
-                             "convert the model to float32 or float16 first")
+        raise ModelLoadError(f"{source}: {bf16} computes in bfloat16, which onnxruntime's CPU provider has no "
+                             "kernel for (it only casts bfloat16); convert the model to float32 or float16 first "
+                             "(bfloat16 weights or inputs Cast to float are accepted)")
     ranks = {vi.name: len(vi.type.tensor_type.shape.dim) for vi in g.input
              if vi.type.HasField("tensor_type") and vi.type.tensor_type.HasField("shape")}
     for i, node in enumerate(g.node):
@@ -414,6 +438,34 @@ def _bfloat16_use(model: onnx.ModelProto) -> str:
             if (a.type == onnx.AttributeProto.INT and a.name in ("to", "dtype") and a.i == _BF16) or \
                     (a.type == onnx.AttributeProto.TENSOR and a.t.data_type == _BF16):
                 return f"the output of node '{node.name or node.op_type}' ({node.op_type})"
+    return ""
+
+
+_BF16_CPU_OPS = {"Cast", "CastLike"}  # the ops onnxruntime's CPU provider runs on bfloat16 tensors
+
+
+def _bfloat16_compute(model: onnx.ModelProto) -> str:
+    """The first node that reads or writes a bfloat16 tensor and is not a Cast (a short
+    description), or '' (also where a provider with bfloat16 kernels, CUDA, is installed)."""
+    try:
+        import onnxruntime as ort
+
+        if "CUDAExecutionProvider" in ort.get_available_providers():
+            return ""
+    except ImportError:
+        pass
+    try:
+        typed = onnx.shape_inference.infer_shapes(light_copy(model)).graph
+    except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError, ValueError):
+        typed = model.graph
+    types = {vi.name: vi.type.tensor_type.elem_type for vi in (*typed.input, *typed.value_info, *typed.output)
+             if vi.type.HasField("tensor_type")}
+    types.update((t.name, t.data_type) for t in model.graph.initializer)
+    for node in model.graph.node:
+        if node.op_type in _BF16_CPU_OPS and node.domain in ("", "ai.onnx"):
+            continue
+        if any(types.get(name) == _BF16 for name in (*node.input, *node.output) if name):
+            return f"node '{node.name or node.op_type}' ({node.op_type})"
     return ""
 
 

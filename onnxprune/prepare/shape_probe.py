@@ -57,11 +57,15 @@ def probe_shapes(model: onnx.ModelProto) -> dict[str, Shape]:
     unresolved += [o for n in model.graph.node for o in n.output if o and o not in listed]
     if not unresolved:
         return shapes
+    dtypes: dict[str, np.dtype] = {}
     try:
-        runs = _run_twice(model, unresolved)
+        runs = _run_twice(model, unresolved, dtypes)
     except Exception as exc:  # noqa: BLE001 - probing is best effort; inference results stand
         log.info("shape probing skipped: %s", exc)
         return {}
+    # outputs of ops onnx cannot infer (onnxruntime's com.microsoft ops): annotate lists them
+    # with the type they were measured with
+    shapes = Probed(shapes, {n: d for n, d in dtypes.items() if n not in listed and d != np.dtype(object)})
     for name, a in runs[0].items():
         b = runs[1].get(name)
         if b is None or len(a) != len(b):
@@ -70,9 +74,23 @@ def probe_shapes(model: onnx.ModelProto) -> dict[str, Shape]:
     return shapes
 
 
+class Probed(dict):
+    """Probed shapes, with the dtypes of tensors shape inference does not list (outputs of
+    ops it does not know: onnxruntime's com.microsoft ops)."""
+
+    def __init__(self, shapes: dict[str, Shape], dtypes: dict[str, np.dtype]) -> None:
+        super().__init__(shapes)
+        self.dtypes = dtypes
+
+
 def annotate(model: onnx.ModelProto, shapes: dict[str, tuple]) -> int:
     """Fill unknown/symbolic dims of value_info (adding entries where missing) from probed shapes."""
     known = {vi.name: vi for vi in list(model.graph.value_info) + list(model.graph.output)}
+    for name, dtype in getattr(shapes, "dtypes", {}).items():
+        if name not in known and name in shapes:
+            known[name] = onnx.helper.make_tensor_value_info(name, onnx.helper.np_dtype_to_tensor_dtype(dtype), None)
+            model.graph.value_info.append(known[name])
+            known[name] = model.graph.value_info[-1]
     inits = {t.name for t in model.graph.initializer}
     inputs = {vi.name for vi in model.graph.input}
     changed = 0
@@ -143,6 +161,9 @@ def _from_symbols(vi: onnx.ValueInfoProto, symbols: Mapping[str, str]) -> Shape 
 
 
 def _has_unknown(model: onnx.ModelProto) -> bool:
+    listed = {vi.name for vi in list(model.graph.value_info) + list(model.graph.output)}
+    if any(o and o not in listed for n in model.graph.node for o in n.output):  # ops inference does not know
+        return True
     for vi in model.graph.value_info:
         if not vi.type.HasField("tensor_type"):
             continue
@@ -153,8 +174,10 @@ def _has_unknown(model: onnx.ModelProto) -> bool:
     return False
 
 
-def _run_twice(model: onnx.ModelProto, names: list[str]) -> list[dict[str, tuple[int, ...]]]:
-    """Shapes of ``names`` in both probe runs of the subgraph that computes them."""
+def _run_twice(model: onnx.ModelProto, names: list[str],
+               dtypes: dict[str, np.dtype] | None = None) -> list[dict[str, tuple[int, ...]]]:
+    """Shapes of ``names`` in both probe runs of the subgraph that computes them (their
+    dtypes into ``dtypes`` when given)."""
     from onnxprune.io.modelio import has_file_weights, materialize
     from onnxprune.runtime.session import session
 
@@ -168,6 +191,8 @@ def _run_twice(model: onnx.ModelProto, names: list[str]) -> list[dict[str, tuple
     for seed, sizes in enumerate(PROBES):
         values = sess.run(outputs, _feeds(sub, index, sizes, seed))
         runs.append({n: tuple(int(d) for d in np.shape(v)) for n, v in zip(outputs, values)})
+        if dtypes is not None:
+            dtypes.update((n, np.asarray(v).dtype) for n, v in zip(outputs, values))
     return runs
 
 

@@ -6,6 +6,15 @@ on held-out samples. See docs/recovery.md.
 
 from onnxprune.recovery.errors import RecoveryError
 from onnxprune.recovery.pipeline import recover
-from onnxprune.recovery.report import METHODS, summary_line
+from onnxprune.recovery.methods import register_recovery_method
+from onnxprune.recovery.report import summary_line
 
-__all__ = ["METHODS", "RecoveryError", "recover", "summary_line"]
+__all__ = ["METHODS", "RecoveryError", "recover", "register_recovery_method", "summary_line"]
+
+
+def __getattr__(name: str) -> object:
+    if name == "METHODS":  # the registered recovery methods (a live view of recovery.methods)
+        from onnxprune.recovery.methods import names
+
+        return names()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -12,7 +12,7 @@ import numpy as np
 
 from onnxprune.analysis import Analysis
 from onnxprune.analysis.context import ConsumerRef
-from onnxprune.rewrite import PruneContext
+from onnxprune.analysis.removal import Removal
 from onnxprune.plan import Plan
 
 
@@ -20,7 +20,7 @@ class ChannelMap:
     """Kept-channel masks of one plan, by node."""
 
     def __init__(self, analysis: Analysis, plan: Plan) -> None:
-        self.ctx = PruneContext(analysis, plan.removed_units(analysis))
+        self.removal = Removal(analysis, plan.removed_units(analysis))
         self.consumers: dict[str, ConsumerRef] = {}
         for ref in analysis.consumers:
             self.consumers.setdefault(ref.node, ref)
@@ -34,7 +34,7 @@ class ChannelMap:
     def input_kept(self, node: str) -> np.ndarray | None:
         """Mask over the original input channels (features) of a mixing node, or None if it mixes none."""
         ref = self.consumers.get(node)
-        return None if ref is None else self.ctx.kept(ref.elems)
+        return None if ref is None else self.removal.kept(ref.elems)
 
     def loses_inputs(self, node: str) -> bool:
         mask = self.input_kept(node)
@@ -45,11 +45,11 @@ class ChannelMap:
         elems = self._params.get((node, 1, "producer"))
         if elems is None or len(elems) != size:
             return np.ones(size, dtype=bool)
-        return self.ctx.kept(elems)
+        return self.removal.kept(elems)
 
     def param_kept(self, node: str, slot: int, size: int) -> np.ndarray:
         """Mask over a per-channel parameter (a BatchNorm's scale, mean, ...)."""
         elems = self._params.get((node, slot, "param"))
         if elems is None or len(elems) != size:
             return np.ones(size, dtype=bool)
-        return self.ctx.kept(elems)
+        return self.removal.kept(elems)

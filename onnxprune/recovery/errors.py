@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from onnxprune.errors import OnnxPruneError
+from onnxprune.errors import UsageError
 
 
-class RecoveryError(OnnxPruneError):
+class RecoveryError(UsageError):
     """Recovery cannot run: unknown method, empty calibration set, a pruned model that does
     not belong to the original, inputs that ``augment`` cannot flip."""

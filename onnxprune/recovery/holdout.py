@@ -13,7 +13,7 @@ import numpy as np
 import onnx
 
 from onnxprune.io.calib_data import CalibrationData
-from onnxprune.recovery.probe import Probe
+from onnxprune.recovery.activations import Probe
 
 MIN_HELD = 4  # held-out samples wanted at least (half the set when it is smaller than 8)
 
@@ -47,28 +47,31 @@ class HeldOut:
         self.probe = Probe(calib, batch_size)
         self.original = original
         self.names = [o.name for o in original.graph.output]
-        self._reference: list[dict[str, np.ndarray]] | None = None
+        self._reference: dict[str, np.ndarray] | None = None
 
     def __len__(self) -> int:
         return len(self.probe)
 
-    def error(self, model: onnx.ModelProto) -> float:
-        """The mean over graph outputs of their mean squared difference from the original's."""
-        return float(self.metrics(model)["output_mse"])
+    def error(self, model: onnx.ModelProto, outputs: dict[str, np.ndarray] | None = None) -> float:
+        """The mean over graph outputs of their mean squared difference from the original's
+        (``outputs``: ``model``'s graph outputs on every held-out sample, when already computed)."""
+        return float(self.metrics(model, outputs)["output_mse"])
 
-    def metrics(self, model: onnx.ModelProto) -> dict:
+    def metrics(self, model: onnx.ModelProto, outputs: dict[str, np.ndarray] | None = None) -> dict:
         """``output_mse`` (as ``error``), ``per_output`` MSE; for every [N, K] output (K >= 2,
         a classifier's logits) the fraction of samples whose arg-max agrees with the
         original's (``top1_agreement``, and their mean over such outputs under ``top1``);
         the mean per-sample cosine of every floating output with the original's (``cosine``,
         and their mean under ``mean_cosine``)."""
         if self._reference is None:
-            self._reference = [out for _, _, out in self.probe.stream(self.original, self.names)]
+            self._reference = _gather(self.probe.stream(self.original, self.names), self.names)
+        if outputs is None:
+            outputs = _gather(self.probe.stream(model, self.names), self.names)
         sq = dict.fromkeys(self.names, 0.0)
         count = dict.fromkeys(self.names, 0)
         agree: dict[str, list[np.ndarray]] = {}
         cos: dict[str, list[np.ndarray]] = {}
-        for ref, (_, _, out) in zip(self._reference, self.probe.stream(model, self.names)):
+        for ref, out in [(self._reference, outputs)]:
             for n in self.names:
                 r, o = np.asarray(ref[n]), np.asarray(out[n])
                 if not np.issubdtype(r.dtype, np.floating):
@@ -88,3 +91,12 @@ class HeldOut:
         return {"output_mse": float(np.mean(list(per.values()))) if per else 0.0, "per_output": per,
                 "top1_agreement": top1, "top1": float(np.mean(list(top1.values()))) if top1 else None,
                 "cosine": cosine, "mean_cosine": float(np.mean(list(cosine.values()))) if cosine else None}
+
+
+def _gather(stream, names: list[str]) -> dict[str, np.ndarray]:
+    """Whole arrays of ``names`` from a ``Probe.stream``."""
+    parts: dict[str, list[np.ndarray]] = {n: [] for n in names}
+    for _, _, out in stream:
+        for n in names:
+            parts[n].append(np.asarray(out[n]))
+    return {n: np.concatenate(v) for n, v in parts.items()}

@@ -19,11 +19,9 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
+from onnxprune.analysis.weighted_ops import refitted_ops, weighted_op
+from onnxprune.errors import Unsupported
 from onnxprune.graph import GraphIndex, attr
-
-
-class Unsupported(Exception):
-    """This node cannot be handled by the method asked for; the message says why."""
 
 
 @dataclass
@@ -38,21 +36,24 @@ class Layer:
     @classmethod
     def of(cls, index: GraphIndex, node: onnx.NodeProto) -> Layer:
         op = node.op_type
-        if op not in ("Conv", "Gemm", "MatMul"):
-            raise Unsupported(f"{op} is not refitted (Conv, Gemm and MatMul are)")
-        w = index.const(node.input[1])
+        spec = weighted_op(node)
+        if spec is None or spec.refit is None:
+            *others, last = refitted_ops()
+            raise Unsupported(f"{op} is not refitted ({', '.join(others)} and {last} are)")
+        slot = spec.weight_slot if spec.weight_slot is not None else 1
+        w = index.const(node.input[slot])
         if w is None:
-            raise Unsupported(f"weight '{node.input[1]}' of {op} is not a constant")
+            raise Unsupported(f"weight '{node.input[slot]}' of {op} is not a constant")
         bias = None
-        if op in ("Conv", "Gemm") and len(node.input) > 2 and node.input[2]:
+        if spec.refit in ("conv", "gemm") and len(node.input) > 2 and node.input[2]:
             bias = index.const(node.input[2])
             if bias is None:
                 raise Unsupported(f"bias '{node.input[2]}' of {op} is not a constant")
-        if op == "Conv":
+        if spec.refit == "conv":
             if int(attr(node, "group", 1)) != 1:
                 raise Unsupported(f"grouped convolution (group={attr(node, 'group')})")
             return cls(node, "conv", w, bias, 1)
-        if op == "Gemm":
+        if spec.refit == "gemm":
             n = w.shape[0] if int(attr(node, "transB", 0)) else w.shape[1]
             if bias is not None and bias.size not in (1, n):
                 raise Unsupported(f"Gemm bias C has shape {list(bias.shape)}, not one value per output")

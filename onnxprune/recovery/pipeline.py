@@ -25,7 +25,7 @@ held-out samples, the pruned model is returned unchanged.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from functools import partial
 
 import numpy as np
@@ -43,16 +43,19 @@ from onnxprune.recovery.errors import RecoveryError
 from onnxprune.recovery.holdout import HeldOut, split, subset
 from onnxprune.recovery.layers import Layer, Unsupported, pooled_source
 from onnxprune.recovery.params import add_bias, set_constant
-from onnxprune.recovery.probe import Probe, batch_size_for
+from onnxprune.recovery.activations import Probe, batch_size_for
 from onnxprune.recovery.refit import Fit, Refused, Rows, fit_layer
-from onnxprune.recovery.report import METHODS, REFITS, RecoveryReport
+from onnxprune.recovery.methods import TARGETS, selected
+from onnxprune.recovery.methods import names as method_names
+from onnxprune.recovery.report import RecoveryReport
+from onnxprune.recovery.segments import Cursor, batched
+from onnxprune.recovery.segments import supported as runs_in_stretches
 from onnxprune.recovery.stats import Moments, RowSample
 
 __all__ = ["RecoveryError", "recover"]
 
 Progress = Callable[[int, int, str], None]
 Weights = dict[str, tuple[np.ndarray, np.ndarray]]
-_CONSUMER_METHODS = ("lstsq", "scale", "bias")
 HELD_ROWS = 5000  # held-out rows a refit is chosen and checked on, at most
 
 
@@ -61,7 +64,7 @@ def recover(original: onnx.ModelProto, pruned: onnx.ModelProto, analysis: Analys
             ridge: float | None = None, max_rows: int = 20000, progress: Progress | None = None,
             batch_size: int = 256, bias_means: str = "current", bn_mode: str = "reestimate",
             weighting: str = "uniform", seed: int = 0, holdout: float = 0.25,
-            augment: bool = False) -> tuple[onnx.ModelProto, dict]:
+            augment: bool = False, downstream: bool = False) -> tuple[onnx.ModelProto, dict]:
     """Return a recovered copy of ``pruned`` (same graph structure, new weights) and a report.
 
     ``original`` is the prepared model ``analysis`` was made on; ``pruned`` is
@@ -79,6 +82,9 @@ def recover(original: onnx.ModelProto, pruned: onnx.ModelProto, analysis: Analys
     - ``max_rows``: rows per least-squares fit (a fixed-seed subsample, ``seed``).
     - ``augment``: also fit on horizontal flips and shifted crops of the calibration
       images (NCHW float inputs only; 4x the fit samples, see ``augment``).
+    - ``downstream``: also refit the mixing layers (Conv, Gemm, MatMul) that lost no input
+      but read a tensor the pruning changed, to the original's output from their current
+      input: each corrects the error accumulated upstream (held-out checked like the rest).
     - ``progress(done, total, node)`` is called after every step (each consumer and BN);
       ``batch_size``: samples per onnxruntime run (a static batch dimension in the model wins).
     - ``bias_means``: 'current' (the kept inputs' means are measured in the model as recovered
@@ -100,9 +106,10 @@ def recover(original: onnx.ModelProto, pruned: onnx.ModelProto, analysis: Analys
     fitted on (optimistic: not a quality figure).
     """
     methods = tuple(dict.fromkeys(methods))
-    unknown = [m for m in methods if m not in METHODS]
+    known = method_names()
+    unknown = [m for m in methods if m not in known]
     if unknown:
-        raise RecoveryError(f"unknown recovery method(s) {', '.join(unknown)} (choose from {', '.join(METHODS)})")
+        raise RecoveryError(f"unknown recovery method(s) {', '.join(unknown)} (choose from {', '.join(known)})")
     if max_rows < 1 or (ridge is not None and ridge < 0):
         raise RecoveryError(f"max_rows must be positive and ridge non-negative (got {max_rows}, {ridge})")
     if not 0 <= holdout < 1:
@@ -126,8 +133,10 @@ def recover(original: onnx.ModelProto, pruned: onnx.ModelProto, analysis: Analys
     report = RecoveryReport(methods, len(calib), weighting)
     report.holdout = {"fraction": holdout, "samples": len(held_idx), "fit_samples": len(fit_idx),
                       "augment": augment, "fit_rows_from_samples": len(fit_data)}
-    return _Recovery(original, model, pruned, analysis, plan, fit_data, held, methods, ridge, max_rows, progress,
-                     batch_size, bn_mode, bias_means, weighting, seed, report).run()
+    walk = _Recovery(original, model, pruned, analysis, plan, fit_data, held, methods, ridge, max_rows, progress,
+                     batch_size, bn_mode, bias_means, weighting, seed, report)
+    walk.downstream = downstream
+    return walk.run()
 
 
 class _Recovery:
@@ -149,6 +158,15 @@ class _Recovery:
         self.weights: Weights = {}
         self.held_weights: Weights = {}
         self.report = report
+        # each of these runs one model on one sample set a stretch of the graph at a time
+        self.cursors: dict[str, Cursor] = {}
+        if runs_in_stretches(original) and runs_in_stretches(model):
+            self.cursors = {"fit": Cursor(calib, batch_size), "fit-orig": Cursor(calib, batch_size)}
+            if held is not None:
+                self.cursors.update({"held": Cursor(held, batch_size), "held-orig": Cursor(held, batch_size)})
+        self.selected = {target: selected(methods, target) for target in TARGETS}  # by recovery.methods
+        self.orig_means: dict[tuple[str, int], Moments] = {}
+        self.downstream = False  # also refit layers that lost no input (``recover(downstream=)``)
 
     # -- the walk ---------------------------------------------------------
     def run(self) -> tuple[onnx.ModelProto, dict]:
@@ -156,21 +174,25 @@ class _Recovery:
         consumers = [n.name for n in index.graph.node if self.channels.loses_inputs(n.name)]
         for ref in self.channels.consumers.values():
             if self.channels.loses_inputs(ref.node) and ref.node not in index.nodes:
-                for m in _CONSUMER_METHODS:
-                    if m in self.methods:
-                        self.report.skipped(ref.node, "?", m, "node is not in the pruned graph")
+                for m in self._names("consumer"):
+                    self.report.skipped(ref.node, "?", m, "node is not in the pruned graph")
         affected = _downstream(index, consumers)
+        if self.downstream:  # the mixing layers reading a changed tensor: correct what came before
+            consumers += [n.name for n in index.graph.node
+                          if n.name not in consumers and n.input and n.input[0] in affected and _refittable(index, n)]
         steps: list[tuple[str, str]] = []
         for node in index.graph.node:
-            if node.name in consumers and ({"bias", "lstsq", "scale"} & set(self.methods)):
+            if node.name in consumers and self.selected["consumer"]:
                 steps.append(("consumer", node.name))
-            elif node.op_type == "BatchNormalization" and "bn" in self.methods:
+            elif node.op_type == "BatchNormalization" and self.selected["batchnorm"]:
                 if node.input[0] in affected:
                     steps.append(("bn", node.name))
                 else:
-                    self.report.skipped(node.name, node.op_type, "bn", "input unchanged (no pruned consumer upstream)")
-        orig_means = self._original_statistics(steps)
-        if self.weighting == "fisher" and {"lstsq", "scale"} & set(self.methods):
+                    for m in self._names("batchnorm"):
+                        self.report.skipped(node.name, node.op_type, m,
+                                            "input unchanged (no pruned consumer upstream)")
+        orig_means = self.orig_means = self._original_statistics(steps)
+        if self.weighting == "fisher" and any(m.refit for m in self.selected["consumer"]):
             refitted = [name for kind, name in steps if kind == "consumer"]
             self.weights = self._sensitivities(refitted, self.calib)
             if self.held_calib is not None:
@@ -182,7 +204,7 @@ class _Recovery:
         before = self.probe.mse(self.original, self.model)
         for done, (kind, name) in enumerate(steps, 1):
             if kind == "bn":
-                self._bn(name, orig_means)
+                self._dispatch(name, "batchnorm")
             else:
                 self._consumer(name, orig_means)
             if self.progress is not None:
@@ -216,7 +238,7 @@ class _Recovery:
         backup.CopyFrom(self.model)
         details = {**details, **apply()}
         if self.held is not None:
-            err = self.held.error(self.model)
+            err = self.held.error(self.model, self._held_outputs(name))
             details.update(held_out_output_mse_before=self.held_err, held_out_output_mse_after=err)
             if not err < self.held_err:
                 self.model = backup
@@ -227,9 +249,30 @@ class _Recovery:
         self.report.updated(name, op, method, **details)
         return True
 
+    def _stream(self, which: str, model: onnx.ModelProto, node: str, names: list[str], *, after: bool = False
+                ) -> Iterator[tuple[int, int, dict[str, np.ndarray]]]:
+        """``Probe.stream`` of ``names`` just before ``node`` (just after it with ``after``) on
+        the fit ('fit', 'fit-orig': the original) or held-out ('held', 'held-orig') samples:
+        from the cursor (only the stretch of the graph since its last stop is run), or by
+        running the whole model where the cursor cannot serve them."""
+        probe = self.probe if which.startswith("fit") else self.held.probe  # type: ignore[union-attr]
+        cursor = self.cursors.get(which)
+        values = None if cursor is None else cursor.tensors(model, node, names, after=after)
+        return probe.stream(model, names) if values is None else batched(values, probe.batch_size)
+
+    def _held_outputs(self, name: str) -> dict[str, np.ndarray] | None:
+        """The current model's graph outputs on the held-out samples, run from the held-out
+        cursor moved to node ``name`` (the one just edited); None where it cannot."""
+        cursor = self.cursors.get("held")
+        if cursor is None or cursor.tensors(self.model, name, []) is None:
+            return None
+        return cursor.suffix(self.model)
+
     def _original_statistics(self, steps: list[tuple[str, str]]) -> dict[tuple[str, int], Moments]:
         """Per-channel moments, in the original model, of every consumer's and BN's input,
-        by (tensor, channel axis)."""
+        by (tensor, channel axis); none when only refits are asked for (they do not use them)."""
+        if set(self.methods) <= {"lstsq", "scale"}:
+            return {}
         wanted: dict[tuple[str, int], Moments] = {}
         for kind, name in steps:
             node = self.orig_index.nodes.get(name)
@@ -239,7 +282,8 @@ class _Recovery:
                 wanted.setdefault((node.input[0], 1), Moments(1))
             else:
                 ref = self.channels.consumer(name)
-                assert ref is not None
+                if ref is None:  # a downstream refit (``downstream``): no bias compensation
+                    continue
                 wanted.setdefault((node.input[ref.slot], ref.axis), Moments(ref.axis))
         for _, _, out in self.probe.stream(self.original, [t for t, _ in wanted]):
             for (tensor, _), acc in wanted.items():
@@ -272,41 +316,67 @@ class _Recovery:
     def _consumer(self, name: str, orig_means: dict[tuple[str, int], Moments]) -> None:
         op = GraphIndex(self.model).nodes[name].op_type
         if name not in self.orig_index.nodes:
-            for m in _CONSUMER_METHODS:
-                if m in self.methods:
-                    self.report.skipped(name, op, m, "node is not in the original model")
+            for m in self._names("consumer"):
+                self.report.skipped(name, op, m, "node is not in the original model")
             return
         try:
             self._layers(name)
         except Unsupported as exc:
-            for m in _CONSUMER_METHODS:
-                if m in self.methods:
-                    self.report.skipped(name, op, m, str(exc))
+            for m in self._names("consumer"):
+                self.report.skipped(name, op, m, str(exc))
             return
-        fallback = ""
-        for method in REFITS:
-            if method not in self.methods:
-                continue
-            layer, orig_layer = self._layers(name)
-            try:
-                fit = self._refit(layer, orig_layer, method)
-            except Unsupported as exc:
-                self.report.skipped(name, op, method, str(exc))
-                fallback = f" ({method} not possible)"
-                continue
-            except Refused as exc:
-                self.report.refused(name, op, method, exc.reason, **exc.details)
-                fallback = f" ({method} refused)"
-                continue
-            if self._commit(name, op, method, partial(self._apply_fit, layer, fit), fit.details):
+        self._dispatch(name, "consumer")
+
+    # -- dispatch through the registry (recovery.methods) and the built-in methods' steps -----------
+    def _names(self, target: str) -> list[str]:
+        return [m.name for m in self.selected[target]]
+
+    def _dispatch(self, name: str, target: str) -> None:
+        """Try the selected methods for ``target`` on node ``name`` in their order; the first that
+        changes it (records an 'updated' step) ends it. Each passes a note on to the next."""
+        note = ""
+        for method in self.selected[target]:
+            start = len(self.report.steps)
+            note = method.run(self, name, note) or ""
+            if any(s.status == "updated" and s.node == name for s in self.report.steps[start:]):
                 return
-            fallback = f" ({method} refused)"
-        if "bias" in self.methods:
-            self._bias(name, orig_means, fallback)
+
+    def layers(self, name: str) -> tuple[Layer, Layer]:
+        """The consumer ``name`` in the current model and in the original (for a method)."""
+        return self._layers(name)
+
+    def commit(self, name: str, op: str, method: str, apply: Callable[[], dict], details: dict) -> bool:
+        """Apply an edit to ``self.model``, kept only if it lowers the held-out error (for a method)."""
+        return self._commit(name, op, method, apply, details)
+
+    def refit_step(self, name: str, method: str) -> str:
+        """The 'lstsq' or 'scale' refit of consumer ``name``; why not, when it did not change it."""
+        op = GraphIndex(self.model).nodes[name].op_type
+        layer, orig_layer = self._layers(name)
+        try:
+            fit = self._refit(layer, orig_layer, method)
+        except Unsupported as exc:
+            self.report.skipped(name, op, method, str(exc))
+            return f" ({method} not possible)"
+        except Refused as exc:
+            self.report.refused(name, op, method, exc.reason, **exc.details)
+            return f" ({method} refused)"
+        if self._commit(name, op, method, partial(self._apply_fit, layer, fit), fit.details):
+            return ""
+        return f" ({method} refused)"
+
+    def bias_step(self, name: str, note: str) -> None:
+        """The bias compensation of consumer ``name`` (``note``: why no refit changed it)."""
+        self._bias(name, self.orig_means, note)
+
+    def batchnorm_step(self, name: str) -> None:
+        """The re-estimation of BatchNormalization ``name``'s statistics."""
+        self._bn(name, self.orig_means)
 
     def _masks(self, layer: Layer, orig_layer: Layer) -> tuple[np.ndarray, np.ndarray]:
         in_kept = self.channels.input_kept(layer.node.name)
-        assert in_kept is not None
+        if in_kept is None:  # a layer downstream of the pruning that mixes no prunable channel
+            in_kept = np.ones(orig_layer.per_input().shape[1], dtype=bool)
         out_kept = self.channels.output_kept(layer.node.name, orig_layer.outputs)
         w, w0 = layer.per_input(), orig_layer.per_input()
         if w.shape != (int(out_kept.sum()), int(in_kept.sum())) or w0.shape != (len(out_kept), len(in_kept)):
@@ -318,12 +388,14 @@ class _Recovery:
         layer, orig_layer = self._layers(name)
         in_kept, out_kept = self._masks(layer, orig_layer)
         ref = self.channels.consumer(name)
-        assert ref is not None
+        if ref is None or not self.channels.loses_inputs(name):
+            self.report.skipped(name, layer.node.op_type, "bias", "no input channel removed")
+            return
         mean = orig_means[(orig_layer.node.input[ref.slot], ref.axis)].mean
         kept_mean = mean[in_kept]
         if self.bias_means == "current":
             cur = Moments(ref.axis)
-            for _, _, out in self.probe.stream(self.model, [layer.node.input[ref.slot]]):
+            for _, _, out in self._stream("fit", self.model, name, [layer.node.input[ref.slot]]):
                 cur.update(out[layer.node.input[ref.slot]])
             kept_mean = cur.mean
         delta = bias_delta(orig_layer.per_input(), layer.per_input(), mean, in_kept, out_kept, kept_mean)
@@ -338,8 +410,8 @@ class _Recovery:
         if layer.kind == "conv" and layer.weight.ndim - 2 not in (1, 2):
             raise Unsupported(f"{layer.weight.ndim - 2}-D convolution (rows are built for 1-D and 2-D only)")
         in_kept, out_kept = self._masks(layer, orig_layer)
+        positions = self._position_rows(layer, orig_layer, out_kept)  # first: reads tensors before the node
         sources = [self._rows(layer, orig_layer, out_kept, self.probe, self.weights)]
-        positions = self._position_rows(layer, orig_layer, out_kept)
         if positions is not None:
             sources.append(positions)
         held = None if self.held is None else self._rows(layer, orig_layer, out_kept, self.held.probe,
@@ -369,8 +441,9 @@ class _Recovery:
         x_name, y_name = layer.node.input[0], orig_layer.node.output[0]
         sample = RowSample(len(probe), most or self.max_rows, self.seed)
         xs, ys, picked = [], [], []
-        current = probe.stream(self.model, [x_name])
-        reference = probe.stream(self.original, [y_name])
+        which = "fit" if probe is self.probe else "held"
+        current = self._stream(which, self.model, name, [x_name])
+        reference = self._stream(f"{which}-orig", self.original, name, [y_name], after=True)
         for (start, n, cur), (_, _, ref) in zip(current, reference):
             per = layer.rows_per_sample(cur[x_name].shape)
             y = orig_layer.out_rows(ref[y_name])
@@ -397,8 +470,9 @@ class _Recovery:
         w_orig, b_orig = orig_layer.effective_weight()[out_kept], orig_layer.effective_bias()[out_kept]
         sample = RowSample(len(self.probe), self.max_rows, self.seed)
         xs, ys, ids = [], [], []
-        for (start, n, cur), (_, _, ref) in zip(self.probe.stream(self.model, [src]),
-                                                self.probe.stream(self.original, [orig_src])):
+        for (start, n, cur), (_, _, ref) in zip(self._stream("fit", self.model, layer.node.name, [src]),
+                                                self._stream("fit-orig", self.original, layer.node.name, [orig_src],
+                                                             after=True)):
             x, x0 = np.moveaxis(cur[src], 1, -1), np.moveaxis(ref[orig_src], 1, -1)
             if x.shape[-1] != layer.effective_weight().shape[1] or x0.shape[-1] != w_orig.shape[1]:
                 return None
@@ -434,7 +508,7 @@ class _Recovery:
             self.report.skipped(name, node.op_type, "bn", f"{len(mean)} channels, the plan keeps {int(kept.sum())}")
             return
         cur = Moments(1)
-        for _, _, out in self.probe.stream(self.model, [node.input[0]]):
+        for _, _, out in self._stream("fit", self.model, name, [node.input[0]]):
             cur.update(out[node.input[0]])
         orig = orig_means[(orig_node.input[0], 1)]
         o_mean, o_var = orig.mean[kept], orig.var[kept]
@@ -462,3 +536,12 @@ def _downstream(index: GraphIndex, nodes: Sequence[str]) -> set[str]:
         if node.name in seeds or any(i in tainted for i in node.input if i):
             tainted.update(o for o in node.output if o)
     return tainted
+
+
+def _refittable(index: GraphIndex, node: onnx.NodeProto) -> bool:
+    """Whether ``node`` is a mixing layer recovery can refit (``layers.Layer``)."""
+    try:
+        Layer.of(index, node)
+    except Unsupported:
+        return False
+    return True

@@ -5,9 +5,18 @@ figures), and the same on the samples fitted on (not a quality figure: fits memo
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
-METHODS = ("bn", "bias", "lstsq", "scale")
-REFITS = ("lstsq", "scale")
+from onnxprune.recovery.methods import names, refit_names
+
+
+def __getattr__(name: str) -> Any:
+    """``METHODS`` and ``REFITS``: live views of the registry (``recovery.methods``)."""
+    if name == "METHODS":
+        return names()
+    if name == "REFITS":
+        return refit_names()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclass
@@ -42,9 +51,11 @@ class RecoveryReport:
         self.steps.append(Step(node, op, method, "refused", reason, details))
 
     def to_dict(self) -> dict:
+        methods, refits = names(), refit_names()
+
         def by(status: str) -> dict:
             return {m: [{"node": s.node, "reason": s.reason} for s in self.steps
-                        if s.method == m and s.status == status] for m in METHODS}
+                        if s.method == m and s.status == status] for m in methods}
 
         updated_nodes = {s.node for s in self.steps if s.status == "updated"}
         return {
@@ -52,10 +63,10 @@ class RecoveryReport:
             "samples": self.samples,
             "weighting": self.weighting,
             "holdout": self.holdout,
-            "updated": {m: [s.node for s in self.steps if s.method == m and s.status == "updated"] for m in METHODS},
+            "updated": {m: [s.node for s in self.steps if s.method == m and s.status == "updated"] for m in methods},
             "skipped": by("skipped"),
             "refused": by("refused"),
-            "refitted": len({s.node for s in self.steps if s.status == "updated" and s.method in REFITS}),
+            "refitted": len({s.node for s in self.steps if s.status == "updated" and s.method in refits}),
             "refused_nodes": len({s.node for s in self.steps if s.status == "refused"} - updated_nodes),
             "steps": [asdict(s) for s in self.steps],
             "held_out": self.held_out,

@@ -79,6 +79,8 @@ def analysis_summary(analysis: Analysis, console: Console, *, name: str | None =
                         f"{_plural(sum(g.channels for g in blocked), 'channel')}"
                         + (f" ({_plural(len(analysis.blocked), 'blocked node')})" if analysis.blocked else "")),
             ("accounted", f"{_human(s['macs'])} MACs, {_human(s['params'])} parameters")]
+    if analysis.fused_ops:  # onnxruntime's fused ops the analysis understood
+        rows.append(("fused ops", ", ".join(f"{op.split('::')[-1]} x{n}" for op, n in sorted(analysis.fused_ops.items()))))
     for label, text in rows:
         for line in _wrap(f"  {label:<11}{text}", width, 13):
             lines.append(Text(line))
@@ -332,9 +334,9 @@ def _report_format(path: Path) -> str:
         return "html"
     if ext in (".md", ".markdown"):
         return "md"
-    from onnxprune.errors import SelectionError
+    from onnxprune.errors import OptionError
 
-    raise SelectionError(f"{path}: report must end in .md or .html")
+    raise OptionError(f"{path}: report must end in .md or .html")
 
 
 def _write_document(path: str | os.PathLike[str], title: str, meta: Sequence[str], sections: Sequence[Section],

@@ -19,7 +19,8 @@ import numpy as np
 import onnx
 
 from onnxprune.graph import GraphIndex
-from onnxprune.rewrite.base import Pass, PassResult, PruneContext
+from onnxprune.analysis.removal import Removal
+from onnxprune.rewrite.base import Pass, PassResult
 from onnxprune.rewrite.constants import apply_constant_edits
 
 # (axis, source indices, target indices, factor, original size along axis, kept size)
@@ -34,11 +35,11 @@ class MergeRemovedChannelsPass(Pass):
         self.merges = {gid: tuple((int(j), int(i), float(f)) for j, i, f in ms)
                        for gid, ms in (merges or {}).items()}
 
-    def call(self, model: onnx.ModelProto, ctx: PruneContext) -> PassResult:
+    def call(self, model: onnx.ModelProto, removal: Removal) -> PassResult:
         if not self.merges:
             return PassResult(model, False)
         index = GraphIndex(model)
-        analysis = ctx.analysis
+        analysis = removal.analysis
         ops: dict[tuple[str, int], list[MergeOp]] = defaultdict(list)
         for gid, merges in self.merges.items():
             group = analysis.groups_by_id.get(gid)
@@ -52,7 +53,7 @@ class MergeRemovedChannelsPass(Pass):
                 owner = analysis.roots[ref.elems]
                 if not unit_set.intersection(owner.tolist()):
                     continue
-                kept = ctx.kept(ref.elems)
+                kept = removal.kept(ref.elems)
                 for j, i, factor in merges:
                     src = np.flatnonzero(owner == units[j])
                     dst = np.flatnonzero(owner == units[i])

@@ -2,17 +2,43 @@
 
 from __future__ import annotations
 
+import logging
+
 import onnx
 
-from onnxprune.rewrite.base import Pass, PassResult, PruneContext
+from onnxprune.io.modelio import ORT_DEFAULT_DOMAIN_OPS, light_copy
+from onnxprune.rewrite.base import ModelPass, PassResult
 from onnxprune.prepare.normalize import infer_shapes
 
+log = logging.getLogger(__name__)
 
-class RefreshShapesPass(Pass):
+
+class RefreshShapesPass(ModelPass):
     name = "refresh_shapes"
 
-    def call(self, model: onnx.ModelProto, ctx: PruneContext) -> PassResult:
+    def call(self, model: onnx.ModelProto) -> PassResult:
         before = [vi.SerializeToString(deterministic=True) for vi in model.graph.value_info]
         infer_shapes(model)
+        _fill_fused_shapes(model)
         after = [vi.SerializeToString(deterministic=True) for vi in model.graph.value_info]
         return PassResult(model, before != after)
+
+
+def _fill_fused_shapes(model: onnx.ModelProto) -> None:
+    """Outputs of onnxruntime's fused ops (onnx's inference does not know them) get their
+    shapes from onnxruntime's symbolic shape inference, so that pruned models are counted;
+    best effort (left without shapes when it is not installed or fails)."""
+    listed = {vi.name for vi in list(model.graph.value_info) + list(model.graph.output)}
+    missing = {o for n in model.graph.node if n.domain not in ("", "ai.onnx") or n.op_type in ORT_DEFAULT_DOMAIN_OPS
+               for o in n.output if o and o not in listed}
+    if not missing:
+        return
+    try:
+        from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+
+        inferred = SymbolicShapeInference.infer_shapes(light_copy(model), auto_merge=True)
+    except Exception as exc:  # noqa: BLE001 - shapes of fused outputs are a nicety (cost accounting)
+        log.info("no shapes for onnxruntime's fused ops: %s", exc)
+        return
+    # what follows them too (onnx's inference stopped there)
+    model.graph.value_info.extend(vi for vi in inferred.graph.value_info if vi.name not in listed)

@@ -6,13 +6,13 @@ from __future__ import annotations
 import onnx
 
 from onnxprune.graph import GraphIndex, drop_initializers
-from onnxprune.rewrite.base import Pass, PassResult, PruneContext
+from onnxprune.rewrite.base import ModelPass, PassResult
 
 
-class RemoveDeadNodesPass(Pass):
+class RemoveDeadNodesPass(ModelPass):
     name = "remove_dead_nodes"
 
-    def call(self, model: onnx.ModelProto, ctx: PruneContext) -> PassResult:
+    def call(self, model: onnx.ModelProto) -> PassResult:
         g = model.graph
         modified = False
         while True:

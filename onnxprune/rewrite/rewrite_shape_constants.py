@@ -1,25 +1,33 @@
 """Rewrite the shape constants that encode channel counts: Split sizes, Slice bounds,
 Reshape / Expand targets and Resize sizes, so they match the kept channels.
 
-Per fix-up kind (recorded by analysis):
-- split_sizes: each output's size becomes the number of kept channels in its range;
-- slice_bounds: start -> kept channels before start, end -> start + kept in range;
-- shape_entry: the entry becomes the kept channel count (entries 0 and -1 stay: they
-  already follow the input).
+Per fix-up kind (recorded by analysis; the handler table ``FIXUP_HANDLERS`` is keyed by type):
+- SplitSizes: each output's size becomes the number of kept channels in its range;
+- SliceBounds: start -> kept channels before start, end -> start + kept in range;
+- ShapeEntry: the entry becomes the kept channel count (entries 0 and -1 stay: they
+  already follow the input);
+- RepeatKV: grouped-query attention's key / value repeat (``rewrite.repeat_kv``);
+- InterfaceShape: a graph input / output's declared dim (a KV cache: ``onnxprune.interface``).
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from onnxprune.analysis.context import Fixup
+from onnxprune.analysis.context import Fixup, ShapeEntry, SliceBounds, SplitSizes
+from onnxprune.analysis.query_heads import RepeatKV
 from onnxprune.graph import GraphIndex, attr, set_attr
-from onnxprune.rewrite.base import Pass, PassResult, PruneContext
+from onnxprune.analysis.removal import Removal
+from onnxprune.rewrite.base import Pass, PassResult
 from onnxprune.rewrite.constants import apply_constant_edits
+from onnxprune.rewrite.repeat_kv import rewrite_repeat_kv
+from onnxprune.interface import InterfaceShape, apply_interface_shape
 
 Entries = dict[tuple[str, int], dict[int, int]]
 
@@ -27,14 +35,14 @@ Entries = dict[tuple[str, int], dict[int, int]]
 class RewriteShapeConstantsPass(Pass):
     name = "rewrite_shape_constants"
 
-    def call(self, model: onnx.ModelProto, ctx: PruneContext) -> PassResult:
+    def call(self, model: onnx.ModelProto, removal: Removal) -> PassResult:
         index = GraphIndex(model)
         entries: Entries = defaultdict(dict)
         modified = False
-        for fix in ctx.analysis.fixups:
-            handler = _HANDLERS.get(fix.kind)
-            if handler is not None:
-                modified |= handler(fix, ctx, index, entries)
+        for fix in removal.analysis.fixups:
+            handler = self.fixup_handlers.get(type(fix))
+            if handler is not None:  # a kind another pass handles (check_fixup_handlers)
+                modified |= handler(fix, removal, index, entries)
         edits = {key: (tuple(sorted(vals.items())), _setter(vals)) for key, vals in entries.items()}
         modified |= apply_constant_edits(model, index, edits)
         return PassResult(model, modified)
@@ -51,9 +59,9 @@ def _setter(values: dict[int, int]):  # noqa: ANN202
     return fn
 
 
-def _split_sizes(fix: Fixup, ctx: PruneContext, index: GraphIndex, entries: Entries) -> bool:
-    parts = fix.data["parts"]
-    sizes = [ctx.kept_count(p) for p in parts]
+def _split_sizes(fix: SplitSizes, removal: Removal, index: GraphIndex, entries: Entries) -> bool:
+    parts = fix.parts
+    sizes = [removal.kept_count(p) for p in parts]
     if sizes == [len(p) for p in parts]:
         return False
     node = index.nodes[fix.node]
@@ -77,12 +85,12 @@ def _split_sizes(fix: Fixup, ctx: PruneContext, index: GraphIndex, entries: Entr
     return True
 
 
-def _slice_bounds(fix: Fixup, ctx: PruneContext, index: GraphIndex, entries: Entries) -> bool:
-    elems, start, stop, pos = fix.data["elems"], fix.data["start"], fix.data["stop"], fix.data["position"]
-    if ctx.kept_count(elems) == len(elems):
+def _slice_bounds(fix: SliceBounds, removal: Removal, index: GraphIndex, entries: Entries) -> bool:
+    elems, start, stop, pos = fix.elems, fix.start, fix.stop, fix.position
+    if removal.kept_count(elems) == len(elems):
         return False
-    new_start = ctx.kept_count(elems[:start])
-    new_stop = new_start + ctx.kept_count(elems[start:stop])
+    new_start = removal.kept_count(elems[:start])
+    new_stop = new_start + removal.kept_count(elems[start:stop])
     node = index.nodes[fix.node]
     if index.opset < 10:
         changed = False
@@ -98,9 +106,9 @@ def _slice_bounds(fix: Fixup, ctx: PruneContext, index: GraphIndex, entries: Ent
     return False
 
 
-def _shape_entry(fix: Fixup, ctx: PruneContext, index: GraphIndex, entries: Entries) -> bool:
-    elems, slot, pos = fix.data["elems"], fix.data["slot"], fix.data["index"]
-    if ctx.kept_count(elems) == len(elems):
+def _shape_entry(fix: ShapeEntry, removal: Removal, index: GraphIndex, entries: Entries) -> bool:
+    elems, slot, pos = fix.elems, fix.slot, fix.index
+    if removal.kept_count(elems) == len(elems):
         return False
     current = index.const(index.nodes[fix.node].input[slot])
     if current is None:
@@ -108,12 +116,16 @@ def _shape_entry(fix: Fixup, ctx: PruneContext, index: GraphIndex, entries: Entr
     value = int(np.asarray(current).reshape(-1)[pos])
     if value in (0, -1):
         return False
-    entries[(fix.node, slot)][pos] = ctx.kept_count(elems)
+    entries[(fix.node, slot)][pos] = removal.kept_count(elems)
     return False
 
 
-_HANDLERS = {
-    "split_sizes": _split_sizes,
-    "slice_bounds": _slice_bounds,
-    "shape_entry": _shape_entry,
+Handler = Callable[[Any, Removal, GraphIndex, Entries], bool]
+FIXUP_HANDLERS: dict[type[Fixup], Handler] = {
+    SplitSizes: _split_sizes,
+    SliceBounds: _slice_bounds,
+    ShapeEntry: _shape_entry,
+    RepeatKV: rewrite_repeat_kv,
+    InterfaceShape: apply_interface_shape,
 }
+RewriteShapeConstantsPass.fixup_handlers = FIXUP_HANDLERS

@@ -14,17 +14,18 @@ from collections.abc import Collection
 import numpy as np
 import onnx
 
+from onnxprune.analysis.rules.quant import analysis_index, expand_weight_refs
 from onnxprune.graph import GraphIndex
-from onnxprune.rewrite.base import PruneContext
+from onnxprune.analysis.removal import Removal
 from onnxprune.rewrite.constants import apply_constant_edits
 
 
-def slice_params(model: onnx.ModelProto, ctx: PruneContext, roles: Collection[str]) -> bool:
+def slice_params(model: onnx.ModelProto, removal: Removal, roles: Collection[str]) -> bool:
     index = GraphIndex(model)
     per_input: dict[tuple[str, int], dict[int, np.ndarray]] = defaultdict(dict)
-    for ref in ctx.analysis.params:
+    for ref in expand_weight_refs(removal.analysis.params, analysis_index(model)):  # QDQ weights: their constants
         if ref.role in roles:
-            keep = ctx.kept(ref.elems)
+            keep = removal.kept(ref.elems)
             if not keep.all():
                 per_input[(ref.node, ref.slot)][ref.axis] = keep
     edits = {}

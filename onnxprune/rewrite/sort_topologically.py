@@ -7,13 +7,13 @@ import heapq
 import onnx
 
 from onnxprune.graph import GraphIndex
-from onnxprune.rewrite.base import Pass, PassResult, PruneContext
+from onnxprune.rewrite.base import ModelPass, PassResult
 
 
-class SortTopologicallyPass(Pass):
+class SortTopologicallyPass(ModelPass):
     name = "sort_topologically"
 
-    def call(self, model: onnx.ModelProto, ctx: PruneContext) -> PassResult:
+    def call(self, model: onnx.ModelProto) -> PassResult:
         g = model.graph
         nodes = list(g.node)
         index = GraphIndex(model)
@@ -40,6 +40,17 @@ class SortTopologicallyPass(Pass):
         del g.node[:]
         g.node.extend(nodes[i] for i in order)
         return PassResult(model, True)
+
+
+    def ensures(self, model: onnx.ModelProto) -> None:
+        """Every node input is a graph input, an initializer or an earlier node's output."""
+        g = model.graph
+        known = {x.name for x in g.input} | {t.name for t in g.initializer}
+        for node in g.node:
+            late = sorted(x for x in _inputs(node) if x not in known)
+            if late:
+                raise ValueError(f"node '{node.name}' reads '{late[0]}' before it is produced")
+            known.update(node.output)
 
 
 def _inputs(node: onnx.NodeProto) -> set[str]:

@@ -1,16 +1,15 @@
-"""Running models in onnxruntime: sessions, inputs, timing."""
+"""Running models in onnxruntime: sessions and inputs (timing: ``runtime.timing``)."""
 
 from __future__ import annotations
 
 import re
-import time
 from collections.abc import Mapping, Sequence
 
 import numpy as np
 import onnx
 
 from onnxprune.errors import RuntimeUnavailableError
-from onnxprune.graph import GraphIndex
+from onnxprune.graph import GraphIndex, batch_axes, static_batch
 
 Feeds = dict[str, np.ndarray]
 
@@ -88,12 +87,28 @@ def random_inputs(model: onnx.ModelProto, *, seed: int = 0, batch: int = 1,
     return feeds
 
 
+def feeds_for_batch(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray], batch: int) -> Feeds | None:
+    """``feeds`` cut or repeated along their batch axis (``graph.batch_axes``) to ``batch``
+    samples; None when the model's batch is fixed to another size."""
+    fixed = static_batch(model)
+    if fixed is not None and fixed != batch:
+        return None
+    axes = batch_axes(model)
+    out: Feeds = {}
+    for name, arr in feeds.items():
+        a = np.asarray(arr)
+        axis = axes.get(name)
+        if axis is None or a.ndim <= axis or a.shape[axis] == 0:
+            out[name] = a
+        else:
+            out[name] = np.ascontiguousarray(np.take(a, np.arange(batch) % a.shape[axis], axis=axis))
+    return out
+
+
 def random_samples(model: onnx.ModelProto, n: int, *, seed: int = 0) -> Feeds:
     """At least ``n`` random samples: draws of ``random_inputs`` (one sample each, or the
     model's fixed batch) joined along each input's batch axis; an input without one (a scalar
     option) comes from the first draw."""
-    from onnxprune.graph import batch_axes, static_batch
-
     per_draw = static_batch(model) or 1
     draws = [random_inputs(model, seed=seed + i) for i in range(max(1, -(-n // per_draw)))]
     axes = batch_axes(model)
@@ -123,15 +138,7 @@ def run(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray], *, optimize: bo
 
 def latency_ms(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray], *, warmup: int = 5, runs: int = 30,
                provider: str = "CPUExecutionProvider", threads: int = 0) -> dict[str, float]:
-    """Latency percentiles (ms) with all graph optimisations on, after warm-up."""
-    sess = session(model, optimize=True, provider=provider, threads=threads)
-    feeds = dict(feeds)
-    for _ in range(warmup):
-        sess.run(None, feeds)
-    times = []
-    for _ in range(runs):
-        t = time.perf_counter()
-        sess.run(None, feeds)
-        times.append((time.perf_counter() - t) * 1e3)
-    arr = np.array(times)
-    return {"p50": float(np.percentile(arr, 50)), "p90": float(np.percentile(arr, 90)), "mean": float(arr.mean())}
+    """Latency percentiles (ms) with all graph optimisations on, after warm-up: ``runtime.timing.benchmark``."""
+    from onnxprune.runtime.timing import benchmark
+
+    return benchmark(model, feeds, provider=provider, threads=threads, warmup=warmup, runs=runs)

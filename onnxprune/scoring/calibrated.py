@@ -1,6 +1,7 @@
 """Data-driven importance of every prunable unit, from a calibration pass in torch.
 
-Criteria (higher = keep):
+Criteria (higher = keep; each one registry entry at the end of this module, see
+``scoring.criteria``; a gate-based one is a ``GateStatistic``):
 - ``taylor-fo`` (Molchanov 2019): (g * dL/dg)^2 of the unit's gate, per minibatch, averaged;
 - ``taylor-so``: the squared per-example gradients (Fisher / Gauss-Newton surrogate);
 - ``taylor-act`` (Molchanov 2016): |mean over positions of a * dL/da| per example,
@@ -24,19 +25,22 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
 
 import numpy as np
 import onnx
 
 from onnxprune.analysis import Analysis
 from onnxprune.io.calib_data import CalibrationData, CalibrationError
-from onnxprune.scoring.gates import Gates, gate_layout
-from onnxprune.errors import SelectionError
+from onnxprune.scoring.criteria import get_criterion, names, register_criterion
+from onnxprune.scoring.gates import GateLayout, Gates, gate_layout
+from onnxprune.errors import ScoringError
 from onnxprune.graph import GraphIndex, static_batch
 
 log = logging.getLogger(__name__)
 
-DATA_DRIVEN = ("taylor-fo", "taylor-so", "taylor-act", "activation", "apoz", "oracle")
 REDUCTIONS = ("sum", "mean", "max")
 LOSSES = ("auto", "ce", "mse", "pseudo", "fisher")
 
@@ -45,21 +49,43 @@ def calibration_scores(model: onnx.ModelProto, analysis: Analysis, data: Calibra
                        loss: str = "auto", reduction: str = "sum", batch_size: int = 32, device: str = "cpu",
                        flops_reg: float = 0.0, seed: int = 0, projections: int = 1,
                        progress: Callable[[int, int], None] | None = None) -> dict[str, np.ndarray]:
-    """Score every prunable group's units with a data-driven criterion.
+    """Score every prunable group's units with a registered data-driven criterion.
 
     ``projections``: passes over the calibration set, each with fresh random projections for
     the label-free 'fisher' loss (its estimate of the Gauss-Newton diagonal averages them:
     more projections, less noise, when samples are few)."""
-    if criterion not in DATA_DRIVEN:
-        raise SelectionError(f"unknown data-driven criterion '{criterion}' (choose from {', '.join(DATA_DRIVEN)})")
+    if criterion not in names(needs_data=True):
+        raise ScoringError(f"unknown data-driven criterion '{criterion}' "
+                           f"(choose from {', '.join(names(needs_data=True))})")
+    return get_criterion(criterion).score(model, analysis, data, loss=loss, reduction=reduction,
+                                          batch_size=batch_size, device=device, flops_reg=flops_reg, seed=seed,
+                                          projections=projections, progress=progress)
+
+
+@dataclass(frozen=True)
+class GateStatistic:
+    """How a gate-based criterion reads the calibration pass (the sums of ``_Runner.accumulate``)."""
+
+    values: Callable[[dict, GateLayout], tuple[np.ndarray, np.ndarray]] | None  # (per entry, per unit); None: oracle
+    need_grad: bool = True
+    record_stats: bool = False  # activation sums and zero counts at the gates
+    entries_only: bool = False  # no shared-gate unit score: always reduce the entries (mean for 'sum')
+    normalise: bool = False  # Molchanov 2016: L2-normalised per group, minus flops_reg x the FLOPs share
+
+
+def _gate_scores(criterion: str, stat: GateStatistic, model: onnx.ModelProto, analysis: Analysis,
+                 data: CalibrationData, *, loss: str = "auto", reduction: str = "sum", batch_size: int = 32, device: str = "cpu",
+                 flops_reg: float = 0.0, seed: int = 0, projections: int = 1,
+                 progress: Callable[[int, int], None] | None = None) -> dict[str, np.ndarray]:
+    """A gate-based criterion's scores: one calibration pass in torch with a gate per unit."""
     if reduction not in REDUCTIONS:
-        raise SelectionError(f"reduction must be one of {', '.join(REDUCTIONS)}, got {reduction!r}")
+        raise ScoringError(f"reduction must be one of {', '.join(REDUCTIONS)}, got {reduction!r}")
     if loss not in LOSSES:
-        raise SelectionError(f"loss must be one of {', '.join(LOSSES)}, got {loss!r}")
+        raise ScoringError(f"loss must be one of {', '.join(LOSSES)}, got {loss!r}")
     if len(data) == 0:
         raise CalibrationError("calibration set is empty")
     if projections < 1:
-        raise SelectionError(f"projections must be >= 1, got {projections}")
+        raise ScoringError(f"projections must be >= 1, got {projections}")
     if projections > 1:
         data = CalibrationData({k: np.concatenate([v] * projections) for k, v in data.inputs.items()},
                                None if data.labels is None else np.concatenate([data.labels] * projections))
@@ -77,19 +103,19 @@ def calibration_scores(model: onnx.ModelProto, analysis: Analysis, data: Calibra
     gates = Gates(module, layout)
     run = _Runner(module, gates, data, _loss(loss, data, model), batch_size, torch.device(device), seed, progress)
     try:
-        if criterion == "oracle":
+        if stat.values is None:
             unit_scores = run.oracle(layout.n_units)
             return _per_group(analysis, layout.unit_offsets, unit_scores)
-        gates.record_stats = criterion in ("activation", "apoz")
-        acc = run.accumulate(need_grad=criterion.startswith("taylor"))
+        gates.record_stats = stat.record_stats
+        acc = run.accumulate(need_grad=stat.need_grad)
     finally:
         gates.remove()
-    entry_scores, unit_scores = _criterion_values(criterion, acc, layout)
-    if reduction != "sum" or criterion in ("activation", "apoz"):
+    entry_scores, unit_scores = stat.values(acc, layout)
+    if reduction != "sum" or stat.entries_only:
         unit_scores = _reduce_entries(entry_scores, layout.entry_unit, layout.n_units,
                                       "mean" if reduction == "sum" else reduction)
     scores = _per_group(analysis, layout.unit_offsets, unit_scores)
-    if criterion == "taylor-act":
+    if stat.normalise:
         scores = _normalise_per_group(scores, analysis, flops_reg)
     return scores
 
@@ -228,26 +254,61 @@ def _loss(kind: str, data: CalibrationData, model: onnx.ModelProto):  # noqa: AN
     return fn
 
 
-def _criterion_values(criterion: str, acc: dict, layout) -> tuple[np.ndarray, np.ndarray]:  # noqa: ANN001
-    """(per-entry scores, per-unit scores with one shared gate per unit)."""
+# -- the gate statistics: (per-entry scores, per-unit scores with one shared gate per unit) -------------
+def _taylor_fo(acc: dict, layout: GateLayout) -> tuple[np.ndarray, np.ndarray]:
+    batches = max(1, acc["batches"])
+    return (acc["fo_e"] / batches).numpy(), (acc["fo_u"] / batches).numpy()
+
+
+def _taylor_so(acc: dict, layout: GateLayout) -> tuple[np.ndarray, np.ndarray]:
+    return (acc["so_e"] / acc["n"]).numpy(), (acc["so_u"] / acc["n"]).numpy()
+
+
+def _taylor_act(acc: dict, layout: GateLayout) -> tuple[np.ndarray, np.ndarray]:
     import torch
 
-    n, batches = acc["n"], max(1, acc["batches"])
-    if criterion == "taylor-fo":
-        return (acc["fo_e"] / batches).numpy(), (acc["fo_u"] / batches).numpy()
-    if criterion == "taylor-so":
-        return (acc["so_e"] / n).numpy(), (acc["so_u"] / n).numpy()
-    if criterion == "taylor-act":
-        positions = torch.as_tensor(np.maximum(layout.positions, 1.0))
-        unit_positions = np.ones(layout.n_units)
-        np.maximum.at(unit_positions, layout.entry_unit, np.maximum(layout.positions, 1.0))
-        return (acc["abs_e"] / positions / n).numpy(), (acc["abs_u"] / n).numpy() / unit_positions
-    count = torch.clamp(acc["example_count"][:-1], min=1.0)
-    if criterion == "activation":
-        entry = (acc["act_sum"][:-1] / count).numpy()
-    else:  # apoz: fewer zeros = more important
-        entry = -(acc["zero_sum"][:-1] / count).numpy()
-    return entry, _reduce_entries(entry, layout.entry_unit, layout.n_units, "mean")
+    positions = torch.as_tensor(np.maximum(layout.positions, 1.0))
+    unit_positions = np.ones(layout.n_units)
+    np.maximum.at(unit_positions, layout.entry_unit, np.maximum(layout.positions, 1.0))
+    return (acc["abs_e"] / positions / acc["n"]).numpy(), (acc["abs_u"] / acc["n"]).numpy() / unit_positions
+
+
+def _mean_at_gates(key: str, sign: float) -> Callable[[dict, GateLayout], tuple[np.ndarray, np.ndarray]]:
+    def values(acc: dict, layout: GateLayout) -> tuple[np.ndarray, np.ndarray]:
+        import torch
+
+        count = torch.clamp(acc["example_count"][:-1], min=1.0)
+        entry = sign * (acc[key][:-1] / count).numpy()
+        return entry, _reduce_entries(entry, layout.entry_unit, layout.n_units, "mean")
+
+    return values
+
+
+_NEEDS = "calibration inputs (labels optional) and torch"
+
+
+def _register(name: str, help: str, stat: GateStatistic) -> None:  # noqa: A002
+    register_criterion(name, help=help, needs_data=True, needs=_NEEDS, score=partial(_gate_scores, name, stat))
+
+
+_register("taylor-fo", "Molchanov 2019: (g dL/dg)^2 of the unit's gate, per minibatch, averaged",
+          GateStatistic(_taylor_fo))
+_register("taylor-so", "second order: squared per-example gate gradients (Fisher / Gauss-Newton surrogate)",
+          GateStatistic(_taylor_so))
+_register("taylor-act", "Molchanov 2016: |mean of a dL/da| per example, L2-normalised per group (--flops-reg)",
+          GateStatistic(_taylor_act, normalise=True))
+_register("activation", "mean activation at the unit's gates",
+          GateStatistic(_mean_at_gates("act_sum", 1.0), need_grad=False, record_stats=True, entries_only=True))
+_register("apoz", "minus the average percentage of zeros at the unit's gates (fewer zeros = keep)",
+          GateStatistic(_mean_at_gates("zero_sum", -1.0), need_grad=False, record_stats=True, entries_only=True))
+_register("oracle", "the true change of loss when the unit alone is removed (one pass per unit: small models)",
+          GateStatistic(None, need_grad=False))
+
+
+def __getattr__(name: str) -> Any:
+    if name == "DATA_DRIVEN":  # the registered data-driven criteria (a live view of the registry)
+        return names(needs_data=True)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _classifier_like(model: onnx.ModelProto) -> bool:

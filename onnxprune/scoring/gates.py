@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from onnxprune.analysis import Analysis
+from onnxprune.units import UnitIndex
 
 if TYPE_CHECKING:
     import torch
@@ -34,19 +35,12 @@ class GateLayout:
 
 
 def gate_layout(analysis: Analysis, group_ids: list[str] | None = None) -> GateLayout:
-    groups = [g for g in analysis.prunable_groups if group_ids is None or g.id in group_ids]
-    unit_of_root = np.full(len(analysis.roots), -1, dtype=np.int64)
-    offsets, total = {}, 0
-    for g in groups:
-        offsets[g.id] = total
-        unit_of_root[g.units] = np.arange(total, total + g.size)
-        total += g.size
+    """The gate entries of the prunable units (of ``group_ids`` only, when given), numbered as
+    ``onnxprune.units.UnitIndex`` numbers them, at the consumer reads it lists."""
+    index = UnitIndex(analysis, group_ids)
     entry_unit: list[int] = []
     consumers = []
-    for ref in analysis.consumers:
-        units = unit_of_root[analysis.roots[ref.elems]]
-        if (units < 0).all():
-            continue
+    for ref, units in index.consumer_reads():
         uniq = np.unique(units[units >= 0])
         first = len(entry_unit)
         entry_unit.extend(uniq.tolist())
@@ -54,7 +48,8 @@ def gate_layout(analysis: Analysis, group_ids: list[str] | None = None) -> GateL
         channel_entry = np.array([lookup.get(int(u), -1) for u in units], dtype=np.int64)
         consumers.append((ref.node, ref.slot, ref.axis, channel_entry))
     e = len(entry_unit)
-    return GateLayout(offsets, total, np.array(entry_unit, dtype=np.int64), consumers, np.zeros(e))
+    return GateLayout(index.group_offsets, index.n_units, np.array(entry_unit, dtype=np.int64), consumers,
+                      np.zeros(e))
 
 
 class Gates:

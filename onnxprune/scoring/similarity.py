@@ -36,9 +36,11 @@ import onnx
 
 from onnxprune.analysis import Analysis, Group
 from onnxprune.analysis.context import ParamRef
+from onnxprune.analysis.weighted_ops import WEIGHTED_OPS, weighted_op
 from onnxprune.graph import GraphIndex, attr
 from onnxprune.plan import Plan
 from onnxprune.selection.select import SelectionOptions, legal_keep_count
+from onnxprune.units import plan_options
 
 # Ops through which a per-channel positive scale passes unchanged (f(c x) = c f(x), c > 0),
 # acting on every channel alike. MaxPool's Indices output is not allowed (checked below).
@@ -49,7 +51,6 @@ HOMOGENEOUS = frozenset({
 })
 # Per-channel affine ops folded into the producer's effective weights (only right after it).
 AFFINE = frozenset({"BatchNormalization", "Add", "Sub", "Mul", "Div"})
-WEIGHTED = frozenset({"Conv", "Gemm", "MatMul"})
 
 
 @dataclass
@@ -104,8 +105,7 @@ def similarity_plan(model: onnx.ModelProto, analysis: Analysis, *, ratio: float,
     plan = Plan(
         fingerprint=analysis.fingerprint, keep=keep, sizes={gid: analysis.group(gid).size for gid in keep},
         criterion="similarity",
-        options={"ratio": ratio, "mode": "per-group", "round_to": round_to, "min_channels": min_channels,
-                 "max_ratio": 1.0, "merge": merge},
+        options=plan_options(options, {"ratio": ratio, "mode": "per-group"}, {"merge": merge}),
         merges=merges,
     )
     plan.validate(analysis)
@@ -273,8 +273,10 @@ def _mergeable_incoming(index: GraphIndex, analysis: Analysis, g: Group, produce
         return _refuse(f"units are produced by {len(nodes)} ops ({', '.join(nodes)}), "
                        "not by one weighted op")
     node = index.nodes[nodes[0]]
-    if node.op_type not in WEIGHTED:
-        return _refuse(f"producer '{node.name}' is a {node.op_type} (merging supports Conv, Gemm, MatMul)")
+    spec = weighted_op(node)
+    if spec is None or not spec.mergeable:
+        mergeable = ", ".join(s.op_type for s in WEIGHTED_OPS.values() if s.mergeable)
+        return _refuse(f"producer '{node.name}' is a {node.op_type} (merging supports {mergeable})")
     if node.op_type == "Conv" and int(attr(node, "group", 1)) != 1:
         return _refuse(f"producer '{node.name}' is a grouped/depthwise Conv")
     if not consumers:
@@ -304,7 +306,8 @@ def _mergeable_incoming(index: GraphIndex, analysis: Analysis, g: Group, produce
     shape = index.shape(y)
     if shape is None:
         return _refuse(f"shape of '{y}' is unknown")
-    axis = 1 if node.op_type in ("Conv", "Gemm") else len(shape) - 1
+    assert spec.output_axis is not None
+    axis = spec.output_axis % len(shape)
     channels = shape[axis]
     if not isinstance(channels, int):
         return _refuse(f"channel count of '{y}' is not static")

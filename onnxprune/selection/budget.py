@@ -15,17 +15,19 @@ FLOPs freed that way go, through the same bisection, to the best units elsewhere
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import onnx
 
 from onnxprune.analysis.accounting import CostModel
+from onnxprune.analysis.blocks import ResidualBlock, block_cost_model, removed_nodes
 from onnxprune.analysis import Analysis
 from onnxprune.errors import SelectionError
 from onnxprune.plan import Plan
-from onnxprune.selection.select import SelectionOptions, align_option, global_order, legal_keep_count, ranking_option
+from onnxprune.selection.select import global_order, legal_keep_count
+from onnxprune.units import keep_rules, plan_options
 
 
 @dataclass(frozen=True)
@@ -56,23 +58,29 @@ class BudgetResult:
 def select_to_budget(model: onnx.ModelProto, analysis: Analysis, scores: Mapping[str, np.ndarray],
                      budget: Budget, *, round_to: int = 1, min_channels: int = 1, max_ratio: float = 1.0,
                      criterion: str | None = None, align: int = 1, ranking: str = "normalised",
-                     max_ratios: Mapping[str, float] | None = None) -> BudgetResult:
+                     max_ratios: Mapping[str, float] | None = None,
+                     removed_blocks: Sequence[ResidualBlock] = ()) -> BudgetResult:
     """The plan that keeps the best units and whose cost is the largest that fits the budget
     (kept counts aligned down to multiples of ``align`` channels where legal, when > 1;
     ``ranking``: the global order, see ``selection.global_order``; ``max_ratios``: per-group
     limits, group id -> the largest fraction of its units to remove, on top of ``max_ratio``,
-    e.g. from ``sensitivity_limits.ratio_limits``)."""
-    options = SelectionOptions(ratio=0.0, round_to=round_to, min_channels=min_channels, max_ratio=max_ratio,
-                               align=align, ranking=ranking)
+    e.g. from ``sensitivity_limits.ratio_limits``; ``removed_blocks``: residual blocks the
+    plan also removes (``analysis.blocks``): their savings count towards the budget and the
+    groups inside them are left alone)."""
+    options = keep_rules(round_to=round_to, min_channels=min_channels, max_ratio=max_ratio, align=align,
+                         ranking=ranking)
     limits = dict(max_ratios or {})
     for gid, r in limits.items():
         if not 0.0 <= r <= 1.0:
             raise SelectionError(f"max ratio of group '{gid}' must be in [0, 1], got {r}")
-    costs = CostModel(model, analysis)
+    full = CostModel(model, analysis)
+    costs = block_cost_model(model, analysis, removed_blocks) if removed_blocks else full
     cost = (lambda removed: 2 * costs.macs(removed)) if budget.metric == "flops" else costs.params
-    groups = [g for g in analysis.prunable_groups if g.id in scores]
+    gone = removed_nodes(removed_blocks)
+    groups = [g for g in analysis.prunable_groups if g.id in scores and not set(g.producers) <= gone]
     order = global_order(groups, scores, ranking)
-    original = cost(np.zeros(0, dtype=np.int64))
+    none = np.zeros(0, dtype=np.int64)
+    original = 2 * full.macs(none) if budget.metric == "flops" else full.params(none)
     target = budget.absolute(original)
 
     def plan_for(k: int) -> dict[str, np.ndarray]:
@@ -106,9 +114,9 @@ def select_to_budget(model: onnx.ModelProto, analysis: Analysis, scores: Mapping
     keep = plan_for(lo)
     plan = Plan(fingerprint=analysis.fingerprint, keep={gid: tuple(k.tolist()) for gid, k in keep.items()},
                 sizes={gid: analysis.group(gid).size for gid in keep}, criterion=criterion,
-                options={"budget": budget.metric, "target": budget.target, "round_to": round_to,
-                         "min_channels": min_channels, "max_ratio": max_ratio, **align_option(align),
-                         **ranking_option(ranking), **({"max_ratios": limits} if limits else {})})
+                removed_blocks=tuple(b.add for b in removed_blocks),
+                options=plan_options(options, {"budget": budget.metric, "target": budget.target},
+                                     {"max_ratios": limits} if limits else None))
     plan.validate(analysis)
     return BudgetResult(plan, int(original), float(target), int(cost(removed_units(keep))))
 

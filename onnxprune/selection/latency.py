@@ -1,9 +1,10 @@
 """Latency-aware pruning: measure what pruning each channel group buys in onnxruntime, then
 allocate channels to a latency target.
 
-1. ``benchmark`` times a model on an execution provider: warm-up runs, a fixed number of
-   intra-op threads, IO binding on CUDA / TensorRT (inputs and outputs stay on the device,
-   so transfers are not timed), percentiles over the timed runs.
+1. ``runtime.timing.benchmark`` (the package's one timer) times a model on an execution
+   provider: warm-up runs, a fixed number of intra-op threads, IO binding on CUDA / TensorRT
+   (inputs and outputs stay on the device, so transfers are not timed), percentiles over the
+   timed runs.
 2. ``build_latency_table`` measures, for every prunable group, the latency of the model with
    only that group pruned to a few kept counts (75 %, 50 %, 25 % of its channels by default,
    rounded to ``round_to``; each timed in alternation with the unpruned model, so load
@@ -40,17 +41,30 @@ import onnx
 
 from onnxprune.analysis import Analysis, Group
 from onnxprune.selection.select import global_order
-from onnxprune.errors import PlanError, RuntimeUnavailableError, SelectionError
-from onnxprune.graph import GraphIndex, batch_axes, static_batch
+from onnxprune.errors import PlanError, SelectionError
+from onnxprune.graph import static_batch  # noqa: F401  (tests patch it here)
 from onnxprune.plan import Plan
-from onnxprune.runtime.session import PROVIDERS, Feeds, _ort, random_inputs
-from onnxprune.selection.select import SelectionOptions, align_option, legal_keep_count
+from onnxprune.runtime.session import _ort, random_inputs
+from onnxprune.runtime.session import feeds_for_batch  # noqa: F401  (re-exported: the timing lives in runtime/)
+from onnxprune.runtime.timing import (  # noqa: F401  (benchmark_pair, percentiles, provider_chain: re-exported)
+    GPU_PROVIDERS,
+    benchmark,
+    benchmark_pair,
+    full_provider,
+    interleaved,
+    percentiles,
+    provider_chain,
+    timed_step,
+    timing_session,
+    warm_up,
+)
+from onnxprune.selection.select import SelectionOptions, legal_keep_count
+from onnxprune.units import keep_rules, plan_options
 
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 DEFAULT_FRACTIONS = (0.75, 0.5, 0.25)
-GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
 
 
 # ---------------------------------------------------------------------------------------
@@ -70,27 +84,6 @@ def default_threads() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - macOS / Windows
         return os.cpu_count() or 1
-
-
-def full_provider(name: str) -> str:
-    """'cpu' / 'cuda' / 'tensorrt' or a full onnxruntime provider name -> the full name."""
-    if name in PROVIDERS.values():
-        return name
-    full = PROVIDERS.get(name.lower())
-    if full is None:
-        raise RuntimeUnavailableError(f"unknown provider '{name}' (choose {', '.join(PROVIDERS)})")
-    return full
-
-
-def provider_chain(provider: str, device_id: int = 0) -> list[Any]:
-    """The provider list for a session: TensorRT falls back to CUDA then CPU, CUDA to CPU."""
-    provider = full_provider(provider)
-    if provider == "TensorrtExecutionProvider":
-        return [("TensorrtExecutionProvider", {"device_id": device_id}),
-                ("CUDAExecutionProvider", {"device_id": device_id}), "CPUExecutionProvider"]
-    if provider == "CUDAExecutionProvider":
-        return [("CUDAExecutionProvider", {"device_id": device_id}), "CPUExecutionProvider"]
-    return ["CPUExecutionProvider"]
 
 
 @functools.lru_cache(maxsize=None)
@@ -147,138 +140,6 @@ def resolve_align(align: int | str | None, provider: str = "CPUExecutionProvider
     if align < 1:
         raise SelectionError(f"align must be a positive integer or 'auto', got {align}")
     return int(align)
-
-
-def timing_session(model: onnx.ModelProto | str | bytes, *, provider: str = "CPUExecutionProvider",
-                   threads: int = 0, optimize: bool = True, device_id: int = 0,
-                   spin: bool = False):  # noqa: ANN201
-    """An InferenceSession for timing: all graph optimisations on, sequential execution,
-    ``threads`` intra-op threads (0: onnxruntime's default), idle intra-op threads sleep
-    instead of spin-waiting unless ``spin`` (onnxruntime's default is to spin: on a machine
-    whose cores are shared with other jobs a spinning thread pool makes every timing depend
-    on the neighbours' load; see docs/latency.md)."""
-    ort = _ort()
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize
-                                     else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
-    opts.log_severity_level = 3
-    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    if threads:
-        opts.intra_op_num_threads = int(threads)
-        opts.inter_op_num_threads = 1
-    if hasattr(opts, "add_session_config_entry"):
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
-    src = model.SerializeToString() if isinstance(model, onnx.ModelProto) else model
-    return ort.InferenceSession(src, sess_options=opts, providers=provider_chain(provider, device_id))
-
-
-def percentiles(times_ms: Sequence[float]) -> dict[str, float]:
-    arr = np.asarray(times_ms, dtype=np.float64)
-    return {"p50": float(np.percentile(arr, 50)), "p90": float(np.percentile(arr, 90)),
-            "mean": float(arr.mean()), "min": float(arr.min()), "runs": int(arr.size)}
-
-
-def benchmark(model: onnx.ModelProto | str | bytes, feeds: Mapping[str, np.ndarray], *,
-              provider: str = "CPUExecutionProvider", threads: int = 0, warmup: int = 5, runs: int = 30,
-              device_id: int = 0, session: Any = None) -> dict[str, float]:
-    """Latency of one inference in milliseconds: p50, p90, mean, min over ``runs`` timed runs
-    after ``warmup`` untimed ones. On CUDA / TensorRT the inputs are copied to the device once
-    and bound (IO binding), outputs are bound to the device, and every run is synchronised."""
-    provider = full_provider(provider)
-    if runs < 1:
-        raise SelectionError(f"runs must be >= 1, got {runs}")
-    sess = session if session is not None else timing_session(model, provider=provider, threads=threads,
-                                                              device_id=device_id)
-    step = _step(sess, feeds, provider, device_id)
-    _warm(step, warmup, provider)
-    times = []
-    for _ in range(runs):
-        t = time.perf_counter()
-        step()
-        times.append((time.perf_counter() - t) * 1e3)
-    return percentiles(times)
-
-
-def benchmark_pair(a: onnx.ModelProto, b: onnx.ModelProto, feeds: Mapping[str, np.ndarray], *,
-                   provider: str = "CPUExecutionProvider", threads: int = 0, warmup: int = 5, runs: int = 30,
-                   rounds: int = 5, device_id: int = 0) -> tuple[dict[str, float], dict[str, float]]:
-    """Latency of two models timed in alternating blocks (``rounds`` blocks each), so that a
-    change in machine load affects both alike: the ratio of their p50s is what to trust."""
-    provider = full_provider(provider)
-    steps = [_step(timing_session(m, provider=provider, threads=threads, device_id=device_id), feeds, provider,
-                   device_id) for m in (a, b)]
-    for step in steps:
-        _warm(step, warmup, provider)
-    return _interleaved(steps[0], steps[1], runs, rounds)
-
-
-def _interleaved(step_a: Callable[[], None], step_b: Callable[[], None], runs: int, rounds: int
-                 ) -> tuple[dict[str, float], dict[str, float]]:
-    times: list[list[float]] = [[], []]
-    per = max(1, math.ceil(runs / max(1, rounds)))
-    for _ in range(max(1, rounds)):
-        for step, out in zip((step_a, step_b), times):
-            for _ in range(per):
-                t = time.perf_counter()
-                step()
-                out.append((time.perf_counter() - t) * 1e3)
-    return percentiles(times[0]), percentiles(times[1])
-
-
-def _warm(step: Callable[[], None], warmup: int, provider: str) -> None:
-    for _ in range(max(warmup, 1 if provider == "TensorrtExecutionProvider" else 0)):
-        step()
-
-
-def _step(sess: Any, feeds: Mapping[str, np.ndarray], provider: str, device_id: int) -> Callable[[], None]:
-    return _io_bound_step(sess, feeds, device_id) if provider in GPU_PROVIDERS else _cpu_step(sess, feeds)
-
-
-def _cpu_step(sess: Any, feeds: Mapping[str, np.ndarray]) -> Callable[[], None]:
-    names = [o.name for o in sess.get_outputs()]
-    feeds = dict(feeds)
-
-    def step() -> None:
-        sess.run(names, feeds)
-
-    return step
-
-
-def _io_bound_step(sess: Any, feeds: Mapping[str, np.ndarray], device_id: int) -> Callable[[], None]:
-    ort = _ort()
-    binding = sess.io_binding()
-    keep_alive = []
-    for name, arr in feeds.items():
-        value = ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(arr), "cuda", device_id)
-        keep_alive.append(value)
-        binding.bind_ortvalue_input(name, value)
-    for out in sess.get_outputs():
-        binding.bind_output(out.name, "cuda", device_id)
-
-    def step() -> None:
-        sess.run_with_iobinding(binding)
-        binding.synchronize_outputs()
-
-    step.keep_alive = keep_alive  # type: ignore[attr-defined]  # the device copies live as long as step
-    return step
-
-
-def feeds_for_batch(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray], batch: int) -> Feeds | None:
-    """``feeds`` cut or repeated along their batch axis (``graph.batch_axes``) to ``batch``
-    samples; None when the model's batch is fixed to another size."""
-    fixed = static_batch(model)
-    if fixed is not None and fixed != batch:
-        return None
-    axes = batch_axes(model)
-    out: Feeds = {}
-    for name, arr in feeds.items():
-        a = np.asarray(arr)
-        axis = axes.get(name)
-        if axis is None or a.ndim <= axis or a.shape[axis] == 0:
-            out[name] = a
-        else:
-            out[name] = np.ascontiguousarray(np.take(a, np.arange(batch) % a.shape[axis], axis=axis))
-    return out
 
 
 # ---------------------------------------------------------------------------------------
@@ -401,7 +262,7 @@ def _read_tables(p: Path) -> dict[str, Any]:
 
 def table_points(g: Group, fractions: Sequence[float] = DEFAULT_FRACTIONS, round_to: int = 1) -> list[int]:
     """Kept unit counts to measure for a group: each fraction of its units, rounded to round_to."""
-    options = SelectionOptions(ratio=0.0, round_to=round_to)
+    options = keep_rules(round_to=round_to)
     ks = {legal_keep_count(g, max(1, math.ceil(g.size * f)), options) for f in fractions}
     return sorted((k for k in ks if k < g.size), reverse=True)
 
@@ -444,18 +305,18 @@ def build_latency_table(model: onnx.ModelProto, analysis: Analysis, *, provider:
 
     base_step = None
     if paired:
-        base_step = _step(timing_session(model, provider=provider, threads=threads, device_id=device_id), feeds,
+        base_step = timed_step(timing_session(model, provider=provider, threads=threads, device_id=device_id), feeds,
                           provider, device_id)
-        _warm(base_step, warmup, provider)
+        warm_up(base_step, warmup, provider)
 
     def measure_point(m: onnx.ModelProto) -> float:
         if base_step is None:
             return measure(m)
         # Timed in alternation with the unpruned model: the ratio survives changes in machine load.
-        step = _step(timing_session(m, provider=provider, threads=threads, device_id=device_id), feeds, provider,
+        step = timed_step(timing_session(m, provider=provider, threads=threads, device_id=device_id), feeds, provider,
                      device_id)
-        _warm(step, warmup, provider)
-        base, pruned = _interleaved(base_step, step, runs, rounds=4)
+        warm_up(step, warmup, provider)
+        base, pruned = interleaved(base_step, step, runs, rounds=4)
         return table.base_ms * pruned["p50"] / base["p50"]
 
     if table is None:
@@ -697,9 +558,7 @@ def _plan_from_counts(analysis: Analysis, groups: list[Group], scores: Mapping[s
             keep[g.id] = tuple(sorted(ranked[:n_keep].tolist()))
     plan = Plan(fingerprint=analysis.fingerprint, keep=keep, sizes={gid: analysis.group(gid).size for gid in keep},
                 criterion=criterion,
-                options={"budget": "latency", "target_ms": target_ms, "provider": provider,
-                         "round_to": options.round_to, "min_channels": options.min_channels,
-                         "max_ratio": options.max_ratio, **align_option(options.align)})
+                options=plan_options(options, {"budget": "latency", "target_ms": target_ms, "provider": provider}))
     plan.validate(analysis)
     return plan
 
@@ -737,8 +596,7 @@ def select_to_latency(model: onnx.ModelProto, analysis: Analysis, scores: Mappin
     if missing:
         log.warning("latency table has no entry for %d group(s) (%s); they are predicted to save nothing",
                     len(missing), ", ".join(missing[:3]))
-    options = SelectionOptions(ratio=0.0, round_to=round_to, min_channels=min_channels, max_ratio=max_ratio,
-                               align=align)
+    options = keep_rules(round_to=round_to, min_channels=min_channels, max_ratio=max_ratio, align=align)
     groups = [g for g in analysis.prunable_groups if g.id in scores]
     predictor = LatencyPredictor(model, analysis, table, interactions=interactions)
     path = _Path(groups, scores, predictor, options, order)

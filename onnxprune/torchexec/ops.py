@@ -16,6 +16,7 @@ import numpy as np
 import onnx
 import torch
 
+from onnxprune.extend import DuplicateRegistrationError
 from onnxprune.torchexec.convert import attributes
 
 OpFn = Callable[..., "torch.Tensor | tuple[torch.Tensor | None, ...]"]
@@ -23,11 +24,31 @@ OPS: dict[str, OpFn] = {}
 
 
 def op(*op_types: str) -> Callable[[OpFn], OpFn]:
-    """Register ``fn`` as the implementation of the given ONNX op types (default domain)."""
+    """Register ``fn`` as the implementation of the given ONNX op types (default domain); an op
+    type registered twice is refused (a second implementation never silently replaces the first)."""
 
     def register(fn: OpFn) -> OpFn:
         for name in op_types:
+            if name in OPS:
+                raise DuplicateRegistrationError(f"torch implementation of {name} registered twice")
             OPS[name] = fn
+        return fn
+
+    return register
+
+
+# implementations of ops in other domains (onnxruntime's com.microsoft): (domain, op) -> fn
+DOMAIN_OPS: dict[tuple[str, str], OpFn] = {}
+
+
+def op_in(domain: str, *op_types: str) -> Callable[[OpFn], OpFn]:
+    """Register ``fn`` as the implementation of the given op types of ``domain``."""
+
+    def register(fn: OpFn) -> OpFn:
+        for name in op_types:
+            if (domain, name) in DOMAIN_OPS:
+                raise DuplicateRegistrationError(f"torch implementation of {domain}::{name} registered twice")
+            DOMAIN_OPS[(domain, name)] = fn
         return fn
 
     return register
@@ -41,7 +62,7 @@ def supported_ops() -> list[str]:
 def implementation(node: onnx.NodeProto, opset: int) -> OpFn:
     """The function executing ``node``, or a NotImplementedError naming the node and op."""
     _load_families()
-    fn = OPS.get(node.op_type) if node.domain in ("", "ai.onnx") else None
+    fn = OPS.get(node.op_type) if node.domain in ("", "ai.onnx") else DOMAIN_OPS.get((node.domain, node.op_type))
     if fn is None:
         domain = f" (domain '{node.domain}')" if node.domain not in ("", "ai.onnx") else ""
         raise NotImplementedError(
@@ -51,7 +72,15 @@ def implementation(node: onnx.NodeProto, opset: int) -> OpFn:
 
 
 def _load_families() -> None:
-    from onnxprune.torchexec import ops_math, ops_nn, ops_resize, ops_rnn, ops_shape  # noqa: F401
+    from onnxprune.torchexec import (  # noqa: F401
+        ops_fused,
+        ops_math,
+        ops_nn,
+        ops_quant,
+        ops_resize,
+        ops_rnn,
+        ops_shape,
+    )
 
 
 class Node:

@@ -20,16 +20,15 @@ from onnxprune.analysis import Analysis
 from onnxprune.selection.budget import Budget
 from onnxprune.errors import SelectionError
 from onnxprune.plan import Plan
-from onnxprune.selection.select import SelectionOptions, legal_keep_count
-from onnxprune.train.units import UnitIndex
+from onnxprune.selection.select import legal_keep_count
+from onnxprune.units import UnitIndex, keep_rules, plan_options
 
 
 class UnitCosts:
     def __init__(self, model: onnx.ModelProto, analysis: Analysis, units: UnitIndex, *, round_to: int = 1,
                  min_channels: int = 1, max_ratio: float = 1.0) -> None:
         self.analysis, self.units = analysis, units
-        self.options = SelectionOptions(ratio=0.0, round_to=round_to, min_channels=min_channels,
-                                        max_ratio=max_ratio)
+        self.options = keep_rules(round_to=round_to, min_channels=min_channels, max_ratio=max_ratio)
         self._costs = CostModel(model, analysis)
         self.original = self.flops(np.zeros(units.n_units, dtype=bool))
         refs: dict[tuple[str, int], list[np.ndarray]] = defaultdict(list)
@@ -111,16 +110,5 @@ class UnitCosts:
 
     # -- plan --------------------------------------------------------------------------------
     def plan(self, removed: np.ndarray, *, criterion: str, options: Mapping[str, Any] | None = None) -> Plan:
-        removed = np.asarray(removed, dtype=bool)
-        keep, sizes = {}, {}
-        for gi, g in enumerate(self.units.groups):
-            idx = self.units.units_of(gi)
-            if removed[idx].any():
-                keep[g.id] = tuple(np.flatnonzero(~removed[idx]).tolist())
-                sizes[g.id] = g.size
-        opts = {"round_to": self.options.round_to, "min_channels": self.options.min_channels,
-                "max_ratio": self.options.max_ratio, **(options or {})}
-        plan = Plan(fingerprint=self.analysis.fingerprint, keep=keep, sizes=sizes, criterion=criterion,
-                    options=opts)
-        plan.validate(self.analysis)
-        return plan
+        """The plan removing ``removed`` (its options: the keep rules, then ``options``)."""
+        return self.units.plan(removed, criterion=criterion, options=plan_options(self.options, tail=options))

@@ -1,11 +1,11 @@
-"""Errors of the training-time methods (all are ``OnnxPruneError``s)."""
+"""Errors of the training-time methods (usage errors: ``onnxprune.errors.UsageError``)."""
 
 from __future__ import annotations
 
-from onnxprune.errors import OnnxPruneError
+from onnxprune.errors import UsageError
 
 
-class TrainingError(OnnxPruneError):
+class TrainingError(UsageError):
     """Training options or data that cannot work (nothing to learn from, bad optimiser, ...)."""
 
 

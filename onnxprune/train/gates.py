@@ -15,7 +15,7 @@ from collections import defaultdict
 import numpy as np
 
 from onnxprune.analysis import Analysis
-from onnxprune.train.units import UnitIndex
+from onnxprune.units import UnitIndex
 
 
 class UnitGates:
@@ -26,10 +26,7 @@ class UnitGates:
         self.values: torch.Tensor | None = None
         self._extended: torch.Tensor | None = None
         reads: dict[tuple[str, int], list[tuple[int, torch.Tensor]]] = defaultdict(list)
-        for ref in analysis.consumers:
-            cu = units.channel_units(ref.elems)
-            if (cu < 0).all():
-                continue
+        for ref, cu in units.consumer_reads():  # where the masked reference's 0/1 Muls go (onnxprune.units)
             reads[(ref.node, ref.slot)].append((ref.axis, torch.as_tensor(np.where(cu < 0, units.n_units, cu))))
         self._reads = dict(reads)
         for (node, slot), entries in self._reads.items():

@@ -18,7 +18,7 @@ from onnxprune.analysis import Analysis, analyze
 from onnxprune.api import apply_plan, plan_to_budget, score_channels
 from onnxprune.selection.budget import Budget
 from onnxprune.io.calib_data import CalibrationData
-from onnxprune.scoring.data_free import DATA_FREE
+from onnxprune.scoring.criteria import needs_data
 from onnxprune.train.config import TrainConfig, make_config
 from onnxprune.train.finetune import finetune
 from onnxprune.train.iterative import score_subset
@@ -39,7 +39,7 @@ def oneshot_prune(model: onnx.ModelProto, data: CalibrationData, *, target_flops
     costs = UnitCosts(model, analysis, prunable_units(analysis), round_to=round_to, min_channels=min_channels,
                       max_ratio=max_ratio)
     target = costs.target(target_flops)
-    calib_options = {} if criterion in DATA_FREE else dict(
+    calib_options = {} if not needs_data(criterion) else dict(
         calib=score_subset(data, score_samples, cfg.seed), batch_size=score_batch_size, device=cfg.device,
         seed=cfg.seed)
     scores = score_channels(model, analysis, criterion, **calib_options)

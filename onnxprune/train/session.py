@@ -16,7 +16,7 @@ import onnx
 from onnxprune.analysis import Analysis, analyze
 from onnxprune.api import PruneResult, apply_plan
 from onnxprune.io.calib_data import CalibrationData
-from onnxprune.errors import SelectionError
+from onnxprune.errors import InternalError, ModelError
 from onnxprune.plan import Plan
 from onnxprune.train.config import TrainConfig, make_config
 from onnxprune.train.costs import UnitCosts
@@ -47,7 +47,7 @@ class TrainPruneResult:
 def prunable_units(analysis: Analysis) -> UnitIndex:
     units = UnitIndex(analysis)
     if units.n_units == 0:
-        raise SelectionError("the model has no prunable channel group: nothing to prune")
+        raise ModelError("the model has no prunable channel group: nothing to prune")
     return units
 
 
@@ -91,8 +91,7 @@ class PruningSession:
         removed = np.asarray(removed, dtype=bool)
         achieved = self.costs.flops(removed)
         if achieved > self.target:
-            raise SelectionError(f"{self.method}: internal error, {achieved:,} FLOPs exceed the target "
-                                 f"{self.target:,.0f}")
+            raise InternalError(f"{self.method}: {achieved:,} FLOPs exceed the target {self.target:,.0f}")
         plan = self.costs.plan(removed, criterion=criterion, options={
             "method": self.method, "budget": "flops", "target": self.target_option, **(options or {})})
         finetuned = self.trainer.module.write_back(self.model)

@@ -55,14 +55,18 @@ def spp_increment(ranks: np.ndarray, n: int, ratio: float, A: float = 0.05, u: f
 
 
 class _SPP(TrainHooks):
-    def __init__(self, session: PruningSession, targets: np.ndarray, *, update_every: int, A: float, u: float,
-                 prune_until: int) -> None:
-        self.s, self.targets = session, targets
-        self.update_every, self.A, self.u, self.prune_until = update_every, A, u, prune_until
-        n = session.units.n_units
-        self.p = np.zeros(n)
-        self.removed = np.zeros(n, dtype=bool)
-        self.done = np.array([t == 0 for t in targets])
+    """The SPP schedule as training hooks: ``prob`` per unit, ``amplitude`` (the paper's A) and
+    ``crossing`` (its u) shape the increment (``spp_increment``)."""
+
+    def __init__(self, session: PruningSession, targets: np.ndarray, *, update_every: int, amplitude: float,
+                 crossing: float, prune_until: int) -> None:
+        self.session, self.targets = session, targets
+        self.update_every, self.prune_until = update_every, prune_until
+        self.amplitude, self.crossing = amplitude, crossing
+        n_units = session.units.n_units
+        self.prob = np.zeros(n_units)
+        self.removed = np.zeros(n_units, dtype=bool)
+        self.done = np.array([target == 0 for target in targets])
         self.saliency = UnitSaliency(session.trainer.module, session.model, session.analysis, session.units, p=1)
         self.forced = 0
         self.updates = 0
@@ -73,51 +77,52 @@ class _SPP(TrainHooks):
         with torch.no_grad():
             return self.saliency().double().cpu().numpy()
 
-    def _close(self, gi: int) -> None:
-        idx = self.s.units.units_of(gi)
-        self.p[idx[~self.removed[idx]]] = 0.0
-        self.done[gi] = True
+    def _close(self, group_index: int) -> None:
+        idx = self.session.units.units_of(group_index)
+        self.prob[idx[~self.removed[idx]]] = 0.0
+        self.done[group_index] = True
 
     def _update(self, step: int) -> None:
-        units = self.s.units
+        units = self.session.units
         l1 = self._l1()
-        for gi in np.flatnonzero(~self.done):
-            idx = units.units_of(gi)
-            g = units.groups[gi]
-            ranks = np.empty(g.size, dtype=np.int64)
-            ranks[np.lexsort((np.arange(g.size), l1[idx]))] = np.arange(g.size)
-            p = np.clip(self.p[idx] + spp_increment(ranks, g.size, self.targets[gi] / g.size, self.A, self.u), 0, 1)
-            p[self.removed[idx]] = 1.0
-            need = self.targets[gi] - int(self.removed[idx].sum())
-            newly = np.flatnonzero((p >= 1.0) & ~self.removed[idx])
+        for group_index in np.flatnonzero(~self.done):
+            idx = units.units_of(group_index)
+            group = units.groups[group_index]
+            ranks = np.empty(group.size, dtype=np.int64)
+            ranks[np.lexsort((np.arange(group.size), l1[idx]))] = np.arange(group.size)
+            prob = np.clip(self.prob[idx] + spp_increment(ranks, group.size, self.targets[group_index] / group.size,
+                                                          self.amplitude, self.crossing), 0, 1)
+            prob[self.removed[idx]] = 1.0
+            need = self.targets[group_index] - int(self.removed[idx].sum())
+            newly = np.flatnonzero((prob >= 1.0) & ~self.removed[idx])
             if len(newly) > need:  # more reached 1 than the group may lose: the lowest-ranked go
                 newly = newly[np.argsort(ranks[newly], kind="stable")]
-                p[newly[need:]] = np.nextafter(1.0, 0.0)
+                prob[newly[need:]] = np.nextafter(1.0, 0.0)
                 newly = newly[:need]
             self.removed[idx[newly]] = True
-            self.p[idx] = p
-            if self.removed[idx].sum() >= self.targets[gi]:
-                self._close(gi)
+            self.prob[idx] = prob
+            if self.removed[idx].sum() >= self.targets[group_index]:
+                self._close(group_index)
         self.updates += 1
-        self.s.history.append({"step": step, "update": self.updates, "removed": int(self.removed.sum()),
-                               "target": int(self.targets.sum()), "mean_p": float(self.p[~self.removed].mean())
-                               if (~self.removed).any() else 0.0})
+        mean_p = float(self.prob[~self.removed].mean()) if (~self.removed).any() else 0.0
+        self.session.history.append({"step": step, "update": self.updates, "removed": int(self.removed.sum()),
+                                     "target": int(self.targets.sum()), "mean_p": mean_p})
 
     def _force(self, step: int) -> None:
-        units = self.s.units
+        units = self.session.units
         l1 = self._l1()
         forced = 0
-        for gi in np.flatnonzero(~self.done):
-            idx = units.units_of(gi)
+        for group_index in np.flatnonzero(~self.done):
+            idx = units.units_of(group_index)
             open_ = idx[~self.removed[idx]]
-            need = self.targets[gi] - int(self.removed[idx].sum())
-            order = open_[np.lexsort((open_, l1[open_], -self.p[open_]))]  # highest p, then lowest L1
+            need = self.targets[group_index] - int(self.removed[idx].sum())
+            order = open_[np.lexsort((open_, l1[open_], -self.prob[open_]))]  # highest p, then lowest L1
             self.removed[order[:need]] = True
-            self.p[order[:need]] = 1.0
+            self.prob[order[:need]] = 1.0
             forced += int(need)
-            self._close(gi)
+            self._close(group_index)
         self.forced += forced
-        self.s.note(f"{forced} unit(s) in open groups were removed by their probability at step {step} "
+        self.session.note(f"{forced} unit(s) in open groups were removed by their probability at step {step} "
                     f"(pruning phase over before p reached 1); raise A, steps or prune_fraction to avoid it")
 
     @property
@@ -135,12 +140,13 @@ class _SPP(TrainHooks):
             self._update(step)
         if self.finished:
             trainer.recovery_start = step
-            self.s.set_removed(self.removed, recalibrate=True)
+            self.session.set_removed(self.removed, recalibrate=True)
             return
-        draw = torch.rand(len(self.p), generator=step_generator(self.s.config.seed, step, salt=17)).double().numpy()
-        keep = draw >= self.p
+        generator = step_generator(self.session.config.seed, step, salt=17)
+        draw = torch.rand(len(self.prob), generator=generator).double().numpy()
+        keep = draw >= self.prob
         keep[self.removed] = False
-        self.s.gates.set_mask(keep, self.s.device)
+        self.session.gates.set_mask(keep, self.session.device)
 
     def after_step(self, trainer: Trainer, step: int, loss: float) -> None:
         if not self.finished and step + 1 >= trainer.total:
@@ -149,21 +155,21 @@ class _SPP(TrainHooks):
     def state(self) -> dict[str, Any]:
         import torch
 
-        return {"p": torch.as_tensor(self.p), "removed": torch.as_tensor(self.removed),
+        return {"p": torch.as_tensor(self.prob), "removed": torch.as_tensor(self.removed),
                 "done": torch.as_tensor(self.done), "forced": self.forced, "updates": self.updates,
-                "history": list(self.s.history), "notes": list(self.s.notes)}
+                "history": list(self.session.history), "notes": list(self.session.notes)}
 
     def load_state(self, state: dict[str, Any]) -> None:
         if not state:
             return
-        self.p = state["p"].numpy().astype(np.float64)
+        self.prob = state["p"].numpy().astype(np.float64)
         self.removed = state["removed"].numpy().astype(bool)
         self.done = state["done"].numpy().astype(bool)
         self.forced, self.updates = int(state["forced"]), int(state["updates"])
-        self.s.history[:] = list(state["history"])
-        self.s.notes[:] = list(state["notes"])
+        self.session.history[:] = list(state["history"])
+        self.session.notes[:] = list(state["notes"])
         if self.finished:
-            self.s.set_removed(self.removed)
+            self.session.set_removed(self.removed)
 
     def note(self) -> str:
         return f"removed {int(self.removed.sum())}/{int(self.targets.sum())}"
@@ -191,9 +197,10 @@ def spp_prune(model: onnx.ModelProto, data: CalibrationData, *, target_flops: fl
     allocation = select_to_budget(model, session.analysis, l1, Budget("flops", target_flops), round_to=round_to,
                                   min_channels=min_channels, max_ratio=max_ratio, criterion="l1")
     units = session.units
-    targets = np.array([g.size - len(allocation.plan.keep.get(g.id, range(g.size))) for g in units.groups])
+    targets = np.array([group.size - len(allocation.plan.keep.get(group.id, range(group.size)))
+                        for group in units.groups])
     trainer = session.trainer
-    hooks = _SPP(session, targets, update_every=update_every, A=A, u=u,
+    hooks = _SPP(session, targets, update_every=update_every, amplitude=A, crossing=u,
                  prune_until=max(1, int(prune_fraction * trainer.total)))
     trainer.hooks = hooks
     trainer.total = max(trainer.total, 1)

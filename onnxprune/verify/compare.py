@@ -164,7 +164,8 @@ def accuracy(logits: np.ndarray, labels: np.ndarray) -> dict[str, float]:
 def _latencies(model: onnx.ModelProto, feeds: Feeds, providers: Sequence[str], batch_sizes: Sequence[int] | None,
                runs: int, warmup: int, threads: int) -> tuple[dict[str, dict[str, dict[str, float]]], list[str]]:
     from onnxprune.graph import static_batch
-    from onnxprune.selection.latency import benchmark, feeds_for_batch, timing_session
+    from onnxprune.runtime.session import feeds_for_batch
+    from onnxprune.runtime.timing import benchmark, timing_session
 
     table: dict[str, dict[str, dict[str, float]]] = {}
     skipped: list[str] = []
@@ -200,7 +201,7 @@ def verify(original: onnx.ModelProto, pruned: onnx.ModelProto, feeds: Feeds | No
     ``RANDOM_SAMPLES`` random samples are compared (one at a time if the model refuses them
     together) and one is timed. Both models are normalised in place first (see
     ``onnxprune.prepare.normalize``)."""
-    from onnxprune.selection.latency import full_provider
+    from onnxprune.runtime.timing import full_provider
 
     _check_same_interface(original, pruned, original_path, pruned_path)
     for m in (original, pruned):

@@ -27,13 +27,13 @@ import numpy as np
 import onnx
 
 from onnxprune.analysis import Analysis
-from onnxprune.errors import OnnxPruneError
+from onnxprune.errors import ModelError
 from onnxprune.runtime.session import session
 
 LICENCE_WORDS = ("LICENSE", "LICENCE", "COPYING", "NOTICE")  # the files of a distribution read as text
 
 
-class LanguageModelError(OnnxPruneError):
+class LanguageModelError(ModelError):
     """A model or token windows that do not fit a causal-LM measurement."""
 
 

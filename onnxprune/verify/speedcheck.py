@@ -1,6 +1,6 @@
 """A quick, noise-aware answer to "is the pruned model faster?" (the end of ``prune``).
 
-Both models get a timing session (``latency.timing_session``: all graph optimisations,
+Both models get a timing session (``runtime.timing.timing_session``: all graph optimisations,
 sequential execution, idle threads sleep instead of spinning) and are warmed up; then they
 run in *paired rounds* for about ``budget_s`` seconds: each round times a block of runs of
 one model and then of the other (the order alternates round by round), so a change in the
@@ -29,8 +29,8 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
-from onnxprune.errors import SelectionError
-from onnxprune.selection.latency import _step, _warm, full_provider, timing_session  # the timing of latency tables
+from onnxprune.errors import OptionError
+from onnxprune.runtime.timing import full_provider, timed_step, timing_session, warm_up  # the package's one timer
 
 log = logging.getLogger(__name__)
 
@@ -144,7 +144,7 @@ def block_size(estimate_ms: float, budget_s: float, block_ms: float = BLOCK_MS) 
 def _estimate_ms(step: Callable[[], None], provider: str, within_s: float) -> float:
     """One untimed run (kernel selection, allocations), then the fastest of up to three timed
     runs, stopping once ``within_s`` is spent."""
-    _warm(step, 1, provider)
+    warm_up(step, 1, provider)
     best, start = math.inf, time.perf_counter()
     for _ in range(3):
         t = time.perf_counter()
@@ -165,17 +165,17 @@ def measure_speedup(original: onnx.ModelProto, pruned: onnx.ModelProto,
     third of the budget per run still gets ``MIN_ROUNDS`` rounds. ``feeds``: one input batch
     for both (default: ``runtime.random_inputs`` of the original, batch 1)."""
     if not budget_s > 0:
-        raise SelectionError(f"the speed check's time budget must be positive, got {budget_s}")
+        raise OptionError(f"the speed check's time budget must be positive, got {budget_s}")
     from onnxprune.runtime.session import random_inputs
 
     provider = full_provider(provider)
     feeds = dict(feeds) if feeds is not None else random_inputs(original)
-    steps = [_step(timing_session(m, provider=provider, threads=threads, device_id=device_id), feeds, provider,
+    steps = [timed_step(timing_session(m, provider=provider, threads=threads, device_id=device_id), feeds, provider,
                    device_id) for m in (original, pruned)]
     estimate = max(_estimate_ms(step, provider, 0.05 * budget_s) for step in steps)
     extra = min(warmup, int(0.1 * budget_s * 1e3 / max(estimate, 1e-3)))  # at most a tenth of the budget
     for step in steps:
-        _warm(step, extra, provider)
+        warm_up(step, extra, provider)
     per = block_size(estimate, budget_s)
     start = time.perf_counter()
     times = paired_rounds(steps[0], steps[1], budget_s=budget_s, per_round=per)

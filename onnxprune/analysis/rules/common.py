@@ -49,7 +49,3 @@ def int_list(ctx: RuleContext, node: onnx.NodeProto, attr_name: str, slot: int) 
             raise Unsupported(f"input '{node.input[slot]}' ({attr_name}) is computed, not constant")
         return [int(v) for v in np.asarray(arr).reshape(-1)]
     return None
-
-
-def live_axes(ctx: RuleContext, tensor: str) -> set[int]:
-    return set(ctx.spaces_of(tensor))

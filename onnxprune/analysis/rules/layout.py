@@ -23,11 +23,13 @@ import re
 import numpy as np
 import onnx
 
-from onnxprune.analysis.context import RuleContext
+from onnxprune.analysis.context import RuleContext, ShapeEntry, SliceBounds, SplitSizes
+from onnxprune.analysis.query_heads import RepeatKV
 from onnxprune.analysis.registry import Unsupported, register
 from onnxprune.analysis.rules.shape_expr import Entry, effective_shape, resolve
 from onnxprune.analysis.rules.common import int_list, norm_axis, passthrough, rank_of, static_dim
 from onnxprune.graph import Dim, attr
+from onnxprune.interface import cache_input
 
 
 @register("Concat")
@@ -57,6 +59,10 @@ def concat(node: onnx.NodeProto, ctx: RuleContext) -> None:
                     if source is not None:  # a learned token (ViT's class token): sliced with the rest
                         at, slot, axis = source
                         ctx.param(slot, axis, base, "param", at=at)
+                        continue
+                    cached = cache_input(ctx, name, a, len(base))  # a KV cache's past heads: an interface dim
+                    if cached is not None:
+                        ctx.union(base, cached)
                         continue
                     size = static_dim(ctx, name, a)
                     elems = ctx.opaque(name, a, size, f"'{name}' is not produced by a prunable op")
@@ -114,7 +120,7 @@ def split(node: onnx.NodeProto, ctx: RuleContext) -> None:
         parts.append(part)
         if out:
             ctx.set_space(out, axis, part)
-    ctx.fixup("split_sizes", parts=parts)
+    ctx.fixup(SplitSizes, parts=tuple(parts))
 
 
 @register("Slice")
@@ -136,7 +142,7 @@ def slice_(node: onnx.NodeProto, ctx: RuleContext) -> None:
             raise Unsupported(f"Slice with step {steps[i]} on a channel axis")
         start, stop, _ = slice(starts[i], ends[i]).indices(len(elems))
         ctx.set_space(y, axis, elems[start:max(start, stop)])
-        ctx.fixup("slice_bounds", position=i, elems=elems, start=start, stop=max(start, stop))
+        ctx.fixup(SliceBounds, position=i, elems=elems, start=start, stop=max(start, stop))
 
 
 @register("Transpose")
@@ -190,7 +196,7 @@ def reshape(node: onnx.NodeProto, ctx: RuleContext) -> None:
     in_shape = ctx.shape(x)
     if in_shape is None:
         raise Unsupported("Reshape whose input shape is unknown")
-    entries = resolve(ctx, node.input[1], (node.name, 1))
+    entries = _target_entries(ctx, node)
     if entries is None:
         raise Unsupported("Reshape with a computed (data-dependent) shape")
     # an entry may copy the run-time size of a channel axis holding the same units as one of
@@ -228,6 +234,9 @@ def reshape(node: onnx.NodeProto, ctx: RuleContext) -> None:
             raise Unsupported("Reshape regroups dynamic axes on both sides of a channel axis")
         if len(ins) > 1 and sum(1 for b in ins if b in ctx.spaces_of(x)) > 1:
             raise Unsupported("Reshape merges two channel axes")
+        if len(outs) == 1 and _repeats_kv(ctx, node, ins, a, in_shape):
+            _repeat_kv(ctx, node, elems, int(in_shape[ins[1]]), ins, outs[0], entries[outs[0]])  # type: ignore[arg-type]
+            continue
         if len(outs) == 1:
             target = _merged(elems, tuple(in_shape[b] for b in ins), ins.index(a))
         elif len(ins) == 1 and len(outs) == 2 and _feeds_attention(ctx, y):
@@ -243,6 +252,43 @@ def reshape(node: onnx.NodeProto, ctx: RuleContext) -> None:
         _fix_target_entry(ctx, entries[outs[-1]], target)
 
 
+def _repeats_kv(ctx: RuleContext, node: onnx.NodeProto, ins: list[int], axis: int, in_shape: tuple[Dim, ...]) -> bool:
+    """Whether the Reshape merges KV heads with their repeats for attention (grouped-query
+    attention's ``repeat_kv``: Expand [b, kv, rep, s, d] -> Reshape [b, kv * rep, s, d])."""
+    if len(ins) != 2 or ins[0] != axis or ins[1] in ctx.spaces_of(node.input[0]):
+        return False
+    rep = in_shape[ins[1]]
+    producer = ctx.index.producer.get(node.input[0])
+    return (isinstance(rep, int) and rep > 1 and producer is not None and producer.op_type == "Expand"
+            and _feeds_attention(ctx, node.output[0]))
+
+
+def _repeat_kv(ctx: RuleContext, node: onnx.NodeProto, parents: np.ndarray, rep: int, ins: list[int], out: int,
+               entry: Entry) -> None:
+    """Every repeated copy of a KV head is a unit of its own (tied, at the attention MatMuls, with
+    the query head that reads it), depending on its KV head (``analysis.query_heads``): a query
+    head can go alone. The rewrite sets the repeat count (every kept KV head keeps as many query
+    heads) or gathers the kept copies (``rewrite.repeat_kv``). On the value side, zeroing a KV
+    head's values zeroes its query heads' outputs: that is where its removal is masked."""
+    if entry.ref is not None:
+        raise Unsupported("Reshape target of repeated key / value heads is copied from another tensor's shape")
+    if entry.value not in (0, -1) and entry.const_at is None:
+        raise Unsupported("Reshape target of repeated key / value heads is computed")
+    expand = ctx.index.producer[node.input[0]]
+    targets = _target_entries(ctx, expand)
+    expand_at = None
+    if targets is not None:
+        pos = ins[1] - (rank_of(ctx, node.input[0]) - len(targets))
+        if 0 <= pos < len(targets) and targets[pos].ref is None and targets[pos].value == rep:
+            expand_at = targets[pos].const_at
+    children = ctx.new_elements(len(parents) * rep)
+    ctx.set_space(node.output[0], out, children)
+    ctx.fixup(RepeatKV, parents=parents, children=children, rep=rep, axis=out, expand_at=expand_at,
+              reshape_at=entry.const_at if entry.value not in (0, -1) else None)
+    if any(user.op_type == "MatMul" and slot == 1 for user, slot in ctx.index.users(node.output[0])):
+        ctx.consumer(0, ins[0], parents)
+
+
 def _fix_target_entry(ctx: RuleContext, entry: Entry, elems: np.ndarray) -> None:
     """The target entry of a channel axis must follow the kept count: -1, 0 and a copy of the
     run-time size of an axis holding the same units do by themselves."""
@@ -253,9 +299,10 @@ def _fix_target_entry(ctx: RuleContext, entry: Entry, elems: np.ndarray) -> None
         raise Unsupported("Reshape target of a channel axis is copied from another tensor's shape")
     if entry.value in (0, -1):
         return
-    assert entry.const_at is not None
+    if entry.const_at is None:  # computed at run time (``_target_entries``)
+        raise Unsupported("Reshape target of a channel axis is computed")
     node, slot, index = entry.const_at
-    ctx.fixup("shape_entry", at=node, slot=slot, index=index, elems=elems)
+    ctx.fixup(ShapeEntry, at=node, slot=slot, index=index, elems=elems)
 
 
 # ops between a head-splitting Reshape and the attention MatMuls: layout, scaling, a KV cache
@@ -419,7 +466,7 @@ def expand(node: onnx.NodeProto, ctx: RuleContext) -> None:
     x, y = node.input[0], node.output[0]
     if not ctx.spaces_of(x):
         return
-    entries = resolve(ctx, node.input[1], (node.name, 1))
+    entries = _target_entries(ctx, node)
     if entries is None:
         raise Unsupported(f"input '{node.input[1]}' (shape) is computed, not constant")
     shift = rank_of(ctx, y) - rank_of(ctx, x)
@@ -435,8 +482,34 @@ def expand(node: onnx.NodeProto, ctx: RuleContext) -> None:
                 if e.const_at is None:
                     raise Unsupported("Expand target of a channel axis is computed")
                 at, slot, index = e.const_at
-                ctx.fixup("shape_entry", at=at, slot=slot, index=index, elems=elems)
+                ctx.fixup(ShapeEntry, at=at, slot=slot, index=index, elems=elems)
         ctx.set_space(y, a + shift, elems)
+
+
+def _target_entries(ctx: RuleContext, node: onnx.NodeProto) -> list[Entry] | None:
+    """The entries of a Reshape / Expand target; a Concat of parts is read part by part, and a
+    part that cannot be followed (the total length past + seq of a KV cache: an Add of two
+    Shapes) gives entries that are neither editable nor copies, valued as the inferred output
+    dim there (or an unknown symbol): only an axis without channels may have one."""
+    entries = resolve(ctx, node.input[1], (node.name, 1))
+    concat = ctx.index.producer.get(node.input[1])
+    if entries is not None or concat is None or concat.op_type != "Concat":
+        return entries
+    entries = []
+    out_shape = ctx.shape(node.output[0])
+    for slot, part in enumerate(concat.input):
+        got = resolve(ctx, part, (concat.name, slot))
+        shape = ctx.shape(part)
+        if got is None and (shape is None or len(shape) != 1 or not isinstance(shape[0], int)):
+            return None
+        if got is None:
+            got = []
+            for i in range(int(shape[0])):  # type: ignore[index]
+                pos = len(entries) + i
+                dim = out_shape[pos] if out_shape is not None and pos < len(out_shape) else None
+                got.append(Entry(dim if isinstance(dim, str) else f"{part}[{i}]"))
+        entries.extend(got)
+    return entries
 
 
 @register("Tile")

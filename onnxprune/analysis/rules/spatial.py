@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
-from onnxprune.analysis.context import RuleContext
+from onnxprune.analysis.context import RuleContext, ShapeEntry
 from onnxprune.analysis.registry import Unsupported, register
 from onnxprune.analysis.rules.shape_expr import resolve
 from onnxprune.analysis.rules.common import int_list, norm_axis, passthrough, rank_of
@@ -60,7 +60,7 @@ def resize(node: onnx.NodeProto, ctx: RuleContext) -> None:
                 raise Unsupported(f"{node.op_type} sizes copy a channel count from another tensor's shape")
         elif entry.const_at is not None:
             at, slot, index = entry.const_at
-            ctx.fixup("shape_entry", at=at, slot=slot, index=index, elems=elems)
+            ctx.fixup(ShapeEntry, at=at, slot=slot, index=index, elems=elems)
         else:
             raise Unsupported(f"{node.op_type} size of a channel axis is computed")
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
-from onnxprune.analysis.context import RuleContext
+from onnxprune.analysis.context import GroupCount, RuleContext
 from onnxprune.analysis.registry import Unsupported, register
 from onnxprune.analysis.rules.common import rank_of, static_dim
 from onnxprune.analysis.rules.elementwise import couple_axis
@@ -64,7 +64,7 @@ def conv(node: onnx.NodeProto, ctx: RuleContext) -> None:
             xs = ctx.opaque(x, 1, cin, f"'{x}' is not produced by a prunable op")
         out = np.repeat(xs, og)
         ctx.param(1, 0, out, "producer", is_weight=True)
-        ctx.fixup("group_count", elems=xs)
+        ctx.fixup(GroupCount, elems=xs)
     else:
         if xs is not None:
             if groups > 1:
@@ -100,7 +100,7 @@ def conv_transpose(node: onnx.NodeProto, ctx: RuleContext) -> None:
             xs = ctx.opaque(x, 1, cin, f"'{x}' is not produced by a prunable op")
         out = np.repeat(xs, og)
         ctx.param(1, 0, xs, "producer", is_weight=True)
-        ctx.fixup("group_count", elems=xs)
+        ctx.fixup(GroupCount, elems=xs)
     else:
         if xs is not None:
             for g in range(1, groups):

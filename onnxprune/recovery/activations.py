@@ -1,4 +1,5 @@
-"""Run a model on calibration data and read intermediate tensors.
+"""Read a model's activations: run it on calibration data and read intermediate tensors
+(``Probe``; not to be confused with ``prepare.shape_probe``, which runs a model to learn shapes).
 
 A copy of the model has its graph outputs replaced by the tensors asked for (graph inputs
 asked for are taken from the feeds), and onnxruntime runs it batch by batch with graph
@@ -40,6 +41,7 @@ class Probe:
     def __init__(self, calib: CalibrationData, batch_size: int = 256) -> None:
         self.calib = calib
         self.batch_size = batch_size
+        self._reference: tuple[onnx.ModelProto, list[dict[str, np.ndarray]]] | None = None
 
     def __len__(self) -> int:
         return len(self.calib)
@@ -66,11 +68,15 @@ class Probe:
 
     def mse(self, reference: onnx.ModelProto, model: onnx.ModelProto) -> dict[str, float]:
         """Mean squared difference of every graph output of ``model`` from ``reference``'s
-        (same output names), streamed over the calibration set; their mean under 'total'."""
+        (same output names), streamed over the calibration set; their mean under 'total'.
+        ``reference``'s outputs are kept for the next call with the same model (not modified
+        in between: recovery's original)."""
         names = [o.name for o in reference.graph.output]
         sums = dict.fromkeys(names, 0.0)
         counts = dict.fromkeys(names, 0)
-        for (_, _, ref), (_, _, out) in zip(self.stream(reference, names), self.stream(model, names)):
+        if self._reference is None or self._reference[0] is not reference:  # the original is run once
+            self._reference = (reference, [out for _, _, out in self.stream(reference, names)])
+        for ref, (_, _, out) in zip(self._reference[1], self.stream(model, names)):
             for n in names:
                 diff = np.asarray(out[n], np.float64) - np.asarray(ref[n], np.float64)
                 sums[n] += float(np.sum(diff * diff))

@@ -1,0 +1,137 @@
+"""Query heads inside grouped-query attention: units that depend on other units.
+
+Grouped-query attention repeats each key / value head for the query heads that read it
+(``repeat_kv``: Unsqueeze, Expand [b, kv, rep, s, d], Reshape [b, kv * rep, s, d]). The
+analysis gives every repeated copy a unit of its own (tied with its query head: q_proj rows,
+o_proj columns), the *child*, and keeps the KV head (k_proj / v_proj rows) as its *parent*
+(the layout rule records a ``repeat_kv`` fix-up per repeat). So a layer has a KV-head group
+and a query-head group, with two rules between their units:
+
+- a query head whose KV head is removed goes too (a KV head goes with its query heads);
+- a KV head whose query heads are all removed goes too (nothing reads it).
+
+``close_removed`` applies both to a set of removed units (every plan's ``removed_units``);
+``check_plan`` refuses a plan that would remove every query head of a layer that way.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from onnxprune.analysis.context import Fixup
+from onnxprune.errors import PlanError
+
+if TYPE_CHECKING:
+    from onnxprune.analysis.context import RuleContext
+    from onnxprune.analysis.result import Analysis
+
+
+@dataclass(frozen=True, eq=False)
+class RepeatKV(Fixup):
+    """A Reshape merging KV heads with their ``rep`` copies along ``axis`` of its output: copy
+    ``children[k * rep + j]`` of KV head ``parents[k]``. ``expand_at`` / ``reshape_at``: the
+    editable constants (node, slot, flat index) of the Expand's repeat count and of the
+    Reshape's merged head count (None where there is none: a -1 entry)."""
+
+    parents: np.ndarray
+    children: np.ndarray
+    rep: int
+    axis: int
+    expand_at: tuple[str, int, int] | None
+    reshape_at: tuple[str, int, int] | None
+
+
+def repeats(fixups: list[Fixup]) -> list[RepeatKV]:
+    return [f for f in fixups if isinstance(f, RepeatKV)]
+
+
+def links(analysis: Analysis) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(child roots, parent root of each child) per KV repeat, one entry per repeat."""
+    return [(analysis.roots[fix.children], analysis.roots[np.repeat(fix.parents, fix.rep)])
+            for fix in repeats(analysis.fixups)]
+
+
+def close_removed(analysis: Analysis, removed: np.ndarray) -> np.ndarray:
+    """``removed`` (unit roots) with the query heads of removed KV heads and the KV heads
+    left without query heads added."""
+    pairs = links(analysis)
+    if not pairs:
+        return removed
+    mask = np.zeros(len(analysis.roots), dtype=bool)
+    mask[removed] = True
+    for children, parents in pairs:  # a KV head goes with its query heads
+        mask[children[mask[parents]]] = True
+    for children, parents in pairs:  # a KV head that no kept query head reads goes
+        for p in np.unique(parents).tolist():
+            if mask[children[parents == p]].all():
+                mask[p] = True
+    return np.flatnonzero(mask).astype(np.int64)
+
+
+def check_plan(analysis: Analysis, removed: np.ndarray) -> None:
+    """Refuse a plan (its closed removed units) that leaves a layer without query heads."""
+    mask = np.zeros(len(analysis.roots), dtype=bool)
+    mask[removed] = True
+    for fix, (children, _) in zip(repeats(analysis.fixups), links(analysis)):
+        if mask[children].all():
+            raise PlanError(f"the plan removes every query head read through '{fix.node}': it keeps query heads "
+                            "only of KV heads it removes (a KV head goes with its query heads)")
+
+
+def repair_keep(analysis: Analysis, keep: dict[str, tuple[int, ...]]) -> dict[str, tuple[int, ...]]:
+    """Per-group kept unit indices made valid: where the KV heads kept leave a query-head group
+    without a query head, keep the first query head of the first kept KV head too."""
+    pairs = links(analysis)
+    if not pairs:
+        return keep
+    position = {}  # root -> (group id, unit index)
+    for g in analysis.groups:
+        for i, r in enumerate(g.units.tolist()):
+            position[r] = (g.id, i)
+    out = {gid: tuple(k) for gid, k in keep.items()}
+
+    def kept(root: int) -> bool:
+        gid, i = position.get(root, (None, -1))
+        return gid not in out or i in out[gid]
+
+    for children, parents in pairs:
+        alive = [c for c, p in zip(children.tolist(), parents.tolist()) if kept(p) and kept(c)]
+        if alive:
+            continue
+        child = next(c for c, p in zip(children.tolist(), parents.tolist()) if kept(p))
+        gid, i = position[child]
+        out[gid] = tuple(sorted({*out[gid], i}))
+    return out
+
+
+def tie_parents(ctx: RuleContext) -> None:
+    """Repeats whose copies are the same units (the key and value repeats of one layer, tied by
+    the query heads reading both) repeat the same KV heads: k_proj and v_proj rows go together."""
+    by_children: dict[tuple[int, ...], list[np.ndarray]] = defaultdict(list)
+    found = repeats(ctx.fixups)
+    roots = ctx.uf.roots() if found else None
+    for fix in found:
+        by_children[tuple(roots[fix.children].tolist())].append(fix.parents)
+    for parents in by_children.values():
+        for other in parents[1:]:
+            if len(other) == len(parents[0]):
+                ctx.union(parents[0], other)
+
+
+def group_parents(analysis: Analysis) -> dict[str, str]:
+    """Query-head group id -> the id of the KV-head group its heads depend on."""
+    group_of = {}
+    for g in analysis.groups:
+        for r in g.units.tolist():
+            group_of[r] = g.id
+    out = {}
+    for children, parents in links(analysis):
+        child, parent = group_of.get(int(children[0])), group_of.get(int(parents[0]))
+        if child is not None and parent is not None:
+            out[child] = parent
+    return out
+

@@ -1,0 +1,165 @@
+"""Run a model one stretch of its graph at a time, so that a walk over the graph computes
+each node about once instead of running the whole model at every step.
+
+A ``Cursor`` holds, for one calibration set, the values of the tensors that are *live* at a
+point of the model's node order (made before it, read at or after it, or graph outputs).
+Asked for tensors at a later node, it runs only the nodes between the two points (a
+sub-model whose inputs are the cached tensors) and moves there. Recovery edits the
+weights of the node it stands at (or inserts a node after it), never anything before: the
+cached values stay those of the model as it is now. ``suffix`` runs the rest of the graph
+from the cursor to the graph outputs (the held-out check of a step).
+
+Graphs with sub-graph attributes (If, Loop, Scan), whose nodes may read tensors of the
+outer graph, are not cut: ``Cursor.supported`` is False and the caller runs whole models.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+import onnx
+from onnx import helper
+
+from onnxprune.graph import GraphIndex, static_batch
+from onnxprune.io.calib_data import CalibrationData
+from onnxprune.runtime.session import session
+
+
+def supported(model: onnx.ModelProto) -> bool:
+    """Whether ``model`` can be run in stretches (no node carries a sub-graph)."""
+    return not any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
+                   for n in model.graph.node for a in n.attribute)
+
+
+class Cursor:
+    """One model's live tensors on ``calib`` at a point of its node order (see the module)."""
+
+    def __init__(self, calib: CalibrationData, batch_size: int) -> None:
+        self.calib = calib
+        self.batch_size = batch_size
+        self.position = 0  # index into graph.node of the node the cursor stands before
+        self.at: str | None = None  # that node's name (None: before the first node)
+        self.values: dict[str, np.ndarray] = dict(calib.inputs)
+
+    def __len__(self) -> int:
+        return len(self.calib)
+
+    def tensors(self, model: onnx.ModelProto, node: str, names: Sequence[str], *, after: bool = False
+                ) -> dict[str, np.ndarray] | None:
+        """The values (every sample) of ``names`` in ``model`` just before ``node`` (just after
+        it with ``after``), moving the cursor there. None when the cursor is already past that
+        point, or a name is neither live there nor made on the way (the caller then runs the
+        whole model)."""
+        nodes = model.graph.node
+        index = next((i for i, n in enumerate(nodes) if n.name == node), None)
+        if index is None:
+            return None
+        target = index + 1 if after else index
+        start = self._start(model)
+        if start is None or target < start:
+            return None
+        produced, last_use = _lifetimes(model)
+        segment = nodes[start:target]
+        made = {o for n in segment for o in n.output if o}
+        if any(n not in self.values and n not in made for n in names):
+            return None
+        live = {t for t, p in produced.items() if start <= p < target and last_use.get(t, -1) >= target}
+        wanted = [t for t in dict.fromkeys([*live, *names]) if t in made]
+        new = self._run(model, segment, wanted) if wanted else {}
+        got = {**self.values, **new}
+        inputs = model_inputs(model)
+        self.values = {t: v for t, v in got.items() if last_use.get(t, -1) >= target or t in inputs}
+        self.position, self.at = target, (nodes[target].name if target < len(nodes) else None)
+        return {n: got[n] for n in names}
+
+    def suffix(self, model: onnx.ModelProto) -> dict[str, np.ndarray] | None:
+        """The graph outputs of ``model`` computed from the cursor's point to the end (None if
+        the cursor's node is not in ``model``)."""
+        start = self._start(model)
+        if start is None:
+            return None
+        outputs = [o.name for o in model.graph.output]
+        missing = [o for o in outputs if o not in self.values]
+        new = self._run(model, model.graph.node[start:], missing) if missing else {}
+        return {o: new[o] if o in new else self.values[o] for o in outputs}
+
+    def _start(self, model: onnx.ModelProto) -> int | None:
+        """The cursor's index in ``model`` (nodes may have been inserted after it)."""
+        if self.at is None:
+            return self.position if self.position == 0 else len(model.graph.node)
+        return next((i for i, n in enumerate(model.graph.node) if n.name == self.at), None)
+
+    def _run(self, model: onnx.ModelProto, segment: Sequence[onnx.NodeProto], outputs: list[str]
+             ) -> dict[str, np.ndarray]:
+        """Run ``segment`` (consecutive nodes of ``model``) on the cached values, batch by batch."""
+        sub, inputs = _sub_model(model, segment, outputs, self.values)
+        sess = session(sub)
+        n = len(self.calib)
+        bs = static_batch(model) or self.batch_size
+        parts: dict[str, list[np.ndarray]] = {o: [] for o in outputs}
+        for lo in range(0, n, bs):
+            feeds = {k: self.values[k][lo: lo + bs] for k in inputs}
+            for o, v in zip(outputs, sess.run(outputs, feeds)):
+                parts[o].append(v)
+        return {o: np.concatenate(v) for o, v in parts.items()}
+
+
+def model_inputs(model: onnx.ModelProto) -> set[str]:
+    inits = {t.name for t in model.graph.initializer}
+    return {vi.name for vi in model.graph.input if vi.name not in inits}
+
+
+def _lifetimes(model: onnx.ModelProto) -> tuple[dict[str, int], dict[str, int]]:
+    """Per tensor: the index of the node that makes it (-1: a graph input), and of the last
+    node that reads it (the node count for a graph output)."""
+    produced = {name: -1 for name in model_inputs(model)}
+    last_use: dict[str, int] = {}
+    for i, n in enumerate(model.graph.node):
+        for t in n.input:
+            if t:
+                last_use[t] = i
+        for t in n.output:
+            if t:
+                produced[t] = i
+    for o in model.graph.output:
+        last_use[o.name] = len(model.graph.node)
+    return produced, last_use
+
+
+def _sub_model(model: onnx.ModelProto, segment: Sequence[onnx.NodeProto], outputs: list[str],
+               values: dict[str, np.ndarray]) -> tuple[onnx.ModelProto, list[str]]:
+    """A model of ``segment`` whose graph inputs are the tensors it reads that it does not
+    make (taken from ``values``) and whose outputs are ``outputs``; and those input names."""
+    index = GraphIndex(model)
+    made: set[str] = set()
+    inputs: list[str] = []
+    inits: list[onnx.TensorProto] = []
+    seen: set[str] = set()
+    for n in segment:
+        for t in n.input:
+            if not t or t in made or t in seen:
+                continue
+            seen.add(t)
+            if t in index.initializers:
+                inits.append(index.initializers[t])
+            elif t in values:
+                inputs.append(t)
+            else:
+                raise KeyError(f"tensor '{t}' read by node '{n.name}' is not cached")
+        made.update(o for o in n.output if o)
+    graph = helper.make_graph(
+        list(segment), "segment",
+        [helper.make_tensor_value_info(t, helper.np_dtype_to_tensor_dtype(values[t].dtype), None) for t in inputs],
+        [helper.make_tensor_value_info(t, index.elem_type(t) or onnx.TensorProto.FLOAT, None) for t in outputs],
+        initializer=inits)
+    sub = helper.make_model(graph, opset_imports=list(model.opset_import), ir_version=model.ir_version)
+    return sub, inputs
+
+
+def batched(values: dict[str, np.ndarray], batch_size: int) -> Iterator[tuple[int, int, dict[str, np.ndarray]]]:
+    """(first sample, samples, {name: slice}) per batch of cached values, as ``Probe.stream`` yields."""
+    n = len(next(iter(values.values()))) if values else 0
+    for lo in range(0, n, batch_size):
+        part = {k: v[lo: lo + batch_size] for k, v in values.items()}
+        yield lo, len(next(iter(part.values()))), part

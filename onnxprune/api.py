@@ -49,6 +49,7 @@ def load(path: str | os.PathLike[str], *, input_shapes: Mapping[str, Sequence[in
 
     model = load_model(path, check=False, mapped=mapped)
     set_input_shapes(model, input_shapes or {}, str(path))
+    _sort_nodes(model)
     check_basic(model, path)
     check_prunable(model, path)
     if runtime_check:
@@ -56,6 +57,19 @@ def load(path: str | os.PathLike[str], *, input_shapes: Mapping[str, Sequence[in
     prepare(model)
     check_weight_shapes(model, path)  # what onnxruntime would refuse at run time, on the inferred shapes
     return model
+
+
+def _sort_nodes(model: onnx.ModelProto) -> None:
+    """Put nodes in topological order: onnxruntime runs graphs whose nodes are listed out of
+    order (its float16 converter with keep_io_types appends the boundary Casts after their
+    readers), onnx's checker refuses them. A cycle or an input nothing produces is left for
+    the checker to name."""
+    from onnxprune.rewrite.sort_topologically import SortTopologicallyPass
+
+    try:
+        SortTopologicallyPass().call(model)
+    except (ValueError, KeyError):
+        pass
 
 
 def score_channels(model: onnx.ModelProto, analysis: Analysis, criterion: str = "l2", *,

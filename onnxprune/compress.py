@@ -225,6 +225,12 @@ def plan_for(model: onnx.ModelProto, resolved: Recipe, analysis: Analysis, *, ca
         from onnxprune.selection.uniform_heads import uniform_heads
 
         plan = uniform_heads(analysis, plan, scores)
+        from onnxprune.analysis.accounting import CostModel
+
+        costs, removed = CostModel(model, analysis), plan.removed_units(analysis)
+        note = (f"{note}; " if note else "") + (
+            f"with equal head counts in every layer: {costs.params(removed):,} parameters, "
+            f"{costs.macs(removed):,} MACs")
     return plan, note
 
 

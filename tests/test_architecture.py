@@ -156,7 +156,7 @@ def _cited_paths(text: str) -> set[str]:
     like anywhere, and any `a/b.py` in backquotes (relative to the root or to onnxprune/)."""
     pattern = r"(?<![\w/.-])((?:onnxprune|tests|docs|benchmarks|models)/[\w./-]*[\w/])"
     found = {m.rstrip("/").rstrip(".") for m in re.findall(pattern, text)}
-    ours = {d.name for base in (ROOT, PACKAGE) for d in base.iterdir() if d.is_dir()}
+    ours = {d.name for d in ROOT.iterdir() if d.is_dir()} | {d.name for d in PACKAGE.rglob("*") if d.is_dir()}
     found |= {p for p in re.findall(r"`([\w.-]+(?:/[\w.-]+)*/[\w.-]+\.py)`", text)
               if p.split("/")[0] in ours}  # not another project's files (torch_pruning/..., onnxsim/...)
     return found

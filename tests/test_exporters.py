@@ -12,7 +12,7 @@ from onnxprune.analysis import analyze
 from onnxprune.api import load
 from onnxprune.prepare.normalize import prepare
 from onnxprune.prepare.shapefold import MAX_ELEMENTS
-from tests.equivalence import assert_matches_masked, check_pruned_model, prune_randomly_and_check
+from tests.equivalence import assert_matches_masked, prune_randomly_and_check
 from tests.zoo_cache import zoo_path
 
 torch = pytest.importorskip("torch")
@@ -137,7 +137,9 @@ def test_dynamic_batch_stays_dynamic(tmp_path):
     assert_matches_masked(model, analysis, plan, result, seed=1, batch=3)
 
 
-def test_qdq_graph_is_left_alone_with_a_reason(tmp_path):
+def test_qdq_graph_prunes_with_its_quantized_weights(tmp_path):
+    """Issue 14: a QDQ graph prunes; quantized weights are sliced with their scales (more in
+    tests/test_quantized.py)."""
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_static
 
     src = export_onnx("resnet18", tmp_path / "fp32.onnx", width=0.25)
@@ -154,18 +156,12 @@ def test_qdq_graph_is_left_alone_with_a_reason(tmp_path):
     quantize_static(str(src), str(dst), Reader(), quant_format=QuantFormat.QDQ)
     model = load(dst)
     analysis = analyze(model)
-    reasons = " ".join(b.reason for b in analysis.blocked)
-    assert "quantized" in reasons
-    # no op whose weight is quantized takes part in a prunable group
     from onnxprune.graph import GraphIndex
 
     index = GraphIndex(model)
     quantized = {n.name for n in model.graph.node if n.op_type in ("Conv", "Gemm", "MatMul")
                  and getattr(index.producer.get(n.input[1]), "op_type", "") == "DequantizeLinear"}
     assert quantized
-    for g in analysis.prunable_groups:
-        assert not quantized & set(g.producers + g.consumers)
-    if analysis.prunable_groups:
-        prune_randomly_and_check(model, seed=0)
-    else:
-        check_pruned_model(model, model)
+    in_groups = {name for g in analysis.prunable_groups for name in g.producers + g.consumers}
+    assert len(quantized & in_groups) >= len(quantized) // 2
+    prune_randomly_and_check(model, seed=0)

@@ -439,3 +439,43 @@ def test_bias_add_slices_its_bias_and_runs_in_torch():
     s = x.numpy() @ onnx.numpy_helper.to_array(_w("w_skip", 8, 24))
     ref = np.maximum(h + onnx.numpy_helper.to_array(_w("b1", 24)) + s, 0) @ onnx.numpy_helper.to_array(_w("w2", 24, 8))
     np.testing.assert_allclose(plain, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_calibrated_scores_on_an_optimized_graph(bert_fused):
+    """Gradient criteria run through the torch execution of the fused ops: every head scored."""
+    from onnxprune.api import score_channels
+    from onnxprune.io.calib_data import CalibrationData
+
+    model = load(bert_fused)
+    analysis = analyze(model)
+    rng = np.random.default_rng(0)
+    ids = rng.integers(0, 1000, (16, 12)).astype(np.int64)
+    mask = np.ones_like(ids)
+    mask[:, 9:] = 0
+    scores = score_channels(model, analysis, "taylor-fo", calib=CalibrationData({"ids": ids, "attention_mask": mask}))
+    heads = [g.id for g in analysis.prunable_groups if g.size == 4]
+    assert len(heads) == 2
+    for gid in heads:
+        values = np.asarray(scores[gid], dtype=np.float64)
+        assert values.shape == (4,) and np.isfinite(values).all() and values.max() > 0
+
+
+def test_prune_hidden_slices_skip_layer_norm_parameters(bert_fused):
+    """--prune-hidden: the residual stream through SkipLayerNormalization is prunable
+    (approximately, by design): gamma, beta and the skip bias are sliced with it."""
+    model = load(bert_fused)
+    assert not any(g.size == 128 and g.prunable for g in analyze(model).groups)
+    analysis = analyze(model, prune_hidden=True)
+    (hidden,) = [g for g in analysis.prunable_groups if g.size == 128]
+    plan = Plan(fingerprint=analysis.fingerprint, keep={hidden.id: tuple(range(0, 128, 2))}, sizes={hidden.id: 128},
+                criterion="test")
+    result = apply_plan(model, analysis, plan, debug=True)
+    check_pruned_model(result.model, model)
+    inits = {t.name: list(t.dims) for t in result.model.graph.initializer}
+    for node in result.model.graph.node:
+        if node.op_type == "SkipLayerNormalization":
+            assert all(inits[name] == [64] for name in node.input[2:] if name)
+        if node.op_type == "Attention":
+            assert inits[node.input[1]] == [64, 384]
+    feeds = random_inputs(model, seed=0, batch=2)
+    assert run(result.model, feeds)["output"].shape == (2, 128)

@@ -27,7 +27,13 @@ from tests.equivalence import check_pruned_model
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from models.llm import TINY_VOCAB, empty_past, export_causal_lm_with_cache, kv_cache_names, tiny_llama  # noqa: E402
+from models.llm import (
+    TINY_VOCAB,
+    empty_past,
+    export_causal_lm_with_cache,
+    kv_cache_names,
+    tiny_llama,
+)
 
 OPTIONS = {"hidden": 96, "heads": 6, "kv_heads": 2}  # 2 KV heads, each read by 3 query heads
 LAYERS = 2
@@ -39,7 +45,7 @@ def kv_export(tmp_path_factory) -> str:
     return str(export_causal_lm_with_cache(tiny_llama(**OPTIONS), folder / "kv.onnx"))
 
 
-def _kinds(analysis):  # noqa: ANN001, ANN202
+def _kinds(analysis):
     """(KV-head groups, query-head groups, FFN groups) of a KV-cache export: every group, prunable or not."""
     kv = [g for g in analysis.groups if len(g.producers) == 2 and not g.consumers]
     queries = [g for g in analysis.groups if len(g.producers) == 1 and len(g.consumers) == 1 and g.size == 6]
@@ -47,7 +53,7 @@ def _kinds(analysis):  # noqa: ANN001, ANN202
     return kv, queries, ffn
 
 
-def _plan(analysis, groups, seed: int) -> Plan:  # noqa: ANN001
+def _plan(analysis, groups, seed: int) -> Plan:
     rng = np.random.default_rng(seed)
     keep = {g.id: tuple(sorted(rng.choice(g.size, size=max(1, g.size // 2), replace=False).tolist())) for g in groups}
     keep = repair_keep(analysis, keep)
@@ -77,7 +83,7 @@ def _empty_cache(model: onnx.ModelProto, batch: int) -> dict[str, np.ndarray]:
     return feeds
 
 
-def assert_cache_model_matches_masked(model, analysis, plan, pruned, *, batch: int = 2, seed: int = 0) -> None:  # noqa: ANN001
+def assert_cache_model_matches_masked(model, analysis, plan, pruned, *, batch: int = 2, seed: int = 0) -> None:
     """Prefill + one decode step: the pruned model's logits equal the masked original's, and its
     cache equals the masked original's on the kept KV heads."""
     ids = np.random.default_rng(seed).integers(0, TINY_VOCAB, (batch, 7)).astype(np.int64)
@@ -122,15 +128,16 @@ def test_without_the_flag_kv_heads_stay_and_a_plan_removing_one_is_refused(kv_ex
     assert "\n" not in str(exc.value)
 
 
-@pytest.mark.parametrize("kind", ["queries", "ffn", "both"])
+@pytest.mark.parametrize("kind", ["queries", "ffn", "both", "every_query_of_a_kv_head"])
 def test_query_heads_and_neurons_keep_the_interface(kv_export, kind):
-    """No flag needed: the cache keeps every KV head (a query head's KV head stays while another
-    query head reads it; the plans here keep one in every KV group)."""
+    """No flag needed: the cache keeps every KV head, even one whose query heads all go (it is
+    still written to the cache; without the flag it is not removed)."""
     model = load(kv_export)
     analysis = analyze(model)
     _, queries, ffn = _kinds(analysis)
-    groups = {"queries": queries, "ffn": ffn, "both": queries + ffn}[kind]
-    keep = {g.id: ((0, 2, 3, 5) if g in queries else tuple(range(0, g.size, 2))) for g in groups}
+    groups = {"queries": queries, "ffn": ffn, "both": queries + ffn, "every_query_of_a_kv_head": queries}[kind]
+    kept_queries = (3, 4, 5) if kind == "every_query_of_a_kv_head" else (0, 2, 3, 5)  # KV head 0: 0, 1, 2
+    keep = {g.id: (kept_queries if g in queries else tuple(range(0, g.size, 2))) for g in groups}
     plan = Plan(fingerprint=analysis.fingerprint, keep=keep, sizes={g.id: g.size for g in groups}, criterion="test")
     result = apply_plan(model, analysis, plan)
     check_pruned_model(result.model, model)
@@ -162,7 +169,7 @@ def test_with_the_flag_kv_heads_go_and_the_cache_shrinks(kv_export, kind):
 
 # -- through the CLI: the flag, the report, the configuration files beside the model -----------
 
-def _folder_with_config(tmp_path, kv_export, **overrides) -> Path:  # noqa: ANN001
+def _folder_with_config(tmp_path, kv_export, **overrides) -> Path:
     """The export in its own folder with a config.json and a genai_config.json as the
     exporters write them (``overrides``: wrong values)."""
     import shutil
@@ -185,7 +192,7 @@ def test_cli_refuses_kv_heads_without_the_flag_and_reports_them_with_it(kv_expor
     folder = _folder_with_config(tmp_path, kv_export)
     model = load(folder / "model.onnx")
     analysis = analyze(model, allow_interface_change=True)
-    kv, queries, _ = _kinds(analysis)
+    kv, _, _ = _kinds(analysis)
     plan = Plan(fingerprint=analysis.fingerprint, keep={kv[0].id: (1,), kv[1].id: (0,)},
                 sizes={kv[0].id: 2, kv[1].id: 2}, criterion="test")
     plan.save(tmp_path / "plan.json")

@@ -15,7 +15,7 @@ from onnxprune.analysis.context import FIXUP_KINDS, Fixup, ShapeEntry
 from onnxprune.rewrite import (
     BasePass, CheckModelPass, ModelPass, Pass, PassResult, RefreshShapesPass, Removal, RemoveDeadNodesPass,
     RewriteShapeConstantsPass, SliceWeightsPass, SortTopologicallyPass,
-    default_pipeline, run_passes,
+    check_fixup_handlers, default_pipeline, run_passes,
 )
 from onnxprune.plan import Plan
 from onnxprune.errors import InternalError, PipelineError, RewriteError
@@ -253,14 +253,18 @@ def test_fixup_kind_without_handler_is_refused_at_pipeline_build(monkeypatch):
     with pytest.raises(PipelineError, match=r"handles fix-up kind .*Stride") as exc:
         default_pipeline()
     assert isinstance(exc.value, InternalError)
-    # a pass that names the kind in its handler table makes the pipeline whole again
-    handled = type("StridePass", (ModelPass,), {"name": "stride", "fixup_handlers": {Stride: lambda *a: False},
-                                                 "call": lambda self, model: PassResult(model, False)})
-    from onnxprune.rewrite.base import check_fixup_handlers
 
-    with pytest.raises(PipelineError):
-        check_fixup_handlers([handled()])  # the built-in kinds are then missing
-    check_fixup_handlers([handled()], kinds=[Stride])
+    class StridePass(ModelPass):
+        name = "stride"
+        fixup_handlers = {Stride: lambda *args: False}
+
+        def call(self, model):
+            return PassResult(model, False)
+
+    # a pass naming the kind in its handler table makes the pipeline whole again
+    check_fixup_handlers([SliceWeightsPass(), RewriteShapeConstantsPass(), StridePass()])
+    with pytest.raises(PipelineError, match="fix-up kind .*GroupCount"):
+        check_fixup_handlers([StridePass()])  # the built-in kinds are then missing
 
 
 def test_fixups_are_typed_per_kind():

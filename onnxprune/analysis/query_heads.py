@@ -8,7 +8,9 @@ o_proj columns), the *child*, and keeps the KV head (k_proj / v_proj rows) as it
 and a query-head group, with two rules between their units:
 
 - a query head whose KV head is removed goes too (a KV head goes with its query heads);
-- a KV head whose query heads are all removed goes too (nothing reads it).
+- a KV head whose query heads are all removed goes too (nothing reads it), unless its group
+  is not prunable (a KV cache's heads without ``--allow-interface-change``: it stays, unread
+  by attention, still written to the cache).
 
 ``close_removed`` applies both to a set of removed units (every plan's ``removed_units``);
 ``check_plan`` refuses a plan that would remove every query head of a layer that way.
@@ -65,11 +67,17 @@ def close_removed(analysis: Analysis, removed: np.ndarray) -> np.ndarray:
     mask[removed] = True
     for children, parents in pairs:  # a KV head goes with its query heads
         mask[children[mask[parents]]] = True
+    fixed = _fixed_units(analysis)
     for children, parents in pairs:  # a KV head that no kept query head reads goes
         for p in np.unique(parents).tolist():
-            if mask[children[parents == p]].all():
+            if p not in fixed and mask[children[parents == p]].all():
                 mask[p] = True
     return np.flatnonzero(mask).astype(np.int64)
+
+
+def _fixed_units(analysis: Analysis) -> set[int]:
+    """Units of groups that are not prunable (they stay whatever the plan)."""
+    return {r for g in analysis.groups if not g.prunable for r in g.units.tolist()}
 
 
 def check_plan(analysis: Analysis, removed: np.ndarray) -> None:

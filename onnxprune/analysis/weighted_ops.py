@@ -118,8 +118,10 @@ def _matmul_macs(index: GraphIndex, node: onnx.NodeProto) -> int:
 
 
 def _matmul_nbits_macs(index: GraphIndex, node: onnx.NodeProto) -> int:
-    """onnxruntime's 4-bit MatMul: |Y| x K."""
-    y = _ints(index.shape(node.output[0]))
+    """onnxruntime's 4-bit MatMul: |Y| x K (Y = A @ W[K, N]: from A's shape where onnx's
+    inference left Y's unknown, as in a freshly pruned model)."""
+    a = index.shape(node.input[0])
+    y = _ints(index.shape(node.output[0]) or ((*a[:-1], int(attr(node, "N", 0))) if a else None))
     return math.prod(y) * int(attr(node, "K", 0)) if y else 0
 
 

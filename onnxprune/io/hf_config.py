@@ -86,8 +86,8 @@ def updated_config(data: dict, name: str, before: dict[str, list[int]],
     section = _section(out, name)
     warnings: list[str] = []
     if section is None:
-        return out, [f"{name}: no {'model.decoder section' if name == 'genai_config.json' else 'settings'} "
-                     "to update"]
+        where = "model.decoder section" if name == "genai_config.json" else "settings"
+        return out, [f"{name}: no {where} to update"]
     for key in KEYS:
         if key not in section or key not in before:
             continue

@@ -28,7 +28,7 @@ class RemoveBlocksPass(Pass):
     def __init__(self, blocks: Sequence[str]) -> None:
         self.blocks = tuple(blocks)
 
-    def call(self, model: onnx.ModelProto, ctx: PruneContext) -> PassResult:
+    def call(self, model: onnx.ModelProto, removal: Removal) -> PassResult:
         index = GraphIndex(model)
         present = [name for name in self.blocks if name in index.nodes and index.nodes[name].op_type == "Add"]
         if not present:

@@ -14,8 +14,8 @@ import onnx
 from onnx import numpy_helper
 
 from onnxprune.analysis.query_heads import RepeatKV
-from onnxprune.graph import GraphIndex
 from onnxprune.analysis.removal import Removal
+from onnxprune.graph import GraphIndex
 
 Entries = dict[tuple[str, int], dict[int, int]]
 

@@ -23,7 +23,7 @@ from onnxprune.rewrite.constants import apply_constant_edits
 def slice_params(model: onnx.ModelProto, removal: Removal, roles: Collection[str]) -> bool:
     index = GraphIndex(model)
     per_input: dict[tuple[str, int], dict[int, np.ndarray]] = defaultdict(dict)
-    for ref in expand_weight_refs(removal.analysis.params, analysis_index(model)):  # QDQ weights: their constants
+    for ref in expand_weight_refs(removal.analysis.params, analysis_index(model, index)):  # QDQ weights: constants
         if ref.role in roles:
             keep = removal.kept(ref.elems)
             if not keep.all():

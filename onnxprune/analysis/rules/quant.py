@@ -168,11 +168,12 @@ def _unpack(packed: np.ndarray, bits: int) -> np.ndarray:
     return np.stack(parts, axis=-1).reshape(*packed.shape[:-1], packed.shape[-1] * per)
 
 
-def analysis_index(model: onnx.ModelProto) -> GraphIndex:
-    """The index the analysis walks: quantized weights read as constants when there are any."""
+def analysis_index(model: onnx.ModelProto, plain: GraphIndex | None = None) -> GraphIndex:
+    """The index the analysis walks: quantized weights read as constants when there are
+    any; else ``plain`` (or a new GraphIndex)."""
     if any(n.op_type in ("DequantizeLinear", "MatMulNBits") for n in model.graph.node):
         return QuantWeightIndex(model)
-    return GraphIndex(model)
+    return plain if plain is not None else GraphIndex(model)
 
 
 def expand_weight_refs(params: list[ParamRef], index: GraphIndex) -> list[ParamRef]:

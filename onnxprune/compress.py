@@ -273,7 +273,7 @@ def _allocate(model: onnx.ModelProto, analysis: Analysis, r: Recipe, scores: dic
     step(f"allocating to the {metric} budget", None, None)
     budget = Budget(metric, float(target))
     unaligned = ""
-    blocks = _depth_blocks(model, r, calib, step) if isinstance(r.depth, int) and r.depth and calib else []
+    blocks = _depth_blocks(model, analysis, r, calib, step, budget) if r.depth != "off" and r.depth and calib else []
     try:
         if blocks:  # whole residual blocks first, channels for the rest of the budget
             reached = _fit_with_blocks(model, analysis, scores, budget, blocks, r.ranking, common)
@@ -311,24 +311,46 @@ def _blocks_phrase(plan: Plan) -> str:
     return f" and {n} residual block{'s' if n > 1 else ''}" if n else ""
 
 
-# calibration samples the block scores use at most (one pass over them per block)
+# how blocks are ranked (``scoring.block_scores``) and on how many calibration samples at most
+DEPTH_CRITERION = "loss"
 DEPTH_SAMPLES = 16
 
 
-def _depth_blocks(model: onnx.ModelProto, r: Recipe, calib: CalibrationData, step: Progress) -> list:
-    """The ``r.depth`` residual blocks whose bypass raises the calibration loss least."""
-    from onnxprune.analysis.blocks import find_blocks
+def _depth_blocks(model: onnx.ModelProto, analysis: Analysis, r: Recipe, calib: CalibrationData, step: Progress,
+                  budget: Any) -> list:
+    """The residual blocks to remove: the ``r.depth`` least important, or (a fraction) the
+    least important while their savings stay within that share of what ``budget`` removes."""
+    import numpy as np
+
+    from onnxprune.analysis.accounting import CostModel
+    from onnxprune.analysis.blocks import block_cost_model, find_blocks
     from onnxprune.scoring.block_scores import block_scores
 
     blocks = find_blocks(model)
-    if len(blocks) < int(r.depth):
+    if isinstance(r.depth, int) and len(blocks) < r.depth:
         raise RecipeError(f"--depth {r.depth}: the model has {len(blocks)} removable residual block"
                           f"{'' if len(blocks) == 1 else 's'} (`onnxprune analyze --wide` lists them)")
-    label = "scoring residual blocks (loss when bypassed)"
+    label = f"scoring residual blocks ({DEPTH_CRITERION})"
     step(label, None, None)
-    scores = block_scores(model, blocks, calib.take(DEPTH_SAMPLES), criterion="loss",
+    scores = block_scores(model, blocks, calib.take(DEPTH_SAMPLES), criterion=DEPTH_CRITERION,
                           progress=lambda done, total: step(label, done, total))
-    return sorted(blocks, key=lambda b: (scores[b.add], b.add))[:int(r.depth)]
+    ranked = sorted(blocks, key=lambda b: (scores[b.add], b.add))
+    if isinstance(r.depth, int):
+        return ranked[:r.depth]
+    none = np.zeros(0, dtype=np.int64)
+
+    def cost(costs: CostModel) -> int:
+        return costs.macs(none) if budget.metric == "flops" else costs.params(none)
+
+    original = cost(CostModel(model, analysis))
+    target = budget.absolute(2 * original if budget.metric == "flops" else original)
+    allowed = r.depth * (original - (target / 2 if budget.metric == "flops" else target))
+    chosen: list = []
+    for block in ranked:
+        if original - cost(block_cost_model(model, analysis, [*chosen, block])) > allowed:
+            break
+        chosen.append(block)
+    return chosen
 
 
 def _fit_with_blocks(model: onnx.ModelProto, analysis: Analysis, scores: dict, budget: Any, blocks: list,

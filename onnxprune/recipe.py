@@ -103,9 +103,10 @@ class Recipe:
     # one head count for all layers: onnxruntime-genai's GroupQueryAttention)
     allow_interface_change: bool = False
     uniform_heads: bool = False
-    # depth pruning: residual blocks removed as well as channels (a budget's share taken by
-    # whole blocks): "off", a count, or "auto" (see ``resolve``)
-    depth: str | int = AUTO
+    # depth pruning: residual blocks removed as well as channels: "off", a number of blocks,
+    # a fraction in (0, 1) (whole blocks take that share of what the budget removes), or
+    # "auto" (see ``resolve``)
+    depth: str | int | float = AUTO
     # recovery (post-training, on the calibration data; every refit checked on held-out data)
     recover: str | tuple[str, ...] = AUTO
     ridge: float | str = AUTO
@@ -243,6 +244,8 @@ class Recipe:
             parts.append("input / output shapes may change")
         if isinstance(self.depth, int) and self.depth:
             parts.append(f"{self.depth} residual block{'s' if self.depth > 1 else ''} removed")
+        elif isinstance(self.depth, float):
+            parts.append(f"whole residual blocks for {self.depth:.0%} of the budget")
         if self.recover:
             weighting = ", fisher-weighted" if self.recovery_weighting == "fisher" else ""
             parts.append(f"recovery {'+'.join(self.recover)} (held-out {self.holdout:.0%}, ridge {self.ridge}"
@@ -270,7 +273,7 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "target_params": (*_NUMBER, type(None)), "target_latency": (str, *_NUMBER, type(None)),
     "criterion": (str,), "loss": (str,), "reduction": (str,), "projections": (str, int), "flops_reg": _NUMBER,
     "mode": (str,), "ranking": (str,), "round_to": (int,), "align": (str, int), "min_channels": (int,),
-    "max_ratio": _NUMBER, "limits": (str,), "ignore": (tuple, list), "prune_hidden": (bool,), "depth": (str, int),
+    "max_ratio": _NUMBER, "limits": (str,), "ignore": (tuple, list), "prune_hidden": (bool,), "depth": (str, *_NUMBER),
     "allow_interface_change": (bool,), "uniform_heads": (bool,),
     "recover": (str, tuple, list),
     "ridge": (str, *_NUMBER), "recovery_weighting": (str,), "holdout": _NUMBER, "augment": (bool,),
@@ -331,13 +334,7 @@ def _check_values(r: Recipe) -> None:
             raise RecipeError(f"'align' must be a positive integer or 'auto', got {r.align!r}") from None
     if isinstance(r.align, int) and r.align < 1:
         raise RecipeError(f"'align' must be a positive integer or 'auto', got {r.align}")
-    if isinstance(r.depth, str) and r.depth not in (AUTO, "off"):
-        try:
-            object.__setattr__(r, "depth", int(r.depth))
-        except ValueError:
-            raise RecipeError(f"'depth' must be 'auto', 'off' or a number of blocks, got {r.depth!r}") from None
-    if isinstance(r.depth, int) and r.depth < 0:
-        raise RecipeError(f"'depth' must be 'auto', 'off' or a number of blocks >= 0, got {r.depth}")
+    _check_depth(r)
     if isinstance(r.ridge, str) and r.ridge != AUTO:
         raise RecipeError(f"'ridge' must be a number or 'auto', got {r.ridge!r}")
     if not isinstance(r.ridge, str) and r.ridge < 0:
@@ -356,6 +353,21 @@ def _check_values(r: Recipe) -> None:
         raise RecipeError(f"'lr' must be positive, got {r.lr}")
     if r.target_latency is not None:
         object.__setattr__(r, "target_latency", str(r.target_latency))
+
+
+def _check_depth(r: Recipe) -> None:
+    """'auto', 'off', a number of blocks (>= 0) or a fraction in (0, 1); text from a flag is parsed."""
+    words = f"'depth' must be 'auto', 'off', a number of blocks or a fraction of the budget in (0, 1), got {r.depth!r}"
+    if isinstance(r.depth, str) and r.depth not in (AUTO, "off"):
+        try:
+            value: float = float(r.depth)
+        except ValueError:
+            raise RecipeError(words) from None
+        object.__setattr__(r, "depth", int(value) if value.is_integer() else value)
+    if isinstance(r.depth, float) and r.depth.is_integer():
+        object.__setattr__(r, "depth", int(r.depth))
+    if (isinstance(r.depth, int) and r.depth < 0) or (isinstance(r.depth, float) and not 0.0 < r.depth < 1.0):
+        raise RecipeError(words)
 
 
 @dataclass(frozen=True)
@@ -417,11 +429,11 @@ def resolve(recipe: Recipe, ctx: Context) -> Recipe:
         "sensitivity" if data and not ctx.transformer and budget_metric and data_scores
         else "none")
     depth = recipe.depth if recipe.depth != AUTO else "off"
-    if isinstance(depth, int) and depth:
+    if not isinstance(depth, str) and depth:
         if not data:
-            raise RecipeError("depth pruning (--depth N) scores blocks on calibration data: give --calib")
+            raise RecipeError("depth pruning (--depth) scores blocks on calibration data: give --calib")
         if recipe.ratio is not None or recipe.target_latency is not None:
-            raise RecipeError("--depth N applies to a --target-flops or --target-params budget")
+            raise RecipeError("--depth applies to a --target-flops or --target-params budget")
     return replace(recipe, criterion=criterion, loss=loss, projections=projections, mode=mode, ranking=ranking,
                    align=align, recover=recover, recovery_weighting=weighting, limits=limits, depth=depth)
 

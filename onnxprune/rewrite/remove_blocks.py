@@ -17,8 +17,8 @@ from collections.abc import Sequence
 import onnx
 
 from onnxprune.analysis.blocks import ResidualBlock, blocks_by_name
-from onnxprune.graph import GraphIndex
 from onnxprune.analysis.removal import Removal
+from onnxprune.graph import GraphIndex
 from onnxprune.rewrite.base import Pass, PassResult
 
 

@@ -24,6 +24,7 @@ import onnx
 from onnxprune.analysis.accounting import CostModel
 from onnxprune.analysis.blocks import ResidualBlock, block_cost_model, removed_nodes
 from onnxprune.analysis import Analysis
+from onnxprune.analysis.query_heads import repair_keep
 from onnxprune.errors import SelectionError
 from onnxprune.plan import Plan
 from onnxprune.selection.select import global_order, legal_keep_count
@@ -93,7 +94,8 @@ def select_to_budget(model: onnx.ModelProto, analysis: Analysis, scores: Mapping
             if n_keep < g.size:
                 ranked = np.lexsort((np.arange(g.size), -np.asarray(scores[g.id], dtype=np.float64)))
                 keep[g.id] = np.sort(ranked[:n_keep])
-        return keep
+        repaired = repair_keep(analysis, {gid: tuple(k.tolist()) for gid, k in keep.items()})  # a layer keeps a query head
+        return {gid: np.asarray(k, dtype=np.int64) for gid, k in repaired.items()}
 
     def removed_units(keep: dict[str, np.ndarray]) -> np.ndarray:
         parts = [np.delete(analysis.group(gid).units, k) for gid, k in keep.items()]

@@ -3,9 +3,9 @@
 Runtimes that build one attention kernel or one KV cache shape for all layers
 (onnxruntime-genai's GroupQueryAttention with ``num_key_value_heads`` in its config, most
 KV-cache servers) need every layer to keep the same number of KV heads and of query heads
-per KV head. ``uniform_heads`` turns a plan into one that does: the counts are the plan's
-averages over the layers (rounded, at least 1), and in each layer the best-scored KV heads
-and, under each, the best-scored query heads stay. The repeat of the kept KV heads then
+per KV head. ``uniform_heads`` turns a plan into one that does: the counts whose attention
+parameters come closest to the plan's, and in each layer the best-scored KV heads and,
+under each, the best-scored query heads stay. The repeat of the kept KV heads then
 stays an Expand (``rewrite.repeat_kv``).
 """
 
@@ -21,14 +21,21 @@ from onnxprune.analysis.query_heads import group_parents, links
 from onnxprune.plan import Plan
 
 
-def _kept_counts(analysis: Analysis, plan: Plan, q_id: str, kv_id: str) -> tuple[int, int]:
-    """(KV heads kept, query heads kept per kept KV head, rounded) of one layer under ``plan``."""
+def _uniform_counts(analysis: Analysis, plan: Plan, layers: Mapping[str, str]) -> tuple[int | None, int]:
+    """(KV heads per layer or None for all, query heads per KV head) whose parameters come
+    closest to what ``plan`` keeps in the attention layers (ties: the larger counts)."""
     removed = set(plan.removed_units(analysis).tolist())
-    kv = analysis.group(kv_id)
-    kv_kept = [r for r in kv.units.tolist() if r not in removed]
-    q = analysis.group(q_id)
-    q_kept = sum(r not in removed for r in q.units.tolist())
-    return len(kv_kept), max(1, round(q_kept / max(1, len(kv_kept))))
+    kept = 0
+    for q_id, kv_id in layers.items():
+        for g in (analysis.group(q_id), analysis.group(kv_id)):
+            kept += sum(int(p) for r, p in zip(g.units.tolist(), g.unit_params) if r not in removed)
+    q, kv = analysis.group(next(iter(layers))), analysis.group(next(iter(layers.values())))
+    kv_size, rep = kv.size, q.size // kv.size
+    per_q, per_kv_head = float(q.unit_params.mean()), float(kv.unit_params.mean())
+    kv_prunable = all(analysis.group(kv).prunable for kv in layers.values())
+    choices = [(n, r) for n in (range(1, kv_size + 1) if kv_prunable else [kv_size]) for r in range(1, rep + 1)]
+    best = min(choices, key=lambda c: (abs(len(layers) * c[0] * (per_kv_head + c[1] * per_q) - kept), -c[0], -c[1]))
+    return (best[0] if kv_prunable else None), best[1]
 
 
 def _best(scores: np.ndarray | None, candidates: list[int], k: int) -> list[int]:
@@ -45,10 +52,7 @@ def uniform_heads(analysis: Analysis, plan: Plan, scores: Mapping[str, np.ndarra
     layers = group_parents(analysis)  # query-head group -> KV-head group
     if not layers:
         return plan
-    counts = [_kept_counts(analysis, plan, q, kv) for q, kv in layers.items()]
-    kv_prunable = all(analysis.group(kv).prunable for kv in layers.values())
-    n_kv = max(1, round(float(np.mean([c[0] for c in counts])))) if kv_prunable else None
-    per_kv = max(1, round(float(np.mean([c[1] for c in counts]))))
+    n_kv, per_kv = _uniform_counts(analysis, plan, layers)
     keep = dict(plan.keep)
     sizes = dict(plan.sizes)
     position = {}

@@ -30,7 +30,6 @@ Weight algebra of a removal (heads: the units of attention):
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import ClassVar
 
 import numpy as np
 import onnx
@@ -49,14 +48,12 @@ HIDDEN_REASON = "{op} takes its statistics over this channel axis (--prune-hidde
 KV_CACHE_REASON = "{op} '{node}': its KV cache '{name}'"
 
 
-
 @dataclass(frozen=True, eq=False)
 class HeadAttrs(Fixup):
     """A fused attention / rotary node's head-count attributes: attribute ``attrs[name]``
     becomes (kept units of ``elems``) x the multiplier, each entry of list attribute
     ``lists[name]`` (qkv_hidden_sizes) the kept units x its multiplier."""
 
-    kind: ClassVar[str] = "head_attrs"
     elems: np.ndarray
     attrs: dict[str, int] = field(default_factory=dict)
     lists: dict[str, tuple[int, ...]] = field(default_factory=dict)
@@ -71,24 +68,32 @@ def _present(node: onnx.NodeProto, slot: int, outputs: bool = False) -> str:
     return names[slot] if len(names) > slot else ""
 
 
-def _kv_cache(node: onnx.NodeProto, ctx: RuleContext, units: np.ndarray, past: dict[int, int],
-              present: dict[int, int]) -> None:
-    """A KV cache's heads (``past``: input slot -> its heads axis; ``present``: output -> its
-    heads axis) are the node's KV heads ``units``. The cache is the model's interface: a past
-    cache must be a graph input, and its heads change only with --allow-interface-change
-    (``onnxprune.interface``; blocked with that reason otherwise)."""
+def _check_kv_cache(node: onnx.NodeProto, ctx: RuleContext, heads: int, past: dict[int, int]) -> None:
+    """Unsupported unless every past cache (input slot -> its heads axis) is a graph input with
+    ``heads`` entries on that axis. Called before the rule records anything."""
     for slot, axis in past.items():
         name = _present(node, slot)
         if not name:
             continue
-        if ctx.dim(name, axis) != len(units):
-            raise Unsupported(KV_CACHE_REASON.format(op=node.op_type, node=node.name, name=name)
-                              + f": its axis {axis} is not the {len(units)} KV heads")
-        elems = cache_input(ctx, name, axis, len(units))
-        if elems is None:
-            raise Unsupported(KV_CACHE_REASON.format(op=node.op_type, node=node.name, name=name)
-                              + " is computed, not a graph input")
-        ctx.union(elems, units)
+        what = KV_CACHE_REASON.format(op=node.op_type, node=node.name, name=name)
+        if name not in ctx.index.graph_inputs:
+            raise Unsupported(f"{what} is computed, not a graph input")
+        if ctx.dim(name, axis) != heads:
+            raise Unsupported(f"{what}: its axis {axis} is not the {heads} KV heads")
+
+
+def _link_kv_cache(node: onnx.NodeProto, ctx: RuleContext, units: np.ndarray, past: dict[int, int],
+                   present: dict[int, int]) -> None:
+    """A KV cache's heads (``past``: input slot -> its heads axis; ``present``: output -> its
+    heads axis) are the node's KV heads ``units``. The cache is the model's interface: its
+    heads change only with --allow-interface-change (``onnxprune.interface``; blocked with
+    that reason otherwise)."""
+    for slot, axis in past.items():
+        name = _present(node, slot)
+        if name:
+            elems = cache_input(ctx, name, axis, len(units))
+            assert elems is not None  # a graph input: _check_kv_cache
+            ctx.union(elems, units)
     for slot, axis in present.items():
         out = _present(node, slot, outputs=True)
         if out:
@@ -164,6 +169,7 @@ def attention(node: onnx.NodeProto, ctx: RuleContext) -> None:
     if b_shape is not None and tuple(b_shape) != (w_shape[1],):
         raise Unsupported(f"Attention '{node.name}': bias shape {list(b_shape)} disagrees with its weight")
     _head_broadcast(node, ctx, 5)
+    _check_kv_cache(node, ctx, heads, past={4: 2})
     if rank_of(ctx, x) != 3:
         raise Unsupported(f"Attention '{node.name}': input '{x}' is not [batch, sequence, hidden]")
     _block_other_axes(ctx, x, {2}, "Attention")
@@ -178,7 +184,7 @@ def attention(node: onnx.NodeProto, ctx: RuleContext) -> None:
     if b_shape is not None:
         ctx.param(2, 0, cols, "producer")
     ctx.set_space(y, 2, out)
-    _kv_cache(node, ctx, per_head, past={4: 2}, present={1: 2})  # [2, batch, heads, length, head_size]
+    _link_kv_cache(node, ctx, per_head, past={4: 2}, present={1: 2})  # [2, batch, heads, length, head_size]
     lists = {"qkv_hidden_sizes": (dq // heads, dk // heads, dv // heads)} if sizes else {}
     ctx.fixup(HeadAttrs, elems=per_head, attrs={"num_heads": 1}, lists=lists)
 
@@ -208,6 +214,7 @@ def multi_head_attention(node: onnx.NodeProto, ctx: RuleContext) -> None:
     if not (_present(node, 1) and _present(node, 2)):
         raise Unsupported(f"MultiHeadAttention '{node.name}' with packed QKV or KV in its query is left alone")
     _head_broadcast(node, ctx, 5)
+    _check_kv_cache(node, ctx, heads, past={6: 1, 7: 1})
     if len(node.output) > 3 and node.output[3]:
         raise Unsupported(f"MultiHeadAttention '{node.name}' outputs its per-head attention scores")
     q, k, v = (_projection(ctx, node, s, heads) for s in (0, 1, 2))
@@ -223,7 +230,7 @@ def multi_head_attention(node: onnx.NodeProto, ctx: RuleContext) -> None:
                               "its Q/K/V sizes")
         ctx.param(3, 0, np.concatenate([q, k, v]), "param")
     ctx.set_space(node.output[0], 2, v)
-    _kv_cache(node, ctx, uv, past={6: 1, 7: 1}, present={1: 1, 2: 1})  # [batch, heads, length, head_size]
+    _link_kv_cache(node, ctx, uv, past={6: 1, 7: 1}, present={1: 1, 2: 1})  # [batch, heads, length, head_size]
     ctx.fixup(HeadAttrs, elems=uv, attrs={"num_heads": 1}, lists={})
 
 
@@ -236,6 +243,7 @@ def group_query_attention(node: onnx.NodeProto, ctx: RuleContext) -> None:
     if not (_present(node, 1) and _present(node, 2)):
         raise Unsupported(f"GroupQueryAttention '{node.name}' with packed QKV is left alone")
     _head_broadcast(node, ctx, 10)
+    _check_kv_cache(node, ctx, kv, past={3: 1, 4: 1})
     q = _projection(ctx, node, 0, heads)
     k, v = (_projection(ctx, node, s, kv) for s in (1, 2))
     uq = tie_heads(ctx, q, heads).reshape(kv, heads // kv)
@@ -245,7 +253,7 @@ def group_query_attention(node: onnx.NodeProto, ctx: RuleContext) -> None:
     ctx.union(uq[:, 0].copy(), uk)
     ctx.union(uk, uv)
     ctx.set_space(node.output[0], 2, q)
-    _kv_cache(node, ctx, uk, past={3: 1, 4: 1}, present={1: 1, 2: 1})  # [batch, kv_heads, length, head_size]
+    _link_kv_cache(node, ctx, uk, past={3: 1, 4: 1}, present={1: 1, 2: 1})  # [batch, kv_heads, length, head_size]
     ctx.fixup(HeadAttrs, elems=uk, attrs={"num_heads": heads // kv, "kv_num_heads": 1}, lists={})
 
 

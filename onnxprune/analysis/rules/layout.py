@@ -196,7 +196,11 @@ def reshape(node: onnx.NodeProto, ctx: RuleContext) -> None:
     in_shape = ctx.shape(x)
     if in_shape is None:
         raise Unsupported("Reshape whose input shape is unknown")
-    entries = _target_entries(ctx, node)
+    source = ctx.index.producer.get(x)
+    if source is not None and source.op_type == "Expand":  # repeat_kv over a KV cache's past + seq
+        entries = _target_entries(ctx, node)
+    else:
+        entries = resolve(ctx, node.input[1], (node.name, 1))
     if entries is None:
         raise Unsupported("Reshape with a computed (data-dependent) shape")
     # an entry may copy the run-time size of a channel axis holding the same units as one of
@@ -487,10 +491,11 @@ def expand(node: onnx.NodeProto, ctx: RuleContext) -> None:
 
 
 def _target_entries(ctx: RuleContext, node: onnx.NodeProto) -> list[Entry] | None:
-    """The entries of a Reshape / Expand target; a Concat of parts is read part by part, and a
-    part that cannot be followed (the total length past + seq of a KV cache: an Add of two
-    Shapes) gives entries that are neither editable nor copies, valued as the inferred output
-    dim there (or an unknown symbol): only an axis without channels may have one."""
+    """The entries of an Expand's target (or of the Reshape after one: a KV repeat); a Concat of
+    parts is read part by part, and a part that cannot be followed (the total length past + seq
+    of a KV cache: an Add of two Shapes) gives entries that are neither editable nor copies,
+    valued as the inferred output dim there (or an unknown symbol): only an axis without
+    channels may have one."""
     entries = resolve(ctx, node.input[1], (node.name, 1))
     concat = ctx.index.producer.get(node.input[1])
     if entries is not None or concat is None or concat.op_type != "Concat":

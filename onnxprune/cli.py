@@ -335,9 +335,10 @@ def prune(
         help="Every attention layer keeps as many KV heads and query heads per KV head (onnxruntime-genai, "
              "KV-cache runtimes).")] = None,
     depth: Annotated[Optional[str], _opt(
-        _ALLOCATION, help="Also remove N whole residual blocks (decoder layers' attention / MLP, ResNet blocks), "
-                          "those whose bypass raises the --calib loss least; channels take the rest of the "
-                          "budget. auto (default: off), off or N.")] = None,
+        _ALLOCATION, help="Also remove whole residual blocks (decoder layers' attention / MLP, ResNet blocks), "
+                          "those that change their input least on --calib: N blocks, or a fraction F of what "
+                          "the budget removes (0.25 on SmolLM2); channels take the rest. auto (default: off), "
+                          "off, N or F.")] = None,
     recover: Annotated[Optional[str], _opt(
         _RECOVERY, help=f"Comma list of {', '.join(recovery_names(plugins=False))}; all; none. Default auto: "
                         "all with --calib, each refit kept only if it helps on held-out samples.")] = None,

@@ -262,7 +262,7 @@ def test_decoder_block_removal_equals_the_masked_reference(tiny_llama_path, whic
 def test_budget_with_blocks_and_compress_depth(tiny_llama_path):
     """A parameter budget met partly by blocks: the blocks' savings count, groups inside removed
     blocks are left alone, and the result fits the budget; ``compress`` with ``depth=1`` removes
-    the block whose bypass raises the loss least."""
+    the block that changes its input least (Block Influence)."""
     from onnxprune.compress import compress
     from onnxprune.graph import GraphIndex
     from onnxprune.recipe import Recipe, RecipeError
@@ -326,3 +326,20 @@ def test_cli_depth_flag_and_analyze_listing(tiny_llama_path, tmp_path, monkeypat
     code, out, err = cli(monkeypatch, capsys, "prune", tiny_llama_path, "-o", pruned, "--target-params", "0.75",
                          "--depth", "two")
     assert code == 1 and "depth" in (out + err) and "unexpected" not in (out + err)
+
+
+def test_depth_in_recipes():
+    """A count, a fraction of the budget, 'off' or 'auto' (off: measured on SmolLM2, docs/llm.md);
+    text from a flag or file is parsed; anything else is refused naming the key."""
+    from onnxprune.recipe import Context, Recipe, RecipeError, resolve
+
+    assert [Recipe(depth=d).depth for d in ("3", "0.25", 0.25, "off", "auto", 2.0)] == [3, 0.25, 0.25, "off", "auto", 2]
+    assert Recipe(depth="0").depth == 0  # no block: off
+    for bad in ("two", 1.5, -1):
+        with pytest.raises(RecipeError, match="'depth' must be"):
+            Recipe(depth=bad)
+    assert Recipe.from_dict(Recipe(target_params=0.8, depth=0.25).to_dict()).depth == 0.25
+    for transformer in (False, True):
+        assert resolve(Recipe(target_params=0.8), Context(has_calib=True, transformer=transformer)).depth == "off"
+    assert "whole residual blocks for 25% of the budget" in resolve(
+        Recipe(target_params=0.8, depth=0.25), Context(has_calib=True)).describe()

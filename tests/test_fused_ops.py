@@ -127,7 +127,7 @@ def _prune_and_check(model: onnx.ModelProto, *, seed: int = 0, full_checker: boo
 
 # -- the transformer optimizer -------------------------------------------------------------
 
-def test_bert_optimizer_attention_heads_prune_exactly(bert_fused):
+def test_bert_optimizer_attention_heads_prune_exactly(bert_fused, tmp_path):
     model = load(bert_fused)
     assert _fused(model) == {f"{MS}::Attention", f"{MS}::SkipLayerNormalization", f"{MS}::BiasGelu"}
     assert understood(model) == {f"{MS}::Attention": 2, f"{MS}::SkipLayerNormalization": 4, f"{MS}::BiasGelu": 2}
@@ -141,6 +141,13 @@ def test_bert_optimizer_attention_heads_prune_exactly(bert_fused):
                   if g.id in plan.keep)  # the pruned model is counted through its fused ops too
     predicted = result.before.macs - removed  # (per-unit shares of a node's MACs are rounded down)
     assert result.after.macs > 0 and abs(result.after.macs - predicted) <= 0.01 * result.before.macs
+    # the summary's costs are a reload's (shapes after the fused ops filled after pruning) and the cost model's
+    from onnxprune.analysis.accounting import CostModel
+    from onnxprune.analysis.flops import model_cost
+
+    assert result.after == model_cost(load(save_model(result.model, tmp_path / "pruned.onnx")))
+    costs, removed_units = CostModel(model, analysis), plan.removed_units(analysis)
+    assert (costs.params(removed_units), costs.macs(removed_units)) == (result.after.params, result.after.macs)
     for g in heads:  # num_heads follows the kept heads; the packed QKV weight loses 3 x 32 columns a head
         node = next(n for n in result.model.graph.node if n.name in g.producers)
         kept = len(plan.keep[g.id])

@@ -177,6 +177,42 @@ def test_calibration_scores_flow_through_qdq_pairs(quantized):
     assert np.isfinite(values).all() and (values > 0).mean() > 0.5
 
 
+def _reloaded_cost(model: onnx.ModelProto, tmp_path):
+    """The cost of ``model`` saved and loaded again (shapes measured afresh at load)."""
+    from onnxprune.io.modelio import save_model
+
+    return model_cost(load(save_model(model, tmp_path / "reloaded.onnx")))
+
+
+def _check_pruned_costs(model: onnx.ModelProto, analysis, plan: Plan, result, tmp_path) -> None:
+    """The summary's costs (``result.after``) are the reloaded model's and the cost model's
+    prediction, and the pruned model has fewer parameters and MACs than the original."""
+    from onnxprune.analysis.accounting import CostModel
+
+    before, after = model_cost(model), result.after
+    assert after == _reloaded_cost(result.model, tmp_path), (after, _reloaded_cost(result.model, tmp_path))
+    costs, removed = CostModel(model, analysis), plan.removed_units(analysis)
+    assert (costs.params(removed), costs.macs(removed)) == (after.params, after.macs)
+    assert after.params < before.params and after.macs < before.macs, (before, after)
+
+
+def test_quantized_weights_count_as_parameters(quantized, tmp_path):
+    """A QDQ model's parameters are its float original's: the int8 weights and int32 biases
+    the DequantizeLinears read (scales and zero points are not parameters); pruning lowers
+    them, as the summary, a reload and the cost model agree (measured ResNet-18: 705,786 ->
+    326,430 params, 11,060,480 -> 6,541,850 MACs, equal to the float model's 705,786)."""
+    model = load(quantized("resnet18", "qdq-channel"))
+    float_model = onnx.load(zoo_path("resnet18"))
+    biases = sum(int(np.prod(t.dims)) for t in float_model.graph.initializer if len(t.dims) == 1)
+    q, f = model_cost(model).params, model_cost(load(zoo_path("resnet18"))).params
+    assert abs(q - f) <= biases and q > 10 * biases, (q, f, biases)
+    analysis = analyze(model)
+    assert analysis.total_params == q
+    plan = random_masking_plan(analysis, seed=0)
+    result = apply_plan(model, analysis, plan)
+    _check_pruned_costs(model, analysis, plan, result, tmp_path)
+
+
 def test_qoperator_forms_are_blocked_with_their_reason(quantized):
     model = load(quantized("resnet18", "qop"))
     analysis = analyze(model)
@@ -203,6 +239,9 @@ def nbits(tmp_path_factory):
     cache: dict[int, str] = {}
 
     def get(block: int) -> str:
+        """block 0: the float model itself."""
+        if block == 0:
+            return str(src)
         if block not in cache:
             quantizer = MatMulNBitsQuantizer(onnx.load(src), block_size=block, is_symmetric=False)
             quantizer.process()
@@ -259,6 +298,21 @@ def test_matmul_nbits_prunes_whole_blocks_and_equals_its_masked_reference(nbits,
     with torch.no_grad():
         mine = OnnxModule(result.model).eval()(torch.from_numpy(feeds["input_ids"]))
     assert float(np.abs(mine.numpy() - got).max()) <= 1e-4 * max(1.0, float(np.abs(got).max()))
+
+
+def test_matmul_nbits_weights_count_as_k_by_n_parameters_and_summary_macs_match_a_reload(nbits, tmp_path):
+    """A MatMulNBits weight counts K x N parameters (its packed bytes do not; scales and zero
+    points are not parameters): the 4-bit LLaMA has its float original's parameters and MACs.
+    After pruning, the ops after each MatMulNBits (onnx's inference stops there) have their
+    shapes, so the summary's MACs equal a reload's (measured 73,792 vs 90,240 before
+    onnxruntime's symbolic shapes replaced onnx's shape-less entries; now 90,240 both)."""
+    model = load(nbits(32))
+    float_cost = model_cost(load(nbits(0)))
+    assert model_cost(model) == float_cost, (model_cost(model), float_cost)
+    analysis = analyze(model)
+    plan = random_masking_plan(analysis, seed=3)
+    result = apply_plan(model, analysis, plan)
+    _check_pruned_costs(model, analysis, plan, result, tmp_path)
 
 
 def test_matmul_nbits_whose_attributes_disagree_with_its_weights_is_blocked(nbits, tmp_path):

@@ -1,8 +1,9 @@
 """What a plan will cost, computed from the analysis alone (no rewrite).
 
-Parameters: every initializer's size with its tracked axes cut to their kept counts
-(a shared weight sliced two ways counts once per distinct slice, as the rewrite copies
-it). MACs: every weighted node's MACs times the kept fraction of each tracked axis of its
+Parameters: every initializer's parameters (``flops.parameter_count``: float weights,
+quantized codes, MatMulNBits' K x N) with its tracked axes cut to their kept counts (a
+shared weight sliced two ways counts once per distinct slice, as the rewrite copies it;
+a QDQ weight's codes are cut as its dequantised weight). MACs: every weighted node's MACs times the kept fraction of each tracked axis of its
 weight (output rows, input columns), which is exact for Conv, ConvTranspose, Gemm and
 MatMul; a MatMul of two activations scales with its live output axes (heads) and its
 contracted axis.
@@ -17,8 +18,9 @@ import numpy as np
 import onnx
 
 from onnxprune.analysis import Analysis
-from onnxprune.analysis.flops import is_parameter
+from onnxprune.analysis.flops import parameter_count
 from onnxprune.analysis.query_heads import close_removed
+from onnxprune.analysis.rules.quant import analysis_index, expand_weight_refs
 from onnxprune.graph import GraphIndex
 
 WEIGHT_SLOT = 1
@@ -33,12 +35,16 @@ class CostModel:
         refs: dict[tuple[str, int], list[tuple[int, np.ndarray]]] = defaultdict(list)
         for ref in analysis.params:
             refs[(ref.node, ref.slot)].append((ref.axis, analysis.roots[ref.elems]))
-        self._inits: list[tuple[tuple[int, ...], list[list[tuple[int, np.ndarray]]]]] = []
-        for name, tensor in index.initializers.items():
+        for ref in expand_weight_refs(analysis.params, analysis_index(model, index)):
+            if index.nodes[ref.node].op_type in ("DequantizeLinear", "QuantizeLinear"):  # QDQ codes: their weight's cut
+                refs[(ref.node, ref.slot)].append((ref.axis, analysis.roots[ref.elems]))
+        self._index = index
+        self._inits: list[tuple[str, tuple[int, ...], list[list[tuple[int, np.ndarray]]]]] = []
+        for name in index.initializers:
             users = index.users(name)
-            if users and is_parameter(tensor):
+            if users and parameter_count(index, name):
                 shape = index.const_shape(name) or ()
-                self._inits.append((shape, [refs.get((n.name, s), []) for n, s in users]))
+                self._inits.append((name, shape, [refs.get((n.name, s), []) for n, s in users]))
         self._macs: list[tuple[int, list[np.ndarray]]] = []
         for node_name, macs in analysis.node_macs.items():
             if macs:
@@ -54,14 +60,14 @@ class CostModel:
     def params(self, removed_units: np.ndarray) -> int:
         removed = self._removed_mask(removed_units)
         total = 0
-        for shape, uses in self._inits:
+        for name, shape, uses in self._inits:
             variants = set()
             for axes in uses:
                 dims = list(shape)
                 for axis, roots in axes:
                     dims[axis] = int((~removed[roots]).sum())
                 variants.add(tuple(dims))
-            total += sum(math.prod(v) for v in variants)
+            total += sum(parameter_count(self._index, name, v) for v in variants)
         return total
 
     def macs(self, removed_units: np.ndarray) -> int:

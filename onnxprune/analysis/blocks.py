@@ -202,7 +202,8 @@ def block_cost_model(model: onnx.ModelProto, analysis: Analysis, removed: Sequen
     kept = [n for n in g.node if n.name in live]
     del g.node[:]
     g.node.extend(kept)
-    return CostModel(stub, replace(analysis, node_macs={k: v for k, v in analysis.node_macs.items() if k in live}))
+    return CostModel(stub, replace(analysis, node_macs={k: v for k, v in analysis.node_macs.items() if k in live},
+                                   params=[p for p in analysis.params if p.node in live]))
 
 
 def _live_nodes(model: onnx.ModelProto) -> set[str]:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import onnx
 
 from onnxprune.analysis.weighted_ops import weighted_op
-from onnxprune.graph import GraphIndex
+from onnxprune.graph import GraphIndex, attr
 
 
 @dataclass(frozen=True)
@@ -41,10 +41,38 @@ def is_parameter(t: onnx.TensorProto) -> bool:
     return t.data_type in FLOAT_TYPES
 
 
+#: inputs of quantized ops that hold quantization parameters (scales, zero points, g_idx), not weights
+QUANT_PARAM_SLOTS = {"QuantizeLinear": (1, 2), "DequantizeLinear": (1, 2), "MatMulNBits": (2, 3, 4)}
+
+
+def parameter_count(index: GraphIndex, name: str, dims: tuple[int, ...] | list[int] | None = None) -> int:
+    """Parameters initializer ``name`` holds (with its shape cut to ``dims`` when given): float
+    weights; the integer codes a DequantizeLinear reads (a QDQ weight or int32 bias, counted as
+    the float weight they stand for); a MatMulNBits weight as K x N (its packed bytes
+    ``[N, k_blocks, blob]`` unpacked, the last block's padding not counted). Scales and zero
+    points of quantized ops, shape constants and indices: 0."""
+    tensor = index.initializers[name]
+    dims = tuple(tensor.dims) if dims is None else tuple(dims)
+    users = index.users(name)
+    weight_uses = [(n, s) for n, s in users if s not in QUANT_PARAM_SLOTS.get(n.op_type, ())]
+    if not weight_uses:
+        return 0
+    if is_parameter(tensor):
+        return math.prod(dims)
+    for node, slot in weight_uses:
+        if node.op_type == "DequantizeLinear" and slot == 0:
+            return math.prod(dims)
+        if node.op_type == "MatMulNBits" and slot == 1 and len(dims) == 3:
+            k, bs = int(attr(node, "K", 0)), int(attr(node, "block_size", 0))
+            blocks = int(tensor.dims[1]) if len(tensor.dims) == 3 else 0
+            k_kept = k if dims[1] == blocks else dims[1] * bs  # whole blocks cut: K shrinks with them
+            return dims[0] * min(k_kept, dims[1] * bs)
+    return 0
+
+
 def model_cost(model: onnx.ModelProto, index: GraphIndex | None = None) -> Cost:
-    """Parameters (elements of float initializers that nodes read) and MACs of a model with shapes."""
+    """Parameters (``parameter_count`` of every initializer nodes read) and MACs of a model with shapes."""
     index = index or GraphIndex(model)
-    used = set(index.uses)
-    params = sum(math.prod(t.dims) for t in model.graph.initializer if t.name in used and is_parameter(t))
+    params = sum(parameter_count(index, t.name) for t in model.graph.initializer if index.uses.get(t.name))
     macs = sum(node_macs(index, n) for n in model.graph.node)
     return Cost(int(params), int(macs))

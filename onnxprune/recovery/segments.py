@@ -10,7 +10,10 @@ cached values stay those of the model as it is now. ``suffix`` runs the rest of 
 from the cursor to the graph outputs (the held-out check of a step).
 
 Graphs with sub-graph attributes (If, Loop, Scan), whose nodes may read tensors of the
-outer graph, are not cut: ``Cursor.supported`` is False and the caller runs whole models.
+outer graph, are not cut (``supported``), and a cursor whose cache would outgrow
+``MAX_BYTES`` (a large calibration set of large activations: the cache holds every
+sample, a whole-model run only one batch) gives up: ``tensors`` answers None from then on
+and the caller runs whole models, as it does for anything a cursor cannot serve.
 """
 
 from __future__ import annotations
@@ -24,6 +27,12 @@ from onnx import helper
 from onnxprune.graph import GraphIndex, static_batch
 from onnxprune.io.calib_data import CalibrationData
 from onnxprune.runtime.session import session
+
+MAX_BYTES = 512 * 2**20  # cached activations per cursor, at most (projected from the first batch)
+
+
+class _TooLarge(Exception):
+    """The cache would outgrow ``MAX_BYTES``."""
 
 
 def supported(model: onnx.ModelProto) -> bool:
@@ -41,6 +50,7 @@ class Cursor:
         self.position = 0  # index into graph.node of the node the cursor stands before
         self.at: str | None = None  # that node's name (None: before the first node)
         self.values: dict[str, np.ndarray] = dict(calib.inputs)
+        self.given_up = False  # the cache would be too large: every call answers None
 
     def __len__(self) -> int:
         return len(self.calib)
@@ -53,7 +63,7 @@ class Cursor:
         whole model)."""
         nodes = model.graph.node
         index = next((i for i, n in enumerate(nodes) if n.name == node), None)
-        if index is None:
+        if index is None or self.given_up:
             return None
         target = index + 1 if after else index
         start = self._start(model)
@@ -66,7 +76,11 @@ class Cursor:
             return None
         live = {t for t, p in produced.items() if start <= p < target and last_use.get(t, -1) >= target}
         wanted = [t for t in dict.fromkeys([*live, *names]) if t in made]
-        new = self._run(model, segment, wanted) if wanted else {}
+        try:
+            new = self._run(model, segment, wanted, budget=True) if wanted else {}
+        except _TooLarge:
+            self.given_up, self.values = True, {}
+            return None
         got = {**self.values, **new}
         inputs = model_inputs(model)
         self.values = {t: v for t, v in got.items() if last_use.get(t, -1) >= target or t in inputs}
@@ -77,7 +91,7 @@ class Cursor:
         """The graph outputs of ``model`` computed from the cursor's point to the end (None if
         the cursor's node is not in ``model``)."""
         start = self._start(model)
-        if start is None:
+        if start is None or self.given_up:
             return None
         outputs = [o.name for o in model.graph.output]
         missing = [o for o in outputs if o not in self.values]
@@ -90,9 +104,10 @@ class Cursor:
             return self.position if self.position == 0 else len(model.graph.node)
         return next((i for i, n in enumerate(model.graph.node) if n.name == self.at), None)
 
-    def _run(self, model: onnx.ModelProto, segment: Sequence[onnx.NodeProto], outputs: list[str]
-             ) -> dict[str, np.ndarray]:
-        """Run ``segment`` (consecutive nodes of ``model``) on the cached values, batch by batch."""
+    def _run(self, model: onnx.ModelProto, segment: Sequence[onnx.NodeProto], outputs: list[str],
+             budget: bool = False) -> dict[str, np.ndarray]:
+        """Run ``segment`` (consecutive nodes of ``model``) on the cached values, batch by batch
+        (``budget``: raise ``_TooLarge`` when the first batch projects the cache past ``MAX_BYTES``)."""
         sub, inputs = _sub_model(model, segment, outputs, self.values)
         sess = session(sub)
         n = len(self.calib)
@@ -102,6 +117,11 @@ class Cursor:
             feeds = {k: self.values[k][lo: lo + bs] for k in inputs}
             for o, v in zip(outputs, sess.run(outputs, feeds)):
                 parts[o].append(v)
+            if budget and lo == 0:  # project the cache from the first batch
+                held = sum(v.nbytes for k, v in self.values.items() if k not in self.calib.inputs)
+                batch = sum(p[0].nbytes for p in parts.values())
+                if held + batch * n / min(bs, n) > MAX_BYTES:
+                    raise _TooLarge
         return {o: np.concatenate(v) for o, v in parts.items()}
 
 

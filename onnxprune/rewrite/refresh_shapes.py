@@ -24,13 +24,27 @@ class RefreshShapesPass(ModelPass):
         return PassResult(model, before != after)
 
 
-def _fill_fused_shapes(model: onnx.ModelProto) -> None:
-    """Outputs of onnxruntime's fused ops (onnx's inference does not know them) get their
-    shapes from onnxruntime's symbolic shape inference, so that pruned models are counted;
-    best effort (left without shapes when it is not installed or fails)."""
-    listed = {vi.name for vi in list(model.graph.value_info) + list(model.graph.output)}
+def _missing_fused_shapes(model: onnx.ModelProto) -> tuple[set[str], set[str]]:
+    """(names listed with a shape, outputs of onnxruntime's ops without one)."""
+    listed = {vi.name for vi in list(model.graph.value_info) + list(model.graph.output)
+              if vi.type.tensor_type.HasField("shape")}  # onnx's inference may list a type without a shape
     missing = {o for n in model.graph.node if n.domain not in ("", "ai.onnx") or n.op_type in ORT_DEFAULT_DOMAIN_OPS
                for o in n.output if o and o not in listed}
+    return listed, missing
+
+
+def _fill_fused_shapes(model: onnx.ModelProto) -> None:
+    """Outputs of onnxruntime's fused ops (onnx's inference does not know them), and what
+    follows them, get their shapes as ``load`` gives them (the shape probe: two onnxruntime
+    runs), so that a pruned model is counted as it is after a reload; else from onnxruntime's
+    symbolic shape inference (which does not know FusedConv, FusedGemm); best effort (left
+    without shapes when both fail)."""
+    if not _missing_fused_shapes(model)[1]:
+        return
+    from onnxprune.prepare.shape_probe import annotate, probe_shapes
+
+    annotate(model, probe_shapes(model))
+    listed, missing = _missing_fused_shapes(model)
     if not missing:
         return
     try:
@@ -40,5 +54,9 @@ def _fill_fused_shapes(model: onnx.ModelProto) -> None:
     except Exception as exc:  # noqa: BLE001 - shapes of fused outputs are a nicety (cost accounting)
         log.info("no shapes for onnxruntime's fused ops: %s", exc)
         return
-    # what follows them too (onnx's inference stopped there)
-    model.graph.value_info.extend(vi for vi in inferred.graph.value_info if vi.name not in listed)
+    # what follows them too (onnx's inference stopped there); shape-less entries are replaced
+    filled = [vi for vi in inferred.graph.value_info if vi.name not in listed and vi.type.tensor_type.HasField("shape")]
+    names = {vi.name for vi in filled}
+    kept = [vi for vi in model.graph.value_info if vi.name not in names]
+    del model.graph.value_info[:]
+    model.graph.value_info.extend(kept + filled)

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from onnxprune.torchexec.ops import Node, axis_of, op, op_in
+from onnxprune.torchexec.ops_nn import conv, gemm
 
 MS = "com.microsoft"
 
@@ -284,3 +285,44 @@ def group_query_attention(n: Node, query: torch.Tensor, key: torch.Tensor | None
         mask = torch.where(keep, 0.0, torch.finfo(q.dtype).min)[:, None, None, :].to(q.dtype)
     out = _attend(n, q, k, v, mask, causal=True)
     return _outputs(n, out, present_k, present_v)
+
+
+# -- onnxruntime's graph optimizer: Conv / Gemm with their activation fused ----------------------
+
+def _fused_activation(n: Node, y: torch.Tensor, params: list[float]) -> torch.Tensor:
+    """The activation fused into a FusedConv / FusedGemm (``activation`` and its parameters)."""
+    act = n.attr("activation", "") or ""
+    if act == "Relu":
+        return F.relu(y)
+    if act == "Tanh":
+        return torch.tanh(y)
+    if act == "Sigmoid":
+        return torch.sigmoid(y)
+    if act == "LeakyRelu":
+        return F.leaky_relu(y, params[0] if params else 0.01)
+    if act == "Clip":
+        lo, hi = (params + [-math.inf, math.inf][len(params):])[:2]
+        return torch.clamp(y, min=lo, max=hi)
+    if act == "HardSigmoid":
+        alpha, beta = (params + [0.2, 0.5][len(params):])[:2]
+        return torch.clamp(y * alpha + beta, 0.0, 1.0)
+    if act:
+        raise NotImplementedError(f"{n.op_type} '{n.name}': activation {act} has no torch implementation")
+    return y
+
+
+@op_in(MS, "FusedConv")
+def fused_conv(n: Node, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None,
+               z: torch.Tensor | None = None) -> torch.Tensor:
+    """activation(Conv(x, w, b) + z), ``activation_params`` its parameters (Clip: min, max)."""
+    y = conv(n, x, w, b)
+    if z is not None:
+        y = y + z
+    return _fused_activation(n, y, [float(p) for p in n.attr("activation_params", []) or []])
+
+
+@op_in(MS, "FusedGemm")
+def fused_gemm(n: Node, a: torch.Tensor, b: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
+    """activation(Gemm(a, b, c)), its parameters ``activation_alpha`` / ``activation_beta``."""
+    params = [float(n.attr(k)) for k in ("activation_alpha", "activation_beta") if n.attr(k) is not None]
+    return _fused_activation(n, gemm(n, a, b, c), params)

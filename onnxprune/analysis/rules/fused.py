@@ -25,6 +25,10 @@ Weight algebra of a removal (heads: the units of attention):
 - ``BiasGelu``, ``FastGelu``, ``BiasAdd``: elementwise with a per-channel bias (sliced);
   ``Gelu``, ``QuickGelu``: unary. ``FusedMatMul``: MatMul with a scale and a transposed
   right operand.
+- onnxruntime's graph optimizer (a session's ``optimized_model_filepath``, level EXTENDED):
+  ``FusedConv`` (Conv + an optional sum input + an activation) and ``FusedGemm`` (Gemm +
+  an activation) are their unfused op followed by a per-channel activation; the NCHWc
+  layout ops (level ALL, ``com.microsoft.nchwc``) are blocked with the reason.
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ from onnxprune.analysis.context import Fixup, RuleContext
 from onnxprune.analysis.registry import Unsupported, register, register_in
 from onnxprune.analysis.rules.common import norm_axis, rank_of
 from onnxprune.analysis.rules.elementwise import broadcast, couple_axis, unary
-from onnxprune.analysis.rules.weighted import _dynamic_matmul, matmul
+from onnxprune.analysis.rules.weighted import _dynamic_matmul, conv, gemm, matmul
 from onnxprune.graph import attr
 from onnxprune.interface import cache_input
 from onnxprune.io.modelio import ORT_DEFAULT_DOMAIN_OPS
@@ -423,6 +427,57 @@ def _dynamic_matmul_bt(node: onnx.NodeProto, ctx: RuleContext) -> None:
     ctx.mac_axes[node.name] = list(ctx.spaces_of(y).values()) + ([ka] if ka is not None else [])
 
 
+# -- onnxruntime's graph optimizer (SessionOptions.optimized_model_filepath) -------------------
+
+#: activations onnxruntime fuses into FusedConv / FusedGemm that the torch execution runs
+FUSED_ACTIVATIONS = ("", "Relu", "Tanh", "Sigmoid", "LeakyRelu", "Clip", "HardSigmoid")
+NCHWC = "com.microsoft.nchwc"
+NCHWC_REASON = ("NCHWc layout op {op} (onnxruntime's ORT_ENABLE_ALL layout transformer): channels are in this "
+                "machine's blocked layout (weights reordered, channels padded to the block); save the optimized "
+                "model at ORT_ENABLE_EXTENDED to prune it")
+
+
+def _fused_activation(node: onnx.NodeProto) -> None:
+    act = attr(node, "activation", "") or ""
+    act = act.decode() if isinstance(act, bytes) else act
+    if act not in FUSED_ACTIVATIONS:
+        raise Unsupported(f"{node.op_type} '{node.name}' with activation {act} is not supported")
+
+
+@register_in(MS, "FusedConv")
+def fused_conv(node: onnx.NodeProto, ctx: RuleContext) -> None:
+    """Conv (+ an optional sum input Z added before the activation) + a per-channel activation:
+    as Conv, Z's channels coupled with the output's."""
+    _fused_activation(node)
+    conv(node, ctx)
+    z = _present(node, 3)
+    if not z:
+        return
+    y = node.output[0]
+    for axis, elems in ctx.spaces_of(z).items():
+        mine = ctx.spaces_of(y).get(axis)
+        if mine is not None and len(mine) == len(elems):
+            ctx.union(mine, elems)
+        else:
+            ctx.block(elems, f"axis {axis} of FusedConv's sum input '{z}' is not the output's")
+    if 1 not in ctx.spaces_of(z):
+        ctx.block(ctx.spaces_of(y)[1], f"FusedConv's sum input '{z}' is not produced by a prunable op")
+
+
+@register_in(MS, "FusedGemm")
+def fused_gemm(node: onnx.NodeProto, ctx: RuleContext) -> None:
+    """Gemm + a per-channel activation: as Gemm."""
+    _fused_activation(node)
+    gemm(node, ctx)
+
+
+@register_in(NCHWC, "Conv", "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "ReorderInput",
+             "ReorderOutput", "Upsample")
+def nchwc_op(node: onnx.NodeProto, ctx: RuleContext) -> None:
+    """Blocked with the reason (see NCHWC_REASON)."""
+    raise Unsupported(NCHWC_REASON.format(op=f"{NCHWC}::{node.op_type}"))
+
+
 def understood(model: onnx.ModelProto) -> dict[str, int]:
     """Fused ops of ``model`` that have a rule here, as ``domain::op`` (default domain: the op)
     -> how many nodes use it."""
@@ -430,7 +485,7 @@ def understood(model: onnx.ModelProto) -> dict[str, int]:
 
     counts: dict[str, int] = {}
     for node in model.graph.node:
-        fused = node.domain not in ("", "ai.onnx") or node.op_type in ORT_DEFAULT_DOMAIN_OPS
+        fused = node.domain not in ("", "ai.onnx", NCHWC) or node.op_type in ORT_DEFAULT_DOMAIN_OPS
         if fused and rule_for(node)[0] is not None:
             key = f"{node.domain}::{node.op_type}" if node.domain else node.op_type
             counts[key] = counts.get(key, 0) + 1

@@ -14,8 +14,12 @@ The taylor-fo per-mac variant is also recovered post-training (``--recover``, de
 ``bias``: FLAP's bias compensation, ``onnxprune.recovery``, each step checked on a quarter
 of the calibration windows held out) and measured the same way.
 
+With ``--depth``, whole residual blocks (``analysis.blocks``) also take a share of the same
+budget, ranked by Block Influence or by the loss when bypassed (``depth_variants``; the
+block scores are cached in ``--cache`` too).
+
     python -m benchmarks.llm [--out benchmarks/results/llm.json] [--cache /tmp/llm_cache] [--rescore]
-                             [--recover bias]
+                             [--recover bias] [--depth]
 
 The export and the Taylor scores are kept in ``--cache``; ``load_to_save_s`` (load, analyse,
 score, allocate, rewrite, save) is reported for a run that scored.
@@ -153,12 +157,14 @@ def run(cache: Path, threads: int = 0, rescore: bool = False, recovery: tuple[st
 
 
 # depth variants: (block criterion, share of the removed parameters taken by whole blocks; the
-# rest by channels, taylor-fo per-mac); blocks scored on DEPTH_WINDOWS calibration windows
-DEPTH_VARIANTS = (("influence", 1.0), ("loss", 1.0), ("loss", 0.5), ("loss", 0.25))
+# rest by channels, taylor-fo per-mac); the loss ranking on DEPTH_WINDOWS calibration windows
+# (a pass per block), Block Influence on all of them (one pass)
+DEPTH_VARIANTS = (("loss", 0.125), ("loss", 0.25), ("influence", 0.25), ("loss", 0.375), ("loss", 0.5),
+                  ("influence", 0.5), ("loss", 1.0), ("influence", 1.0))
 DEPTH_WINDOWS = 8
 
 
-def depth_variants(model, analysis, budget, calib: np.ndarray, evals: np.ndarray, cache: Path,  # noqa: ANN001
+def depth_variants(model, analysis, budget, calib: np.ndarray, evals: np.ndarray, cache: Path,
                    outputs: dict[str, Path], threads: int, base_perplexity: float, total: int,
                    non_embedding: int) -> list[dict]:
     """Residual blocks removed whole (``analysis.blocks``), scored by Block Influence or by the
@@ -179,7 +185,8 @@ def depth_variants(model, analysis, budget, calib: np.ndarray, evals: np.ndarray
     for criterion in dict.fromkeys(c for c, _ in DEPTH_VARIANTS):
         if criterion not in scores:
             t0 = time.perf_counter()
-            scores[criterion] = block_scores(model, blocks, CalibrationData({"input_ids": calib[:DEPTH_WINDOWS]}),
+            windows = calib[:DEPTH_WINDOWS] if criterion == "loss" else calib
+            scores[criterion] = block_scores(model, blocks, CalibrationData({"input_ids": windows}),
                                              criterion=criterion, batch_size=2, threads=threads)
             scores[f"{criterion}_s"] = round(time.perf_counter() - t0, 1)
             saved.write_text(json.dumps(scores, indent=1))

@@ -302,7 +302,8 @@ def _allocate(model: onnx.ModelProto, analysis: Analysis, r: Recipe, scores: dic
         note = (f"parameter budget: target {_human(reached.target)} ({reached.target / reached.original:.1%}), "
                 f"achieved {_human(reached.achieved)} ({reached.achieved / reached.original:.1%})")
     if blocks:
-        note += f"; {_blocks_phrase(reached.plan).strip()}"
+        n = len(reached.plan.removed_blocks)
+        note += f"; {n} residual block{'s' if n > 1 else ''} removed whole"
     return reached.plan, note + unaligned
 
 

@@ -101,6 +101,9 @@ class UnitIndex:
             if removed[idx].any():
                 keep[g.id] = tuple(np.flatnonzero(~removed[idx]).tolist())
                 sizes[g.id] = g.size
+        from onnxprune.analysis.query_heads import repair_keep
+
+        keep = repair_keep(self.analysis, keep)  # a layer keeps a query head of a kept KV head
         plan = Plan(fingerprint=self.analysis.fingerprint, keep=keep, sizes=sizes, criterion=criterion,
                     options=options)
         plan.validate(self.analysis)

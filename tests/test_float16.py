@@ -100,6 +100,48 @@ def test_float16_calibrated_scores_recovery_and_verify(f16_models, tmp_path):
     assert np.isfinite(stats["max_abs_diff"]) and stats["cosine"] > 0.5, stats
 
 
+def test_float16_taylor_scores_are_computed_in_float32(f16_models, tmp_path):
+    """The torch execution runs a float16 model in float32 (weights, inputs and Casts
+    upcast): its Taylor scores equal those of the float32 model holding the same (float16-
+    rounded) weights, fed the same inputs (measured: identical; computing in float16 they
+    differ by up to 15% of a group's largest score), and follow the float32 original's
+    (whose weights differ by float16 rounding: measured within 22% of a group's largest
+    score, correlation 0.998)."""
+    torch = pytest.importorskip("torch")
+    from onnx import numpy_helper
+
+    from onnxprune.io.calib_data import load_calibration
+    from onnxprune.torchexec import OnnxModule
+
+    model = load(f16_models["pure"])
+    rounded = onnx.load(zoo_path("mobilenetv2"))
+    for t in rounded.graph.initializer:
+        if t.data_type == TensorProto.FLOAT:
+            value = numpy_helper.to_array(t).astype(np.float16).astype(np.float32)
+            t.CopyFrom(numpy_helper.from_array(value, t.name))
+    onnx.save(rounded, tmp_path / "rounded.onnx")
+    x = np.random.default_rng(0).standard_normal((8, 3, 64, 64)).astype(np.float16)
+    labels = np.arange(8) % 10
+    with torch.no_grad():
+        assert OnnxModule(model)(torch.from_numpy(x[:1])).dtype == torch.float32
+        assert OnnxModule(model, float32=False)(torch.from_numpy(x[:1])).dtype == torch.float16
+
+    def taylor(m: onnx.ModelProto, dtype) -> tuple[object, dict[str, np.ndarray]]:
+        analysis = analyze(m)
+        calib = load_calibration([{"input": s.astype(dtype)} for s in x], m, labels=labels)
+        return analysis, score_channels(m, analysis, "taylor-fo", calib=calib)
+
+    analysis, got = taylor(model, np.float16)
+    for other, tol in ((load(tmp_path / "rounded.onnx"), 1e-4), (load(zoo_path("mobilenetv2")), 0.5)):
+        _, want = taylor(other, np.float32)
+        assert set(want) == set(got) == {g.id for g in analysis.prunable_groups}
+        for gid, w in want.items():
+            scale = max(float(np.abs(w).max()), 1e-30)
+            assert float(np.abs(got[gid] - w).max()) <= tol * scale, (gid, float(np.abs(got[gid] - w).max()) / scale)
+        a, b = (np.concatenate([s[g] for g in sorted(s)]) for s in (got, want))
+        assert np.corrcoef(a, b)[0, 1] > 0.99
+
+
 def _bf16(a: np.ndarray) -> onnx.TensorProto:
     """bfloat16 initializer holding ``a`` rounded toward zero (the top half of each float32)."""
     bits = (a.astype(np.float32).view(np.uint32) >> 16).astype(np.uint16)

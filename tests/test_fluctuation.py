@@ -35,9 +35,12 @@ def test_fluctuation_equals_variance_times_weight_norm(tmp_path):
     np.testing.assert_allclose(scores[group.id], expected, rtol=1e-5)
 
 
-def test_flap_is_a_registered_criterion():
-    import onnxprune.scoring.fluctuation  # noqa: F401 - registers it (until the registry lists the module)
-    from onnxprune.scoring.criteria import get_criterion
 
-    entry = get_criterion("flap")
-    assert entry.needs_data and entry.score.__module__ == "onnxprune.scoring.fluctuation"
+def test_criterion_signature_caps_the_batch(monkeypatch):
+    """The registry's signature (extra calibration options ignored); batches of at most MAX_BATCH."""
+    from onnxprune.scoring import fluctuation
+
+    seen = []
+    monkeypatch.setattr(fluctuation, "fluctuation_scores", lambda *a, batch_size, progress: seen.append(batch_size))
+    fluctuation.criterion_score(None, None, None, batch_size=32, loss="auto", device="cpu", seed=0)
+    assert seen == [fluctuation.MAX_BATCH]

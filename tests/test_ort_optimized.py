@@ -122,7 +122,7 @@ def test_fused_gemm_prunes_with_its_activation(act, attrs, tmp_path):
     assert [n.op_type for n in model.graph.node] == ["FusedGemm", "Gemm"]
     analysis = analyze(model)
     (group,) = analysis.prunable_groups
-    assert group.size == 16 and group.producers == ("fc1",) and group.consumers == ("fc2",)
+    assert group.size == 16 and group.producers == ("fused fc1",) and group.consumers == ("fc2",)
     assert model_cost(model).macs == 2 * 8 * 16 + 2 * 16 * 4
     plan = random_masking_plan(analysis, seed=1)
     result = apply_plan(model, analysis, plan)

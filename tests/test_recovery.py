@@ -742,7 +742,7 @@ def test_downstream_refits_correct_the_error_accumulated_upstream(digits_cnn):
 
 def test_cursor_gives_up_when_its_cache_would_be_too_large(tmp_path, monkeypatch):
     """Past ``MAX_BYTES`` of cached activations a cursor answers None from then on (the
-    pipeline then runs whole models), and recovery still gives the same result."""
+    pipeline then runs whole models) and holds nothing."""
     from onnxprune.recovery import segments
     from onnxprune.recovery.segments import Cursor
 
@@ -750,5 +750,5 @@ def test_cursor_gives_up_when_its_cache_would_be_too_large(tmp_path, monkeypatch
     x = np.random.default_rng(33).standard_normal((16, 4, 5, 5)).astype(np.float32)
     monkeypatch.setattr(segments, "MAX_BYTES", 16 * 8 * 25 * 4 - 1)  # less than the Relu's output
     cursor = Cursor(CalibrationData({"x": x}), batch_size=4)
-    assert cursor.tensors(model, "conv_b", ["r"]) is None and cursor.given_up
+    assert cursor.tensors(model, "conv_b", ["r"]) is None and cursor.given_up and not cursor.values
     assert cursor.tensors(model, "conv_a", ["x"]) is None and cursor.suffix(model) is None

@@ -15,7 +15,7 @@ from onnxprune.analysis import rules as _rules  # noqa: F401 - registers the rul
 from onnxprune.analysis.context import RuleContext
 from onnxprune.analysis.registry import Unsupported, rule_for
 from onnxprune.analysis.rules.fused import understood
-from onnxprune.analysis.query_heads import tie_parents
+from onnxprune.analysis.query_heads import block_parents, tie_parents
 from onnxprune.interface import block_or_record_output
 from onnxprune.analysis.result import Analysis, BlockedRegion, Group
 from onnxprune.analysis.rules.quant import analysis_index, quantized_ops
@@ -123,6 +123,7 @@ def _collect(ctx: RuleContext, index: GraphIndex, model: onnx.ModelProto) -> Ana
         _make_group(ctx, sig, by_sig[sig], roots, reasons, roles[gi], unit_params, unit_macs)
         for gi, sig in enumerate(sigs)
     ]
+    groups = block_parents(groups, roots, ctx.fixups)  # a KV head goes with its query heads
     blocked = [BlockedRegion(node, op, reason, len(_distinct(np.concatenate(elems))))
                for (node, op, reason), elems in blocked_by.items()]
     total_params = model_cost(model, index).params

@@ -13,13 +13,17 @@ and a query-head group, with two rules between their units:
   by attention, still written to the cache).
 
 ``close_removed`` applies both to a set of removed units (every plan's ``removed_units``);
-``check_plan`` refuses a plan that would remove every query head of a layer that way.
+``check_plan`` refuses a plan that would remove every query head of a layer that way, and
+``repair_keep`` (which every allocation goes through) turns a candidate plan into one that
+does not. ``block_parents`` blocks a KV-head group whose query heads cannot go (their group
+is not prunable): removing a KV head would remove them.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -29,7 +33,7 @@ from onnxprune.errors import PlanError
 
 if TYPE_CHECKING:
     from onnxprune.analysis.context import RuleContext
-    from onnxprune.analysis.result import Analysis
+    from onnxprune.analysis.result import Analysis, Group
 
 
 @dataclass(frozen=True, eq=False)
@@ -90,30 +94,80 @@ def check_plan(analysis: Analysis, removed: np.ndarray) -> None:
                             "only of KV heads it removes (a KV head goes with its query heads)")
 
 
-def repair_keep(analysis: Analysis, keep: dict[str, tuple[int, ...]]) -> dict[str, tuple[int, ...]]:
-    """Per-group kept unit indices made valid: where the KV heads kept leave a query-head group
-    without a query head, keep the first query head of the first kept KV head too."""
+def repair_keep(analysis: Analysis, keep: Mapping[str, tuple[int, ...]],
+                scores: Mapping[str, np.ndarray] | None = None) -> dict[str, tuple[int, ...]]:
+    """Per-group kept unit indices made realizable: wherever the closed plan (``close_removed``)
+    leaves a repeat without a query head, keep one more query unit (the one needing the fewest
+    removed KV heads back, then the best-scored, then the first) and the KV heads it reads.
+    Every allocation builds its plans through this (``selection``, ``scoring.similarity``,
+    ``units.UnitIndex.plan``)."""
+    out = {gid: tuple(sorted(int(i) for i in k)) for gid, k in keep.items()}
     pairs = links(analysis)
     if not pairs:
-        return keep
+        return out
     position = {}  # root -> (group id, unit index)
     for g in analysis.groups:
         for i, r in enumerate(g.units.tolist()):
             position[r] = (g.id, i)
-    out = {gid: tuple(k) for gid, k in keep.items()}
-
-    def kept(root: int) -> bool:
-        gid, i = position.get(root, (None, -1))
-        return gid not in out or i in out[gid]
-
+    parents_of: dict[int, set[int]] = defaultdict(set)  # query unit -> the KV heads it reads
     for children, parents in pairs:
-        alive = [c for c, p in zip(children.tolist(), parents.tolist()) if kept(p) and kept(c)]
-        if alive:
-            continue
-        child = next(c for c, p in zip(children.tolist(), parents.tolist()) if kept(p))
-        gid, i = position[child]
-        out[gid] = tuple(sorted({*out[gid], i}))
-    return out
+        for c, p in zip(children.tolist(), parents.tolist()):
+            parents_of[c].add(p)
+    for _ in range(len(pairs) + 1):
+        mask = np.zeros(len(analysis.roots), dtype=bool)
+        mask[close_removed(analysis, _plan_removed(analysis, out))] = True
+        broken = next((children for children, _ in pairs if mask[children].all()), None)
+        if broken is None:
+            return out
+
+        def rank(c: int) -> tuple[int, float, int]:
+            gid, i = position.get(c, (None, -1))
+            score = float(scores[gid][i]) if scores is not None and gid in scores else 0.0
+            return sum(bool(mask[p]) for p in parents_of[c]), -score, i
+
+        child = min(dict.fromkeys(broken.tolist()), key=rank)
+        for root in (child, *(p for p in parents_of[child] if mask[p])):
+            gid, i = position.get(root, (None, -1))
+            if gid in out:
+                out[gid] = tuple(sorted({*out[gid], i}))
+    raise PlanError("cannot keep a query head in every attention layer (the query-head and KV-head groups "
+                    "depend on each other in a way this repair does not resolve)")
+
+
+def _plan_removed(analysis: Analysis, keep: Mapping[str, tuple[int, ...]]) -> np.ndarray:
+    """Roots of the units ``keep`` removes, before ``close_removed``."""
+    parts = []
+    for gid, k in keep.items():
+        units = analysis.group(gid).units
+        mask = np.ones(len(units), dtype=bool)
+        mask[list(k)] = False
+        parts.append(units[mask])
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+
+
+def block_parents(groups: list[Group], roots: np.ndarray, fixups: list[Fixup]) -> list[Group]:
+    """``groups`` with each KV-head group blocked whose query heads cannot all go with it
+    (removing a KV head removes its query heads): when the query-head group is not prunable
+    (an o_proj cut only in whole blocks, an ignored node, one unit, ...) or the query heads are
+    in no group. The reason names the query-head group's."""
+    group_of = {r: gi for gi, g in enumerate(groups) for r in g.units.tolist()}
+    extra: dict[int, list[str]] = defaultdict(list)
+    for fix in repeats(fixups):
+        child_groups = list(dict.fromkeys(group_of.get(int(c)) for c in roots[fix.children].tolist()))
+        reasons = []
+        for cg in child_groups:
+            if cg is None:
+                reasons.append(f"the query heads read through '{fix.node}' are in no channel group: "
+                               "removing a KV head would remove them")
+            elif not groups[cg].prunable:
+                why = groups[cg].why_not[0] if groups[cg].why_not else "not prunable"
+                reasons.append(f"removing a KV head removes its query heads (group '{groups[cg].id}'), "
+                               f"which cannot be pruned: {why}")
+        for pg in dict.fromkeys(group_of.get(int(p)) for p in roots[fix.parents].tolist()):
+            if pg is None or pg in child_groups or not groups[pg].prunable:
+                continue
+            extra[pg] += [r for r in reasons if r not in extra[pg]]
+    return [replace(g, reasons=tuple(extra[gi][:4])) if extra.get(gi) else g for gi, g in enumerate(groups)]
 
 
 def tie_parents(ctx: RuleContext) -> None:

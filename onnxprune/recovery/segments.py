@@ -18,6 +18,7 @@ and the caller runs whole models, as it does for anything a cursor cannot serve.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator, Sequence
 
 import numpy as np
@@ -28,6 +29,7 @@ from onnxprune.graph import GraphIndex, static_batch
 from onnxprune.io.calib_data import CalibrationData
 from onnxprune.runtime.session import session
 
+log = logging.getLogger(__name__)
 MAX_BYTES = 512 * 2**20  # cached activations per cursor, at most (projected from the first batch)
 
 
@@ -81,6 +83,10 @@ class Cursor:
         except _TooLarge:
             self.given_up, self.values = True, {}
             return None
+        except Exception as exc:  # noqa: BLE001 - a sub-model onnxruntime refuses: run whole models instead
+            log.debug("recovery: running whole models from node '%s' on: %s", node, exc)
+            self.given_up, self.values = True, {}
+            return None
         got = {**self.values, **new}
         inputs = model_inputs(model)
         self.values = {t: v for t, v in got.items() if last_use.get(t, -1) >= target or t in inputs}
@@ -95,7 +101,12 @@ class Cursor:
             return None
         outputs = [o.name for o in model.graph.output]
         missing = [o for o in outputs if o not in self.values]
-        new = self._run(model, model.graph.node[start:], missing) if missing else {}
+        try:
+            new = self._run(model, model.graph.node[start:], missing) if missing else {}
+        except Exception as exc:  # noqa: BLE001 - as in ``tensors``
+            log.debug("recovery: running whole models from here on: %s", exc)
+            self.given_up, self.values = True, {}
+            return None
         return {o: new[o] if o in new else self.values[o] for o in outputs}
 
     def _start(self, model: onnx.ModelProto) -> int | None:

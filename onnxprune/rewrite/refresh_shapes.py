@@ -48,9 +48,7 @@ def _fill_fused_shapes(model: onnx.ModelProto) -> None:
     if not missing:
         return
     try:
-        from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
-
-        inferred = SymbolicShapeInference.infer_shapes(light_copy(model), auto_merge=True)
+        inferred = _symbolic_shapes(model)
     except Exception as exc:  # noqa: BLE001 - shapes of fused outputs are a nicety (cost accounting)
         log.info("no shapes for onnxruntime's fused ops: %s", exc)
         return
@@ -60,3 +58,17 @@ def _fill_fused_shapes(model: onnx.ModelProto) -> None:
     kept = [vi for vi in model.graph.value_info if vi.name not in names]
     del model.graph.value_info[:]
     model.graph.value_info.extend(kept + filled)
+
+
+def _symbolic_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
+    """onnxruntime's symbolic shape inference, what it inferred even when incomplete (its
+    ``infer_shapes`` would then write ``sym_shape_infer_temp.onnx`` into the working
+    directory and raise): its own steps, run here."""
+    from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+
+    sym = SymbolicShapeInference(2**31 - 1, True, False, 0)  # int_max, auto_merge, guess_output_rank, verbose
+    sym._preprocess(light_copy(model))
+    while sym.run_:
+        sym._infer_impl()
+    sym._update_output_from_vi()
+    return sym.out_mp_

@@ -45,7 +45,8 @@ class Criterion:
     needs: str = "the weights"
 
 
-CRITERIA: Registry[Criterion] = Registry("criterion", ("onnxprune.scoring.data_free", "onnxprune.scoring.calibrated"))
+CRITERIA: Registry[Criterion] = Registry(
+    "criterion", ("onnxprune.scoring.data_free", "onnxprune.scoring.calibrated", "onnxprune.scoring.fluctuation"))
 
 
 def register_criterion(name: str, *, help: str, needs_data: bool = False, needs: str | None = None,  # noqa: A002

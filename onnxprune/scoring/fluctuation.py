@@ -77,10 +77,13 @@ def _weight_norms(index: GraphIndex, analysis: Analysis, ref: Any) -> np.ndarray
 MAX_BATCH = 4
 
 
-def _score(model: onnx.ModelProto, analysis: Analysis, data: CalibrationData, *, batch_size: int = MAX_BATCH,
-           progress: Callable[[int, int], None] | None = None, **_: Any) -> dict[str, np.ndarray]:
+def criterion_score(model: onnx.ModelProto, analysis: Analysis, data: CalibrationData, *, batch_size: int = MAX_BATCH,
+                    progress: Callable[[int, int], None] | None = None, **_: Any) -> dict[str, np.ndarray]:
+    """``fluctuation_scores`` with the data-driven criterion signature (``scoring.criteria``), in
+    batches of at most ``MAX_BATCH`` (registered as ``flap``)."""
     return fluctuation_scores(model, analysis, data, batch_size=min(batch_size, MAX_BATCH), progress=progress)
 
 
-register_criterion("flap", help="FLAP (An et al. 2024): input variance x squared weight norm at the unit's "
-                                "consumers", needs_data=True, needs="calibration inputs (onnxruntime)", score=_score)
+register_criterion("flap", help="FLAP (An et al. 2024): variance of the unit's input over the calibration "
+                   "data x squared norm of its weight column; no gradients", needs_data=True,
+                   needs="calibration inputs (onnxruntime only)", score=criterion_score)

@@ -36,6 +36,7 @@ import onnx
 
 from onnxprune.analysis import Analysis, Group
 from onnxprune.analysis.context import ParamRef
+from onnxprune.analysis.query_heads import repair_keep
 from onnxprune.analysis.weighted_ops import WEIGHTED_OPS, weighted_op
 from onnxprune.graph import GraphIndex, attr
 from onnxprune.plan import Plan
@@ -102,6 +103,9 @@ def similarity_plan(model: onnx.ModelProto, analysis: Analysis, *, ratio: float,
             report["merged"].append(g.id)
         else:
             report["not_merged"][g.id] = vec.reason if not vec.mergeable else "merge=False"
+    keep = repair_keep(analysis, keep)  # a layer keeps a query head of a kept KV head
+    merges = {gid: kept for gid, ms in merges.items()  # a unit the repair kept is not merged away
+              if (kept := tuple(m for m in ms if m[0] not in keep[gid] and m[1] in keep[gid]))}
     plan = Plan(
         fingerprint=analysis.fingerprint, keep=keep, sizes={gid: analysis.group(gid).size for gid in keep},
         criterion="similarity",

@@ -94,7 +94,7 @@ def select_to_budget(model: onnx.ModelProto, analysis: Analysis, scores: Mapping
             if n_keep < g.size:
                 ranked = np.lexsort((np.arange(g.size), -np.asarray(scores[g.id], dtype=np.float64)))
                 keep[g.id] = np.sort(ranked[:n_keep])
-        repaired = repair_keep(analysis, {gid: tuple(k.tolist()) for gid, k in keep.items()})  # a layer keeps a query head
+        repaired = repair_keep(analysis, {gid: tuple(k.tolist()) for gid, k in keep.items()}, scores)  # a layer keeps a query head
         return {gid: np.asarray(k, dtype=np.int64) for gid, k in repaired.items()}
 
     def removed_units(keep: dict[str, np.ndarray]) -> np.ndarray:

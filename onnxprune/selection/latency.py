@@ -40,6 +40,7 @@ import numpy as np
 import onnx
 
 from onnxprune.analysis import Analysis, Group
+from onnxprune.analysis.query_heads import repair_keep
 from onnxprune.selection.select import global_order
 from onnxprune.errors import PlanError, SelectionError
 from onnxprune.graph import static_batch  # noqa: F401  (tests patch it here)
@@ -349,8 +350,9 @@ def build_latency_table(model: onnx.ModelProto, analysis: Analysis, *, provider:
             if ks:
                 counts[g.id] = ks[len(ks) // 2]
         if counts:
-            plan = Plan(fingerprint=analysis.fingerprint, keep={gid: tuple(range(k)) for gid, k in counts.items()},
-                        sizes={gid: analysis.group(gid).size for gid in counts}, criterion="latency-probe")
+            keep = repair_keep(analysis, {gid: tuple(range(k)) for gid, k in counts.items()})  # a layer keeps a query head
+            plan = Plan(fingerprint=analysis.fingerprint, keep=keep,
+                        sizes={gid: analysis.group(gid).size for gid in keep}, criterion="latency-probe")
             table.calibration = {"counts": counts, "ms": measure_point(apply_plan(model, analysis, plan).model)}
     return table
 
@@ -556,6 +558,7 @@ def _plan_from_counts(analysis: Analysis, groups: list[Group], scores: Mapping[s
         if n_keep < g.size:
             ranked = np.lexsort((np.arange(g.size), -np.asarray(scores[g.id], dtype=np.float64)))
             keep[g.id] = tuple(sorted(ranked[:n_keep].tolist()))
+    keep = repair_keep(analysis, keep, scores)  # a layer keeps a query head of a kept KV head
     plan = Plan(fingerprint=analysis.fingerprint, keep=keep, sizes={gid: analysis.group(gid).size for gid in keep},
                 criterion=criterion,
                 options=plan_options(options, {"budget": "latency", "target_ms": target_ms, "provider": provider}))

@@ -78,7 +78,7 @@ def select(analysis: Analysis, scores: Mapping[str, np.ndarray], options: Select
         if k < g.size:
             order = np.lexsort((np.arange(g.size), -np.asarray(scores[g.id], dtype=np.float64)))
             keep[g.id] = tuple(sorted(order[:k].tolist()))
-    keep = repair_keep(analysis, keep)  # a layer keeps a query head of a kept KV head
+    keep = repair_keep(analysis, keep, scores)  # a layer keeps a query head of a kept KV head
     plan = Plan(
         fingerprint=analysis.fingerprint, keep=keep, sizes={gid: analysis.group(gid).size for gid in keep},
         criterion=criterion,

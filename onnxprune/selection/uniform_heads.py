@@ -17,7 +17,7 @@ from dataclasses import replace
 import numpy as np
 
 from onnxprune.analysis import Analysis
-from onnxprune.analysis.query_heads import group_parents, links
+from onnxprune.analysis.query_heads import group_parents, links, repair_keep
 from onnxprune.plan import Plan
 
 
@@ -59,24 +59,31 @@ def uniform_heads(analysis: Analysis, plan: Plan, scores: Mapping[str, np.ndarra
     for g in analysis.groups:
         for i, r in enumerate(g.units.tolist()):
             position[r] = i
-    parent_of_child = {}
+    parents_of: dict[int, set[int]] = {}  # query unit -> the KV heads it reads (two where one unit spans them)
     for children, parents in links(analysis):
         for c, p in zip(children.tolist(), parents.tolist()):
-            parent_of_child[c] = p
+            parents_of.setdefault(c, set()).add(p)
     for q_id, kv_id in layers.items():
         kv, q = analysis.group(kv_id), analysis.group(q_id)
+        if not q.prunable:  # its KV heads are blocked too (``query_heads.block_parents``)
+            continue
         kv_keep = _best(scores.get(kv_id), list(range(kv.size)), n_kv if n_kv is not None else kv.size)
         kv_roots = {int(kv.units[i]) for i in kv_keep}
-        q_keep: list[int] = []
+        q_keep: set[int] = set()
         for kv_root in sorted(kv_roots, key=lambda r: position[r]):
-            under = [i for i, r in enumerate(q.units.tolist()) if parent_of_child.get(r) == kv_root]
-            q_keep += _best(scores.get(q_id), under, per_kv)
+            under = [i for i, r in enumerate(q.units.tolist())
+                     if kv_root in parents_of.get(r, ()) and parents_of[r] <= kv_roots and i not in q_keep]
+            q_keep.update(_best(scores.get(q_id), under, per_kv))
         for gid, g, kept in ((kv_id, kv, kv_keep), (q_id, q, sorted(q_keep))):
             if len(kept) < g.size:
                 keep[gid], sizes[gid] = tuple(kept), g.size
             else:
                 keep.pop(gid, None)
                 sizes.pop(gid, None)
-    out = replace(plan, keep=keep, sizes=sizes, options={**plan.options, "uniform_heads": True})
+    keep = repair_keep(analysis, keep, scores)  # a layer keeps a query head of a kept KV head
+    sizes = {gid: analysis.group(gid).size for gid in keep}
+    merges = {gid: kept for gid, ms in plan.merges.items()  # merges into units still kept, of units now removed
+              if gid in keep and (kept := tuple(m for m in ms if m[0] not in keep[gid] and m[1] in keep[gid]))}
+    out = replace(plan, keep=keep, sizes=sizes, merges=merges, options={**plan.options, "uniform_heads": True})
     out.validate(analysis)
     return out

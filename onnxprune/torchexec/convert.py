@@ -92,3 +92,37 @@ def attributes(node: onnx.NodeProto) -> dict[str, object]:
             value = tensor_from_proto(value)
         out[a.name] = value
     return out
+
+
+# -- float16 / bfloat16 models computed in float32 -------------------------------------------
+LOW_FLOATS = (TensorProto.FLOAT16, TensorProto.BFLOAT16)
+LOW_TORCH_FLOATS = (torch.float16, torch.bfloat16)
+_DTYPE_ATTRS = {"Cast": "to", "EyeLike": "dtype", "RandomNormal": "dtype", "RandomUniform": "dtype",
+                "RandomNormalLike": "dtype", "RandomUniformLike": "dtype", "Bernoulli": "dtype"}
+
+
+def float32_node(node: onnx.NodeProto) -> onnx.NodeProto:
+    """``node`` producing float32 where it produces float16 / bfloat16 (a Cast to them, a
+    ConstantOfShape of such a value, a dtype attribute); ``node`` itself when it does not.
+    With float32 weights and inputs this runs a float16 graph in float32."""
+    changed = None
+    for i, a in enumerate(node.attribute):
+        low_type = (a.name == _DTYPE_ATTRS.get(node.op_type) and a.type == onnx.AttributeProto.INT
+                    and a.i in LOW_FLOATS)
+        low_value = (node.op_type == "ConstantOfShape" and a.name == "value" and a.t.data_type in LOW_FLOATS)
+        if not (low_type or low_value):
+            continue
+        changed = changed or _copy(node)
+        target = changed.attribute[i]
+        if low_type:
+            target.i = TensorProto.FLOAT
+        else:
+            value = tensor_from_proto(a.t).float().numpy()
+            target.t.CopyFrom(numpy_helper.from_array(value, a.t.name))
+    return changed or node
+
+
+def _copy(node: onnx.NodeProto) -> onnx.NodeProto:
+    out = onnx.NodeProto()
+    out.CopyFrom(node)
+    return out

@@ -13,7 +13,7 @@ import torch
 from onnx import numpy_helper
 
 from onnxprune.errors import ModelRunError
-from onnxprune.torchexec.convert import tensor_from_proto, to_numpy
+from onnxprune.torchexec.convert import LOW_TORCH_FLOATS, float32_node, tensor_from_proto, to_numpy
 from onnxprune.torchexec.ops import Node, OpFn, implementation
 
 # Constant inputs read as weights: float initializers there are trainable by default.
@@ -94,17 +94,25 @@ class OnnxModule(torch.nn.Module):
     require grad, ``trainable(name)`` decides otherwise. Integer, boolean and control
     constants (Resize scales, ...) are buffers and are treated as constant. Every tensor
     is addressed by its ONNX name (``parameter(name)``).
+
+    A float16 / bfloat16 model computes in float32 unless ``float32=False`` (weights,
+    constants and inputs upcast, Casts to those types cast to float32; outputs are float32;
+    ``write_back`` rounds the weights back to the model's types): scores and recovery are
+    not limited by float16's range and precision.
     """
 
-    def __init__(self, model: onnx.ModelProto, *, trainable: Callable[[str], bool] | None = None) -> None:
+    def __init__(self, model: onnx.ModelProto, *, trainable: Callable[[str], bool] | None = None,
+                 float32: bool = True) -> None:
         super().__init__()
         graph = model.graph
         self.opset = _opset(model)
+        self._float32 = float32
+        graph_nodes = [float32_node(n) for n in graph.node] if float32 else list(graph.node)
         self.params = torch.nn.Module()
         self.consts = torch.nn.Module()
         self._slots: dict[str, _Slot] = {}
         self._static: dict[str, np.ndarray] = {}
-        uses = self._uses(graph.node)
+        uses = self._uses(graph_nodes)
         trainable = trainable or self._default_trainable(graph, uses)
 
         for init in graph.initializer:
@@ -112,12 +120,12 @@ class OnnxModule(torch.nn.Module):
         self.input_names = [vi.name for vi in graph.input if vi.name not in self._slots]
         self.output_names = [vi.name for vi in graph.output]
 
-        constants = [n for n in graph.node if n.op_type == "Constant" and n.domain in _DEFAULT_DOMAINS]
+        constants = [n for n in graph_nodes if n.op_type == "Constant" and n.domain in _DEFAULT_DOMAINS]
         for node in constants:
             value = implementation(node, self.opset)(Node(node, self.opset, {}))
             self._register(node.output[0], value.clone(), uses, trainable, "constant")
 
-        nodes = [n for n in graph.node if not (n.op_type == "Constant" and n.domain in _DEFAULT_DOMAINS)]
+        nodes = [n for n in graph_nodes if not (n.op_type == "Constant" and n.domain in _DEFAULT_DOMAINS)]
         nodes = _topological(nodes, set(self._slots) | set(self.input_names))
         self._steps = self._plan(nodes)
         self._hooks: dict[tuple[str, int], Callable[[torch.Tensor], torch.Tensor]] = {}
@@ -164,6 +172,8 @@ class OnnxModule(torch.nn.Module):
 
     def _register(self, name: str, value: torch.Tensor, uses: dict[str, list[tuple[str, int, str]]],
                   trainable: Callable[[str], bool], source: str) -> None:
+        if self._float32 and value.dtype in LOW_TORCH_FLOATS:
+            value = value.float()
         used = uses.get(name, [])
         control = bool(used) and all(slot in CONTROL_SLOTS.get(op_type, ()) for op_type, slot, _ in used)
         key = self._key(name)
@@ -288,7 +298,9 @@ class OnnxModule(torch.nn.Module):
             raise TypeError(f"missing input(s) {missing}")
         for name, value in feeds.items():
             if not isinstance(value, torch.Tensor):
-                feeds[name] = torch.as_tensor(np.asarray(value), device=self._device())
+                feeds[name] = value = torch.as_tensor(np.asarray(value), device=self._device())
+            if self._float32 and value.dtype in LOW_TORCH_FLOATS:
+                feeds[name] = value.float()
         return feeds
 
     def forward(self, *inputs: torch.Tensor, **named: torch.Tensor) -> tuple[torch.Tensor, ...] | torch.Tensor:

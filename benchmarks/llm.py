@@ -224,6 +224,78 @@ def depth_variants(model, analysis, budget, calib: np.ndarray, evals: np.ndarray
     return rows
 
 
+# the post-training recipes compared for the auto rule (criterion, allocation, share of the cut
+# taken by whole blocks, recovery): FLAP (fluctuation + standardised global threshold + bias
+# compensation) and Kwon-style taylor-fo per MAC, with and without depth
+RECIPE_VARIANTS = (("flap", "standardised", 0.0, ()), ("flap", "standardised", 0.0, ("bias",)),
+                   ("flap", "standardised", 0.25, ("bias",)), ("taylor-fo", "per-mac", 0.25, ("bias",)),
+                   ("flap", "per-mac", 0.0, ()))
+
+
+def recipe_variants(cache: Path, threads: int = 0, only: str = "") -> list[dict]:
+    """The post-training recipes of ``RECIPE_VARIANTS`` on SmolLM2 at the benchmark's budget:
+    perplexity on the held-out windows, and each step's time (scores cached in ``--cache``)."""
+    from onnxprune.analysis import analyze
+    from onnxprune.analysis.blocks import block_cost_model, find_blocks
+    from onnxprune.analysis.flops import model_cost
+    from onnxprune.api import apply_plan, load
+    from onnxprune.io.calib_data import CalibrationData
+    from onnxprune.io.modelio import save_model
+    from onnxprune.recovery import recover, summary_line
+    from onnxprune.scoring.fluctuation import fluctuation_scores
+    from onnxprune.selection.budget import Budget, select_to_budget
+    from onnxprune.verify.lm_eval import perplexity
+
+    path = export_smollm2(cache)
+    calib, evals = token_windows()
+    data = CalibrationData({"input_ids": calib})
+    model = load(path)
+    analysis = analyze(model)
+    total = model_cost(model).params
+    budget = Budget("params", total - REMOVE * (total - embedding_params(model)))
+    saved = cache / "smollm2_flap_scores.npz"
+    if not saved.exists():
+        t0 = time.perf_counter()
+        np.savez(saved, **fluctuation_scores(model, analysis, data, batch_size=2, threads=threads))
+        print(f"flap scores: {time.perf_counter() - t0:.1f} s", flush=True)
+    scores = {"flap": dict(np.load(saved)), "taylor-fo": dict(np.load(cache / "smollm2_taylor_scores.npz"))}
+    blocks = find_blocks(model)
+    influence = json.loads((cache / "smollm2_block_scores.json").read_text())["influence"]
+    none = np.zeros(0, dtype=np.int64)
+    rows = []
+    for criterion, ranking, share, methods in RECIPE_VARIANTS:
+        name = f"recipe_{criterion}_{ranking}_d{share:g}" + ("+" + "+".join(methods) if methods else "")
+        if only and only not in name:
+            continue
+        t0 = time.perf_counter()
+        chosen: list = []
+        for block in sorted(blocks, key=lambda b: influence[b.add]) if share else ():
+            if total - block_cost_model(model, analysis, [*chosen, block]).params(none) > share * (
+                    total - budget.absolute(total)):
+                break
+            chosen.append(block)
+        reached = select_to_budget(model, analysis, scores[criterion], budget, ranking=ranking,
+                                   criterion=criterion, removed_blocks=chosen)
+        pruned = apply_plan(model, analysis, reached.plan).model
+        t_prune = time.perf_counter() - t0
+        row: dict = {"name": name, "criterion": criterion, "ranking": ranking, "block_share": share,
+                     "blocks_removed": len(chosen), "recovery": list(methods), "prune_s": round(t_prune, 1)}
+        if methods:
+            t1 = time.perf_counter()
+            pruned, report = recover(model, pruned, analysis, reached.plan, data, methods=methods,
+                                     holdout=RECOVERY_HOLDOUT, batch_size=RECOVERY_BATCH,
+                                     bias_means=RECOVERY_BIAS_MEANS)
+            row.update(recover_s=round(time.perf_counter() - t1, 1), recovery_summary=summary_line(report))
+        out = cache / f"smollm2_{name}.onnx"
+        save_model(pruned, out)
+        row["params"] = model_cost(pruned).params
+        del pruned
+        row["perplexity"] = perplexity(out, evals, threads=threads)
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+    return rows
+
+
 def name_of(criterion: str, ranking: str) -> str:
     return f"{criterion}_{ranking}"
 
@@ -277,7 +349,15 @@ def main() -> None:
                         help="recovery methods for the taylor-fo per-mac variant, comma-separated ('' for none)")
     parser.add_argument("--depth", action="store_true",
                         help="also remove whole residual blocks (alone, and with channels for part of the budget)")
+    parser.add_argument("--recipes", nargs="?", const="all", default=None,
+                        help="only compare the post-training recipes (RECIPE_VARIANTS; a name part selects some)")
     args = parser.parse_args()
+    if args.recipes is not None:
+        rows = recipe_variants(args.cache, args.threads, "" if args.recipes == "all" else args.recipes)
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps({"recipes": rows, "peak_rss_mb": round(
+            resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}, indent=1))
+        return
     result = run(args.cache, args.threads, args.rescore, tuple(m for m in args.recover.split(",") if m), args.depth)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1))

@@ -330,6 +330,10 @@ def prune(
         _ALLOCATION, "--allow-interface-change/--no-allow-interface-change",
         help="Let input / output shapes change where they carry channels (a KV cache's past_key_values.* / "
              "present.*: KV heads). Default off: those heads stay.")] = None,
+    requantize: Annotated[Optional[bool], _opt(
+        _ALLOCATION, "--requantize/--no-requantize",
+        help="4-bit MatMulNBits: prune input channels inside quantization blocks (the weight dequantised, "
+             "sliced and quantized again: within quantization error). Default off: whole blocks only.")] = None,
     uniform_heads: Annotated[Optional[bool], _opt(
         _ALLOCATION, "--uniform-heads/--no-uniform-heads",
         help="Every attention layer keeps as many KV heads and query heads per KV head (onnxruntime-genai, "
@@ -396,7 +400,7 @@ def prune(
         criterion=criterion, loss=loss, reduction=reduction, projections=projections, flops_reg=flops_reg,
         mode=mode, ranking=ranking, round_to=round_to, align=align, min_channels=min_channels,
         max_ratio=max_ratio, ignore=tuple(ignore) if ignore else None, prune_hidden=prune_hidden, depth=depth,
-        allow_interface_change=allow_interface_change, uniform_heads=uniform_heads,
+        allow_interface_change=allow_interface_change, uniform_heads=uniform_heads, requantize=requantize,
         recover=recover, ridge=_ridge(ridge), holdout=holdout, augment=augment,
         recovery_weighting=recovery_weighting, method="iterative" if schedule == "iterative" else method,
         train_steps=train_steps, lr=lr, provider=provider, measure=measure)

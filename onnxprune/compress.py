@@ -159,8 +159,11 @@ def compress(model: onnx.ModelProto, recipe: Recipe, *, calib: CalibrationData |
         return _train(model, resolved, calib, step, batch_size, device)
     if analysis is None:
         step("analysing channel groups", None, None)
-        analysis = analyze(model, ignore=resolved.ignore, prune_hidden=resolved.prune_hidden,
-                           allow_interface_change=resolved.allow_interface_change)
+        from onnxprune.analysis.rules.quant import requantize_nbits
+
+        with requantize_nbits(resolved.requantize):
+            analysis = analyze(model, ignore=resolved.ignore, prune_hidden=resolved.prune_hidden,
+                               allow_interface_change=resolved.allow_interface_change)
     notes: list[str] = []
     if plan is None:
         plan, note = plan_for(model, resolved, analysis, calib=calib, batch_size=batch_size, device=device,

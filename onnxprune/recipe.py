@@ -36,7 +36,7 @@ AUTO = "auto"
 LOSSES = ("auto", "ce", "mse", "pseudo", "fisher")
 REDUCTIONS = ("sum", "mean", "max")
 MODES = ("per-group", "global")
-RANKINGS = ("normalised", "per-mac")
+RANKINGS = ("normalised", "per-mac", "standardised")  # standardised: FLAP, selection.standardised
 LIMITS = ("sensitivity", "none")
 WEIGHTINGS = ("uniform", "fisher")
 METHODS = ("criterion", "iterative", "spp", "learned-threshold")
@@ -103,6 +103,9 @@ class Recipe:
     # one head count for all layers: onnxruntime-genai's GroupQueryAttention)
     allow_interface_change: bool = False
     uniform_heads: bool = False
+    # 4-bit MatMulNBits: input channels go one by one, the weight dequantised, sliced and
+    # quantized again (within quantization error, not exact); default: whole blocks only
+    requantize: bool = False
     # depth pruning: residual blocks removed as well as channels: "off", a number of blocks,
     # a fraction in (0, 1) (whole blocks take that share of what the budget removes), or
     # "auto" (see ``resolve``)
@@ -242,6 +245,8 @@ class Recipe:
             parts.append("equal head counts in every layer")
         if self.allow_interface_change:
             parts.append("input / output shapes may change")
+        if self.requantize:
+            parts.append("4-bit weights requantized")
         if isinstance(self.depth, int) and self.depth:
             parts.append(f"{self.depth} residual block{'s' if self.depth > 1 else ''} removed")
         elif isinstance(self.depth, float):
@@ -274,7 +279,7 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "criterion": (str,), "loss": (str,), "reduction": (str,), "projections": (str, int), "flops_reg": _NUMBER,
     "mode": (str,), "ranking": (str,), "round_to": (int,), "align": (str, int), "min_channels": (int,),
     "max_ratio": _NUMBER, "limits": (str,), "ignore": (tuple, list), "prune_hidden": (bool,), "depth": (str, *_NUMBER),
-    "allow_interface_change": (bool,), "uniform_heads": (bool,),
+    "allow_interface_change": (bool,), "uniform_heads": (bool,), "requantize": (bool,),
     "recover": (str, tuple, list),
     "ridge": (str, *_NUMBER), "recovery_weighting": (str,), "holdout": _NUMBER, "augment": (bool,),
     "method": (str,), "train_steps": (int,), "lr": _NUMBER, "provider": (str,), "measure": (bool,),
@@ -377,6 +382,7 @@ class Context:
     has_calib: bool = False
     align_block: int = 1
     transformer: bool = False  # attention (Softmax) and no convolution: see ``is_transformer``
+    causal_lm: bool = False  # token ids in, logits over the vocabulary out: see ``is_causal_lm``
 
 
 def resolve(recipe: Recipe, ctx: Context) -> Recipe:
@@ -392,10 +398,10 @@ def resolve(recipe: Recipe, ctx: Context) -> Recipe:
       AVX2), so no kept count pays for padded channels;
     - loss: the label-free ``fisher`` loss for Taylor scores (EfficientNet-Lite0: agreement
       0.375 against 0.32 with pseudo-labels, before recovery);
-    - limits (budgets, CNNs, with data): ``sensitivity``: each group's damage measured at 25%
-      and 50% removal, scores rescaled to it, and per-group caps
-      (``onnxprune.selection.sensitivity_limits.allocate``; EfficientNet-Lite0 at 0.75 of the MACs:
-      agreement 0.086 -> 0.508 with lstsq);
+    - limits (budgets, CNNs, with data): ``sensitivity``: each group's damage measured at 25%,
+      50% and 75% removal, scores rescaled to it, and per-group caps
+      (``onnxprune.selection.sensitivity_limits.allocate``; EfficientNet-Lite0 at 0.75 of the MACs,
+      the object photographs of ``benchmarks.efficientnet_lite``: agreement 0.031 -> 0.656 with lstsq);
     - recover: ``lstsq`` refits (which include the bias) when there is data, each accepted
       only if it lowers the error on held-out samples (``bn``, ``bias`` on request);
     - transformers with data (``is_transformer``): Kwon et al. 2022: ``taylor-so`` with the
@@ -444,6 +450,29 @@ def is_transformer(model: "onnx.ModelProto") -> bool:
     """Attention (a Softmax) and no convolution: the auto recipe then follows Kwon et al. 2022."""
     ops = {n.op_type for n in model.graph.node}
     return "Softmax" in ops and not ops & {"Conv", "ConvTranspose"}
+
+
+def is_causal_lm(model: "onnx.ModelProto") -> bool:
+    """A decoder language model: a 2-D integer token input (``input_ids`` first) read by the
+    Gather of an embedding table with V rows, and a float output [batch, seq, V] (the logits
+    over the vocabulary), in a transformer (``is_transformer``)."""
+    import onnx
+
+    if not is_transformer(model):
+        return False
+    ints = [i for i in model.graph.input if i.type.tensor_type.elem_type in (onnx.TensorProto.INT64,
+                                                                            onnx.TensorProto.INT32)
+            and len(i.type.tensor_type.shape.dim) == 2]
+    named = [i for i in ints if i.name == "input_ids"]
+    if not (named or ints):
+        return False
+    ids = (named or ints)[0].name
+    shapes = {t.name: list(t.dims) for t in model.graph.initializer}
+    rows = {shapes[n.input[0]][0] for n in model.graph.node
+            if n.op_type == "Gather" and n.input[1] == ids and len(shapes.get(n.input[0], ())) == 2}
+    floats = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16)
+    return any(o.type.tensor_type.elem_type in floats and len(o.type.tensor_type.shape.dim) == 3
+               and o.type.tensor_type.shape.dim[2].dim_value in rows for o in model.graph.output)
 
 
 def provider_name(recipe: Recipe) -> str:

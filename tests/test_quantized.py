@@ -315,6 +315,74 @@ def test_matmul_nbits_weights_count_as_k_by_n_parameters_and_summary_macs_match_
     _check_pruned_costs(model, analysis, plan, result, tmp_path)
 
 
+def _nbits_weights(model: onnx.ModelProto) -> dict[str, np.ndarray]:
+    """MatMulNBits node name -> its weight dequantised, float32 [N, K]."""
+    from onnxprune.analysis.rules.quant import dequantize_nbits
+
+    inits = {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}
+    out = {}
+    for node in model.graph.node:
+        if node.op_type == "MatMulNBits":
+            n, k = int(attr(node, "N")), int(attr(node, "K"))
+            zeros = inits[node.input[3]] if len(node.input) > 3 and node.input[3] else None
+            w = dequantize_nbits(inits[node.input[1]], inits[node.input[2]], zeros, int(attr(node, "bits")), n)
+            out[node.name] = (w.reshape(n, -1)[:, :k], inits[node.input[2]].reshape(n, -1))
+    return out
+
+
+@pytest.mark.parametrize("block", [32, 128])
+def test_matmul_nbits_requantized_input_channels_are_within_quantization_error(nbits, block, tmp_path):
+    """Within ``requantize_nbits`` (recipe ``requantize``, ``--requantize``) MatMulNBits' input
+    channels go one by one: the FFN has 256 units, not 256 / block_size; the down projection
+    is dequantised, sliced and quantized again by onnxruntime's block quantizer, so each kept
+    weight is within half a quantization step of its dequantised original, and the model
+    within the quantization error of its masked (dequantised) reference (measured 0.8% of the
+    largest logit at block 32)."""
+    from onnxprune.analysis.rules.quant import requantize_nbits
+
+    model = load(nbits(block))
+    with requantize_nbits():
+        analysis = analyze(model)
+    ffn = [g for g in analysis.prunable_groups if g.channels == 256]
+    assert ffn and all(g.size == 256 for g in ffn), [(g.id, g.size) for g in analysis.prunable_groups]
+    plan = random_masking_plan(analysis, seed=3)
+    result = apply_plan(model, analysis, plan)
+    check_pruned_model(result.model, model)
+    _check_nbits_layout(result.model)
+    _check_pruned_costs(model, analysis, plan, result, tmp_path)
+    before, after = _nbits_weights(model), _nbits_weights(result.model)
+    downs = [n.name for n in model.graph.node if n.op_type == "MatMulNBits" and attr(n, "K") == 256]
+    assert len(downs) == 2
+    for name, group in zip(downs, ffn):  # layer order: the FFN groups of layers 0 and 1
+        keep = np.asarray(plan.keep[group.id])
+        assert 0 < len(keep) < 256
+        (w_old, _), (w_new, s_new) = before[name], after[name]
+        assert w_new.shape == (w_old.shape[0], len(keep))
+        step = np.repeat(np.abs(s_new), block, axis=1)[:, :len(keep)]  # the new block's scale, per weight
+        assert np.all(np.abs(w_new - w_old[:, keep]) <= 0.5 * step * (1 + 1e-5) + 1e-7)
+        assert not np.array_equal(w_new, w_old[:, keep[:len(keep)]] * 0)  # weights kept, not zeroed
+    feeds = _ids()
+    want = run(masked_model(model, analysis, plan), feeds)["logits"]
+    got = run(result.model, feeds)["logits"]
+    assert float(np.abs(want - got).max()) <= 0.05 * float(np.abs(want).max())
+    # without the option: whole blocks, as before
+    assert all(g.size == 256 // block for g in analyze(model).prunable_groups if g.channels == 256)
+
+
+def test_requantize_is_a_recipe_field_and_a_cli_flag(nbits, monkeypatch, capsys, tmp_path):
+    from onnxprune.recipe import Recipe
+    from tests.test_cli import cli
+
+    assert Recipe().requantize is False and "requantized" in Recipe(requantize=True).describe()
+    out_path = tmp_path / "pruned.onnx"
+    code, out, err = cli(monkeypatch, capsys, "prune", nbits(32), "-o", str(out_path), "--ratio", "0.3",
+                         "--criterion", "l2", "--requantize")
+    assert code == 0, err
+    pruned = onnx.load(out_path)
+    ks = sorted(int(attr(n, "K")) for n in pruned.graph.node if n.op_type == "MatMulNBits")
+    assert any(k % 32 for k in ks), ks  # an input side cut inside a block: requantized
+
+
 def test_matmul_nbits_whose_attributes_disagree_with_its_weights_is_blocked(nbits, tmp_path):
     model = onnx.load(nbits(32))
     node = next(n for n in model.graph.node if n.op_type == "MatMulNBits" and attr(n, "K") == 256)

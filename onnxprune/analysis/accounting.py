@@ -20,7 +20,7 @@ import onnx
 from onnxprune.analysis import Analysis
 from onnxprune.analysis.flops import parameter_count
 from onnxprune.analysis.query_heads import close_removed
-from onnxprune.analysis.rules.quant import analysis_index, expand_weight_refs
+from onnxprune.analysis.rules.quant import MatMulNBitsCut, analysis_index, expand_weight_refs
 from onnxprune.graph import GraphIndex
 
 WEIGHT_SLOT = 1
@@ -39,6 +39,9 @@ class CostModel:
             if index.nodes[ref.node].op_type in ("DequantizeLinear", "QuantizeLinear"):  # QDQ codes: their weight's cut
                 refs[(ref.node, ref.slot)].append((ref.axis, analysis.roots[ref.elems]))
         self._index = index
+        # MatMulNBits weights requantized on their input side: K x N with K the kept channels
+        self._requantized = {index.nodes[f.node].input[WEIGHT_SLOT]: analysis.roots[f.channels]
+                             for f in analysis.fixups if isinstance(f, MatMulNBitsCut) and f.channels is not None}
         self._inits: list[tuple[str, tuple[int, ...], list[list[tuple[int, np.ndarray]]]]] = []
         for name in index.initializers:
             users = index.users(name)
@@ -67,6 +70,10 @@ class CostModel:
                 for axis, roots in axes:
                     dims[axis] = int((~removed[roots]).sum())
                 variants.add(tuple(dims))
+            k_roots = self._requantized.get(name)
+            if k_roots is not None:
+                total += sum(v[0] * int((~removed[k_roots]).sum()) for v in variants)
+                continue
             total += sum(parameter_count(self._index, name, v) for v in variants)
         return total
 

@@ -114,8 +114,9 @@ def repair_keep(analysis: Analysis, keep: Mapping[str, tuple[int, ...]],
         for c, p in zip(children.tolist(), parents.tolist()):
             parents_of[c].add(p)
     for _ in range(len(pairs) + 1):
-        mask = np.zeros(len(analysis.roots), dtype=bool)
-        mask[close_removed(analysis, _plan_removed(analysis, out))] = True
+        planned, mask = np.zeros(len(analysis.roots), dtype=bool), np.zeros(len(analysis.roots), dtype=bool)
+        planned[_plan_removed(analysis, out)] = True  # KV heads the plan removes (others follow their query heads)
+        mask[close_removed(analysis, np.flatnonzero(planned))] = True
         broken = next((children for children, _ in pairs if mask[children].all()), None)
         if broken is None:
             return out
@@ -123,10 +124,10 @@ def repair_keep(analysis: Analysis, keep: Mapping[str, tuple[int, ...]],
         def rank(c: int) -> tuple[int, float, int]:
             gid, i = position.get(c, (None, -1))
             score = float(scores[gid][i]) if scores is not None and gid in scores else 0.0
-            return sum(bool(mask[p]) for p in parents_of[c]), -score, i
+            return sum(bool(planned[p]) for p in parents_of[c]), -score, i
 
         child = min(dict.fromkeys(broken.tolist()), key=rank)
-        for root in (child, *(p for p in parents_of[child] if mask[p])):
+        for root in (child, *(p for p in parents_of[child] if planned[p])):
             gid, i = position.get(root, (None, -1))
             if gid in out:
                 out[gid] = tuple(sorted({*out[gid], i}))

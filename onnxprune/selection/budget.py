@@ -28,6 +28,7 @@ from onnxprune.analysis.query_heads import repair_keep
 from onnxprune.errors import SelectionError
 from onnxprune.plan import Plan
 from onnxprune.selection.select import global_order, legal_keep_count
+from onnxprune.selection.standardised import STANDARDISED, standardised_order
 from onnxprune.units import keep_rules, plan_options
 
 
@@ -68,8 +69,9 @@ def select_to_budget(model: onnx.ModelProto, analysis: Analysis, scores: Mapping
     e.g. from ``sensitivity_limits.ratio_limits``; ``removed_blocks``: residual blocks the
     plan also removes (``analysis.blocks``): their savings count towards the budget and the
     groups inside them are left alone)."""
+    standardised = ranking == STANDARDISED  # FLAP's adaptive structure search (selection.standardised)
     options = keep_rules(round_to=round_to, min_channels=min_channels, max_ratio=max_ratio, align=align,
-                         ranking=ranking)
+                         ranking="normalised" if standardised else ranking)
     limits = dict(max_ratios or {})
     for gid, r in limits.items():
         if not 0.0 <= r <= 1.0:
@@ -79,7 +81,8 @@ def select_to_budget(model: onnx.ModelProto, analysis: Analysis, scores: Mapping
     cost = (lambda removed: 2 * costs.macs(removed)) if budget.metric == "flops" else costs.params
     gone = removed_nodes(removed_blocks)
     groups = [g for g in analysis.prunable_groups if g.id in scores and not set(g.producers) <= gone]
-    order = global_order(groups, scores, ranking)
+    order = (standardised_order(groups, scores, analysis) if standardised
+             else global_order(groups, scores, ranking))
     none = np.zeros(0, dtype=np.int64)
     original = 2 * full.macs(none) if budget.metric == "flops" else full.params(none)
     target = budget.absolute(original)
@@ -118,7 +121,8 @@ def select_to_budget(model: onnx.ModelProto, analysis: Analysis, scores: Mapping
                 sizes={gid: analysis.group(gid).size for gid in keep}, criterion=criterion,
                 removed_blocks=tuple(b.add for b in removed_blocks),
                 options=plan_options(options, {"budget": budget.metric, "target": budget.target},
-                                     {"max_ratios": limits} if limits else None))
+                                     {**({"max_ratios": limits} if limits else {}),
+                                      **({"ranking": STANDARDISED} if standardised else {})} or None))
     plan.validate(analysis)
     return BudgetResult(plan, int(original), float(target), int(cost(removed_units(keep))))
 

@@ -41,6 +41,11 @@ from onnxprune.rewrite.masking import insert_before
 from onnxprune.runtime.session import session
 
 MASK_PREFIX = "__sensitivity_mask"
+# removal ratios measured per group. The point at 3/4 matters: a budget of 0.75 of the MACs
+# cuts the hidden channels of EfficientNet-Lite0's skip blocks by up to two thirds, past 1/2,
+# where the curve through 1/4 and 1/2 alone is extrapolated (measured with the plain command,
+# 96 evaluation crops: top-1 agreement 0.573 -> 0.656, logit cosine 0.703 -> 0.782)
+RATIOS = (0.25, 0.5, 0.75)
 
 
 @dataclass(frozen=True)
@@ -82,7 +87,7 @@ def _slope(rs: Sequence[float], ds: Sequence[float], i: int) -> float:
 
 
 def measure(model: onnx.ModelProto, analysis: Analysis, scores: Mapping[str, np.ndarray], calib: CalibrationData,
-            *, ratios: Sequence[float] = (0.25, 0.5), samples: int = 16, batch_size: int = 16,
+            *, ratios: Sequence[float] = RATIOS, samples: int = 16, batch_size: int = 16,
             provider: str = "CPUExecutionProvider") -> Sensitivity:
     """Measure every scored prunable group's damage at each of ``ratios`` on the first
     ``samples`` calibration samples (one onnxruntime session, one run per group, ratio and batch)."""
@@ -248,7 +253,7 @@ def feasible_tolerance(sensitivity: Sensitivity, fits: Callable[[Mapping[str, fl
 
 
 def allocate(model: onnx.ModelProto, analysis: Analysis, scores: Mapping[str, np.ndarray], calib: CalibrationData,
-             budget: Budget, *, ratios: Sequence[float] = (0.25, 0.5), samples: int = 16, slack: float = 2.0,
+             budget: Budget, *, ratios: Sequence[float] = RATIOS, samples: int = 16, slack: float = 2.0,
              round_to: int = 1, min_channels: int = 1, max_ratio: float = 1.0, align: int = 1,
              criterion: str | None = None) -> tuple[BudgetResult, Sensitivity, dict[str, float]]:
     """The sensitivity-limited allocation in one call: measure (``measure``), rescale the

@@ -25,7 +25,11 @@ quantization blocks: the ``block_size`` channels of one block are one unit; bloc
 dropped, repacked: :func:`slice_nbits_blocks`) and attribute K. Each kept block
 dequantises exactly as before, so the result equals the masked model (up to float
 summation order). ``g_idx`` (act-order) and a K that is not a multiple of ``block_size``
-block the input side.
+block the input side. Within :func:`requantize_nbits` (the recipe's ``requantize``,
+``--requantize``) every input channel is a unit: the rewrite dequantises the weight, drops
+the removed channels and quantizes it again with onnxruntime's own block quantizer
+(``rewrite.slice_nbits``), which is within the quantization error of the dequantised
+reference, no longer exact.
 
 **QOperator** forms (``QLinearConv``, ``QLinearMatMul``, ``ConvInteger``, ``MatMulInteger``:
 ``registry.KNOWN_BLOCKERS``; onnxruntime's ``QLinearAdd``, ``QGemm``, ...: custom-domain ops)
@@ -37,6 +41,9 @@ format to prune.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 
 import numpy as np
@@ -49,6 +56,18 @@ from onnxprune.graph import GraphIndex, attr
 
 MS = "com.microsoft"
 QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
+_REQUANTIZE: ContextVar[bool] = ContextVar("onnxprune_requantize_nbits", default=False)
+
+
+@contextmanager
+def requantize_nbits(enabled: bool = True) -> Iterator[None]:
+    """Within the block, ``analyze`` lets MatMulNBits' input channels go one by one (its
+    weight dequantised, sliced and quantized again by the rewrite), not in whole blocks."""
+    token = _REQUANTIZE.set(enabled)
+    try:
+        yield
+    finally:
+        _REQUANTIZE.reset(token)
 
 
 # -- quantized weights read as constants ------------------------------------------
@@ -278,6 +297,7 @@ class MatMulNBitsCut(Fixup):
     bits: int
     block_size: int
     k_blocks: int
+    channels: np.ndarray | None = None  # per input channel (requantized), or None
 
 
 @register_in(MS, "MatMulNBits")
@@ -303,9 +323,13 @@ def matmul_nbits(node: onnx.NodeProto, ctx: RuleContext) -> None:
             ctx.param(slot, 0, out if len(shape) == 2 else np.repeat(out, per_row[slot]), "producer")
     if inputs[5]:
         ctx.param(5, 0, out, "producer")
-    blocks = _nbits_input_side(node, ctx, lay, inputs, shapes, ra)
+    blocks = channels = None
+    if _REQUANTIZE.get():
+        channels = _nbits_requantized_input(node, ctx, lay, inputs, shapes, ra)
+    else:
+        blocks = _nbits_input_side(node, ctx, lay, inputs, shapes, ra)
     ctx.fixup(MatMulNBitsCut, elems_n=out, blocks=blocks, bits=lay["bits"], block_size=lay["block_size"],
-              k_blocks=kb)
+              k_blocks=kb, channels=channels)
     for axis, elems in ctx.spaces_of(a).items():
         if axis != ra - 1:
             ctx.set_space(y, axis, elems)
@@ -342,10 +366,50 @@ def _nbits_input_side(node: onnx.NodeProto, ctx: RuleContext, lay: dict[str, int
     return blocks
 
 
+def _nbits_requantized_input(node: onnx.NodeProto, ctx: RuleContext, lay: dict[str, int], inputs: list[str],
+                             shapes: list[tuple[int, ...] | None], ra: int) -> np.ndarray | None:
+    """Each input channel its own unit (the rewrite requantizes the kept ones); its
+    elements, or None when the input side is not pruned."""
+    xs = ctx.spaces_of(node.input[0]).get(ra - 1)
+    if xs is None:
+        return None
+    k = lay["K"]
+    reason = ""
+    if len(xs) != k:
+        reason = f"MatMulNBits K={k} disagrees with its input's {len(xs)} channels"
+    elif inputs[4] and math.prod(shapes[4] or (0,)) > 0:
+        reason = "MatMulNBits with g_idx (act-order): input channels are permuted across blocks"
+    elif inputs[3] and ctx.index.elem_type(inputs[3]) != onnx.TensorProto.UINT8:
+        reason = "MatMulNBits with float zero points: onnxruntime's quantizer writes packed ones (not requantized)"
+    if reason:
+        ctx.block(xs, reason)
+        return None
+    ctx.consumer(0, ra - 1, xs)
+    ctx.mac_axes[node.name] = [xs]  # its MACs scale with the kept input channels (the weight's refs: N)
+    return xs
+
+
+def dequantize_nbits(packed: np.ndarray, scales: np.ndarray, zeros: np.ndarray | None, bits: int,
+                     rows: int) -> np.ndarray:
+    """A MatMulNBits weight ``[rows, k_blocks, blob]`` (scales ``[rows, k_blocks]`` or flat,
+    packed uint8 zero points or None: the default ``2**(bits-1)``) as float32
+    ``[rows, k_blocks, block_size]``: ``(code - zero) * scale``."""
+    codes = _unpack(np.asarray(packed), bits).astype(np.float32)
+    kb = codes.shape[1]
+    s = np.asarray(scales, dtype=np.float32).reshape(rows, kb)
+    if zeros is None:
+        z = np.full((rows, kb), float(1 << (bits - 1)), np.float32)
+    else:
+        z = _unpack(np.asarray(zeros).reshape(rows, -1), bits)[:, :kb].astype(np.float32)
+    return (codes - z[..., None]) * s[..., None]
+
+
 def slice_nbits_blocks(arr: np.ndarray, keep_rows: int, keep_blocks: np.ndarray, bits: int,
                        packed: bool) -> np.ndarray:
     """Scales (``packed`` False) or packed zero points of a MatMulNBits, already cut to
-    ``keep_rows`` rows, with only the kept blocks of each row (unchanged when already cut)."""
+    ``keep_rows`` rows, with only the kept blocks of each row (scales: unchanged when
+    already cut; packed zero points: the caller cuts them once, as a row of 2 blocks and
+    one of 1 both take one byte)."""
     kb, kept = len(keep_blocks), int(keep_blocks.sum())
     flat = arr.ndim == 1
     rows = arr.reshape(keep_rows, -1)
@@ -355,8 +419,6 @@ def slice_nbits_blocks(arr: np.ndarray, keep_rows: int, keep_blocks: np.ndarray,
         out = rows[:, keep_blocks]
         return out.reshape(-1) if flat else out
     per = 8 // bits
-    if rows.shape[1] == -(-kept // per) and (kept != kb or rows.shape[1] != -(-kb // per)):
-        return arr  # already cut
     vals = _unpack(rows, bits)[:, :kb]
     vals = vals[:, keep_blocks]
     pad = -vals.shape[1] % per

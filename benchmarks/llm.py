@@ -227,9 +227,9 @@ def depth_variants(model, analysis, budget, calib: np.ndarray, evals: np.ndarray
 # the post-training recipes compared for the auto rule (criterion, allocation, share of the cut
 # taken by whole blocks, recovery): FLAP (fluctuation + standardised global threshold + bias
 # compensation) and Kwon-style taylor-fo per MAC, with and without depth
-RECIPE_VARIANTS = (("flap", "standardised", 0.0, ()), ("flap", "standardised", 0.0, ("bias",)),
-                   ("flap", "standardised", 0.25, ("bias",)), ("taylor-fo", "per-mac", 0.25, ("bias",)),
-                   ("flap", "per-mac", 0.0, ()))
+RECIPE_VARIANTS = (("taylor-fo", "per-mac", 0.25, ("bias",)), ("flap", "standardised", 0.0, ("bias",)),
+                   ("flap", "standardised", 0.25, ("bias",)), ("flap", "standardised", 0.0, ()),
+                   ("taylor-fo", "per-mac", 0.25, ()))
 
 
 def recipe_variants(cache: Path, threads: int = 0, only: str = "") -> list[dict]:

@@ -27,6 +27,7 @@ from onnxprune.recipe import (
     Context,
     Recipe,
     RecipeError,
+    is_causal_lm,
     is_transformer,
     provider_name,
     resolve,
@@ -131,7 +132,9 @@ def resolve_for(recipe: Recipe, *, has_calib: bool, model: onnx.ModelProto | Non
             log.debug("no channel block for alignment: %s", exc)
             block = 1
     transformer = model is not None and is_transformer(model)
-    return resolve(recipe, Context(has_calib=has_calib, align_block=block, transformer=transformer))
+    causal_lm = model is not None and is_causal_lm(model)
+    return resolve(recipe, Context(has_calib=has_calib, align_block=block, transformer=transformer,
+                                   causal_lm=causal_lm))
 
 
 def compress(model: onnx.ModelProto, recipe: Recipe, *, calib: CalibrationData | None = None,
@@ -245,9 +248,27 @@ def _score(model: onnx.ModelProto, analysis: Analysis, r: Recipe, calib: Calibra
     step(label, None, None)
     if calib is None or not needs_data(r.criterion):
         return score_channels(model, analysis, r.criterion)
+    if r.loss == "next-token":  # a causal LM's own text: next-token cross-entropy on the windows
+        return _next_token_scores(model, analysis, r, calib, device)
     return score_channels(model, analysis, r.criterion, calib=calib, loss=r.loss, reduction=r.reduction,
                           batch_size=batch_size, device=device, flops_reg=r.flops_reg, projections=r.projections,
                           progress=lambda done, total: step(label, done, total))
+
+
+# token windows per backward pass when scoring a causal LM (activations over the vocabulary)
+LM_SCORE_BATCH = 2
+
+
+def _next_token_scores(model: onnx.ModelProto, analysis: Analysis, r: Recipe, calib: CalibrationData,
+                       device: str) -> dict:
+    from onnxprune.verify.lm_eval import next_token_taylor_scores
+
+    names = [k for k, v in calib.inputs.items() if getattr(v, "ndim", 0) == 2 and v.dtype.kind in "iu"]
+    if r.criterion != "taylor-fo" or len(calib.inputs) != 1 or len(names) != 1:
+        raise RecipeError("--loss next-token scores taylor-fo on a causal LM's token windows (one 2-D integer "
+                          f"input in --calib; got criterion {r.criterion}, inputs {', '.join(calib.inputs)})")
+    return next_token_taylor_scores(model, analysis, calib.inputs[names[0]], batch_size=LM_SCORE_BATCH,
+                                    device=device)
 
 
 def _allocate(model: onnx.ModelProto, analysis: Analysis, r: Recipe, scores: dict, step: Progress,

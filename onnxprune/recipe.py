@@ -33,7 +33,7 @@ else:  # pragma: no cover - Python 3.10
 AUTO = "auto"
 # DATA_FREE_CRITERIA, DATA_DRIVEN_CRITERIA and RECOVERY_METHODS are live views of the registries
 # (onnxprune.scoring.criteria, onnxprune.recovery.methods; neither imports torch): see __getattr__
-LOSSES = ("auto", "ce", "mse", "pseudo", "fisher")
+LOSSES = ("auto", "ce", "mse", "pseudo", "fisher", "next-token")  # next-token: a causal LM's own text
 REDUCTIONS = ("sum", "mean", "max")
 MODES = ("per-group", "global")
 RANKINGS = ("normalised", "per-mac", "standardised")  # standardised: FLAP, selection.standardised
@@ -375,6 +375,11 @@ def _check_depth(r: Recipe) -> None:
         raise RecipeError(words)
 
 
+# the auto recipe of a decoder LM with calibration windows (``is_causal_lm``), measured on
+# SmolLM2-135M at 20% of the non-embedding parameters (docs/llm.md)
+DECODER_LM: dict[str, Any] = {"criterion": "taylor-fo", "ranking": "per-mac", "recover": ("bias",), "depth": 0.25}
+
+
 @dataclass(frozen=True)
 class Context:
     """What ``resolve`` looks at: the data at hand and what the model is."""
@@ -418,25 +423,31 @@ def resolve(recipe: Recipe, ctx: Context) -> Recipe:
                 f"{recipe.method} training" if recipe.method != "criterion" else "recovery")
         raise RecipeError(f"{what} needs calibration data: give --calib")
     data = ctx.has_calib
-    kwon = data and ctx.transformer  # Kwon et al. 2022's post-training recipe for transformers
-    criterion = recipe.criterion if recipe.criterion != AUTO else ("taylor-so" if kwon else "taylor-fo" if data
-                                                                   else "l2")
-    loss = recipe.loss if recipe.loss != AUTO or criterion not in ("taylor-so", "taylor-fo") or not data else "fisher"
+    lm = data and ctx.causal_lm  # decoder LMs: DECODER_LM's recipe (docs/llm.md)
+    kwon = data and ctx.transformer and not lm  # Kwon et al. 2022's post-training recipe for transformers
+    criterion = recipe.criterion if recipe.criterion != AUTO else (
+        DECODER_LM["criterion"] if lm else "taylor-so" if kwon else "taylor-fo" if data else "l2")
+    loss = recipe.loss if recipe.loss != AUTO or criterion not in ("taylor-so", "taylor-fo") or not data else (
+        "next-token" if lm and criterion == "taylor-fo" else "fisher")
     projections = recipe.projections if recipe.projections != AUTO else (8 if kwon and loss == "fisher" else 1)
     weighting = recipe.recovery_weighting if recipe.recovery_weighting != AUTO else ("fisher" if kwon else "uniform")
     data_scores = _data_driven(criterion)
     mode = recipe.mode if recipe.mode != AUTO else ("global" if data_scores else "per-group")
-    ranking = recipe.ranking if recipe.ranking != AUTO else ("per-mac" if data_scores else "normalised")
+    ranking = recipe.ranking if recipe.ranking != AUTO else (
+        DECODER_LM["ranking"] if lm and criterion == DECODER_LM["criterion"] else
+        "per-mac" if data_scores else "normalised")
     align = recipe.align if recipe.align != AUTO else ctx.align_block
     recover = recipe.recover
     if recover == AUTO:
-        recover = (() if not data or recipe.method != "criterion" else ("lstsq", "scale") if kwon
+        recover = (() if not data or recipe.method != "criterion" else DECODER_LM["recover"] if lm
+                   else ("lstsq", "scale") if kwon
                    else ("lstsq",))
     budget_metric = recipe.target_flops is not None or recipe.target_params is not None
     limits = recipe.limits if recipe.limits != AUTO else (
         "sensitivity" if data and not ctx.transformer and budget_metric and data_scores
         else "none")
-    depth = recipe.depth if recipe.depth != AUTO else "off"
+    depth = recipe.depth if recipe.depth != AUTO else (
+        DECODER_LM["depth"] if lm and budget_metric else "off")
     if not isinstance(depth, str) and depth:
         if not data:
             raise RecipeError("depth pruning (--depth) scores blocks on calibration data: give --calib")

@@ -375,7 +375,7 @@ def test_requantize_is_a_recipe_field_and_a_cli_flag(nbits, monkeypatch, capsys,
 
     assert Recipe().requantize is False and "requantized" in Recipe(requantize=True).describe()
     out_path = tmp_path / "pruned.onnx"
-    code, out, err = cli(monkeypatch, capsys, "prune", nbits(32), "-o", str(out_path), "--ratio", "0.3",
+    code, _, err = cli(monkeypatch, capsys, "prune", nbits(32), "-o", str(out_path), "--ratio", "0.3",
                          "--criterion", "l2", "--requantize")
     assert code == 0, err
     pruned = onnx.load(out_path)

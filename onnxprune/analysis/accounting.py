@@ -11,7 +11,6 @@ contracted axis.
 
 from __future__ import annotations
 
-import math
 from collections import defaultdict
 
 import numpy as np

@@ -25,14 +25,13 @@ overlap, so costs of a set of blocks are computed over the union of their nodes
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import onnx
 
-from onnxprune.analysis.flops import FLOAT_TYPES, is_parameter, node_macs
+from onnxprune.analysis.flops import FLOAT_TYPES, node_macs, parameter_count
 from onnxprune.graph import GraphIndex, _has_subgraph, subgraph_inputs
 
 if TYPE_CHECKING:
@@ -143,7 +142,8 @@ def _between(index: GraphIndex, skip: str, branch: str) -> set[str]:
 
 
 def _exclusive_params(index: GraphIndex, nodes: set[str]) -> int:
-    """Elements of the float initializers that only ``nodes`` read."""
+    """Parameters of the initializers that only ``nodes`` read (``flops.parameter_count``: float
+    weights, and quantized ones as the float weights they stand for)."""
     seen: set[str] = set()
     total = 0
     for name in nodes:
@@ -151,8 +151,8 @@ def _exclusive_params(index: GraphIndex, nodes: set[str]) -> int:
             if inp in seen or inp not in index.initializers:
                 continue
             seen.add(inp)
-            if is_parameter(index.initializers[inp]) and all(u.name in nodes for u, _ in index.users(inp)):
-                total += math.prod(index.initializers[inp].dims)
+            if all(u.name in nodes for u, _ in index.users(inp)):
+                total += parameter_count(index, inp)
     return total
 
 

@@ -10,6 +10,8 @@ kernel ``MatMulNBitsQuantizer`` calls), symmetric when the node has no zero poin
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import onnx
 
@@ -72,7 +74,7 @@ def _requantize(model: onnx.ModelProto, index: GraphIndex, node: onnx.NodeProto,
         if zeros is not None:
             new[3] = q_zeros.reshape(-1) if zeros.ndim == 1 else q_zeros
         key = ("nbits_requantized", keep.tobytes(), n_kept)
-        edits = {(node.name, slot): (key, (lambda value: lambda _old: value)(value)) for slot, value in new.items()}
+        edits = {(node.name, slot): (key, _replaced_by(value)) for slot, value in new.items()}
         modified = apply_constant_edits(model, index, edits)
         set_attr(node, "K", k_new)
         modified = True
@@ -80,6 +82,10 @@ def _requantize(model: onnx.ModelProto, index: GraphIndex, node: onnx.NodeProto,
         set_attr(node, "N", n_kept)
         modified = True
     return modified
+
+
+def _replaced_by(value: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
+    return lambda _old: value
 
 
 def quantize_nbits(weight_kn: np.ndarray, bits: int, block_size: int, *, symmetric: bool

@@ -65,7 +65,7 @@ def test_sensitivity_limited_recipe_keeps_efficientnet_lite0_working(tmp_path) -
     plain = api.plan_to_budget(model, analysis, budget, scores=scores, align=align, ranking="per-mac")
     plain_agree, plain_cos = _quality(y0, _logits(api.apply_plan(model, analysis, plain.plan).model, x_eval))
     print({"limited": (agree, cos), "plain": (plain_agree, plain_cos)})
-    # measured on the object photographs (models.sample_images.EVAL_IMAGES): 0.63 / 0.87 (the plain
+    # measured on the object photographs (models.sample_images.EVAL_IMAGES): 0.59 / 0.88 (the plain
     # per-MAC allocation: 0.02 / 0.37, the stem cut to its half block)
     assert agree >= 0.4 and cos >= 0.8
     assert cos >= plain_cos + 0.1 and agree >= plain_agree

@@ -22,7 +22,7 @@ from tests.equivalence import assert_matches_masked, check_pruned_model
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from models.llm import export_causal_lm, export_causal_lm_with_cache, tiny_llama  # noqa: E402
+from models.llm import export_causal_lm, export_causal_lm_with_cache, tiny_llama
 
 # "gqa": 4 query heads of 16 over 2 KV heads, FFN of 256 (two blocks of 128); "distinct": 6 query
 # heads over 2 KV heads (3 each)
@@ -70,12 +70,12 @@ def forms(tmp_path_factory):
     return get
 
 
-def _layers(analysis):  # noqa: ANN001, ANN202
+def _layers(analysis):
     """(query-head group, KV-head group) per attention layer."""
     return [(analysis.group(q), analysis.group(kv)) for q, kv in group_parents(analysis).items()]
 
 
-def _equal_to_masked(model: onnx.ModelProto, analysis, plan: Plan, output: onnx.ModelProto) -> None:  # noqa: ANN001
+def _equal_to_masked(model: onnx.ModelProto, analysis, plan: Plan, output: onnx.ModelProto) -> None:
     feeds = random_inputs(model, seed=1, batch=2)
     want, got = run(masked_model(model, analysis, plan), feeds), run(output, feeds)
     for name, ref in want.items():
@@ -175,7 +175,7 @@ def test_cli_budgets_give_realizable_plans_on_every_gqa_form(forms, case, tmp_pa
     form, options, error = CLI_CASES[case]
     src = forms(form)
     out, plan_path = tmp_path / "out.onnx", tmp_path / "plan.json"
-    code, stdout, stderr = cli(monkeypatch, capsys, "prune", src, "-o", out, *options, "--no-measure",
+    code, _, stderr = cli(monkeypatch, capsys, "prune", src, "-o", out, *options, "--no-measure",
                                "--save-plan", plan_path)
     if error is not None:
         assert code == 1 and error in stderr and "unexpected" not in stderr, stderr
@@ -191,7 +191,7 @@ def test_cli_budgets_give_realizable_plans_on_every_gqa_form(forms, case, tmp_pa
 
 # -- 3. random plans through the public selection functions ---------------------------------------
 
-def _synthetic_table(analysis, base_ms: float = 10.0):  # noqa: ANN001, ANN202
+def _synthetic_table(analysis, base_ms: float = 10.0):
     """A latency table linear in every prunable group's kept units (no measurement)."""
     from onnxprune.selection.latency import LatencyTable
 
@@ -203,7 +203,7 @@ def _synthetic_table(analysis, base_ms: float = 10.0):  # noqa: ANN001, ANN202
                         base_ms=base_ms, groups=groups)
 
 
-def _random_plans(model: onnx.ModelProto, analysis, rng: np.random.Generator):  # noqa: ANN001, ANN202
+def _random_plans(model: onnx.ModelProto, analysis, rng: np.random.Generator):
     """Plans from every public selection function on random scores (unreachable budgets skipped)."""
     from onnxprune.scoring.similarity import similarity_plan
     from onnxprune.selection.budget import Budget, select_to_budget

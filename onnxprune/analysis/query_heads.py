@@ -121,7 +121,7 @@ def repair_keep(analysis: Analysis, keep: Mapping[str, tuple[int, ...]],
         if broken is None:
             return out
 
-        def rank(c: int) -> tuple[int, float, int]:
+        def rank(c: int, planned: np.ndarray = planned) -> tuple[int, float, int]:
             gid, i = position.get(c, (None, -1))
             score = float(scores[gid][i]) if scores is not None and gid in scores else 0.0
             return sum(bool(planned[p]) for p in parents_of[c]), -score, i

@@ -302,7 +302,7 @@ def prune(
         _SCORING, help=criteria_help("Default auto: taylor-fo with --calib, l2 without."))] = None,
     loss: Annotated[Optional[str], _opt(
         _SCORING, help="auto (labels if given, else the model's own predictions or a Fisher estimate), ce, "
-                       "mse, pseudo or fisher.")] = None,
+                       "mse, pseudo, fisher or next-token (taylor-fo on a causal LM's windows; its auto).")] = None,
     reduction: Annotated[Optional[str], _opt(
         _SCORING, help="A unit's score over its consumers: sum (default), mean, max.")] = None,
     flops_reg: Annotated[Optional[float], _opt(_SCORING, help="taylor-act: minus this x the FLOPs share.")] = None,
@@ -310,7 +310,8 @@ def prune(
     mode: Annotated[Optional[str], _opt(
         _ALLOCATION, help="--ratio: per-group or global. Default auto: global with data-driven scores.")] = None,
     ranking: Annotated[Optional[str], _opt(
-        _ALLOCATION, help="normalised (score / group mean) or per-mac (score per MAC saved). Default auto: "
+        _ALLOCATION, help="normalised (score / group mean), per-mac (score per MAC saved) or standardised "
+                          "(FLAP: each layer's scores standardised, one global threshold; budgets). Default auto: "
                           "per-mac with data-driven scores.")] = None,
     round_to: Annotated[Optional[int], _opt(
         _ALLOCATION, help="Kept counts in multiples of N (8 for TensorRT). Default 1.")] = None,

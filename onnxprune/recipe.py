@@ -413,10 +413,14 @@ def resolve(recipe: Recipe, ctx: Context) -> Recipe:
       label-free ``fisher`` loss over 8 projections, Fisher-weighted ``lstsq`` + ``scale``
       refits (on MiniLM at 0.67 of the MACs: held-out cosine 0.955 against 0.934);
     - ridge: chosen per layer on the held-out samples;
-    - depth: ``off``: residual blocks go only when asked (``depth = N`` blocks, or a fraction
-      of what the budget removes). On SmolLM2 at 20% of the parameters a quarter of the cut in
-      whole attention blocks lowered the perplexity by 6% against channels alone, half of it
-      raised it by 15%, blocks alone by 20x (docs/llm.md): one model, so not yet the default.
+    - decoder LMs with data (``is_causal_lm``): ``DECODER_LM``: ``taylor-fo`` under the
+      next-token cross-entropy of the windows (``loss = "next-token"``), ``per-mac`` ranking,
+      a quarter of the cut in whole residual blocks (``depth = 0.25``, budgets only) and FLAP's
+      ``bias`` compensation; on SmolLM2-135M at 20% of the non-embedding parameters it beat
+      FLAP's own recipe (fluctuation, standardised allocation, bias) and channels alone
+      (docs/llm.md);
+    - depth: otherwise ``off``: residual blocks go only when asked (``depth = N`` blocks, or a
+      fraction of what the budget removes).
     """
     if recipe.needs_data and not ctx.has_calib:
         what = (recipe.criterion if _data_driven(recipe.criterion) else

@@ -79,12 +79,12 @@ def select(analysis: Analysis, scores: Mapping[str, np.ndarray], options: Select
             order = np.lexsort((np.arange(g.size), -np.asarray(scores[g.id], dtype=np.float64)))
             keep[g.id] = tuple(sorted(order[:k].tolist()))
     keep = repair_keep(analysis, keep, scores)  # a layer keeps a query head of a kept KV head
+    from onnxprune.units import plan_options  # units builds on this module's keep rules
+
     plan = Plan(
         fingerprint=analysis.fingerprint, keep=keep, sizes={gid: analysis.group(gid).size for gid in keep},
         criterion=criterion,
-        options={"ratio": options.ratio, "mode": options.mode, "round_to": options.round_to,
-                 "min_channels": options.min_channels, "max_ratio": options.max_ratio,
-                 **align_option(options.align), **ranking_option(options.ranking)},
+        options=plan_options(options, {"ratio": options.ratio, "mode": options.mode}),
     )
     plan.validate(analysis)
     return plan

@@ -257,6 +257,7 @@ def _score(model: onnx.ModelProto, analysis: Analysis, r: Recipe, calib: Calibra
 
 # token windows per backward pass when scoring a causal LM (activations over the vocabulary)
 LM_SCORE_BATCH = 2
+LM_RECOVERY_BATCH = 4  # token windows per onnxruntime run in a decoder LM's recovery
 
 
 def _next_token_scores(model: onnx.ModelProto, analysis: Analysis, r: Recipe, calib: CalibrationData,
@@ -403,7 +404,11 @@ def _recover(original: onnx.ModelProto, pruned: onnx.ModelProto, analysis: Analy
 def _recovery_options(r: Recipe) -> dict[str, Any]:
     """The recipe's held-out recovery settings, as ``recovery.recover`` takes them (ridge
     None: chosen on the held-out samples)."""
-    return {"ridge": None if r.ridge == "auto" else float(r.ridge), "holdout": r.holdout, "augment": r.augment}
+    options = {"ridge": None if r.ridge == "auto" else float(r.ridge), "holdout": r.holdout, "augment": r.augment}
+    if r.loss == "next-token":  # a decoder LM: logits are [batch, seq, vocab], so few windows per run, and
+        # FLAP's bias compensation from the original's means (as docs/llm.md measured it)
+        options.update(batch_size=LM_RECOVERY_BATCH, bias_means="original")
+    return options
 
 
 def _recovery_line(report: dict) -> str:

@@ -36,6 +36,7 @@ from onnxprune.analysis import Analysis
 from onnxprune.io.calib_data import CalibrationData, CalibrationError
 from onnxprune.scoring.criteria import get_criterion, names, register_criterion
 from onnxprune.scoring.gates import GateLayout, Gates, gate_layout
+from onnxprune.scoring import fluctuation
 from onnxprune.errors import ScoringError
 from onnxprune.graph import GraphIndex, static_batch
 
@@ -343,3 +344,8 @@ def _normalise_per_group(scores: dict[str, np.ndarray], analysis: Analysis, flop
             s = s - flops_reg * analysis.group(gid).unit_macs / max_macs
         out[gid] = s
     return out
+
+
+register_criterion("flap", help="FLAP (An et al. 2024): variance of the unit's input over the calibration "
+                   "data x squared norm of its weight column; no gradients", needs_data=True,
+                   needs="calibration inputs (onnxruntime only)", score=fluctuation.criterion_score)

@@ -45,8 +45,7 @@ class Criterion:
     needs: str = "the weights"
 
 
-CRITERIA: Registry[Criterion] = Registry(
-    "criterion", ("onnxprune.scoring.data_free", "onnxprune.scoring.calibrated", "onnxprune.scoring.fluctuation"))
+CRITERIA: Registry[Criterion] = Registry("criterion", ("onnxprune.scoring.data_free", "onnxprune.scoring.calibrated"))
 
 
 def register_criterion(name: str, *, help: str, needs_data: bool = False, needs: str | None = None,  # noqa: A002

@@ -24,7 +24,6 @@ import onnx
 from onnxprune.analysis import Analysis
 from onnxprune.graph import GraphIndex
 from onnxprune.io.calib_data import CalibrationData
-from onnxprune.scoring.criteria import register_criterion
 
 
 def fluctuation_scores(model: onnx.ModelProto, analysis: Analysis, data: CalibrationData, *, batch_size: int = 4,
@@ -80,10 +79,7 @@ MAX_BATCH = 4
 def criterion_score(model: onnx.ModelProto, analysis: Analysis, data: CalibrationData, *, batch_size: int = MAX_BATCH,
                     progress: Callable[[int, int], None] | None = None, **_: Any) -> dict[str, np.ndarray]:
     """``fluctuation_scores`` with the data-driven criterion signature (``scoring.criteria``), in
-    batches of at most ``MAX_BATCH`` (registered as ``flap``)."""
+    batches of at most ``MAX_BATCH`` (registered as ``flap`` by ``scoring.calibrated``, after the
+    gate criteria, so the registry's order does not depend on which module is imported first)."""
     return fluctuation_scores(model, analysis, data, batch_size=min(batch_size, MAX_BATCH), progress=progress)
 
-
-register_criterion("flap", help="FLAP (An et al. 2024): variance of the unit's input over the calibration "
-                   "data x squared norm of its weight column; no gradients", needs_data=True,
-                   needs="calibration inputs (onnxruntime only)", score=criterion_score)

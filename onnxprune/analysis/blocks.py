@@ -61,12 +61,13 @@ def find_blocks(model: onnx.ModelProto, index: GraphIndex | None = None) -> list
     index = index or GraphIndex(model)
     order = {n.name: k for k, n in enumerate(model.graph.node)}
     outputs = set(index.graph_outputs)
+    live = _live_nodes(model)  # an exporter may leave nodes nothing reads: they keep no branch alive
     blocks = []
     for node in model.graph.node:
-        if node.op_type != "Add" or len(node.input) != 2:
+        if node.op_type != "Add" or len(node.input) != 2 or node.name not in live:
             continue
         for slot in (0, 1):
-            block = _block_at(index, node, slot, outputs, order)
+            block = _block_at(index, node, slot, outputs, order, live)
             if block is not None:
                 blocks.append(block)
                 break
@@ -74,7 +75,7 @@ def find_blocks(model: onnx.ModelProto, index: GraphIndex | None = None) -> list
 
 
 def _block_at(index: GraphIndex, add: onnx.NodeProto, skip_slot: int, outputs: set[str],
-              order: dict[str, int]) -> ResidualBlock | None:
+              order: dict[str, int], live: set[str]) -> ResidualBlock | None:
     """The block of ``add`` with input ``skip_slot`` as the skip, or None when it is not one."""
     skip, branch = add.input[skip_slot], add.input[1 - skip_slot]
     if not skip or not branch or skip == branch or index.is_const(skip) or index.is_const(branch):
@@ -84,7 +85,7 @@ def _block_at(index: GraphIndex, add: onnx.NodeProto, skip_slot: int, outputs: s
     x_shape, y_shape = index.shape(skip), index.shape(add.output[0])
     if x_shape is None or y_shape is None or x_shape != y_shape or None in x_shape:
         return None
-    dead = _exclusive_nodes(index, branch, outputs)
+    dead = _exclusive_nodes(index, branch, outputs, live)
     between = _between(index, skip, branch)
     if not between or not between <= dead:
         return None
@@ -99,9 +100,14 @@ def _block_at(index: GraphIndex, add: onnx.NodeProto, skip_slot: int, outputs: s
                          nodes=tuple(sorted(dead, key=order.__getitem__)), params=params, macs=macs)
 
 
-def _exclusive_nodes(index: GraphIndex, branch: str, outputs: set[str]) -> set[str]:
-    """The nodes that become dead once the Add stops reading ``branch`` (one read less)."""
-    left: dict[str, int] = {branch: len(index.users(branch)) - 1}
+def _exclusive_nodes(index: GraphIndex, branch: str, outputs: set[str], live: set[str]) -> set[str]:
+    """The live nodes that become dead once the Add stops reading ``branch`` (one read less;
+    readers that are not live do not count)."""
+
+    def readers(tensor: str) -> int:
+        return sum(1 for user, _ in index.users(tensor) if user.name in live)
+
+    left: dict[str, int] = {branch: readers(branch) - 1}
     dead: set[str] = set()
     stack = [branch]
     while stack:
@@ -109,12 +115,12 @@ def _exclusive_nodes(index: GraphIndex, branch: str, outputs: set[str]) -> set[s
         producer = index.producer.get(tensor)
         if producer is None or producer.name in dead:
             continue
-        if any(o and (o in outputs or left.setdefault(o, len(index.users(o))) > 0) for o in producer.output):
+        if any(o and (o in outputs or left.setdefault(o, readers(o)) > 0) for o in producer.output):
             continue
         dead.add(producer.name)
         for name in producer.input:
             if name:
-                left[name] = left.setdefault(name, len(index.users(name))) - 1
+                left[name] = left.setdefault(name, readers(name)) - 1
                 if left[name] == 0:
                     stack.append(name)
     return dead
@@ -207,7 +213,8 @@ def block_cost_model(model: onnx.ModelProto, analysis: Analysis, removed: Sequen
 
 
 def _live_nodes(model: onnx.ModelProto) -> set[str]:
-    """Names of the nodes a graph output depends on."""
+    """Names of the nodes a graph output depends on (the legacy exporter leaves unused Shape
+    nodes on attention tensors: they must not keep a branch alive)."""
     index = GraphIndex(model)
     live: set[str] = set()
     stack = [index.producer[o] for o in index.graph_outputs if o in index.producer]

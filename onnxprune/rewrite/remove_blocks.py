@@ -30,7 +30,9 @@ class RemoveBlocksPass(Pass):
 
     def call(self, model: onnx.ModelProto, removal: Removal) -> PassResult:
         index = GraphIndex(model)
-        present = [name for name in self.blocks if name in index.nodes and index.nodes[name].op_type == "Add"]
+        outputs = set(index.graph_outputs)
+        present = [name for name in self.blocks if name in index.nodes and index.nodes[name].op_type == "Add"
+                   and _still_read(index, index.nodes[name].output[0], outputs)]  # bypassed already: nothing to do
         if not present:
             return PassResult(model, False)
         return PassResult(model, bypass_blocks(index, blocks_by_name(model, present, index)))
@@ -61,3 +63,8 @@ def _resolve(name: str, rename: dict[str, str]) -> str:
     while name in rename:
         name = rename[name]
     return name
+
+
+def _still_read(index: GraphIndex, tensor: str, outputs: set[str]) -> bool:
+    """Whether ``tensor`` is a graph output or read by a node (a bypassed block's Add is not)."""
+    return tensor in outputs or bool(index.users(tensor))

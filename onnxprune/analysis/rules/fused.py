@@ -380,7 +380,7 @@ def fused_matmul(node: onnx.NodeProto, ctx: RuleContext) -> None:
         (matmul if ctx.is_const(b) else _dynamic_matmul)(node, ctx)
         return
     if not ctx.is_const(b):
-        _dynamic_matmul_bt(node, ctx)
+        _dynamic_matmul(node, ctx, transpose_b=True)
         return
     shape = ctx.index.const_shape(b) or ()
     if len(shape) != 2:
@@ -398,33 +398,6 @@ def fused_matmul(node: onnx.NodeProto, ctx: RuleContext) -> None:
     out = ctx.new_elements(int(shape[0]))
     ctx.param(1, 0, out, "producer", is_weight=True)
     ctx.set_space(y, ra - 1, out)
-
-
-def _dynamic_matmul_bt(node: onnx.NodeProto, ctx: RuleContext) -> None:
-    """A @ B^T of two computed tensors (attention scores): batch axes couple, the contracted
-    axes (A's last, B's last) couple and are consumed, A's rows and B's rows pass."""
-    a, b, y = node.input[0], node.input[1], node.output[0]
-    ra, rb, ry = rank_of(ctx, a), rank_of(ctx, b), rank_of(ctx, y)
-    if ra < 2 or rb < 2:
-        raise Unsupported("FusedMatMul with a rank-1 operand")
-    batch_axes = {ax + ry - ra for ax in ctx.spaces_of(a) if ax < ra - 2}
-    batch_axes |= {ax + ry - rb for ax in ctx.spaces_of(b) if ax < rb - 2}
-    for out_axis in sorted(batch_axes):
-        ctx.set_space(y, out_axis, couple_axis(node, ctx, out_axis, ry))
-    ka, kb = ctx.spaces_of(a).get(ra - 1), ctx.spaces_of(b).get(rb - 1)
-    if ka is not None or kb is not None:
-        size = len(ka if ka is not None else kb)
-        reason = "the other operand of this FusedMatMul is not produced by a prunable op"
-        ka = ka if ka is not None else ctx.opaque(a, ra - 1, size, reason)
-        kb = kb if kb is not None else ctx.opaque(b, rb - 1, size, reason)
-        ctx.union(ka, kb)
-        ctx.consumer(0, ra - 1, ka)
-        ctx.consumer(1, rb - 1, kb)
-    if ra - 2 in ctx.spaces_of(a):
-        ctx.set_space(y, ry - 2, ctx.spaces_of(a)[ra - 2])
-    if rb - 2 in ctx.spaces_of(b):
-        ctx.set_space(y, ry - 1, ctx.spaces_of(b)[rb - 2])
-    ctx.mac_axes[node.name] = list(ctx.spaces_of(y).values()) + ([ka] if ka is not None else [])
 
 
 # -- onnxruntime's graph optimizer (SessionOptions.optimized_model_filepath) -------------------

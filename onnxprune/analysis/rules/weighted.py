@@ -193,33 +193,35 @@ def _transposed_weight(ctx: RuleContext, name: str) -> onnx.NodeProto | None:
     return node
 
 
-def _dynamic_matmul(node: onnx.NodeProto, ctx: RuleContext) -> None:
+def _dynamic_matmul(node: onnx.NodeProto, ctx: RuleContext, transpose_b: bool = False) -> None:
     """MatMul of two computed tensors (attention scores, context): batch axes (heads)
     pass through and couple A with B; the contracted axis is mixed (a consumer of both
-    sides, coupled); A's rows and B's columns pass through."""
+    sides, coupled); A's rows and B's columns pass through. ``transpose_b``: A @ B^T
+    (FusedMatMul's transB), B's last axis is contracted and its rows pass."""
     a, b, y = node.input[0], node.input[1], node.output[0]
     if ctx.is_const(a):
-        raise Unsupported("MatMul with a constant left operand")
+        raise Unsupported(f"{node.op_type} with a constant left operand")
     ra, rb, ry = rank_of(ctx, a), rank_of(ctx, b), rank_of(ctx, y)
     if ra < 2 or rb < 2:
-        raise Unsupported("MatMul with a rank-1 operand")
+        raise Unsupported(f"{node.op_type} with a rank-1 operand")
+    b_in, b_out = (rb - 1, rb - 2) if transpose_b else (rb - 2, rb - 1)
     batch_axes = {ax + ry - ra for ax in ctx.spaces_of(a) if ax < ra - 2}
     batch_axes |= {ax + ry - rb for ax in ctx.spaces_of(b) if ax < rb - 2}
     for out_axis in sorted(batch_axes):
         ctx.set_space(y, out_axis, couple_axis(node, ctx, out_axis, ry))
-    ka, kb = ctx.spaces_of(a).get(ra - 1), ctx.spaces_of(b).get(rb - 2)
+    ka, kb = ctx.spaces_of(a).get(ra - 1), ctx.spaces_of(b).get(b_in)
     if ka is not None or kb is not None:
         size = len(ka if ka is not None else kb)
-        reason = "the other operand of this MatMul is not produced by a prunable op"
+        reason = f"the other operand of this {node.op_type} is not produced by a prunable op"
         ka = ka if ka is not None else ctx.opaque(a, ra - 1, size, reason)
-        kb = kb if kb is not None else ctx.opaque(b, rb - 2, size, reason)
+        kb = kb if kb is not None else ctx.opaque(b, b_in, size, reason)
         ctx.union(ka, kb)
         ctx.consumer(0, ra - 1, ka)
-        ctx.consumer(1, rb - 2, kb)
+        ctx.consumer(1, b_in, kb)
     if ra - 2 in ctx.spaces_of(a):
         ctx.set_space(y, ry - 2, ctx.spaces_of(a)[ra - 2])
-    if rb - 1 in ctx.spaces_of(b):
-        ctx.set_space(y, ry - 1, ctx.spaces_of(b)[rb - 1])
+    if b_out in ctx.spaces_of(b):
+        ctx.set_space(y, ry - 1, ctx.spaces_of(b)[b_out])
     # MACs = |output| x K: they scale with every live output axis and the contracted one
     ctx.mac_axes[node.name] = list(ctx.spaces_of(y).values()) + ([ka] if ka is not None else [])
 

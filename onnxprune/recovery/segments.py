@@ -120,7 +120,7 @@ class Cursor:
         """Run ``segment`` (consecutive nodes of ``model``) on the cached values, batch by batch
         (``budget``: raise ``_TooLarge`` when the first batch projects the cache past ``MAX_BYTES``)."""
         sub, inputs = _sub_model(model, segment, outputs, self.values)
-        sess = session(sub)
+        sess = session(sub, quiet=True)  # a failure falls back to whole-model runs: not an error to show
         n = len(self.calib)
         bs = static_batch(model) or self.batch_size
         parts: dict[str, list[np.ndarray]] = {o: [] for o in outputs}

@@ -181,6 +181,38 @@ def test_inputs_without_a_leading_batch_axis_are_fed_whole():
     assert batch_axes(fixed) == {"x": 0}  # a fixed batch of 1: state's axis 0 (2) is not it
 
 
+def test_run_batched_keeps_each_run_s_outputs_small(monkeypatch):
+    """A dynamic batch whose outputs are large per sample (a causal LM's logits) runs in chunks
+    of at most RUN_BYTES of outputs, and gives what one run gives."""
+    import onnxprune.verify.compare as compare
+
+    rng = np.random.default_rng(1)
+    feeds = {"x": rng.standard_normal((30, 4)).astype(np.float32),
+             "state": rng.standard_normal((2, 30, 4)).astype(np.float32), "gain": np.float32(3.0)}
+    whole = compare.run_batched(_stateful_model(), feeds)["y"]
+    runs = []
+    real_session = compare.session
+
+    def counting_session(*args, **kwargs):
+        sess = real_session(*args, **kwargs)
+
+        class Counted:
+            def get_outputs(self):
+                return sess.get_outputs()
+
+            def run(self, names, feed):
+                runs.append(len(feed["x"]))
+                return sess.run(names, feed)
+
+        return Counted()
+
+    monkeypatch.setattr(compare, "session", counting_session)
+    monkeypatch.setattr(compare, "RUN_BYTES", 7 * 4 * 4)  # one sample's y is 4 floats: 7 samples a run
+    chunked = compare.run_batched(_stateful_model(), feeds)["y"]
+    np.testing.assert_array_equal(chunked, whole)
+    assert runs == [1, 7, 7, 7, 7, 7]  # the one-sample probe, then chunks of 7 (the last padded, then cut)
+
+
 def test_verify_explains_inputs_the_model_cannot_run_on():
     from onnxprune.errors import ModelRunError
 

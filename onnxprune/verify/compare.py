@@ -64,10 +64,14 @@ def load_inputs(path: str | os.PathLike[str], model: onnx.ModelProto) -> Feeds:
     return {n: data[n] for n in names}
 
 
+RUN_BYTES = 256 << 20  # outputs per onnxruntime run in run_batched (memory grows with it)
+
+
 def run_batched(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray], *, chunk: int = 256,
                 optimize: bool = False) -> dict[str, np.ndarray]:
-    """Outputs for every sample of ``feeds``: in chunks of the model's fixed batch size (or of
-    ``chunk`` samples for a dynamic batch), concatenated. Exact (optimisations off) by default."""
+    """Outputs for every sample of ``feeds``: in chunks of the model's fixed batch size (or, for
+    a dynamic batch, of ``chunk`` samples, fewer where one sample's outputs are large: at most
+    ``RUN_BYTES`` of outputs per run), concatenated. Exact (optimisations off) by default."""
     from onnxprune.graph import batch_axes, static_batch
 
     sess = session(model, optimize=optimize)
@@ -76,6 +80,9 @@ def run_batched(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray], *, chun
     axes = {k: a for k, a in batch_axes(model).items() if k in feeds and feeds[k].ndim > a}
     n = min((feeds[k].shape[a] for k, a in axes.items()), default=0)
     step = static_batch(model) or chunk
+    if not static_batch(model) and n > 1:  # a causal LM's logits are [batch, seq, vocab]: size the chunks
+        one = sess.run(names, {k: np.take(v, [0], axis=axes[k]) if k in axes else v for k, v in feeds.items()})
+        step = max(1, min(step, RUN_BYTES // max(1, sum(o.nbytes for o in one))))
     if n == 0 or n == step or (n < step and not static_batch(model)):
         return dict(zip(names, sess.run(names, feeds)))
     parts: list[list[np.ndarray]] = [[] for _ in names]

@@ -123,12 +123,7 @@ class _LearnedThreshold(TrainHooks):
                 plan = select_to_budget(s.model, s.analysis, units.per_group(sal), Budget("flops", s.target),
                                         round_to=costs.options.round_to, min_channels=costs.options.min_channels,
                                         max_ratio=costs.options.max_ratio).plan
-                removed = np.zeros(units.n_units, dtype=bool)
-                for gi, g in enumerate(units.groups):
-                    if g.id in plan.keep:
-                        idx = units.units_of(gi)
-                        removed[idx] = True
-                        removed[idx[list(plan.keep[g.id])]] = False
+                removed = units.removed_mask(plan)
                 s.note(f"the learned cut keeps {flops / costs.original:.1%} of the FLOPs and scaling its counts "
                        f"cannot meet the budget: units were chosen by one global saliency ranking instead")
         elif flops < 0.9 * s.target:

@@ -89,6 +89,29 @@ def test_legal_keep_count_aligns_down_only_where_legal():
     assert legal_keep_count(heads, 6, SelectionOptions(ratio=0.0, round_to=8)) == 6
     with pytest.raises(SelectionError, match="align"):
         SelectionOptions(ratio=0.0, align=0)
+    # a group of one aligned block stays whole: an off-block count loses the blocked kernels
+    block = group(16)
+    assert legal_keep_count(block, 11, SelectionOptions(ratio=0.0, align=16)) == 16
+    assert legal_keep_count(block, 11, SelectionOptions(ratio=0.0, align=8)) == 8
+    assert legal_keep_count(group(12), 5, SelectionOptions(ratio=0.0, align=16)) == 5  # already off the block
+
+
+def test_budget_out_of_aligned_reach_takes_the_coarsest_finer_block(tmp_path):
+    """conv_lstm's only prunable group is one block of 16 channels: at block 16 no cut is possible,
+    so the allocation falls back to block 8 (not to off-block counts, which ran 0.92x) and says so."""
+    from models.zoo import export_onnx
+    from onnxprune.compress import compress
+    from onnxprune.recipe import Recipe
+
+    export_onnx("conv_lstm", tmp_path / "conv_lstm.onnx")  # the real widths: a first conv of 16 channels
+    model = load(tmp_path / "conv_lstm.onnx")
+    result = compress(model, Recipe(target_flops=0.75, align=16, measure=False))
+    kept = {gid: len(k) for gid, k in result.plan.keep.items()}
+    assert kept and all(n % 8 == 0 for n in kept.values()), kept
+    assert any("aligned to 8 channels instead" in n for n in result.notes), result.notes
+    half = compress(load(tmp_path / "conv_lstm.onnx"), Recipe(target_flops=0.5, align=16, measure=False))
+    assert all(len(k) % 4 == 0 for k in half.plan.keep.values()), (half.plan.keep, half.notes)
+    assert 2 * half.after.macs <= 0.5 * 2 * result.before.macs
 
 
 @pytest.mark.parametrize("name", ["resnet18", "mobilenetv2"])
@@ -97,8 +120,9 @@ def test_aligned_budget_keeps_block_multiples_and_fits(name):
 
     model = load(zoo_path(name))
     analysis = analyze(model)
-    plain = plan_to_budget(model, analysis, Budget("flops", 0.5), round_to=8)
-    aligned = plan_to_budget(model, analysis, Budget("flops", 0.5), round_to=8, align=16)
+    # 0.6: the test widths (0.5) leave 16-channel groups, one block each, which aligned plans keep whole
+    plain = plan_to_budget(model, analysis, Budget("flops", 0.6), round_to=8)
+    aligned = plan_to_budget(model, analysis, Budget("flops", 0.6), round_to=8, align=16)
     assert aligned.achieved <= aligned.target and aligned.plan.options["align"] == 16
     assert "align" not in plain.plan.options  # default plans are unchanged
     result = apply_plan(model, analysis, aligned.plan)
@@ -109,7 +133,9 @@ def test_aligned_budget_keeps_block_multiples_and_fits(name):
         assert kept % 8 == 0 or kept == g.size * g.unit_width
         if kept % 16 and kept < g.size * g.unit_width:
             off_block += 1
-            assert kept == 8  # only where no multiple of 16 below is legal
+            assert (g.size * g.unit_width) % 16, (g.id, kept)  # only groups already off the block
+        if g.size * g.unit_width == 16:
+            assert kept == 16  # one aligned block stays whole
     plain_off = sum(1 for gid, k in plain.plan.keep.items() if (len(k) * analysis.group(gid).unit_width) % 16)
     assert plain_off > off_block
     check_pruned_model(result.model, model)

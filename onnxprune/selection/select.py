@@ -13,7 +13,9 @@ multiple, so a count between two multiples costs the latency of the one above. W
 the group's lowest-scoring units) whenever that count is still legal (a multiple of
 ``round_to`` within ``min_channels`` / ``max_ratio``); otherwise it goes *up* to the next
 multiple when that still prunes the group (the padded channels would cost as much as kept
-ones), and stays as rounded in a group of a single block.
+ones); a group of a single aligned block is kept whole (an off-block count loses the blocked
+kernels: the zoo's conv_lstm ran 0.92x with its 16-channel group cut to 11), and a group that
+is already off the block stays as rounded.
 onnxruntime's CPU convolutions (MLAS NCHWc) use blocks of 16 channels on AVX-512 and 8 on
 AVX2: ``onnxprune.selection.latency.channel_block`` reports the block of this machine.
 """
@@ -148,10 +150,14 @@ def legal_keep_count(g: Group, k: int, options: SelectionOptions, max_ratio: flo
         if down >= floor and down % step == 0:
             k = down
         else:  # padded channels cost as much as kept ones: keep the whole block instead, where
-            # that still prunes the group (a group of one block stays at the legal count below)
+            # that still prunes the group; a group of one aligned block stays whole (an off-block
+            # count loses the blocked kernels: the pruned model would run slower); a group already
+            # off the block stays at the legal count below
             up = math.ceil(k / a_step) * a_step
             if up < g.size and up % step == 0:
                 k = up
+            elif (g.size * width) % options.align == 0:
+                k = g.size
     return k
 
 

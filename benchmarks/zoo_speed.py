@@ -7,8 +7,9 @@ the MACs, measured with the speed check that ends ``prune`` (``onnxprune.verify.
 
 Each zoo model (``models.zoo``; the registry's input shapes, ``--width`` 1.0: the real
 widths) is exported to ONNX (BatchNorm kept), scored with l2 and allocated to each FLOPs
-target by ``onnxprune.api.plan_to_budget(..., criterion='l2',
-align=latency.resolve_align('auto'))``: what the default recipe does without data. The
+target by the plain command without data (``onnxprune.compress.compress(model,
+Recipe(target_flops=T))``: l2, aligned to ``latency.resolve_align('auto')``, falling back to
+a finer block where the aligned counts cannot reach the target). The
 original and the pruned model are timed by ``speedcheck.measure_speedup`` with a longer
 budget (``--budget`` seconds of paired rounds, ``--repeat`` times; the median repeat is
 reported, with the lowest and highest) on onnxruntime CPU. Rows say whether the pruned model
@@ -34,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
 
 HEAVY_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul", "FusedConv", "FusedGemm", "FusedMatMul", "LSTM")
 
@@ -94,10 +96,9 @@ def measure(original, pruned, feeds, args) -> dict[str, Any]:  # noqa: ANN001
 
 def zoo_rows(args, names: list[str]) -> list[dict[str, Any]]:  # noqa: ANN001
     from models import make_inputs
-    from onnxprune.analysis import analyze
-    from onnxprune.api import apply_plan, plan_to_budget, score_channels
-    from onnxprune.selection.budget import Budget
+    from onnxprune.compress import compress
     from onnxprune.errors import OnnxPruneError
+    from onnxprune.recipe import Recipe
     from onnxprune.selection.latency import resolve_align
 
     block = resolve_align("auto")
@@ -106,24 +107,22 @@ def zoo_rows(args, names: list[str]) -> list[dict[str, Any]]:  # noqa: ANN001
     for name in names:
         model = export(name, args.width)
         feeds = make_inputs(name)
-        analysis = analyze(model)
-        scores = score_channels(model, analysis, "l2")
         share = heavy_share(model, feeds, args.threads)
         for target in targets:
-            row: dict[str, Any] = {"model": name, "target": target, "align": block,
-                                   "prunable_groups": len(analysis.prunable_groups), "heavy_share": share}
-            try:
-                reached = plan_to_budget(model, analysis, Budget("flops", target), criterion="l2", scores=scores,
-                                         align=block)
+            row: dict[str, Any] = {"model": name, "target": target, "align": block, "heavy_share": share}
+            copy = onnx.ModelProto()
+            copy.CopyFrom(model)  # compress rewrites its input in place when it neither recovers nor measures
+            try:  # the plain command without data: `prune model.onnx --target-flops T`
+                result = compress(copy, Recipe(target_flops=target, measure=False))
             except OnnxPruneError as exc:
                 row.update(status="unreachable", note=str(exc))
                 rows.append(row)
                 print(json.dumps(row), flush=True)
                 continue
-            pruned = apply_plan(model, analysis, reached.plan).model
-            row.update(status="measured", macs_ratio=reached.achieved / reached.original,
-                       pruned_groups=len(reached.plan.keep), off_block=off_block(analysis, reached.plan, block),
-                       **measure(model, pruned, feeds, args))
+            row.update(status="measured", prunable_groups=len(result.analysis.prunable_groups),
+                       macs_ratio=result.after.macs / result.before.macs, pruned_groups=len(result.plan.keep),
+                       off_block=off_block(result.analysis, result.plan, block), notes=list(result.notes),
+                       **measure(model, result.model, feeds, args))
             rows.append(row)
             print(json.dumps(row), flush=True)
     return rows
@@ -195,7 +194,7 @@ def main() -> None:
     result = {
         "command": "python -m benchmarks.zoo_speed " + " ".join(
             f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k != "out"),
-        "allocation": "plan_to_budget(criterion='l2', align=resolve_align('auto'))",
+        "allocation": "compress(model, Recipe(target_flops=T)): the plain command without data",
         "timing": "speedcheck.measure_speedup: paired rounds, fastest run per block, median ratio; "
                   "median of --repeat measurements",
         "onnxruntime": ort.__version__, "machine": platform.machine(), "cpus": os.cpu_count(),

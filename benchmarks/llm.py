@@ -229,7 +229,11 @@ def depth_variants(model, analysis, budget, calib: np.ndarray, evals: np.ndarray
 # compensation) and Kwon-style taylor-fo per MAC, with and without depth
 RECIPE_VARIANTS = (("taylor-fo", "per-mac", 0.25, ("bias",)), ("flap", "standardised", 0.0, ("bias",)),
                    ("flap", "standardised", 0.25, ("bias",)), ("flap", "standardised", 0.0, ()),
-                   ("taylor-fo", "per-mac", 0.25, ()))
+                   ("taylor-fo", "per-mac", 0.25, ()),
+                   # least-squares refits of the consumers (o_proj, down_proj; ThiNet / Kwon et al.),
+                   # bias compensation where a refit is refused
+                   ("taylor-fo", "per-mac", 0.25, ("lstsq", "bias")), ("taylor-fo", "per-mac", 0.25, ("scale", "bias")),
+                   ("taylor-fo", "per-mac", 0.0, ("lstsq", "bias")), ("taylor-fo", "per-mac", 0.25, ("lstsq",)))
 
 
 def recipe_variants(cache: Path, threads: int = 0, only: str = "") -> list[dict]:
@@ -284,8 +288,12 @@ def recipe_variants(cache: Path, threads: int = 0, only: str = "") -> list[dict]
             t1 = time.perf_counter()
             pruned, report = recover(model, pruned, analysis, reached.plan, data, methods=methods,
                                      holdout=RECOVERY_HOLDOUT, batch_size=RECOVERY_BATCH,
-                                     bias_means=RECOVERY_BIAS_MEANS)
-            row.update(recover_s=round(time.perf_counter() - t1, 1), recovery_summary=summary_line(report))
+                                     bias_means=RECOVERY_BIAS_MEANS, progress=lambda done, steps, node: print(
+                                         f"  recovery {done}/{steps} {node} {time.perf_counter() - t1:.0f} s",
+                                         flush=True))
+            row.update(recover_s=round(time.perf_counter() - t1, 1), recovery_summary=summary_line(report),
+                       steps={f"{m} {status}": sum(s["status"] == status and s["method"] == m for s in report["steps"])
+                              for m in methods for status in ("updated", "refused")})
         out = cache / f"smollm2_{name}.onnx"
         save_model(pruned, out)
         row["params"] = model_cost(pruned).params

@@ -680,9 +680,19 @@ def verify(
     else:
         feeds = None  # verify draws random samples (at the --input-shape set above)
     with _steps(False) as progress:
-        report = _run_step(progress, "running both models", run_verify, mo, mp, feeds, labels=label_arr, runs=runs,
-                           providers=provider_list, batch_sizes=sizes, warmup=warmup, threads=threads,
-                           original_path=original, pruned_path=pruned)
+        task = progress.add_task("running both models", total=None)
+
+        def advance(what: str, done: int, total: int) -> None:  # a line per step where no live display shows
+            progress.update(task, description=escape(what), completed=done, total=total)
+            if progress.disable:
+                err.print(escape(f"verify: {what}: {done}/{total}"), highlight=False, soft_wrap=True)
+
+        try:
+            report = run_verify(mo, mp, feeds, labels=label_arr, runs=runs, providers=provider_list,
+                                batch_sizes=sizes, warmup=warmup, threads=threads, original_path=original,
+                                pruned_path=pruned, progress=advance)
+        finally:
+            progress.remove_task(task)
     if report.get("inputs") == "random":
         console.print(f"note: compared on {report['samples']} random samples (no --inputs or --calib): "
                       "agreement only", highlight=False)

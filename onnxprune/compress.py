@@ -22,6 +22,7 @@ from onnxprune.analysis import Analysis, analyze
 from onnxprune.errors import SelectionError
 from onnxprune.analysis.flops import Cost, model_cost
 from onnxprune.plan import Plan
+from onnxprune.runtime.memory import release
 from onnxprune.scoring.criteria import needs_data
 from onnxprune.recipe import (
     Context,
@@ -187,7 +188,9 @@ def compress(model: onnx.ModelProto, recipe: Recipe, *, calib: CalibrationData |
             reference = _in_memory(model)
     step("rewriting the graph", None, None)
     result = apply_plan(model, analysis, plan, debug=debug, inplace=reference is not model or not (methods or measure))
-    pruned, after = result.model, result.after
+    pruned, after, before = result.model, result.after, result.before
+    del result  # recovery returns a new model: the rewritten one must not outlive it here
+    release()
     from onnxprune.interface import kept_indices
 
     changed = kept_indices(analysis, plan)  # a KV cache's heads (allowed by allow_interface_change)
@@ -197,6 +200,7 @@ def compress(model: onnx.ModelProto, recipe: Recipe, *, calib: CalibrationData |
     report = None
     if methods and (plan.keep or plan.removed_blocks):
         pruned, report = _recover(model, pruned, analysis, plan, resolved, calib, step)
+        release()
         after = model_cost(pruned)
         if recovery_report is not None:
             import json
@@ -205,7 +209,7 @@ def compress(model: onnx.ModelProto, recipe: Recipe, *, calib: CalibrationData |
 
             write_text_atomic(recovery_report, json.dumps(report, indent=1, default=str))
         notes.append(_recovery_line(report))
-    warnings = _warnings(analysis, plan, result.before, after, resolved)
+    warnings = _warnings(analysis, plan, before, after, resolved)
     speed = None
     if measure:
         step("measuring the speed-up", None, None)
@@ -214,7 +218,7 @@ def compress(model: onnx.ModelProto, recipe: Recipe, *, calib: CalibrationData |
             notes.append(line)
         if slower:
             warnings.append(slower)
-    return CompressResult(pruned, plan, resolved, analysis, result.before, after,
+    return CompressResult(pruned, plan, resolved, analysis, before, after,
                           plan.removed_channels(analysis),
                           sum(g.size * g.unit_width for g in analysis.prunable_groups),
                           tuple(notes), tuple(warnings), report, speed)
@@ -227,6 +231,7 @@ def plan_for(model: onnx.ModelProto, resolved: Recipe, analysis: Analysis, *, ca
     and a one-line note of what the budget reached (what ``analyze --recipe`` previews)."""
     step = progress or _quiet
     scores = _score(model, analysis, resolved, calib, step, batch_size, device)
+    release()  # a calibration pass's torch module and activations: freed before the next step's peak
     plan, note = _allocate(model, analysis, resolved, scores, step, latency_table, calib)
     if resolved.uniform_heads:  # every attention layer keeps as many heads
         from onnxprune.selection.uniform_heads import uniform_heads
@@ -300,6 +305,7 @@ def _allocate(model: onnx.ModelProto, analysis: Analysis, r: Recipe, scores: dic
     budget = Budget(metric, float(target))
     unaligned = ""
     blocks = _depth_blocks(model, analysis, r, calib, step, budget) if r.depth != "off" and r.depth and calib else []
+    release()
     try:
         if blocks:  # whole residual blocks first, channels for the rest of the budget
             reached = _fit_with_blocks(model, analysis, scores, budget, blocks, r.ranking, common)

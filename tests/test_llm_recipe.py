@@ -81,12 +81,13 @@ def test_a_decoder_export_gets_the_decoder_recipe(trained):
     r = resolve(Recipe(target_params=0.8), ctx)
     assert (r.criterion, r.loss, r.ranking, r.recover, r.depth) == (
         DECODER_LM["criterion"], "next-token", DECODER_LM["ranking"], DECODER_LM["recover"], DECODER_LM["depth"])
-    assert (r.criterion, r.ranking, r.recover, r.depth) == ("taylor-fo", "per-mac", ("bias",), 0.25)
+    assert (r.criterion, r.ranking, r.recover, r.depth) == ("taylor-fo", "per-mac", ("lstsq", "bias"), 0.25)
     free = resolve(Recipe(target_params=0.8), Context(has_calib=False, transformer=True, causal_lm=True))
     assert (free.criterion, free.recover, free.depth) == ("l2", (), "off")
     # what the user sets stays; a ratio gets no depth
     mine = resolve(Recipe(target_params=0.8, criterion="flap", ranking="standardised", depth="off"), ctx)
-    assert (mine.criterion, mine.ranking, mine.depth, mine.recover) == ("flap", "standardised", "off", ("bias",))
+    assert (mine.criterion, mine.ranking, mine.depth, mine.recover) == ("flap", "standardised", "off",
+                                                                         ("lstsq", "bias"))
     assert resolve(Recipe(ratio=0.2), ctx).depth == "off"
     # an encoder keeps Kwon et al.'s rule
     assert resolve(Recipe(target_params=0.8), Context(has_calib=True, transformer=True)).criterion == "taylor-so"
@@ -145,7 +146,7 @@ def test_plain_command_with_calibration_beats_the_data_free_default(trained, tmp
     code, out, err = cli(monkeypatch, capsys, "prune", path, "-o", auto, "--target-params", "0.8", "--calib", windows,
                          "--no-measure")
     assert code == 0, out + err
-    assert "taylor-fo (next-token loss)" in out and "recovery bias" in out, out
+    assert "taylor-fo (next-token loss)" in out and "recovery lstsq+bias" in out, out
     code, out, err = cli(monkeypatch, capsys, "prune", path, "-o", free, "--target-params", "0.8", "--no-measure")
     assert code == 0, out + err
     original, with_data, data_free = (perplexity(p, evals) for p in (path, auto, free))

@@ -752,3 +752,37 @@ def test_cursor_gives_up_when_its_cache_would_be_too_large(tmp_path, monkeypatch
     cursor = Cursor(CalibrationData({"x": x}), batch_size=4)
     assert cursor.tensors(model, "conv_b", ["r"]) is None and cursor.given_up and not cursor.values
     assert cursor.tensors(model, "conv_a", ["x"]) is None and cursor.suffix(model) is None
+
+
+def _shape_graph(tmp_path) -> onnx.ModelProto:
+    """x [N, 6] -> Relu -> MatMul [6, 6] -> Reshape to Shape(x): a shape tensor made in one
+    stretch and read in a later one (as a transformer's reshapes read their input's shape)."""
+    w = numpy_helper.from_array(np.random.default_rng(34).standard_normal((6, 6)).astype(np.float32), "w")
+    nodes = [helper.make_node("Shape", ["x"], ["s"], name="shape"),
+             helper.make_node("Relu", ["x"], ["a"], name="relu"),
+             helper.make_node("MatMul", ["a", "w"], ["b"], name="mm"),
+             helper.make_node("Reshape", ["b", "s"], ["y"], name="reshape")]
+    graph = helper.make_graph(nodes, "shape", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 6])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 6])], [w])
+    return _save_load(tmp_path, graph, "shape")
+
+
+@pytest.mark.parametrize("samples", [8, 7])
+def test_cursor_keeps_tensors_that_are_not_batch_major_once(tmp_path, samples):
+    """A shape made before the cursor's stop is kept once, not concatenated over the batches,
+    and the rest of the graph runs from the stop as the whole model does; with a shorter last
+    batch (7 samples in batches of 4) the shape differs between batches: the cursor gives up
+    and the caller runs whole models."""
+    from onnxprune.recovery.segments import Cursor
+
+    model = _shape_graph(tmp_path)
+    x = np.random.default_rng(35).standard_normal((samples, 6)).astype(np.float32)
+    cursor = Cursor(CalibrationData({"x": x}), batch_size=4)
+    got = cursor.tensors(model, "mm", ["a"])
+    if samples == 7:
+        assert got is None and cursor.given_up
+        return
+    np.testing.assert_allclose(got["a"], np.maximum(x, 0), rtol=1e-6)
+    np.testing.assert_array_equal(cursor.values["s"], [4, 6])
+    assert cursor.tensors(model, "mm", ["b"], after=True) is not None
+    np.testing.assert_allclose(cursor.suffix(model)["y"], _out(model, x), rtol=1e-5, atol=1e-5)

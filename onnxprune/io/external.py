@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 import mmap
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -543,11 +544,14 @@ def _copy_fields(src, dst, skip: tuple[str, ...]) -> None:  # noqa: ANN001 - pro
             setattr(dst, fd.name, value)
 
 
-def write_single(model: onnx.ModelProto, path: Path) -> None:
+def write_single(model: onnx.ModelProto, path: Path, extra: Sequence[onnx.TensorProto] = ()) -> None:
     """Save ``model`` as one file, streaming each initializer instead of serialising the
     whole model at once: mapped weights (``map_model``) go straight from the source file's
     mapping, others are serialised one at a time. The bytes parse to the same ModelProto
-    as ``onnx.save_model`` would write (fields in the canonical order)."""
+    as ``onnx.save_model`` would write (fields in the canonical order). ``extra``: more
+    initializers, written after the model's (as if appended to them, without copying them
+    into the model: a sub-model reading another model's weights)."""
+    initializers = [*model.graph.initializer, *extra]
     embedded = embedded_file(model)
     source = base_dir(model)
     shell = _shell(model)
@@ -556,7 +560,7 @@ def write_single(model: onnx.ModelProto, path: Path) -> None:
     model_bytes = shell.SerializeToString()
 
     records: list = []  # per initializer: bytes or (header bytes, memoryview of the mapped data)
-    for t in model.graph.initializer:
+    for t in initializers:
         if is_mapped(t, embedded):
             assert source is not None and embedded is not None
             info = _info(t)
@@ -571,7 +575,7 @@ def write_single(model: onnx.ModelProto, path: Path) -> None:
         else:
             records.append(None)
     graph_len = len(graph_bytes)
-    for t, rec in zip(model.graph.initializer, records):
+    for t, rec in zip(initializers, records):
         if rec is None:
             n = t.ByteSize()
             graph_len += len(_length_delimited(_GRAPH_INITIALIZER, n)) + n
@@ -586,7 +590,7 @@ def write_single(model: onnx.ModelProto, path: Path) -> None:
         fh.write(model_bytes[:split_model])
         fh.write(_length_delimited(_MODEL_GRAPH, graph_len))
         fh.write(graph_bytes[:split_graph])
-        for t, rec in zip(model.graph.initializer, records):
+        for t, rec in zip(initializers, records):
             if rec is None:
                 body = t.SerializeToString()
                 fh.write(_length_delimited(_GRAPH_INITIALIZER, len(body)))

@@ -8,26 +8,32 @@ optimisations off, so every intermediate tensor is the one the graph names.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import os
+import tempfile
+from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
 import onnx
 
 from onnxprune.io.calib_data import CalibrationData
 from onnxprune.graph import GraphIndex, static_batch
-from onnxprune.runtime.session import session
+from onnxprune.runtime.session import session_with_outputs
 
 
 def expose(model: onnx.ModelProto, names: Sequence[str]) -> onnx.ModelProto:
     """A copy of ``model`` whose graph outputs are exactly ``names`` (computed tensors)."""
-    index = GraphIndex(model)
     copy = onnx.ModelProto()
     copy.CopyFrom(model)
     del copy.graph.output[:]
-    for name in dict.fromkeys(names):
-        elem = index.elem_type(name) or onnx.TensorProto.FLOAT
-        copy.graph.output.append(onnx.helper.make_tensor_value_info(name, elem, None))
+    copy.graph.output.extend(exposed_outputs(model, names))
     return copy
+
+
+def exposed_outputs(model: onnx.ModelProto, names: Sequence[str]) -> list[onnx.ValueInfoProto]:
+    """The graph outputs of ``expose(model, names)``."""
+    index = GraphIndex(model)
+    return [onnx.helper.make_tensor_value_info(name, index.elem_type(name) or onnx.TensorProto.FLOAT, None)
+            for name in dict.fromkeys(names)]
 
 
 def batch_size_for(model: onnx.ModelProto, wanted: int) -> int:
@@ -41,7 +47,7 @@ class Probe:
     def __init__(self, calib: CalibrationData, batch_size: int = 256) -> None:
         self.calib = calib
         self.batch_size = batch_size
-        self._reference: tuple[onnx.ModelProto, list[dict[str, np.ndarray]]] | None = None
+        self._reference: tuple[onnx.ModelProto, Stored] | None = None
 
     def __len__(self) -> int:
         return len(self.calib)
@@ -54,7 +60,7 @@ class Probe:
             return
         inputs = {vi.name for vi in model.graph.input}
         computed = [n for n in names if n not in inputs]
-        sess = session(expose(model, computed)) if computed else None
+        sess = session_with_outputs(model, exposed_outputs(model, computed)) if computed else None  # no copy
         bs = batch_size_for(model, self.batch_size)
         start = 0
         for feeds, _ in self.calib.batches(bs):
@@ -75,12 +81,74 @@ class Probe:
         sums = dict.fromkeys(names, 0.0)
         counts = dict.fromkeys(names, 0)
         if self._reference is None or self._reference[0] is not reference:  # the original is run once
-            self._reference = (reference, [out for _, _, out in self.stream(reference, names)])
+            self._reference = None  # the previous one's files go before the new one is written
+            self._reference = (reference, Stored(out for _, _, out in self.stream(reference, names)))
         for ref, (_, _, out) in zip(self._reference[1], self.stream(model, names)):
             for n in names:
-                diff = np.asarray(out[n], np.float64) - np.asarray(ref[n], np.float64)
-                sums[n] += float(np.sum(diff * diff))
-                counts[n] += diff.size
+                got = np.asarray(out[n])
+                sums[n] += _squared_error(got, np.asarray(ref[n]))
+                counts[n] += got.size
         per = {n: sums[n] / max(counts[n], 1) for n in names}
         per["total"] = float(np.mean([per[n] for n in names])) if names else 0.0
         return per
+
+
+SPILL_BYTES = 256 << 20  # kept outputs beyond this go to a temporary folder (a decoder LM's logits)
+DIFF_BYTES = 32 << 20  # float64 bytes of one output compared at a time, about
+
+
+def _squared_error(got: np.ndarray, want: np.ndarray) -> float:
+    """The sum of squared differences, in float64 a few rows at a time (about ``DIFF_BYTES``)."""
+    if got.ndim == 0 or want.shape != got.shape:
+        diff = np.asarray(got, np.float64) - np.asarray(want, np.float64)
+        return float(np.sum(diff * diff))
+    rows = max(1, DIFF_BYTES // max(8 * int(np.prod(got.shape[1:], dtype=np.int64)), 1))
+    total = 0.0
+    for lo in range(0, len(got), rows):
+        diff = np.asarray(got[lo:lo + rows], np.float64) - np.asarray(want[lo:lo + rows], np.float64)
+        total += float(np.sum(diff * diff))
+    return total
+
+
+class Stored:
+    """Batches of outputs ({name: array} each), kept to be read again in order: in memory up to
+    ``SPILL_BYTES``, then written to a temporary folder (removed with this object) and read back
+    one batch at a time, so that a reference run over the calibration set does not hold its
+    outputs (gigabytes of logits) in memory."""
+
+    def __init__(self, batches: Iterable[dict[str, np.ndarray]], spill_bytes: int | None = None) -> None:
+        spill_bytes = SPILL_BYTES if spill_bytes is None else spill_bytes
+        self.memory: list[dict[str, np.ndarray]] = []
+        self.files: list[str] = []
+        self._folder: tempfile.TemporaryDirectory | None = None
+        size = 0
+        for batch in batches:
+            size += sum(np.asarray(v).nbytes for v in batch.values())
+            if self._folder is None and size > spill_bytes:
+                self._folder = tempfile.TemporaryDirectory(prefix="onnxprune-outputs-")
+                for kept in self.memory:
+                    self._write(kept)
+                self.memory = []
+            if self._folder is None:
+                self.memory.append(batch)
+            else:
+                self._write(batch)
+
+    @property
+    def spilled(self) -> bool:
+        return self._folder is not None
+
+    def _write(self, batch: dict[str, np.ndarray]) -> None:
+        assert self._folder is not None
+        path = os.path.join(self._folder.name, f"{len(self.files)}.npz")
+        np.savez(path, **{f"a{k}": np.asarray(v) for k, v in enumerate(batch.values())}, names=np.array(list(batch)))
+        self.files.append(path)
+
+    def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
+        if self._folder is None:
+            yield from self.memory
+            return
+        for path in self.files:
+            with np.load(path) as data:
+                names = [str(n) for n in data["names"]]
+                yield {n: data[f"a{k}"] for k, n in enumerate(names)}

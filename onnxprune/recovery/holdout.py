@@ -55,7 +55,13 @@ class HeldOut:
     def error(self, model: onnx.ModelProto, outputs: dict[str, np.ndarray] | None = None) -> float:
         """The mean over graph outputs of their mean squared difference from the original's
         (``outputs``: ``model``'s graph outputs on every held-out sample, when already computed)."""
-        return float(self.metrics(model, outputs)["output_mse"])
+        reference, outputs = self._outputs(model, outputs)
+        per = {}
+        for n in self.names:
+            r, o = np.asarray(reference[n]), np.asarray(outputs[n])
+            if np.issubdtype(r.dtype, np.floating) and r.size:
+                per[n] = sum(float(np.sum((o64 - r64) ** 2)) for r64, o64 in _chunks(r, o)) / r.size
+        return float(np.mean(list(per.values()))) if per else 0.0
 
     def metrics(self, model: onnx.ModelProto, outputs: dict[str, np.ndarray] | None = None) -> dict:
         """``output_mse`` (as ``error``), ``per_output`` MSE; for every [N, K] output (K >= 2,
@@ -63,34 +69,53 @@ class HeldOut:
         original's (``top1_agreement``, and their mean over such outputs under ``top1``);
         the mean per-sample cosine of every floating output with the original's (``cosine``,
         and their mean under ``mean_cosine``)."""
+        reference, outputs = self._outputs(model, outputs)
+        per: dict[str, float] = {}
+        top1: dict[str, float] = {}
+        cosine: dict[str, float] = {}
+        for n in self.names:
+            r, o = np.asarray(reference[n]), np.asarray(outputs[n])
+            if not np.issubdtype(r.dtype, np.floating) or not r.size:
+                continue
+            sq, agree, cos = 0.0, [], []
+            for r64, o64 in _chunks(r, o):  # float64, a few samples at a time (logits can be large)
+                sq += float(np.sum((o64 - r64) ** 2))
+                if r64.ndim == 2 and r64.shape[1] >= 2:
+                    agree.append(r64.argmax(1) == o64.argmax(1))
+                if r64.ndim >= 1:
+                    a, b = r64.reshape(len(r64), -1), o64.reshape(len(o64), -1)
+                    den = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+                    cos.append(np.where(den > 0, (a * b).sum(1) / np.where(den > 0, den, 1), 1.0))
+            per[n] = sq / r.size
+            if agree:
+                top1[n] = float(np.concatenate(agree).mean())
+            if cos:
+                cosine[n] = float(np.concatenate(cos).mean())
+        return {"output_mse": float(np.mean(list(per.values()))) if per else 0.0, "per_output": per,
+                "top1_agreement": top1, "top1": float(np.mean(list(top1.values()))) if top1 else None,
+                "cosine": cosine, "mean_cosine": float(np.mean(list(cosine.values()))) if cosine else None}
+
+    def _outputs(self, model: onnx.ModelProto, outputs: dict[str, np.ndarray] | None
+                 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        """(the original's graph outputs, ``model``'s) on the held-out samples."""
         if self._reference is None:
             self._reference = _gather(self.probe.stream(self.original, self.names), self.names)
         if outputs is None:
             outputs = _gather(self.probe.stream(model, self.names), self.names)
-        sq = dict.fromkeys(self.names, 0.0)
-        count = dict.fromkeys(self.names, 0)
-        agree: dict[str, list[np.ndarray]] = {}
-        cos: dict[str, list[np.ndarray]] = {}
-        for ref, out in [(self._reference, outputs)]:
-            for n in self.names:
-                r, o = np.asarray(ref[n]), np.asarray(out[n])
-                if not np.issubdtype(r.dtype, np.floating):
-                    continue
-                r64, o64 = r.astype(np.float64), o.astype(np.float64)
-                sq[n] += float(np.sum((o64 - r64) ** 2))
-                count[n] += r64.size
-                if r64.ndim == 2 and r64.shape[1] >= 2:
-                    agree.setdefault(n, []).append(r64.argmax(1) == o64.argmax(1))
-                if r64.ndim >= 1 and r64.size:
-                    a, b = r64.reshape(len(r64), -1), o64.reshape(len(o64), -1)
-                    den = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
-                    cos.setdefault(n, []).append(np.where(den > 0, (a * b).sum(1) / np.where(den > 0, den, 1), 1.0))
-        per = {n: sq[n] / count[n] for n in self.names if count[n]}
-        top1 = {n: float(np.concatenate(v).mean()) for n, v in agree.items()}
-        cosine = {n: float(np.concatenate(v).mean()) for n, v in cos.items()}
-        return {"output_mse": float(np.mean(list(per.values()))) if per else 0.0, "per_output": per,
-                "top1_agreement": top1, "top1": float(np.mean(list(top1.values()))) if top1 else None,
-                "cosine": cosine, "mean_cosine": float(np.mean(list(cosine.values()))) if cosine else None}
+        return self._reference, outputs
+
+
+CHUNK_ELEMENTS = 2**22  # elements of one output converted to float64 at a time
+
+
+def _chunks(ref: np.ndarray, out: np.ndarray):  # noqa: ANN202 - a generator of (ref, out) float64 pairs
+    """(ref, out) as float64, a few samples (leading-axis entries) at a time; a scalar whole."""
+    if ref.ndim == 0:
+        yield ref.astype(np.float64), out.astype(np.float64)
+        return
+    step = max(1, CHUNK_ELEMENTS // max(1, ref[:1].size))
+    for lo in range(0, len(ref), step):
+        yield ref[lo: lo + step].astype(np.float64), out[lo: lo + step].astype(np.float64)
 
 
 def _gather(stream, names: list[str]) -> dict[str, np.ndarray]:

@@ -49,6 +49,7 @@ from onnxprune.recovery.methods import TARGETS, selected
 from onnxprune.recovery.methods import names as method_names
 from onnxprune.recovery.report import RecoveryReport
 from onnxprune.recovery.segments import Cursor, batched
+from onnxprune.recovery.snapshot import Snapshot, touching
 from onnxprune.recovery.segments import supported as runs_in_stretches
 from onnxprune.recovery.stats import Moments, RowSample
 
@@ -234,14 +235,13 @@ class _Recovery:
     def _commit(self, name: str, op: str, method: str, apply: Callable[[], dict], details: dict) -> bool:
         """Apply an edit to the model; keep it only if it lowers the graph-output error on the
         held-out samples (always, without them). Reported as updated or refused."""
-        backup = onnx.ModelProto()
-        backup.CopyFrom(self.model)
+        backup = None if self.held is None else _backup(self.model, name, method)
         details = {**details, **apply()}
         if self.held is not None:
             err = self.held.error(self.model, self._held_outputs(name))
             details.update(held_out_output_mse_before=self.held_err, held_out_output_mse_after=err)
             if not err < self.held_err:
-                self.model = backup
+                self.model = backup.restore() if isinstance(backup, Snapshot) else backup
                 self.report.refused(name, op, method, f"does not lower the graph-output error on held-out samples "
                                                       f"(MSE {self.held_err:.4g} -> {err:.4g})", **details)
                 return False
@@ -526,6 +526,16 @@ class _Recovery:
             return {}
 
         self._commit(name, node.op_type, "bn", apply, {"mode": self.bn_mode, "max_mean_shift_in_std": shift})
+
+
+def _backup(model: onnx.ModelProto, name: str, method: str) -> Snapshot | onnx.ModelProto:
+    """What undoes ``method``'s edit at node ``name``: a ``Snapshot`` of what it can change, or
+    (a method a snapshot does not cover) a copy of the whole model."""
+    if touching(method):
+        return Snapshot(model, name)
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    return copy
 
 
 def _downstream(index: GraphIndex, nodes: Sequence[str]) -> set[str]:

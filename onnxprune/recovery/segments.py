@@ -14,6 +14,12 @@ outer graph, are not cut (``supported``), and a cursor whose cache would outgrow
 ``MAX_BYTES`` (a large calibration set of large activations: the cache holds every
 sample, a whole-model run only one batch) gives up: ``tensors`` answers None from then on
 and the caller runs whole models, as it does for anything a cursor cannot serve.
+
+Only batch-major tensors (leading dimension the batch's sample count in every batch) are
+cached per sample; any other value a stretch makes (a shape, a rotary table, a mask shared
+by the batch) is kept once, as the first batch made it, and fed whole to every batch; one
+that differs between batches (a shape holding the batch size, with a shorter last batch)
+cannot be served: the cursor gives up.
 """
 
 from __future__ import annotations
@@ -52,6 +58,7 @@ class Cursor:
         self.position = 0  # index into graph.node of the node the cursor stands before
         self.at: str | None = None  # that node's name (None: before the first node)
         self.values: dict[str, np.ndarray] = dict(calib.inputs)
+        self.shared: set[str] = set()  # values that are not batch-major: one for every batch
         self.given_up = False  # the cache would be too large: every call answers None
 
     def __len__(self) -> int:
@@ -81,6 +88,7 @@ class Cursor:
         try:
             new = self._run(model, segment, wanted, budget=True) if wanted else {}
         except _TooLarge:
+            log.debug("recovery: running whole models from node '%s' on: the cache would pass %d bytes", node, MAX_BYTES)
             self.given_up, self.values = True, {}
             return None
         except Exception as exc:  # noqa: BLE001 - a sub-model onnxruntime refuses: run whole models instead
@@ -119,21 +127,36 @@ class Cursor:
              budget: bool = False) -> dict[str, np.ndarray]:
         """Run ``segment`` (consecutive nodes of ``model``) on the cached values, batch by batch
         (``budget``: raise ``_TooLarge`` when the first batch projects the cache past ``MAX_BYTES``)."""
-        sub, inputs = _sub_model(model, segment, outputs, self.values)
-        sess = session(sub, quiet=True)  # a failure falls back to whole-model runs: not an error to show
+        sub, inputs, weights = _sub_graph(model, segment, outputs, self.values)
+        # the weights are streamed from ``model`` (never copied into ``sub``); a failure falls back
+        # to whole-model runs: not an error to show
+        sess = session(sub, quiet=True, initializers=weights)
         n = len(self.calib)
         bs = static_batch(model) or self.batch_size
         parts: dict[str, list[np.ndarray]] = {o: [] for o in outputs}
         for lo in range(0, n, bs):
-            feeds = {k: self.values[k][lo: lo + bs] for k in inputs}
+            feeds = {k: self.values[k] if k in self.shared else self.values[k][lo: lo + bs] for k in inputs}
             for o, v in zip(outputs, sess.run(outputs, feeds)):
+                if o in self.shared and parts[o]:  # kept once: every batch must make the same value
+                    if v.shape != parts[o][0].shape or not np.array_equal(v, parts[o][0]):
+                        raise ValueError(f"tensor '{o}' is neither batch-major nor the same in every batch")
+                    continue
                 parts[o].append(v)
+                if (v.ndim == 0 or v.shape[0] != min(bs, n - lo)) and o not in self.shared:
+                    self.shared.add(o)
             if budget and lo == 0:  # project the cache from the first batch
                 held = sum(v.nbytes for k, v in self.values.items() if k not in self.calib.inputs)
-                batch = sum(p[0].nbytes for p in parts.values())
-                if held + batch * n / min(bs, n) > MAX_BYTES:
+                batch = sum(p[0].nbytes for o, p in parts.items() if o not in self.shared)
+                once = sum(p[0].nbytes for o, p in parts.items() if o in self.shared)  # a tied lm_head's table
+                if held + once + batch * n / min(bs, n) > MAX_BYTES:
                     raise _TooLarge
-        return {o: np.concatenate(v) for o, v in parts.items()}
+        out = {}
+        for o, v in parts.items():
+            if o in self.shared and len(v) > 1:  # batch-major in the first batches only (a shorter last one)
+                if any(p.shape != v[-1].shape or not np.array_equal(p, v[-1]) for p in v[:-1]):
+                    raise ValueError(f"tensor '{o}' is neither batch-major nor the same in every batch")
+            out[o] = v[0] if o in self.shared else np.concatenate(v)
+        return out
 
 
 def model_inputs(model: onnx.ModelProto) -> set[str]:
@@ -162,6 +185,15 @@ def _sub_model(model: onnx.ModelProto, segment: Sequence[onnx.NodeProto], output
                values: dict[str, np.ndarray]) -> tuple[onnx.ModelProto, list[str]]:
     """A model of ``segment`` whose graph inputs are the tensors it reads that it does not
     make (taken from ``values``) and whose outputs are ``outputs``; and those input names."""
+    sub, inputs, weights = _sub_graph(model, segment, outputs, values)
+    sub.graph.initializer.extend(weights)
+    return sub, inputs
+
+
+def _sub_graph(model: onnx.ModelProto, segment: Sequence[onnx.NodeProto], outputs: list[str],
+               values: dict[str, np.ndarray]) -> tuple[onnx.ModelProto, list[str], list[onnx.TensorProto]]:
+    """``_sub_model`` without its initializers, its input names, and the initializers it reads
+    (``model``'s own, not copies: a stretch of a large model's graph reads hundreds of MB)."""
     index = GraphIndex(model)
     made: set[str] = set()
     inputs: list[str] = []
@@ -182,10 +214,9 @@ def _sub_model(model: onnx.ModelProto, segment: Sequence[onnx.NodeProto], output
     graph = helper.make_graph(
         list(segment), "segment",
         [helper.make_tensor_value_info(t, helper.np_dtype_to_tensor_dtype(values[t].dtype), None) for t in inputs],
-        [helper.make_tensor_value_info(t, index.elem_type(t) or onnx.TensorProto.FLOAT, None) for t in outputs],
-        initializer=inits)
+        [helper.make_tensor_value_info(t, index.elem_type(t) or onnx.TensorProto.FLOAT, None) for t in outputs])
     sub = helper.make_model(graph, opset_imports=list(model.opset_import), ir_version=model.ir_version)
-    return sub, inputs
+    return sub, inputs, inits
 
 
 def batched(values: dict[str, np.ndarray], batch_size: int) -> Iterator[tuple[int, int, dict[str, np.ndarray]]]:

@@ -42,10 +42,11 @@ def resolve_provider(name: str) -> str:
 
 
 def session(model: onnx.ModelProto | str, *, optimize: bool = False, provider: str = "CPUExecutionProvider",
-            threads: int = 0, quiet: bool = False):  # noqa: ANN201
+            threads: int = 0, quiet: bool = False, initializers: Sequence[onnx.TensorProto] = ()):  # noqa: ANN201
     """An InferenceSession; graph optimisations are off unless asked (exact comparisons).
     ``quiet``: onnxruntime logs nothing, not even failed runs (for best-effort runs whose
-    failure the caller handles)."""
+    failure the caller handles). ``initializers``: more initializers of the graph, kept
+    elsewhere (another model's weights a sub-model reads: not copied into it)."""
     ort = _ort()
     opts = ort.SessionOptions()
     opts.graph_optimization_level = (
@@ -54,9 +55,72 @@ def session(model: onnx.ModelProto | str, *, optimize: bool = False, provider: s
     if threads:
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
-    src = model if isinstance(model, str) else model.SerializeToString()
     chain = [provider] if provider == "CPUExecutionProvider" else [provider, "CPUExecutionProvider"]
-    return ort.InferenceSession(src, sess_options=opts, providers=chain)
+    if isinstance(model, str):
+        return ort.InferenceSession(model, sess_options=opts, providers=chain)
+    if not _streamed(model, initializers):
+        if initializers:
+            whole = onnx.ModelProto()
+            whole.CopyFrom(model)
+            whole.graph.initializer.extend(initializers)
+            model = whole
+        return ort.InferenceSession(model.SerializeToString(), sess_options=opts, providers=chain)
+    import tempfile
+    from pathlib import Path
+
+    from onnxprune.io.external import write_single
+
+    with tempfile.TemporaryDirectory(prefix="onnxprune-session-") as folder:
+        path = Path(folder) / "model.onnx"
+        write_single(model, path, initializers)  # one initializer at a time: no serialised copy in memory
+        return ort.InferenceSession(str(path), sess_options=opts, providers=chain)
+
+
+STREAM_BYTES = 64 << 20  # models larger than this reach onnxruntime through a temporary file
+
+
+def _streamed(model: onnx.ModelProto, initializers: Sequence[onnx.TensorProto] = ()) -> bool:
+    """Whether ``session`` hands ``model`` to onnxruntime as a temporary file rather than bytes: a
+    large model whose weights are all in it (onnxruntime reads the file as it parses it; the
+    bytes would be one more copy of every weight, next to the model and onnxruntime's own)."""
+    tensors = [*model.graph.initializer, *initializers]
+    if any(t.data_location == onnx.TensorProto.EXTERNAL for t in tensors):
+        return False
+    return _weight_bytes(tensors) > STREAM_BYTES
+
+
+def _weight_bytes(tensors: Sequence[onnx.TensorProto]) -> int:
+    """The tensors' size from their shapes and types (``ByteSize`` would walk the data)."""
+    total = 0
+    for t in tensors:
+        try:
+            item = onnx.helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
+        except (KeyError, TypeError, ValueError):
+            item = 1
+        total += int(np.prod(t.dims, dtype=np.int64)) * item
+    return total
+
+
+def session_with_outputs(model: onnx.ModelProto, outputs: Sequence[onnx.ValueInfoProto], **options):  # noqa: ANN201
+    """``session(model)`` with the graph outputs ``outputs`` instead of the model's: the same
+    session as on a copy of ``model`` with those outputs, without copying the weights (the
+    outputs are swapped in place while the session is made, then put back)."""
+    graph = model.graph
+    saved = [_copy_value_info(o) for o in graph.output]
+    wanted = [_copy_value_info(o) for o in outputs]
+    del graph.output[:]
+    graph.output.extend(wanted)
+    try:
+        return session(model, **options)
+    finally:
+        del graph.output[:]
+        graph.output.extend(saved)
+
+
+def _copy_value_info(info: onnx.ValueInfoProto) -> onnx.ValueInfoProto:
+    out = onnx.ValueInfoProto()
+    out.CopyFrom(info)
+    return out
 
 
 UNKNOWN_DIM = 32

@@ -76,27 +76,36 @@ def _with_outputs(model: onnx.ModelProto, names: Sequence[str]) -> onnx.ModelPro
     """A copy of ``model`` that also outputs ``names``."""
     out = onnx.ModelProto()
     out.CopyFrom(model)
-    index = GraphIndex(out)
-    have = {o.name for o in out.graph.output}
-    infos = {vi.name: vi for vi in (*out.graph.value_info, *out.graph.input)}
+    out.graph.output.extend(_extra_outputs(out, names))
+    return out
+
+
+def _extra_outputs(model: onnx.ModelProto, names: Sequence[str]) -> list[onnx.ValueInfoProto]:
+    """The outputs ``_with_outputs`` adds to ``model``'s for ``names``."""
+    index = GraphIndex(model)
+    have = {o.name for o in model.graph.output}
+    infos = {vi.name: vi for vi in (*model.graph.value_info, *model.graph.input)}
+    extra = []
     for name in names:
         if name in have:
             continue
         have.add(name)
-        if name in infos:
-            out.graph.output.append(infos[name])
-        else:
-            out.graph.output.append(onnx.helper.make_tensor_value_info(
-                name, index.elem_type(name) or onnx.TensorProto.FLOAT, None))
-    return out
+        extra.append(infos[name] if name in infos else onnx.helper.make_tensor_value_info(
+            name, index.elem_type(name) or onnx.TensorProto.FLOAT, None))
+    return extra
+
+
+def outputs_session(model: onnx.ModelProto, names: Sequence[str], **options):  # noqa: ANN201
+    """The onnxruntime session of ``_with_outputs(model, names)``, made without copying the weights."""
+    from onnxprune.runtime.session import session_with_outputs
+
+    return session_with_outputs(model, [*model.graph.output, *_extra_outputs(model, names)], **options)
 
 
 def _influence(model: onnx.ModelProto, blocks: Sequence[ResidualBlock], data: CalibrationData, batch_size: int,
                threads: int, progress: Progress | None) -> dict[str, float]:
-    from onnxprune.runtime.session import session
-
     names = list(dict.fromkeys(n for b in blocks for n in (b.skip, b.output)))
-    sess = session(_with_outputs(model, names), optimize=True, threads=threads)
+    sess = outputs_session(model, names, optimize=True, threads=threads)
     inputs = {i.name for i in sess.get_inputs()}
     sums = dict.fromkeys((b.add for b in blocks), 0.0)
     count = 0

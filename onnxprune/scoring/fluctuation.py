@@ -30,14 +30,13 @@ def fluctuation_scores(model: onnx.ModelProto, analysis: Analysis, data: Calibra
                        threads: int = 0, progress: Callable[[int, int], None] | None = None,
                        **_: Any) -> dict[str, np.ndarray]:
     """Prunable group id -> FLAP fluctuation score per unit (higher = keep)."""
-    from onnxprune.runtime.session import session
-    from onnxprune.scoring.block_scores import _with_outputs
+    from onnxprune.scoring.block_scores import outputs_session
 
     index = GraphIndex(model)
     wanted = {int(u) for g in analysis.prunable_groups for u in g.units}
     refs = [r for r in analysis.consumers if wanted & set(analysis.roots[r.elems].tolist())]
     tensors = list(dict.fromkeys(index.nodes[r.node].input[r.slot] for r in refs))
-    sess = session(_with_outputs(model, tensors), optimize=True, threads=threads)
+    sess = outputs_session(model, tensors, optimize=True, threads=threads)
     inputs = {i.name for i in sess.get_inputs()}
     sums: dict[int, np.ndarray] = {}
     squares: dict[int, np.ndarray] = {}

@@ -6,9 +6,9 @@ token ids of one length: perplexity is exp of the mean next-token cross-entropy 
 predicted position of every window (``perplexity``); ``tokens_per_second`` times one
 prompt in onnxruntime. ``package_text`` gathers English prose that ships with installed
 Python packages (licence texts, one copy of each), and ``split_windows`` cuts token ids
-into disjoint calibration and evaluation windows. ``language_model_report`` gives ``verify``
-perplexity before and after pruning and tokens per second when its inputs are token
-windows and the model writes logits. ``next_token_taylor_scores`` scores the
+into disjoint calibration and evaluation windows. ``LanguageModelStream`` gives ``verify``
+perplexity before and after pruning (chunk by chunk, as both models stream over the windows)
+and tokens per second when its inputs are token windows and the model writes logits. ``next_token_taylor_scores`` scores the
 prunable units on calibration windows with the natural label-free loss of a causal LM,
 next-token cross-entropy (first-order Taylor: the squared gradient of the loss with respect
 to each unit's gate, per batch, averaged; Molchanov et al. 2019).
@@ -115,46 +115,90 @@ def causal_lm_io(feeds: Mapping[str, np.ndarray], outputs: Mapping[str, np.ndarr
     return tokens[0], mask_name, "logits" if "logits" in fits else fits[0]
 
 
+class LanguageModelStream:
+    """Perplexity of a causal LM before and after pruning, accumulated chunk by chunk of token
+    windows (``verify`` streams both models: ``update`` with each chunk's feeds and outputs,
+    ``report`` at the end). ``detect`` finds the token input and logits (``causal_lm_io``)."""
+
+    def __init__(self, ids_name: str, mask_name: str | None, logits_name: str, shape: tuple[int, int]) -> None:
+        self.ids_name, self.mask_name, self.logits_name = ids_name, mask_name, logits_name
+        self.shape = shape
+        self.nll = [0.0, 0.0]
+        self.count = 0
+        self.pruned_ok = True
+
+    @classmethod
+    def detect(cls, feeds: Mapping[str, np.ndarray], part: Mapping[str, np.ndarray],
+               outputs: Mapping[str, np.ndarray]) -> LanguageModelStream | None:
+        """The stream for ``feeds`` (all windows) given the first chunk's feeds (``part``) and
+        the original's outputs on it; None unless they are token windows and logits."""
+        found = causal_lm_io(part, outputs)
+        if found is None:
+            return None
+        ids = np.asarray(feeds[found[0]])
+        if ids.ndim != 2 or ids.min() < 0 or np.shape(outputs[found[2]])[2] <= ids.max():
+            return None
+        mask = found[1] if found[1] is not None and np.shape(feeds[found[1]]) == ids.shape else None
+        return cls(found[0], mask, found[2], (int(ids.shape[0]), int(ids.shape[1])))
+
+    def update(self, part: Mapping[str, np.ndarray], original: Mapping[str, np.ndarray],
+               pruned: Mapping[str, np.ndarray]) -> None:
+        """Add one chunk of windows: its feeds and both models' outputs on them."""
+        ids = np.asarray(part[self.ids_name])
+        mask = None if self.mask_name is None else np.asarray(part[self.mask_name])
+        logits = np.asarray(original[self.logits_name])
+        nll, count = next_token_nll(logits, ids, mask)
+        self.nll[0] += nll
+        self.count += count
+        after = pruned.get(self.logits_name)
+        if after is None or np.shape(after) != logits.shape:
+            self.pruned_ok = False
+        if self.pruned_ok:
+            self.nll[1] += next_token_nll(np.asarray(after), ids, mask)[0]
+
+    def report(self, latency_original: Mapping[str, Mapping[str, Mapping]],
+               latency_pruned: Mapping[str, Mapping[str, Mapping]],
+               timed_feeds: Mapping[str, np.ndarray] | None = None) -> dict[str, Any]:
+        """The ``language_model`` entry of ``verify`` (see ``language_model_report``)."""
+        count = self.count
+        ppl_o = float(np.exp(self.nll[0] / count)) if count else float("nan")
+        ppl_p = float(np.exp(self.nll[1] / count)) if count and self.pruned_ok else float("nan")
+        report: dict[str, Any] = {
+            "input": self.ids_name, "attention_mask": self.mask_name, "output": self.logits_name,
+            "windows": self.shape[0], "window_length": self.shape[1], "tokens_scored": count,
+            "original": {"perplexity": ppl_o, "tokens_per_s": None},
+            "pruned": {"perplexity": ppl_p, "tokens_per_s": None},
+            "perplexity_ratio": ppl_p / ppl_o if ppl_o else float("nan"), "throughput": None}
+        timed = np.asarray((timed_feeds or {}).get(self.ids_name, np.zeros(self.shape)))
+        for provider, per_batch in latency_original.items():
+            for batch, stats in per_batch.items():
+                other = latency_pruned.get(provider, {}).get(batch)
+                if other is None or timed.ndim != 2:
+                    continue
+                tokens = int(batch) * int(timed.shape[1])
+                for side, lat in (("original", stats), ("pruned", other)):
+                    p50 = float(lat.get("p50", float("nan")))
+                    report[side]["tokens_per_s"] = tokens / (p50 / 1000) if p50 > 0 else float("nan")
+                report["throughput"] = {"provider": provider, "batch": int(batch), "tokens_per_run": tokens}
+                return report
+        return report
+
+
 def language_model_report(feeds: Mapping[str, np.ndarray], original: Mapping[str, np.ndarray],
                           pruned: Mapping[str, np.ndarray], latency_original: Mapping[str, Mapping[str, Mapping]],
                           latency_pruned: Mapping[str, Mapping[str, Mapping]],
                           timed_feeds: Mapping[str, np.ndarray] | None = None) -> dict[str, Any] | None:
     """Perplexity and prompt throughput of a causal LM before and after pruning, from outputs
-    already computed on token windows (``verify``): None unless ``causal_lm_io`` finds token
-    windows and logits. Throughput: tokens per timed run (batch x window length of
-    ``timed_feeds``, default ``feeds``) over the p50 latency, of the first provider and batch
-    size timed for both (``latency_*``: ``{provider: {batch: {"p50": ms, ...}}}``)."""
-    found = causal_lm_io(feeds, original)
-    if found is None:
+    already computed on token windows: None unless ``causal_lm_io`` finds token windows and
+    logits. Throughput: tokens per timed run (batch x window length of ``timed_feeds``,
+    default ``feeds``) over the p50 latency, of the first provider and batch size timed for
+    both (``latency_*``: ``{provider: {batch: {"p50": ms, ...}}}``). ``verify`` gets the same
+    from ``LanguageModelStream``, chunk by chunk."""
+    stream = LanguageModelStream.detect(feeds, feeds, original)
+    if stream is None:
         return None
-    ids_name, mask_name, logits_name = found
-    ids = np.asarray(feeds[ids_name])
-    mask = None if mask_name is None else np.asarray(feeds[mask_name])
-    nll_o, count = next_token_nll(np.asarray(original[logits_name]), ids, mask)
-    after = pruned.get(logits_name)
-    nll_p = next_token_nll(np.asarray(after), ids, mask)[0] if after is not None and np.shape(after) == np.shape(
-        original[logits_name]) else float("nan")
-    ppl_o = float(np.exp(nll_o / count)) if count else float("nan")
-    ppl_p = float(np.exp(nll_p / count)) if count else float("nan")
-    report: dict[str, Any] = {
-        "input": ids_name, "attention_mask": mask_name, "output": logits_name, "windows": int(ids.shape[0]),
-        "window_length": int(ids.shape[1]), "tokens_scored": count,
-        "original": {"perplexity": ppl_o, "tokens_per_s": None},
-        "pruned": {"perplexity": ppl_p, "tokens_per_s": None},
-        "perplexity_ratio": ppl_p / ppl_o if ppl_o else float("nan"), "throughput": None}
-    timed = np.asarray((timed_feeds if timed_feeds is not None else feeds).get(ids_name, ids))
-    for provider, per_batch in latency_original.items():
-        for batch, stats in per_batch.items():
-            other = latency_pruned.get(provider, {}).get(batch)
-            if other is None or timed.ndim != 2:
-                continue
-            tokens = int(batch) * int(timed.shape[1])
-            for side, lat in (("original", stats), ("pruned", other)):
-                p50 = float(lat.get("p50", float("nan")))
-                report[side]["tokens_per_s"] = tokens / (p50 / 1000) if p50 > 0 else float("nan")
-            report["throughput"] = {"provider": provider, "batch": int(batch), "tokens_per_run": tokens}
-            return report
-    return report
+    stream.update(feeds, original, pruned)
+    return stream.report(latency_original, latency_pruned, feeds if timed_feeds is None else timed_feeds)
 
 
 def tokens_per_second(model: onnx.ModelProto | str | os.PathLike, *, prompt: int = 256, batch: int = 1,

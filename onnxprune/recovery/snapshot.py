@@ -1,0 +1,59 @@
+"""Undo one recovery edit without copying the whole model.
+
+A recovery step edits the node it stands at: it rewrites constants that node, or a node
+reading its output (the Add holding a MatMul's bias), reads; it appends initializers,
+inserts nodes and value infos. ``Snapshot`` keeps what such an edit can change (the node
+list, the value infos, the number of initializers and copies of the initializers those
+nodes read) and ``restore`` puts the model back byte for byte: on a large model (a decoder
+LM's 500 MB of weights) this replaces a copy of every weight per step. An edit of any other
+initializer is not undone: ``touching`` tells which edits a snapshot covers.
+"""
+
+from __future__ import annotations
+
+import onnx
+
+from onnxprune.graph import GraphIndex
+
+# the built-in methods (``recovery.methods``) whose edits stay within what a snapshot keeps
+COVERED = frozenset({"bias", "lstsq", "scale", "bn"})
+
+
+class Snapshot:
+    """What an edit at node ``name`` of ``model`` can change (see the module docstring)."""
+
+    def __init__(self, model: onnx.ModelProto, name: str) -> None:
+        graph = model.graph
+        index = GraphIndex(model)
+        node = index.nodes[name]
+        readers = [node, *(user for out in node.output if out for user, _ in index.users(out))]
+        wanted = {t for n in readers for t in n.input if t in index.initializers}
+        self.model = model
+        self.nodes = [_copy(n, onnx.NodeProto) for n in graph.node]
+        self.value_info = [_copy(v, onnx.ValueInfoProto) for v in graph.value_info]
+        self.count = len(graph.initializer)
+        self.initializers = {k: _copy(t, onnx.TensorProto) for k, t in enumerate(graph.initializer)
+                             if t.name in wanted}
+
+    def restore(self) -> onnx.ModelProto:
+        """Put the model back as it was when the snapshot was taken; returns it."""
+        graph = self.model.graph
+        del graph.node[:]
+        graph.node.extend(self.nodes)
+        del graph.value_info[:]
+        graph.value_info.extend(self.value_info)
+        del graph.initializer[self.count:]
+        for k, tensor in self.initializers.items():
+            graph.initializer[k].CopyFrom(tensor)
+        return self.model
+
+
+def touching(method: str) -> bool:
+    """Whether a snapshot covers what ``method``'s edits change (else copy the whole model)."""
+    return method in COVERED
+
+
+def _copy(message, kind):  # noqa: ANN001, ANN202
+    out = kind()
+    out.CopyFrom(message)
+    return out

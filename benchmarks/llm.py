@@ -232,8 +232,8 @@ RECIPE_VARIANTS = (("taylor-fo", "per-mac", 0.25, ("bias",)), ("flap", "standard
                    ("taylor-fo", "per-mac", 0.25, ()),
                    # least-squares refits of the consumers (o_proj, down_proj; ThiNet / Kwon et al.),
                    # bias compensation where a refit is refused
-                   ("taylor-fo", "per-mac", 0.25, ("lstsq", "bias")), ("taylor-fo", "per-mac", 0.25, ("scale", "bias")),
-                   ("taylor-fo", "per-mac", 0.0, ("lstsq", "bias")), ("taylor-fo", "per-mac", 0.25, ("lstsq",)))
+                   ("taylor-fo", "per-mac", 0.25, ("lstsq", "bias")), ("taylor-fo", "per-mac", 0.0, ("lstsq", "bias")),
+                   ("taylor-fo", "per-mac", 0.0, ("scale", "bias")), ("taylor-fo", "per-mac", 0.0, ("lstsq",)))
 
 
 def recipe_variants(cache: Path, threads: int = 0, only: str = "") -> list[dict]:
@@ -288,7 +288,7 @@ def recipe_variants(cache: Path, threads: int = 0, only: str = "") -> list[dict]
             t1 = time.perf_counter()
             pruned, report = recover(model, pruned, analysis, reached.plan, data, methods=methods,
                                      holdout=RECOVERY_HOLDOUT, batch_size=RECOVERY_BATCH,
-                                     bias_means=RECOVERY_BIAS_MEANS, progress=lambda done, steps, node: print(
+                                     bias_means=RECOVERY_BIAS_MEANS, progress=lambda done, steps, node, t1=t1: print(
                                          f"  recovery {done}/{steps} {node} {time.perf_counter() - t1:.0f} s",
                                          flush=True))
             row.update(recover_s=round(time.perf_counter() - t1, 1), recovery_summary=summary_line(report),

@@ -144,7 +144,9 @@ def stage_onnxsim(cache: Path, target: int | None = None) -> None:
         entry["wanda_runs"] = runs
         if runs[-1]["removed"] <= 0:
             entry["error"] = (f"apply_structured_wanda_pruning(sparsity={runs[-1]['sparsity']}) removed no parameter "
-                              f"({runs[-1]['params']:,} against {b['params']:,}): no chain of this export matched; "
+                              f"({runs[-1]['params']:,} against {b['params']:,}; on the tiny LLaMA export it removes none either, "
+                              "also with its own random calibration data or global_sparsity, while "
+                              "apply_structured_pruning prunes both files); "
                               "apply_pruning_finetune not run (on an unpruned copy it changes nothing; tried, it "
                               "was killed for memory at 10.6 GB RSS)")
             _record(cache, "onnxsim", entry)
@@ -377,6 +379,8 @@ def stage_table(cache: Path, out: Path, onnxprune_model: Path | None) -> None:
     result = {"budget": b, "eval": f"{len(evals)} windows of {evals.shape[1]} tokens", "rows": rows,
               "peers": {k: {kk: vv for kk, vv in v.items() if kk != "traceback"} for k, v in info.items()},
               "errors": {k: v.get("error") for k, v in info.items() if v.get("error")}}
+    if (cache / "llm_peers_speed.json").exists():  # the `speed` stage's measurement
+        result["speed"] = _load(cache, "speed")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1))
     print(markdown(result))

@@ -569,6 +569,9 @@ def score(
                   f"wrote {escape(str(output))}")
 
 
+VERIFY_LINES_AFTER_S = 2.0  # verify without a terminal: a progress line per step once it has run this long
+
+
 @app.command()
 def verify(
     original: Annotated[Path, typer.Argument(help="The original model.")],
@@ -609,6 +612,8 @@ def verify(
     Without --inputs or --calib, 8 random samples are compared (agreement only). Costs are in
     MACs. With --atol, --rtol, --min-cosine or --min-top1 it gates a pipeline: exit 1 and one
     line saying what failed when a tolerance is not met."""
+    import time
+
     from rich.markup import escape
 
     from onnxprune.io.fileutil import write_text_atomic
@@ -681,10 +686,11 @@ def verify(
         feeds = None  # verify draws random samples (at the --input-shape set above)
     with _steps(False) as progress:
         task = progress.add_task("running both models", total=None)
+        started = time.perf_counter()
 
-        def advance(what: str, done: int, total: int) -> None:  # a line per step where no live display shows
-            progress.update(task, description=escape(what), completed=done, total=total)
-            if progress.disable:
+        def advance(what: str, done: int, total: int) -> None:  # without a live display: a line per step of
+            progress.update(task, description=escape(what), completed=done, total=total)  # a long run
+            if progress.disable and time.perf_counter() - started >= VERIFY_LINES_AFTER_S:
                 err.print(escape(f"verify: {what}: {done}/{total}"), highlight=False, soft_wrap=True)
 
         try:

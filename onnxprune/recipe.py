@@ -378,7 +378,7 @@ def _check_depth(r: Recipe) -> None:
 # the auto recipe of a decoder LM with calibration windows (``is_causal_lm``), measured on
 # SmolLM2-135M at 20% of the non-embedding parameters (docs/llm.md)
 DECODER_LM: dict[str, Any] = {"criterion": "taylor-fo", "ranking": "per-mac", "recover": ("lstsq", "bias"),
-                               "depth": 0.25}
+                               "depth": "off"}
 
 
 @dataclass(frozen=True)
@@ -416,14 +416,14 @@ def resolve(recipe: Recipe, ctx: Context) -> Recipe:
     - ridge: chosen per layer on the held-out samples;
     - decoder LMs with data (``is_causal_lm``): ``DECODER_LM``: ``taylor-fo`` under the
       next-token cross-entropy of the windows (``loss = "next-token"``), ``per-mac`` ranking,
-      a quarter of the cut in whole residual blocks (``depth = 0.25``, budgets only), then
-      ``lstsq`` refits of the consumers of the removed channels (o_proj, down_proj), FLAP's
-      ``bias`` compensation where a refit is refused; on SmolLM2-135M at 20% of the
-      non-embedding parameters held-out perplexity 28.3 against 32.0 with the bias alone,
-      35.4 with no recovery, 1,580 for FLAP's allocation of its fluctuation scores before
-      compensation (docs/llm.md);
-    - depth: otherwise ``off``: residual blocks go only when asked (``depth = N`` blocks, or a
-      fraction of what the budget removes).
+      channels only, then ``lstsq`` refits of the consumers of the removed channels (o_proj,
+      down_proj), FLAP's ``bias`` compensation where a refit is refused; on SmolLM2-135M at
+      20% of the non-embedding parameters held-out perplexity 24.4 against 28.3 with a
+      quarter of the cut in whole residual blocks (``depth = 0.25``: the best without
+      refits, 32.0 with the bias alone), 37.7 with no recovery, 1,580 for FLAP's allocation
+      of its fluctuation scores before compensation (docs/llm.md);
+    - depth: ``off``: residual blocks go only when asked (``depth = N`` blocks, or a fraction
+      of what the budget removes).
     """
     if recipe.needs_data and not ctx.has_calib:
         what = (recipe.criterion if _data_driven(recipe.criterion) else

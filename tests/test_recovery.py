@@ -786,3 +786,23 @@ def test_cursor_keeps_tensors_that_are_not_batch_major_once(tmp_path, samples):
     np.testing.assert_array_equal(cursor.values["s"], [4, 6])
     assert cursor.tensors(model, "mm", ["b"], after=True) is not None
     np.testing.assert_allclose(cursor.suffix(model)["y"], _out(model, x), rtol=1e-5, atol=1e-5)
+
+
+def test_held_out_metrics_are_the_same_a_few_samples_at_a_time(tmp_path, monkeypatch):
+    """The held-out MSE, arg-max agreement and cosine are computed a few samples at a time (a
+    decoder's logits are large); with one sample per chunk they equal the whole-array figures."""
+    from onnxprune.recovery import holdout
+    from onnxprune.recovery.holdout import HeldOut
+
+    model = _shape_graph(tmp_path)
+    x = np.random.default_rng(36).standard_normal((8, 6)).astype(np.float32)
+    held = HeldOut(model, CalibrationData({"x": x}), batch_size=4)
+    ref = _out(model, x).astype(np.float64)
+    out = ref + np.random.default_rng(37).standard_normal(ref.shape)
+    monkeypatch.setattr(holdout, "CHUNK_ELEMENTS", 1)
+    got = held.metrics(model, {"y": out.astype(np.float32)})
+    want_cos = ((ref * out).sum(1) / np.linalg.norm(ref, axis=1) / np.linalg.norm(out, axis=1)).mean()
+    assert got["output_mse"] == pytest.approx(((out.astype(np.float32) - ref) ** 2).mean(), rel=1e-5)
+    assert got["top1"] == pytest.approx((ref.argmax(1) == out.argmax(1)).mean())
+    assert got["mean_cosine"] == pytest.approx(want_cos, rel=1e-5)
+    assert held.error(model, {"y": out.astype(np.float32)}) == pytest.approx(got["output_mse"], rel=1e-12)

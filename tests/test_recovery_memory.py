@@ -14,13 +14,13 @@ from onnx import TensorProto, helper, numpy_helper
 
 pytest.importorskip("onnxruntime")
 
-from onnxprune.io.calib_data import CalibrationData  # noqa: E402
-from onnxprune.recovery import activations  # noqa: E402
-from onnxprune.recovery.activations import Probe, Stored, expose  # noqa: E402
-from onnxprune.recovery.params import add_bias, set_constant  # noqa: E402
-from onnxprune.recovery.snapshot import Snapshot, touching  # noqa: E402
-from onnxprune.runtime.memory import release  # noqa: E402
-from onnxprune.runtime.session import run, session, session_with_outputs  # noqa: E402
+from onnxprune.io.calib_data import CalibrationData
+from onnxprune.recovery import activations
+from onnxprune.recovery.activations import Probe, Stored, expose
+from onnxprune.recovery.params import add_bias, set_constant
+from onnxprune.recovery.snapshot import Snapshot, touching
+from onnxprune.runtime.memory import release
+from onnxprune.runtime.session import run, session, session_with_outputs
 
 
 def _mlp(seed: int = 0) -> onnx.ModelProto:

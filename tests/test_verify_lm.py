@@ -131,14 +131,17 @@ def test_output_agreement_over_chunks_equals_the_whole():
 
 def test_verify_prints_progress_per_chunk(llm_pair, tmp_path, monkeypatch, capsys):
     """Without a terminal, the CLI prints a line on stderr per chunk of windows and per timing
-    step; the report still has the perplexity."""
+    step once the run has taken VERIFY_LINES_AFTER_S (0 here; a quick run prints none, see
+    test_cli_output); the report still has the perplexity."""
     import sys
 
+    import onnxprune.cli as cli
     from onnxprune.cli import main
 
     original, pruned = llm_pair
     np.savez(tmp_path / "w.npz", input_ids=_windows(5))
     monkeypatch.setattr(compare, "RUN_BYTES", 2 * 24 * TINY_VOCAB * 4)
+    monkeypatch.setattr(cli, "VERIFY_LINES_AFTER_S", 0.0)
     monkeypatch.setattr(sys, "argv", ["onnxprune", "verify", original, pruned, "--calib", str(tmp_path / "w.npz"),
                                       "--runs", "2", "--warmup", "0"])
     monkeypatch.setenv("COLUMNS", "200")

@@ -9,6 +9,8 @@ the data the weights were fitted to.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 import onnx
 
@@ -108,7 +110,7 @@ class HeldOut:
 CHUNK_ELEMENTS = 2**22  # elements of one output converted to float64 at a time
 
 
-def _chunks(ref: np.ndarray, out: np.ndarray):  # noqa: ANN202 - a generator of (ref, out) float64 pairs
+def _chunks(ref: np.ndarray, out: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """(ref, out) as float64, a few samples (leading-axis entries) at a time; a scalar whole."""
     if ref.ndim == 0:
         yield ref.astype(np.float64), out.astype(np.float64)

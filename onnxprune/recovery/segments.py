@@ -152,9 +152,8 @@ class Cursor:
                     raise _TooLarge
         out = {}
         for o, v in parts.items():
-            if o in self.shared and len(v) > 1:  # batch-major in the first batches only (a shorter last one)
-                if any(p.shape != v[-1].shape or not np.array_equal(p, v[-1]) for p in v[:-1]):
-                    raise ValueError(f"tensor '{o}' is neither batch-major nor the same in every batch")
+            if o in self.shared and any(p.shape != v[-1].shape or not np.array_equal(p, v[-1]) for p in v[:-1]):
+                raise ValueError(f"tensor '{o}' is neither batch-major nor the same in every batch")
             out[o] = v[0] if o in self.shared else np.concatenate(v)
         return out
 

@@ -86,7 +86,7 @@ class Probe:
         for ref, (_, _, out) in zip(self._reference[1], self.stream(model, names)):
             for n in names:
                 got = np.asarray(out[n])
-                sums[n] += _squared_error(got, np.asarray(ref[n]))
+                sums[n] += squared_error(got, np.asarray(ref[n]))
                 counts[n] += got.size
         per = {n: sums[n] / max(counts[n], 1) for n in names}
         per["total"] = float(np.mean([per[n] for n in names])) if names else 0.0
@@ -97,7 +97,7 @@ SPILL_BYTES = 256 << 20  # kept outputs beyond this go to a temporary folder (a 
 DIFF_BYTES = 32 << 20  # float64 bytes of one output compared at a time, about
 
 
-def _squared_error(got: np.ndarray, want: np.ndarray) -> float:
+def squared_error(got: np.ndarray, want: np.ndarray) -> float:
     """The sum of squared differences, in float64 a few rows at a time (about ``DIFF_BYTES``)."""
     if got.ndim == 0 or want.shape != got.shape:
         diff = np.asarray(got, np.float64) - np.asarray(want, np.float64)

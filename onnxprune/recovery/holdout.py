@@ -15,7 +15,7 @@ import numpy as np
 import onnx
 
 from onnxprune.io.calib_data import CalibrationData
-from onnxprune.recovery.activations import Probe
+from onnxprune.recovery.activations import Probe, squared_error
 
 MIN_HELD = 4  # held-out samples wanted at least (half the set when it is smaller than 8)
 
@@ -62,7 +62,7 @@ class HeldOut:
         for n in self.names:
             r, o = np.asarray(reference[n]), np.asarray(outputs[n])
             if np.issubdtype(r.dtype, np.floating) and r.size:
-                per[n] = sum(float(np.sum((o64 - r64) ** 2)) for r64, o64 in _chunks(r, o)) / r.size
+                per[n] = squared_error(o, r) / r.size
         return float(np.mean(list(per.values()))) if per else 0.0
 
     def metrics(self, model: onnx.ModelProto, outputs: dict[str, np.ndarray] | None = None) -> dict:

@@ -325,7 +325,9 @@ def _allocate(model: onnx.ModelProto, analysis: Analysis, r: Recipe, scores: dic
         unaligned = (f"; aligned counts (blocks of {r.align}) cannot reach this budget, so kept counts are "
                      + (f"aligned to {align} channels instead" if align > 1 else
                         "off the block and may run slower"))
-    if metric == "flops":  # one unit everywhere: MACs (FLOPs = 2 x MACs)
+    if not reached.original:  # nothing accounted (no prunable group): compress warns, nothing is removed
+        note = f"{'MACs' if metric == 'flops' else 'parameter'} budget: nothing to allocate, no prunable group"
+    elif metric == "flops":  # one unit everywhere: MACs (FLOPs = 2 x MACs)
         note = (f"MACs budget: target {_human(reached.target / 2)} ({reached.target / reached.original:.1%}), "
                 f"achieved {_human(reached.achieved / 2)} ({reached.achieved / reached.original:.1%})")
     else:

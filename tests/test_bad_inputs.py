@@ -443,3 +443,78 @@ def test_verify_refuses_labels_of_another_length_and_named_sizes(monkeypatch, ca
     assert "7 entries for 4 samples" in line
     line = refused(monkeypatch, capsys, "verify", DIGITS, DIGITS, "--input-shape", "input=N,1,8,8")
     assert "whole sizes" in line
+
+
+def _all_in_if() -> onnx.ModelProto:
+    """x -> If(const true){Conv -> Relu -> Conv} -> y: every op inside a subgraph (silero-vad's
+    form), so the analysis accounts nothing and no group is prunable."""
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array(rng.standard_normal((8, 4, 3, 3)).astype(np.float32), "w")
+    w2 = numpy_helper.from_array(rng.standard_normal((4, 8, 1, 1)).astype(np.float32), "w2")
+
+    def branch(name: str, out: str) -> onnx.GraphProto:
+        nodes = [helper.make_node("Conv", ["x", "w"], [f"{name}_a"], pads=[1, 1, 1, 1]),
+                 helper.make_node("Relu", [f"{name}_a"], [f"{name}_r"]),
+                 helper.make_node("Conv", [f"{name}_r", "w2"], [out])]
+        return helper.make_graph(nodes, name, [], [helper.make_tensor_value_info(out, TensorProto.FLOAT,
+                                                                                   [1, 4, 6, 6])])
+
+    nodes = [helper.make_node("Constant", [], ["cond"], value=numpy_helper.from_array(np.array(True), "c")),
+             helper.make_node("If", ["cond"], ["y"], name="branch", then_branch=branch("then", "t_y"),
+                              else_branch=branch("else", "e_y"))]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 6, 6])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 6, 6])], [w, w2])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_a_budget_on_a_model_with_nothing_prunable_writes_a_copy_or_refuses(monkeypatch, capsys, tmp_path):
+    """silero-vad keeps every op inside an If. A MACs budget there divided by the zero MACs
+    the analysis accounts; now it gives the ratio path's answer (a copy of the input, and
+    why). Its weights here sit in the main graph: a parameter budget is cleanly refused."""
+    path, out = tmp_path / "if.onnx", tmp_path / "out.onnx"
+    onnx.save(_all_in_if(), path)
+    code, stdout, err = cli(monkeypatch, capsys, "prune", path, "-o", out, "--target-flops", "0.75")
+    assert code == 0, err
+    text = " ".join((stdout + err).split())
+    assert "unexpected" not in text
+    assert "nothing was removed: no group is prunable" in text
+    assert "nothing to allocate, no prunable group" in text
+    assert out.exists() and [n.op_type for n in onnx.load(out).graph.node].count("If") == 1
+    line = refused(monkeypatch, capsys, "prune", path, "-o", tmp_path / "out2.onnx", "--target-params", "0.75")
+    assert "the params budget 240 cannot be reached" in line
+    assert not (tmp_path / "out2.onnx").exists()
+
+
+def _reflect_padded() -> onnx.ModelProto:
+    """x [1, 4, L] -> Pad(reflect, 40 each side) -> Conv1d(4->8) -> Relu -> Conv1d(8->4) -> y:
+    runs only for L > 40 (silero-vad's STFT padding), so the speed check's made-up length of
+    32 is refused by onnxruntime."""
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array(rng.standard_normal((8, 4, 3)).astype(np.float32), "w")
+    w2 = numpy_helper.from_array(rng.standard_normal((4, 8, 1)).astype(np.float32), "w2")
+    pads = numpy_helper.from_array(np.array([0, 0, 40, 0, 0, 40], np.int64), "pads")
+    nodes = [helper.make_node("Pad", ["x", "pads"], ["p"], name="pad", mode="reflect"),
+             helper.make_node("Conv", ["p", "w"], ["a"], name="conv1", pads=[1, 1]),
+             helper.make_node("Relu", ["a"], ["r"], name="relu"),
+             helper.make_node("Conv", ["r", "w2"], ["y"], name="conv2")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, "L"])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, None])], [w, w2, pads])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_a_speed_check_the_model_cannot_run_is_reported_not_a_crash(monkeypatch, capsys, tmp_path):
+    """The closing speed check feeds made-up inputs; where onnxruntime refuses them (a dynamic
+    axis too short for the model) the prune still succeeds and says what to give instead."""
+    path, out = tmp_path / "pad.onnx", tmp_path / "out.onnx"
+    onnx.save(_reflect_padded(), path)
+    code, stdout, err = cli(monkeypatch, capsys, "prune", path, "-o", out, "--ratio", "0.5")
+    assert code == 0, err
+    text = " ".join((stdout + err).split())
+    assert "unexpected" not in text
+    assert "speed not measured: the model does not run on the inputs the speed check made up (x [1, 4, 32])" in text
+    assert "--input-shape" in text and "Pad" in text
+    assert out.exists()
+    code, stdout, err = cli(monkeypatch, capsys, "prune", path, "-o", tmp_path / "out2.onnx", "--ratio", "0.5",
+                            "--input-shape", "x=1,4,100")
+    text = " ".join((stdout + err).split())
+    assert code == 0 and "speed not measured" not in text and "speed:" in text, text

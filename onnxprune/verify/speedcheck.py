@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
-from onnxprune.errors import OptionError
+from onnxprune.errors import ModelRunError, OptionError
 from onnxprune.runtime.timing import full_provider, timed_step, timing_session, warm_up  # the package's one timer
 
 log = logging.getLogger(__name__)
@@ -170,9 +170,14 @@ def measure_speedup(original: onnx.ModelProto, pruned: onnx.ModelProto,
 
     provider = full_provider(provider)
     feeds = dict(feeds) if feeds is not None else random_inputs(original)
-    steps = [timed_step(timing_session(m, provider=provider, threads=threads, device_id=device_id), feeds, provider,
-                   device_id) for m in (original, pruned)]
-    estimate = max(_estimate_ms(step, provider, 0.05 * budget_s) for step in steps)
+    try:
+        steps = [timed_step(timing_session(m, provider=provider, threads=threads, device_id=device_id), feeds,
+                            provider, device_id) for m in (original, pruned)]
+        estimate = max(_estimate_ms(step, provider, 0.05 * budget_s) for step in steps)
+    except Exception as exc:
+        if not type(exc).__module__.startswith("onnxruntime"):
+            raise
+        raise _not_runnable(exc, feeds) from exc
     extra = min(warmup, int(0.1 * budget_s * 1e3 / max(estimate, 1e-3)))  # at most a tenth of the budget
     for step in steps:
         warm_up(step, extra, provider)
@@ -183,3 +188,14 @@ def measure_speedup(original: onnx.ModelProto, pruned: onnx.ModelProto,
                    provider=provider)
     log.info("speed check: %s", result.summary())
     return result
+
+
+def _not_runnable(exc: BaseException, feeds: Mapping[str, np.ndarray]) -> ModelRunError:
+    """onnxruntime refused the inputs the speed check made up (a dynamic axis too short for
+    the model, say): a one-line error naming the shapes and what to give instead."""
+    from onnxprune.runtime.session import ort_error_text
+
+    shapes = ", ".join(f"{name} {list(np.shape(value))}" for name, value in feeds.items())
+    return ModelRunError(f"the model does not run on the inputs the speed check made up ({shapes}): "
+                         f"{ort_error_text(exc).rstrip('.')}; give --calib, or --input-shape NAME=d1,d2,... "
+                         "with sizes the model accepts")

@@ -212,6 +212,13 @@ def analyze(
         analysis_summary(analysis, console, name=str(model))
     from rich.markup import escape
 
+    from onnxprune.compress import dynamic_axes_note
+    from onnxprune.prepare.normalize import dynamic_axes
+
+    dynamic = dynamic_axes(m, floats_only=True)
+    if dynamic:  # prune counts them at the calibration samples' size
+        console.print(escape(dynamic_axes_note(dynamic, "--input-shape")), highlight=False)
+
     if blocks:
         console.print(f"residual blocks removable whole (--depth N): {len(blocks)}, "
                       f"{sum(b.params for b in blocks):,} parameters", highlight=False)

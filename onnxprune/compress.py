@@ -162,14 +162,20 @@ def compress(model: onnx.ModelProto, recipe: Recipe, *, calib: CalibrationData |
         raise RecipeError("--align applies when allocating (a budget or ratio), not to a replayed --plan")
     if resolved.method != "criterion":
         return _train(model, resolved, calib, step, batch_size, device)
+    notes: list[str] = []
+    counted_at, counting_note = _counting_shapes(model, calib)
+    if counting_note:
+        notes.append(counting_note)
     if analysis is None:
         step("analysing channel groups", None, None)
         from onnxprune.analysis.rules.quant import requantize_nbits
+        from onnxprune.prepare.normalize import shaped_copy
 
+        mac_shapes = shaped_copy(model, counted_at, "the calibration data") if counted_at else None
         with requantize_nbits(resolved.requantize):
             analysis = analyze(model, ignore=resolved.ignore, prune_hidden=resolved.prune_hidden,
-                               allow_interface_change=resolved.allow_interface_change)
-    notes: list[str] = []
+                               allow_interface_change=resolved.allow_interface_change, mac_shapes=mac_shapes)
+        del mac_shapes
     if plan is None:
         plan, note = plan_for(model, resolved, analysis, calib=calib, batch_size=batch_size, device=device,
                               latency_table=latency_table, progress=step)
@@ -188,7 +194,7 @@ def compress(model: onnx.ModelProto, recipe: Recipe, *, calib: CalibrationData |
             reference = _in_memory(model)
     step("rewriting the graph", None, None)
     result = apply_plan(model, analysis, plan, debug=debug, inplace=reference is not model or not (methods or measure))
-    pruned, after, before = result.model, result.after, result.before
+    pruned, after, before = result.model, _cost_at(result.model, counted_at, result.after), result.before
     del result  # recovery returns a new model: the rewritten one must not outlive it here
     release()
     from onnxprune.interface import kept_indices
@@ -201,7 +207,7 @@ def compress(model: onnx.ModelProto, recipe: Recipe, *, calib: CalibrationData |
     if methods and (plan.keep or plan.removed_blocks):
         pruned, report = _recover(model, pruned, analysis, plan, resolved, calib, step)
         release()
-        after = model_cost(pruned)
+        after = _cost_at(pruned, counted_at)
         if recovery_report is not None:
             import json
 
@@ -222,6 +228,43 @@ def compress(model: onnx.ModelProto, recipe: Recipe, *, calib: CalibrationData |
                           plan.removed_channels(analysis),
                           sum(g.size * g.unit_width for g in analysis.prunable_groups),
                           tuple(notes), tuple(warnings), report, speed)
+
+
+def _counting_shapes(model: onnx.ModelProto, calib: CalibrationData | None) -> tuple[dict[str, list[int]], str]:
+    """Where to count MACs for a model whose float inputs have dynamic axes beyond the batch
+    (an image's height and width, an audio clip's length), which would count as 1 and leave
+    a FLOPs budget weighing layers by their parameters: at the calibration samples' size
+    (batch 1), with a note saying so; without data, a note saying how. Token inputs (integer)
+    keep counting per token."""
+    from onnxprune.prepare.normalize import dynamic_axes
+
+    dynamic = dynamic_axes(model, floats_only=True)
+    if not dynamic:
+        return {}, ""
+    if calib is None or not all(name in calib.inputs for name in dynamic):
+        return {}, dynamic_axes_note(dynamic, "--calib or --input-shape")
+    shapes = {name: [1, *map(int, calib.inputs[name].shape[1:])] for name in dynamic}
+    return shapes, "MACs counted at the calibration samples' size (" + ", ".join(
+        f"{name} {'x'.join(map(str, dims))}" for name, dims in shapes.items()) + ")"
+
+
+def dynamic_axes_note(dynamic: dict[str, list[int]], remedy: str) -> str:
+    """The note for MACs counted with the dynamic axes ``dynamic`` (``normalize.dynamic_axes``) as 1."""
+    axes = ", ".join(f"'{name}' axes {', '.join(map(str, a))}" for name, a in dynamic.items())
+    return f"MACs count the dynamic axes of {axes} as 1: give {remedy} to count them at the size the model runs at"
+
+
+def _cost_at(model: onnx.ModelProto, shapes: dict[str, list[int]], cost: Cost | None = None) -> Cost:
+    """``model_cost(model)`` (or ``cost``) with its MACs counted at the static input ``shapes``."""
+    from onnxprune.analysis.flops import node_macs
+    from onnxprune.analysis.rules.quant import analysis_index
+    from onnxprune.prepare.normalize import shaped_copy
+
+    cost = cost if cost is not None else model_cost(model)
+    if not shapes:
+        return cost
+    index = analysis_index(shaped_copy(model, shapes, "the calibration data"))
+    return Cost(cost.params, sum(node_macs(index, n) for n in model.graph.node))
 
 
 def plan_for(model: onnx.ModelProto, resolved: Recipe, analysis: Analysis, *, calib: CalibrationData | None = None,

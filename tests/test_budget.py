@@ -163,3 +163,67 @@ def test_cli_prune_align(monkeypatch, capsys, tmp_path):
     code, _, err = cli(monkeypatch, capsys, "prune", zoo_path("mobilenetv2"), "-o", out, "--ratio", "0.3",
                        "--align", "many")
     assert code != 0 and "align" in err
+
+
+def _dynamic_cnn(path, height="H", width="W"):
+    """x [N, 3, H, W] -> conv 3->16 (stride 1) -> conv 16->32 (stride 2) -> conv 32->64 (stride 2)
+    -> GlobalAveragePool -> Gemm 64->10: layers whose MACs per channel differ 4x and 16x by
+    their resolution, which a count with the dynamic axes as 1 cannot see."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.standard_normal(s).astype(np.float32) * 0.3, n) for n, s in (
+        ("w1", (16, 3, 3, 3)), ("w2", (32, 16, 3, 3)), ("w3", (64, 32, 3, 3)), ("fc", (10, 64)))]
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["a1"], name="c1", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["a1"], ["r1"]),
+             helper.make_node("Conv", ["r1", "w2"], ["a2"], name="c2", pads=[1, 1, 1, 1], strides=[2, 2]),
+             helper.make_node("Relu", ["a2"], ["r2"]),
+             helper.make_node("Conv", ["r2", "w3"], ["a3"], name="c3", pads=[1, 1, 1, 1], strides=[2, 2]),
+             helper.make_node("Relu", ["a3"], ["r3"]),
+             helper.make_node("GlobalAveragePool", ["r3"], ["p"]),
+             helper.make_node("Flatten", ["p"], ["f"]),
+             helper.make_node("Gemm", ["f", "fc"], ["y"], name="fc", transB=1)]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, height, width])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 10])], inits)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+
+
+def test_dynamic_spatial_axes_are_counted_at_the_calibration_size(tmp_path):
+    """A CNN exported with dynamic height and width counted its MACs with those axes as 1,
+    so a FLOPs budget weighed every layer by its parameters. With calibration data the MACs
+    are counted at the samples' size: the same plan and the same MACs as the model with
+    that size fixed, and a note that says so."""
+    from onnxprune.compress import compress
+    from onnxprune.io.calib_data import CalibrationData
+    from onnxprune.recipe import Recipe
+
+    path = tmp_path / "dyn.onnx"
+    _dynamic_cnn(path)
+    calib = CalibrationData({"x": np.random.default_rng(1).standard_normal((8, 3, 32, 32)).astype(np.float32)})
+    recipe = Recipe(target_flops=0.6, criterion="l2", limits="none", recover=(), measure=False)
+    dynamic = compress(load(path), recipe, calib=calib)
+    static = compress(load(path, input_shapes={"x": [1, 3, 32, 32]}), recipe, calib=calib)
+    assert dynamic.before.macs == static.before.macs == 16 * 27 * 32 * 32 + 32 * 144 * 16 * 16 + 64 * 288 * 8 * 8 + 640
+    assert dynamic.after.macs == static.after.macs
+    assert {g: list(k) for g, k in dynamic.plan.keep.items()} == {g: list(k) for g, k in static.plan.keep.items()}
+    assert "MACs counted at the calibration samples' size (x 1x3x32x32)" in dynamic.notes
+    assert not any("MACs counted" in n for n in static.notes)
+    assert [d.dim_param for d in dynamic.model.graph.input[0].type.tensor_type.shape.dim] == ["N", "", "H", "W"]
+    # without data the count stays per position, and says how to count at a size
+    plain = compress(load(path), Recipe(target_flops=0.6, measure=False))
+    assert plain.before.macs == 16 * 27 + 32 * 144 + 64 * 288 + 640
+    assert any("MACs count the dynamic axes of 'x' axes 2, 3 as 1: give --calib or --input-shape" in n
+               for n in plain.notes)
+
+
+def test_analyze_says_how_dynamic_spatial_axes_are_counted(monkeypatch, capsys, tmp_path):
+    from tests.test_cli import cli
+
+    path = tmp_path / "dyn.onnx"
+    _dynamic_cnn(path)
+    code, out, err = cli(monkeypatch, capsys, "analyze", path, columns=200)
+    assert code == 0, err
+    assert "MACs count the dynamic axes of 'x' axes 2, 3 as 1: give --input-shape" in out
+    code, out, err = cli(monkeypatch, capsys, "analyze", path, "--input-shape", "x=1,3,32,32", columns=200)
+    assert code == 0 and "dynamic axes" not in out, err

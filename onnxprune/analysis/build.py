@@ -37,7 +37,7 @@ def _distinct(ids: np.ndarray) -> np.ndarray:
 
 
 def analyze(model: onnx.ModelProto, *, ignore: Sequence[str] = (), prune_hidden: bool = False,
-            allow_interface_change: bool = False) -> Analysis:
+            allow_interface_change: bool = False, mac_shapes: onnx.ModelProto | None = None) -> Analysis:
     """Find the coupled channel groups of a prepared model (see ``onnxprune.prepare.normalize``).
 
     ``ignore`` holds node names or fnmatch patterns whose output channels must stay (their
@@ -47,6 +47,9 @@ def analyze(model: onnx.ModelProto, *, ignore: Sequence[str] = (), prune_hidden:
     result is approximate (no longer equal to the masked model; use recovery).
     ``allow_interface_change`` lets graph inputs and outputs change shape where they carry
     channels (a KV cache's heads: ``onnxprune.interface``).
+    ``mac_shapes``: the same graph with static input shapes (``prepare.normalize.shaped_copy``),
+    whose shapes count the MACs; without it a dynamic axis counts as 1 (right for a batch, not
+    for an image's height and width).
     """
     index = analysis_index(model)  # quantized (QDQ) weights read as the constants they dequantise
     ctx = RuleContext(index, prune_hidden=prune_hidden, allow_interface_change=allow_interface_change)
@@ -66,7 +69,7 @@ def analyze(model: onnx.ModelProto, *, ignore: Sequence[str] = (), prune_hidden:
     for name in index.graph_outputs:
         for axis, elems in ctx.spaces_of(name).items():
             block_or_record_output(ctx, name, axis, elems)  # a KV cache's present.*: an interface change
-    return _collect(ctx, index, model)
+    return _collect(ctx, index, model, analysis_index(mac_shapes) if mac_shapes is not None else index)
 
 
 def _block_subgraph_reads(ctx: RuleContext, node: onnx.NodeProto) -> None:
@@ -102,7 +105,7 @@ def _block_ignored(ctx: RuleContext, index: GraphIndex, patterns: Sequence[str])
     ctx.node = None
 
 
-def _collect(ctx: RuleContext, index: GraphIndex, model: onnx.ModelProto) -> Analysis:
+def _collect(ctx: RuleContext, index: GraphIndex, model: onnx.ModelProto, mac_index: GraphIndex) -> Analysis:
     roots = ctx.uf.roots()
     reasons: dict[int, list[str]] = defaultdict(list)
     blocked_by: dict[tuple[str | None, str | None, str], list[np.ndarray]] = defaultdict(list)
@@ -111,7 +114,7 @@ def _collect(ctx: RuleContext, index: GraphIndex, model: onnx.ModelProto) -> Ana
         for r in _distinct(roots[rec.elems]).tolist():
             if len(reasons[r]) < MAX_REASONS and rec.reason not in reasons[r]:
                 reasons[r].append(rec.reason)
-    macs = {n.name: node_macs(index, n) for n in model.graph.node}
+    macs = {n.name: node_macs(mac_index, n) for n in model.graph.node}
     unit_params, unit_macs = _unit_costs(ctx, index, roots, macs)
     by_sig = _signatures(ctx, roots)
     group_of = np.full(len(roots), -1, dtype=np.int64)  # root -> index of its group

@@ -200,6 +200,49 @@ def drop_initializer_inputs(model: onnx.ModelProto) -> None:
         model.graph.input.extend(kept)
 
 
+def dynamic_axes(model: onnx.ModelProto, *, floats_only: bool = False) -> dict[str, list[int]]:
+    """Per graph input (optionally only float ones), the axes after the first whose size is not
+    fixed: an image's height and width, an audio clip's length, a token sequence."""
+    inits = {t.name for t in model.graph.initializer}
+    out = {}
+    for vi in model.graph.input:
+        tt = vi.type.tensor_type
+        if vi.name in inits or not vi.type.HasField("tensor_type") or not tt.HasField("shape"):
+            continue
+        if floats_only and tt.elem_type not in FLOAT_ELEM_TYPES:
+            continue
+        axes = [i for i, d in enumerate(tt.shape.dim) if i > 0 and not d.HasField("dim_value")]
+        if axes:
+            out[vi.name] = axes
+    return out
+
+
+FLOAT_ELEM_TYPES = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16,
+                    onnx.TensorProto.DOUBLE)
+
+
+def shaped_copy(model: onnx.ModelProto, shapes: Mapping[str, Sequence[int]], source: str) -> onnx.ModelProto:
+    """The structure of a prepared ``model`` with the given static input ``shapes`` and every
+    shape inferred again; its initializers keep their names, types and dims but no values
+    (nothing large is copied). The sizes to count a model with dynamic axes at
+    (``analysis.analyze(mac_shapes=...)``, ``flops.node_macs``); not a runnable model."""
+    light = light_copy(model)
+    set_input_shapes(light, shapes, source)
+    infer_shapes(light)
+    stub = onnx.ModelProto()
+    stub.ir_version = light.ir_version
+    stub.opset_import.extend(model.opset_import)
+    graph = stub.graph
+    graph.node.extend(model.graph.node)
+    inits = {t.name for t in model.graph.initializer}
+    graph.input.extend(vi for vi in light.graph.input if vi.name not in inits)
+    graph.output.extend(light.graph.output)
+    graph.value_info.extend(light.graph.value_info)
+    for t in model.graph.initializer:
+        graph.initializer.add(name=t.name, data_type=t.data_type, dims=t.dims)
+    return stub
+
+
 def infer_shapes(model: onnx.ModelProto, *, strict: bool = False) -> onnx.ModelProto:
     """Drop every intermediate shape annotation and infer them again, in place (the input
     entries of initializers in IR < 4 models included).

@@ -785,6 +785,8 @@ def sweep(
     from onnxprune.runtime.session import random_inputs, resolve_provider
     from onnxprune.selection.sweep import sweep as run_sweep
     from onnxprune.selection.sweep import write_sweep
+    from onnxprune.compress import counting_shapes
+    from onnxprune.prepare.normalize import shaped_copy
 
     try:
         target_list = _floats(targets)
@@ -807,26 +809,27 @@ def sweep(
     provider_name = resolve_provider(provider)
     with _steps(False) as progress:
         m = _run_step(progress, "loading and inferring shapes", load, model, input_shapes=_parse_shapes(input_shape))
-        analysis = _run_step(progress, "analysing channel groups", run_analysis, m, ignore=ignore or (),
-                              prune_hidden=prune_hidden)
-        scores = _scores(progress, m, analysis, criterion, calib, labels, calib_samples, batch_size, loss,
-                         reduction, device, image_size, mean, std, layout, flops_reg, projections)
         source = eval_data or calib
+        data = None
         if source is not None:
             data = _run_step(progress, "loading evaluation data", load_calibration, source, m, labels=labels,
                              samples=calib_samples,
                              image_size=[int(v) for v in image_size.split(",")] if image_size else None,
                              mean=_floats(mean), std=_floats(std), layout=layout)
-            eval_feeds, eval_labels = dict(data.inputs), data.labels
-        else:
-            eval_feeds, eval_labels = None, None  # the sweep draws random samples
+        counted_at, counting_note = counting_shapes(m, data)  # dynamic height/width: at the data's size
+        analysis = _run_step(progress, "analysing channel groups", run_analysis, m, ignore=ignore or (),
+                              prune_hidden=prune_hidden,
+                              mac_shapes=shaped_copy(m, counted_at, str(source)) if counted_at else None)
+        scores = _scores(progress, m, analysis, criterion, calib, labels, calib_samples, batch_size, loss,
+                         reduction, device, image_size, mean, std, layout, flops_reg, projections)
+        eval_feeds, eval_labels = (dict(data.inputs), data.labels) if data is not None else (None, None)
         lat_feeds = feeds_for_batch(m, eval_feeds if eval_feeds is not None else random_inputs(m),
                                     static_batch(m) or latency_batch)
         task = progress.add_task(f"pruning at {len(target_list)} budgets", total=len(target_list))
         result = run_sweep(m, analysis, target_list, metric=metric, criterion=criterion, scores=scores,
                            eval_feeds=eval_feeds, labels=eval_labels, latency_feeds=lat_feeds, round_to=round_to,
                            min_channels=min_channels, max_ratio=max_ratio, provider=provider_name, threads=threads,
-                           runs=runs, save_dir=output_dir if save_models else None,
+                           runs=runs, save_dir=output_dir if save_models else None, counted_at=counted_at,
                            progress=lambda done, total: progress.update(task, completed=done))
         progress.remove_task(task)
     result["model"] = str(model)
@@ -834,6 +837,9 @@ def sweep(
     paths = write_sweep(result, output_dir)
     sweep_table(result, console)
     from rich.markup import escape
+
+    if counting_note:
+        console.print(escape(counting_note), highlight=False)
 
     console.print("wrote " + ", ".join(f"[bold]{escape(str(p))}[/]" for p in paths.values()))
 

@@ -20,7 +20,7 @@ import onnx
 
 from onnxprune.analysis import Analysis, analyze
 from onnxprune.errors import SelectionError
-from onnxprune.analysis.flops import Cost, model_cost
+from onnxprune.analysis.flops import Cost, cost_at
 from onnxprune.plan import Plan
 from onnxprune.runtime.memory import release
 from onnxprune.scoring.criteria import needs_data
@@ -163,7 +163,7 @@ def compress(model: onnx.ModelProto, recipe: Recipe, *, calib: CalibrationData |
     if resolved.method != "criterion":
         return _train(model, resolved, calib, step, batch_size, device)
     notes: list[str] = []
-    counted_at, counting_note = _counting_shapes(model, calib)
+    counted_at, counting_note = counting_shapes(model, calib)
     if counting_note:
         notes.append(counting_note)
     if analysis is None:
@@ -194,7 +194,7 @@ def compress(model: onnx.ModelProto, recipe: Recipe, *, calib: CalibrationData |
             reference = _in_memory(model)
     step("rewriting the graph", None, None)
     result = apply_plan(model, analysis, plan, debug=debug, inplace=reference is not model or not (methods or measure))
-    pruned, after, before = result.model, _cost_at(result.model, counted_at, result.after), result.before
+    pruned, after, before = result.model, cost_at(result.model, counted_at, result.after), result.before
     del result  # recovery returns a new model: the rewritten one must not outlive it here
     release()
     from onnxprune.interface import kept_indices
@@ -207,7 +207,7 @@ def compress(model: onnx.ModelProto, recipe: Recipe, *, calib: CalibrationData |
     if methods and (plan.keep or plan.removed_blocks):
         pruned, report = _recover(model, pruned, analysis, plan, resolved, calib, step)
         release()
-        after = _cost_at(pruned, counted_at)
+        after = cost_at(pruned, counted_at)
         if recovery_report is not None:
             import json
 
@@ -230,7 +230,7 @@ def compress(model: onnx.ModelProto, recipe: Recipe, *, calib: CalibrationData |
                           tuple(notes), tuple(warnings), report, speed)
 
 
-def _counting_shapes(model: onnx.ModelProto, calib: CalibrationData | None) -> tuple[dict[str, list[int]], str]:
+def counting_shapes(model: onnx.ModelProto, calib: CalibrationData | None) -> tuple[dict[str, list[int]], str]:
     """Where to count MACs for a model whose float inputs have dynamic axes beyond the batch
     (an image's height and width, an audio clip's length), which would count as 1 and leave
     a FLOPs budget weighing layers by their parameters: at the calibration samples' size
@@ -252,19 +252,6 @@ def dynamic_axes_note(dynamic: dict[str, list[int]], remedy: str) -> str:
     """The note for MACs counted with the dynamic axes ``dynamic`` (``normalize.dynamic_axes``) as 1."""
     axes = ", ".join(f"'{name}' axes {', '.join(map(str, a))}" for name, a in dynamic.items())
     return f"MACs count the dynamic axes of {axes} as 1: give {remedy} to count them at the size the model runs at"
-
-
-def _cost_at(model: onnx.ModelProto, shapes: dict[str, list[int]], cost: Cost | None = None) -> Cost:
-    """``model_cost(model)`` (or ``cost``) with its MACs counted at the static input ``shapes``."""
-    from onnxprune.analysis.flops import node_macs
-    from onnxprune.analysis.rules.quant import analysis_index
-    from onnxprune.prepare.normalize import shaped_copy
-
-    cost = cost if cost is not None else model_cost(model)
-    if not shapes:
-        return cost
-    index = analysis_index(shaped_copy(model, shapes, "the calibration data"))
-    return Cost(cost.params, sum(node_macs(index, n) for n in model.graph.node))
 
 
 def plan_for(model: onnx.ModelProto, resolved: Recipe, analysis: Analysis, *, calib: CalibrationData | None = None,

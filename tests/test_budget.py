@@ -227,3 +227,20 @@ def test_analyze_says_how_dynamic_spatial_axes_are_counted(monkeypatch, capsys, 
     assert "MACs count the dynamic axes of 'x' axes 2, 3 as 1: give --input-shape" in out
     code, out, err = cli(monkeypatch, capsys, "analyze", path, "--input-shape", "x=1,3,32,32", columns=200)
     assert code == 0 and "dynamic axes" not in out, err
+
+
+def test_sweep_counts_dynamic_spatial_axes_at_the_data_size(monkeypatch, capsys, tmp_path):
+    import json
+
+    from tests.test_cli import cli
+
+    path, data = tmp_path / "dyn.onnx", tmp_path / "calib.npz"
+    _dynamic_cnn(path)
+    np.savez(data, x=np.random.default_rng(0).standard_normal((8, 3, 32, 32)).astype(np.float32))
+    code, out, err = cli(monkeypatch, capsys, "sweep", path, "--targets", "0.7", "--calib", data, "-o",
+                         tmp_path / "sweep", "--runs", "2", columns=200)
+    assert code == 0, err
+    assert "MACs counted at the calibration samples' size (x 1x3x32x32)" in out
+    points = json.loads((tmp_path / "sweep" / "sweep.json").read_text())["points"]
+    assert points[0]["macs"] == 16 * 27 * 32 * 32 + 32 * 144 * 16 * 16 + 64 * 288 * 8 * 8 + 640
+    assert 0.6 < points[1]["flops_ratio"] <= 0.7

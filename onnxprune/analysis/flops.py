@@ -8,6 +8,7 @@ costs is its spec in ``analysis.weighted_ops``. Symbolic dimensions (a dynamic b
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import onnx
@@ -76,3 +77,16 @@ def model_cost(model: onnx.ModelProto, index: GraphIndex | None = None) -> Cost:
     params = sum(parameter_count(index, t.name) for t in model.graph.initializer if index.uses.get(t.name))
     macs = sum(node_macs(index, n) for n in model.graph.node)
     return Cost(int(params), int(macs))
+
+
+def cost_at(model: onnx.ModelProto, shapes: Mapping[str, Sequence[int]] | None, cost: Cost | None = None) -> Cost:
+    """``model_cost(model)`` (or ``cost``) with the MACs counted at the static input ``shapes``
+    (``prepare.normalize.shaped_copy``: a model whose dynamic axes would count as 1)."""
+    cost = cost if cost is not None else model_cost(model)
+    if not shapes:
+        return cost
+    from onnxprune.analysis.rules.quant import analysis_index
+    from onnxprune.prepare.normalize import shaped_copy
+
+    index = analysis_index(shaped_copy(model, shapes, "the calibration data"))
+    return Cost(cost.params, sum(node_macs(index, n) for n in model.graph.node))

@@ -50,14 +50,16 @@ def sweep(model: onnx.ModelProto, analysis: Analysis, targets: Sequence[float], 
           latency_feeds: Mapping[str, np.ndarray] | None = None, round_to: int = 1, min_channels: int = 1,
           max_ratio: float = 1.0, provider: str = "CPUExecutionProvider", threads: int = 0, runs: int = 20,
           warmup: int = 5, save_dir: str | os.PathLike[str] | None = None,
-          progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+          progress: Callable[[int, int], None] | None = None,
+          counted_at: Mapping[str, Sequence[int]] | None = None) -> dict[str, Any]:
     """Prune ``model`` (prepared, analysed) to every budget in ``targets`` (fractions of the
     original or absolute counts of ``metric``) and measure each result. Returns the sweep as a
     JSON-serialisable dict: ``original`` and one entry per target in ``points`` (the original
-    first, with ``target`` None); a budget that cannot be reached gets an ``error``."""
+    first, with ``target`` None); a budget that cannot be reached gets an ``error``. ``counted_at``:
+    static input shapes to count MACs at (``compress.counting_shapes``; as the analysis did)."""
     from onnxprune.api import apply_plan, plan_to_budget, score_channels
     from onnxprune.selection.budget import Budget
-    from onnxprune.analysis.flops import model_cost
+    from onnxprune.analysis.flops import cost_at
     from onnxprune.graph import static_batch
     from onnxprune.selection.latency import benchmark, feeds_for_batch, full_provider
     from onnxprune.io.modelio import save_model
@@ -75,14 +77,14 @@ def sweep(model: onnx.ModelProto, analysis: Analysis, targets: Sequence[float], 
     if latency_feeds is None:
         latency_feeds = feeds_for_batch(model, eval_feeds, static_batch(model) or 1) or random_inputs(model)
     out_o = run_batched(model, eval_feeds)
-    cost_o = model_cost(model)
+    cost_o = cost_at(model, counted_at)
     lat_o = benchmark(model, latency_feeds, provider=provider, threads=threads, warmup=warmup, runs=runs)
     out_dir = Path(save_dir) if save_dir is not None else None
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
 
     def point(m: onnx.ModelProto, outs: Mapping[str, np.ndarray], lat: dict[str, float]) -> dict[str, Any]:
-        c = model_cost(m)
+        c = cost_at(m, counted_at)
         return {"params": c.params, "macs": c.macs, "flops": c.flops,
                 "params_ratio": c.params / cost_o.params if cost_o.params else 1.0,
                 "flops_ratio": c.flops / cost_o.flops if cost_o.flops else 1.0,

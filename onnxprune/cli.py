@@ -742,6 +742,9 @@ def sweep(
     metric: Annotated[str, typer.Option(help="Budget metric: flops or params.")] = "flops",
     criterion: Annotated[str, typer.Option(help=criteria_help())] = "l2",
     round_to: Annotated[int, typer.Option(help="Keep channel counts in multiples of N (8 for GPUs).")] = 1,
+    align: Annotated[str, typer.Option(
+        help="Hardware channel block, as prune's: kept counts rounded down to a multiple where legal. "
+             "auto: --provider's block (onnxruntime CPU: 16 on AVX-512, 8 on AVX2); 1: off.")] = "auto",
     min_channels: Annotated[int, typer.Option(help="Never keep fewer channels in a group.")] = 1,
     max_ratio: Annotated[float, typer.Option(help="Never remove more than this fraction of a group.")] = 1.0,
     ignore: Annotated[Optional[list[str]], typer.Option(help="Node name or pattern whose channels stay.")] = None,
@@ -807,6 +810,9 @@ def sweep(
         raise OutputPathError(f"{output_dir}: --output cannot be created or written ({existing} is "
                               f"{'not a directory' if not existing.is_dir() else 'not writable'})")
     provider_name = resolve_provider(provider)
+    from onnxprune.selection.latency import resolve_align
+
+    block = resolve_align(align, provider_name)
     with _steps(False) as progress:
         m = _run_step(progress, "loading and inferring shapes", load, model, input_shapes=_parse_shapes(input_shape))
         source = eval_data or calib
@@ -828,7 +834,7 @@ def sweep(
         task = progress.add_task(f"pruning at {len(target_list)} budgets", total=len(target_list))
         result = run_sweep(m, analysis, target_list, metric=metric, criterion=criterion, scores=scores,
                            eval_feeds=eval_feeds, labels=eval_labels, latency_feeds=lat_feeds, round_to=round_to,
-                           min_channels=min_channels, max_ratio=max_ratio, provider=provider_name, threads=threads,
+                           min_channels=min_channels, max_ratio=max_ratio, align=block, provider=provider_name, threads=threads,
                            runs=runs, save_dir=output_dir if save_models else None, counted_at=counted_at,
                            progress=lambda done, total: progress.update(task, completed=done))
         progress.remove_task(task)

@@ -244,3 +244,27 @@ def test_sweep_counts_dynamic_spatial_axes_at_the_data_size(monkeypatch, capsys,
     points = json.loads((tmp_path / "sweep" / "sweep.json").read_text())["points"]
     assert points[0]["macs"] == 16 * 27 * 32 * 32 + 32 * 144 * 16 * 16 + 64 * 288 * 8 * 8 + 640
     assert 0.6 < points[1]["flops_ratio"] <= 0.7
+
+
+def test_sweep_aligns_kept_counts_as_prune_does(monkeypatch, capsys, tmp_path):
+    """sweep allocated without prune's default alignment: off-block counts that run slower."""
+    import json
+
+    from onnxprune.selection.latency import resolve_align
+    from tests.test_cli import cli
+
+    path = tmp_path / "cnn.onnx"
+    _dynamic_cnn(path, 32, 32)
+    block = resolve_align("auto")
+    for args, step in (((), block), (("--align", "1"), 1)):
+        out_dir = tmp_path / f"sweep{step}"
+        code, out, err = cli(monkeypatch, capsys, "sweep", path, "--targets", "0.6", "-o", out_dir, "--runs", "2",
+                             "--save-models", *args, columns=200)
+        assert code == 0, err
+        plans = list(out_dir.glob("*.json"))
+        plan = json.loads(next(p for p in plans if p.name != "sweep.json").read_text())
+        kept = {gid: len(g["keep"]) for gid, g in plan["groups"].items()}
+        sizes = {gid: g["size"] for gid, g in plan["groups"].items()}
+        assert kept and all(k % step == 0 or k == sizes[gid] for gid, k in kept.items()), (step, kept)
+        if step == 1:
+            assert any(k % block for k in kept.values()), kept  # unaligned counts, so the first check meant something

@@ -48,15 +48,16 @@ def sweep(model: onnx.ModelProto, analysis: Analysis, targets: Sequence[float], 
           criterion: str = "l2", scores: Mapping[str, np.ndarray] | None = None,
           eval_feeds: Mapping[str, np.ndarray] | None = None, labels: np.ndarray | None = None,
           latency_feeds: Mapping[str, np.ndarray] | None = None, round_to: int = 1, min_channels: int = 1,
-          max_ratio: float = 1.0, provider: str = "CPUExecutionProvider", threads: int = 0, runs: int = 20,
-          warmup: int = 5, save_dir: str | os.PathLike[str] | None = None,
+          max_ratio: float = 1.0, align: int = 1, provider: str = "CPUExecutionProvider", threads: int = 0,
+          runs: int = 20, warmup: int = 5, save_dir: str | os.PathLike[str] | None = None,
           progress: Callable[[int, int], None] | None = None,
           counted_at: Mapping[str, Sequence[int]] | None = None) -> dict[str, Any]:
     """Prune ``model`` (prepared, analysed) to every budget in ``targets`` (fractions of the
     original or absolute counts of ``metric``) and measure each result. Returns the sweep as a
     JSON-serialisable dict: ``original`` and one entry per target in ``points`` (the original
     first, with ``target`` None); a budget that cannot be reached gets an ``error``. ``counted_at``:
-    static input shapes to count MACs at (``compress.counting_shapes``; as the analysis did)."""
+    static input shapes to count MACs at (``compress.counting_shapes``; as the analysis did);
+    ``align``: kept counts rounded down to this channel block where legal (prune's default)."""
     from onnxprune.api import apply_plan, plan_to_budget, score_channels
     from onnxprune.selection.budget import Budget
     from onnxprune.analysis.flops import cost_at
@@ -96,7 +97,7 @@ def sweep(model: onnx.ModelProto, analysis: Analysis, targets: Sequence[float], 
         entry: dict[str, Any] = {"target": float(t)}
         try:
             reached = plan_to_budget(model, analysis, Budget(metric, float(t)), criterion=criterion, scores=scores,
-                                     round_to=round_to, min_channels=min_channels, max_ratio=max_ratio)
+                                     round_to=round_to, min_channels=min_channels, max_ratio=max_ratio, align=align)
         except SelectionError as exc:
             entry["error"] = str(exc)
             log.info("target %g: %s", t, exc)

@@ -806,3 +806,23 @@ def test_held_out_metrics_are_the_same_a_few_samples_at_a_time(tmp_path, monkeyp
     assert got["top1"] == pytest.approx((ref.argmax(1) == out.argmax(1)).mean())
     assert got["mean_cosine"] == pytest.approx(want_cos, rel=1e-5)
     assert held.error(model, {"y": out.astype(np.float32)}) == pytest.approx(got["output_mse"], rel=1e-12)
+
+
+def test_summary_line_names_the_layers_no_method_could_refit():
+    """A QDQ model's consumers read DequantizeLinear outputs, which no refit touches: the line
+    said 'refitted 0 layers, refused 0' as if recovery had run; now it says why not."""
+    from onnxprune.recovery.report import summary_line
+
+    step = lambda node, status, reason, method="lstsq": {"node": node, "status": status, "reason": reason,  # noqa: E731
+                                                         "method": method}
+    report = {"held_out": None, "updated": {}, "refitted": 0, "refused_nodes": 0, "steps": [
+        step("a", "skipped", "weight 'wa' of Conv is not a constant"),
+        step("a", "skipped", "weight 'wa' of Conv is not a constant", "bias"),
+        step("b", "skipped", "weight 'wb' of Conv is not a constant"),
+        step("c", "skipped", "grouped convolution (group=4)"), step("c", "updated", "", "bias")]}
+    assert summary_line(report).endswith(
+        "refitted 0 layers, refused 0; 2 layers not refittable (weight 'wa' of Conv is not a constant, ...)")
+    report["steps"] = report["steps"][:2]
+    assert summary_line(report).endswith("; 1 layer not refittable (weight 'wa' of Conv is not a constant)")
+    report["steps"] = []
+    assert summary_line(report).endswith("refitted 0 layers, refused 0")

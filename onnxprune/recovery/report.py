@@ -4,6 +4,7 @@ figures), and the same on the samples fitted on (not a quality figure: fits memo
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -96,6 +97,23 @@ def summary_line(report: dict) -> str:
     counts += [f"{m} {len(updated[m])}" for m in ("bias", "bn") if updated.get(m)]
     counts.append(f"refused {report.get('refused_nodes', 0)}")
     line += "; " + ", ".join(counts)
+    line += _not_refittable(report)
     if report.get("reverted"):
         line += f"; {report.get('note') or 'kept the pruned model unchanged'}"
     return line
+
+
+def _not_refittable(report: dict) -> str:
+    """'; N layers not refittable: REASON' for the consumers no method could touch (a QDQ
+    weight, a grouped convolution), the most frequent reason; '' when there are none."""
+    steps = report.get("steps", [])
+    touched = {s["node"] for s in steps if s["status"] != "skipped"}
+    reasons: dict[str, list[str]] = {}
+    for s in steps:
+        if s["status"] == "skipped" and s["node"] not in touched:
+            reasons.setdefault(s["node"], []).append(s["reason"])
+    if not reasons:
+        return ""
+    common = Counter(r[0] for r in reasons.values()).most_common(1)[0][0]
+    n = len(reasons)
+    return f"; {n} layer{'s' if n > 1 else ''} not refittable ({common}{', ...' if n > 1 and len({r[0] for r in reasons.values()}) > 1 else ''})"

@@ -518,3 +518,23 @@ def test_a_speed_check_the_model_cannot_run_is_reported_not_a_crash(monkeypatch,
                             "--input-shape", "x=1,4,100")
     text = " ".join((stdout + err).split())
     assert code == 0 and "speed not measured" not in text and "speed:" in text, text
+
+
+def test_random_inputs_give_a_recurrent_state_the_batch_on_its_own_batch_axis():
+    """silero-vad: input [batch, samples], state [2, batch, 128]. The state's batch axis got 32
+    (dynamic axes past position 0 did), so the LSTM refused its initial state; it takes the
+    batch now, as the verify samples already did (``graph.batch_axes``)."""
+    from onnxprune.runtime.session import random_inputs, random_samples
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "samples"])
+    state = helper.make_tensor_value_info("state", TensorProto.FLOAT, [2, "batch", 8])
+    nodes = [helper.make_node("ReduceSum", ["state"], ["s"], keepdims=0),
+             helper.make_node("Identity", ["x"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [x, state], [helper.make_tensor_value_info("y", TensorProto.FLOAT, None),
+                                                       helper.make_tensor_value_info("s", TensorProto.FLOAT, None)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    feeds = random_inputs(model)
+    assert feeds["x"].shape == (1, 32) and feeds["state"].shape == (2, 1, 8)
+    assert random_inputs(model, batch=3)["state"].shape == (2, 3, 8)
+    samples = random_samples(model, 4)
+    assert samples["x"].shape == (4, 32) and samples["state"].shape == (2, 4, 8)

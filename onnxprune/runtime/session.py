@@ -129,15 +129,18 @@ UNKNOWN_DIM = 32
 def random_inputs(model: onnx.ModelProto, *, seed: int = 0, batch: int = 1,
                   shapes: Mapping[str, Sequence[int]] | None = None) -> Feeds:
     """Random feeds for every graph input. ``shapes`` overrides; otherwise dynamic dims become
-    ``batch`` on the first axis and 32 elsewhere."""
+    ``batch`` on the input's batch axis (``graph.batch_axes``: axis 0, or where another input
+    names its batch, as a recurrent state [layers, batch, hidden] does) and 32 elsewhere."""
     rng = np.random.default_rng(seed)
     index = GraphIndex(model)
+    axes = batch_axes(model)
     feeds: Feeds = {}
     for vi in model.graph.input:
         if vi.name in index.initializers:
             continue
+        at = axes.get(vi.name, 0)
         shape = list((shapes or {}).get(vi.name) or [
-            d if isinstance(d, int) else (batch if i == 0 else UNKNOWN_DIM)
+            d if isinstance(d, int) else (batch if i == at else UNKNOWN_DIM)
             for i, d in enumerate(index.shape(vi.name) or ())])
         dtype = onnx.helper.tensor_dtype_to_np_dtype(vi.type.tensor_type.elem_type)
         if np.issubdtype(dtype, np.floating):

@@ -238,7 +238,7 @@ def test_sweep_counts_dynamic_spatial_axes_at_the_data_size(monkeypatch, capsys,
     _dynamic_cnn(path)
     np.savez(data, x=np.random.default_rng(0).standard_normal((8, 3, 32, 32)).astype(np.float32))
     code, out, err = cli(monkeypatch, capsys, "sweep", path, "--targets", "0.7", "--calib", data, "-o",
-                         tmp_path / "sweep", "--runs", "2", columns=200)
+                         tmp_path / "sweep", "--runs", "2", "--align", "1", columns=200)  # fine steps: near 0.7
     assert code == 0, err
     assert "MACs counted at the calibration samples' size (x 1x3x32x32)" in out
     points = json.loads((tmp_path / "sweep" / "sweep.json").read_text())["points"]

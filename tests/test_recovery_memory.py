@@ -120,3 +120,274 @@ def test_a_large_model_reaches_onnxruntime_through_a_temporary_file(monkeypatch,
     assert sessions._streamed(model)
     np.testing.assert_array_equal(session(model).run(None, {"x": _x()})[0], want)
     assert not list(tmp_path.iterdir())  # the temporary file is gone once the session is made
+
+
+# -- streamed held-out outputs, recovery in place, sessions without the arena (issue 13) -------------
+
+def _two_layer(tmp_path) -> tuple[onnx.ModelProto, object]:
+    """x [N, 6] -> Gemm fc1 (8) -> Relu -> Gemm fc2 (5), loaded and analysed: fc1's 8 outputs
+    are one prunable group read by fc2."""
+    from onnxprune.analysis import analyze
+    from onnxprune.api import load
+
+    rng = np.random.default_rng(41)
+    inits = [numpy_helper.from_array(rng.standard_normal((8, 6)).astype(np.float32), "w1"),
+             numpy_helper.from_array(rng.standard_normal(8).astype(np.float32), "b1"),
+             numpy_helper.from_array(rng.standard_normal((5, 8)).astype(np.float32), "w2"),
+             numpy_helper.from_array(rng.standard_normal(5).astype(np.float32), "b2")]
+    nodes = [helper.make_node("Gemm", ["x", "w1", "b1"], ["h"], name="fc1", transB=1),
+             helper.make_node("Relu", ["h"], ["r"], name="relu"),
+             helper.make_node("Gemm", ["r", "w2", "b2"], ["y"], name="fc2", transB=1)]
+    graph = helper.make_graph(nodes, "two", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 6])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 5])], inits)
+    path = tmp_path / "two.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    model = load(path)
+    return model, analyze(model)
+
+
+def _pruned(model, analysis):  # noqa: ANN001, ANN202
+    from onnxprune.api import apply_plan
+    from onnxprune.plan import Plan
+
+    group = next(g for g in analysis.groups if "fc1" in g.producers)
+    plan = Plan(analysis.fingerprint, {group.id: (0, 2, 3, 5, 6)}, {group.id: group.size})
+    return plan, apply_plan(model, analysis, plan).model
+
+
+def _calib(n: int = 40) -> CalibrationData:
+    return CalibrationData({"x": np.random.default_rng(42).standard_normal((n, 6)).astype(np.float32)})
+
+
+def test_recovery_edits_pruned_in_place_and_puts_it_back(tmp_path, monkeypatch):
+    """The built-in methods edit the caller's pruned model during the walk (no copy of every
+    weight) and put it back byte for byte; the recovered model, its report and every decision
+    are those of the walk on a copy (a method a snapshot does not cover)."""
+    from onnxprune.recovery import pipeline, recover
+
+    model, analysis = _two_layer(tmp_path)
+    plan, pruned = _pruned(model, analysis)
+    before = pruned.SerializeToString()
+    recovered, report = recover(model, pruned, analysis, plan, _calib(), methods=("bias", "lstsq"), batch_size=7)
+    assert pruned.SerializeToString() == before
+    assert report["updated"]["lstsq"] == ["fc2"] and recovered.SerializeToString() != before
+    monkeypatch.setattr(pipeline, "touching", lambda method: False)  # as for a plug-in method: work on a copy
+    copied, copied_report = recover(model, pruned, analysis, plan, _calib(), methods=("bias", "lstsq"), batch_size=7)
+    assert pruned.SerializeToString() == before
+    assert copied.SerializeToString() == recovered.SerializeToString()
+    assert copied_report == report
+
+
+def test_recovery_puts_pruned_back_when_a_step_fails(tmp_path, monkeypatch):
+    from onnxprune.recovery import pipeline, recover
+
+    model, analysis = _two_layer(tmp_path)
+    plan, pruned = _pruned(model, analysis)
+    before = pruned.SerializeToString()
+    apply_fit = pipeline._Recovery._apply_fit
+
+    def failing(self, layer, fit):  # noqa: ANN001, ANN202
+        apply_fit(self, layer, fit)  # the model is edited, then the step fails
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(pipeline._Recovery, "_apply_fit", failing)
+    with pytest.raises(RuntimeError, match="boom"):
+        recover(model, pruned, analysis, plan, _calib(), methods=("lstsq",))
+    assert pruned.SerializeToString() == before
+
+
+def test_recovery_reverted_in_place_returns_the_pruned_model(tmp_path, monkeypatch):
+    """When recovery as a whole raised the held-out error, the pruned model comes back (a copy,
+    byte for byte), and the caller's is as it was."""
+    from onnxprune.recovery import holdout, recover
+
+    model, analysis = _two_layer(tmp_path)
+    plan, pruned = _pruned(model, analysis)
+    before = pruned.SerializeToString()
+    metrics = holdout.HeldOut.metrics
+    calls = []
+
+    def worse_at_the_end(self, m, outputs=None):  # noqa: ANN001, ANN202
+        calls.append(1)
+        out = metrics(self, m, outputs)
+        return {**out, "output_mse": out["output_mse"] + (1e9 if len(calls) > 1 else 0.0)}
+
+    monkeypatch.setattr(holdout.HeldOut, "metrics", worse_at_the_end)
+    recovered, report = recover(model, pruned, analysis, plan, _calib(), methods=("bias", "lstsq"))
+    assert report["reverted"] and report["updated"]["lstsq"] == ["fc2"]
+    assert recovered is not pruned and recovered.SerializeToString() == before
+    assert pruned.SerializeToString() == before
+
+
+def test_edits_record_only_what_committed_steps_changed():
+    from onnxprune.recovery.snapshot import Edits
+
+    model = _mlp()
+    before = model.SerializeToString()
+    edits = Edits(model)
+    for node in ("mm1", "mm2"):
+        snap = Snapshot(model, node)
+        weight = next(t for t in model.graph.initializer if t.name == ("w1" if node == "mm1" else "w2"))
+        set_constant(model, node, 1, np.zeros_like(numpy_helper.to_array(weight)))
+        add_bias(model, node, np.ones(6 if node == "mm1" else 3))
+        assert edits.keep(snap)
+    assert sorted(t.name for t in edits.originals.values()) == ["b1", "w1", "w2"]  # copies of the originals only
+    assert model.SerializeToString() != before
+    assert edits.restore() is model and model.SerializeToString() == before
+
+
+def _two_outputs() -> onnx.ModelProto:
+    model = _mlp()
+    model.graph.output.append(helper.make_tensor_value_info("h", TensorProto.FLOAT, ["n", 6]))
+    return model
+
+
+def _old_error(reference: dict, outputs: dict) -> float:
+    """``HeldOut.error`` as it was computed on whole arrays."""
+    per = [activations.squared_error(outputs[n], reference[n]) / reference[n].size for n in ("y", "h")]
+    return float(np.mean(per))
+
+
+@pytest.mark.parametrize("diff_bytes", [8, 8 * 6 * 3, activations.DIFF_BYTES])
+def test_held_out_error_of_batches_is_the_whole_arrays_error_to_the_bit(monkeypatch, diff_bytes):
+    """The error of a stream of batches (chunks crossing the batches' edges) equals the one on
+    whole arrays exactly: the same chunks, summed in the same order."""
+    from onnxprune.recovery.holdout import HeldOut
+
+    monkeypatch.setattr(activations, "DIFF_BYTES", diff_bytes)  # 1, 3 rows per chunk, or all
+    original, other = _two_outputs(), _mlp(1)
+    other.graph.output.append(helper.make_tensor_value_info("h", TensorProto.FLOAT, ["n", 6]))
+    calib = CalibrationData({"x": _x(11)})
+    held = HeldOut(original, calib, batch_size=4)
+    whole_ref = {n: session(original).run([n], {"x": _x(11)})[0] for n in ("y", "h")}
+    whole_out = {n: session(other).run([n], {"x": _x(11)})[0] for n in ("y", "h")}
+    want = _old_error(whole_ref, whole_out)
+    assert held.error(other) == want
+    assert held.error(other, whole_out) == want
+    batches = [{n: v[lo: lo + 4] for n, v in whole_out.items()} for lo in range(0, 11, 4)]
+    assert held.error(other, iter(batches)) == want
+    assert all(len(b["y"]) <= 4 for b in held._reference)  # the reference is kept as batches
+
+
+def test_held_out_metrics_of_batches_are_the_whole_arrays_metrics(monkeypatch):
+    from onnxprune.recovery import holdout
+    from onnxprune.recovery.holdout import HeldOut
+
+    monkeypatch.setattr(holdout, "CHUNK_ELEMENTS", 12)  # 2 samples of 'h', 4 of 'y' per chunk
+    original, other = _two_outputs(), _mlp(1)
+    other.graph.output.append(helper.make_tensor_value_info("h", TensorProto.FLOAT, ["n", 6]))
+    x = _x(11)
+    r = {n: session(original).run([n], {"x": x})[0] for n in ("y", "h")}
+    o = {n: session(other).run([n], {"x": x})[0] for n in ("y", "h")}
+    got = HeldOut(original, CalibrationData({"x": x}), batch_size=3).metrics(other)
+    for n in ("y", "h"):  # the formulas on whole arrays, chunk by chunk as before
+        step = max(1, 12 // r[n][:1].size)
+        sq, agree, cos = 0.0, [], []
+        for lo in range(0, 11, step):
+            r64, o64 = r[n][lo: lo + step].astype(np.float64), o[n][lo: lo + step].astype(np.float64)
+            sq += float(np.sum((o64 - r64) ** 2))
+            agree.append(r64.argmax(1) == o64.argmax(1))
+            den = np.linalg.norm(r64, axis=1) * np.linalg.norm(o64, axis=1)
+            cos.append(np.where(den > 0, (r64 * o64).sum(1) / np.where(den > 0, den, 1), 1.0))
+        assert got["per_output"][n] == sq / r[n].size
+        assert got["top1_agreement"][n] == float(np.concatenate(agree).mean())
+        assert got["cosine"][n] == float(np.concatenate(cos).mean())
+
+
+def test_rechunk_cuts_batches_as_the_joined_array():
+    from onnxprune.recovery.holdout import _rechunk
+
+    parts = [np.arange(k, k + n) for k, n in ((0, 3), (3, 1), (4, 5))]
+    joined = np.concatenate(parts)
+    for rows in (1, 2, 4, 20):
+        got = list(_rechunk(iter(parts), rows))
+        want = [joined[lo: lo + rows] for lo in range(0, len(joined), rows)]
+        assert [g.tolist() for g in got] == [w.tolist() for w in want]
+
+
+def test_cursor_suffix_batches_are_the_suffix_batch_by_batch():
+    from onnxprune.recovery.segments import Cursor
+
+    model, calib = _two_outputs(), CalibrationData({"x": _x(10)})
+    cursor = Cursor(calib, batch_size=4)
+    assert cursor.tensors(model, "relu", []) is not None
+    whole = cursor.suffix(model)
+    batches = list(cursor.suffix_batches(model))
+    assert [len(b["y"]) for b in batches] == [4, 4, 2]
+    for name in ("y", "h"):  # 'h' is cached by the cursor, 'y' is run
+        np.testing.assert_array_equal(np.concatenate([b[name] for b in batches]), whole[name])
+
+
+def test_cursor_joins_a_stretch_without_a_list_of_batches():
+    """A stretch's batch-major values are written into one array as the batches come, and equal
+    a whole-model run's."""
+    from onnxprune.recovery.segments import Cursor
+
+    model, calib = _mlp(), CalibrationData({"x": _x(10)})
+    cursor = Cursor(calib, batch_size=3)
+    got = cursor.tensors(model, "mm2", ["h"])
+    assert got["h"].shape == (10, 6) and got["h"].flags.c_contiguous
+    want = run(expose(model, ["h"]), {"x": _x(10)})["h"]
+    np.testing.assert_array_equal(got["h"], want)
+
+
+def test_large_models_run_without_the_cpu_memory_arena(monkeypatch):
+    from onnxprune.runtime import session as sessions
+
+    model = _mlp()
+    assert session(model).get_session_options().enable_cpu_mem_arena
+    monkeypatch.setattr(sessions, "STREAM_BYTES", 0)
+    assert not session(model).get_session_options().enable_cpu_mem_arena
+
+
+def test_a_large_model_is_timed_from_a_temporary_file(monkeypatch, tmp_path):
+    """A timing session of a large model is read from a file written one initializer at a time
+    (no serialised copy of the weights in memory): the same outputs, nothing left behind."""
+    import tempfile
+
+    from onnxprune.runtime import session as sessions
+    from onnxprune.runtime import timing
+
+    model = _mlp()
+    want = timing.timing_session(model).run(None, {"x": _x()})[0]
+    monkeypatch.setattr(sessions, "STREAM_BYTES", 0)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    read = []
+    monkeypatch.setattr(timing, "from_file", lambda *a, **k: read.append(1) or sessions.from_file(*a, **k))
+    np.testing.assert_array_equal(timing.timing_session(model).run(None, {"x": _x()})[0], want)
+    assert read and not list(tmp_path.iterdir())
+
+
+def test_cursors_do_not_cache_what_weights_alone_make():
+    """A tensor made from initializers alone (a tied embedding's Transpose, made first and read
+    by the LM head last) is not cached by a cursor: the stretch that reads it makes it again,
+    with the same values."""
+    from onnxprune.recovery.segments import Cursor, _constants
+
+    rng = np.random.default_rng(43)
+    inits = [numpy_helper.from_array(rng.standard_normal((4, 6)).astype(np.float32), "w1"),
+             numpy_helper.from_array(rng.standard_normal((3, 6)).astype(np.float32), "table")]
+    nodes = [helper.make_node("Transpose", ["table"], ["head"], name="tr", perm=[1, 0]),
+             helper.make_node("MatMul", ["x", "w1"], ["h"], name="mm1"),
+             helper.make_node("Relu", ["h"], ["r"], name="relu"),
+             helper.make_node("MatMul", ["r", "head"], ["y"], name="mm2")]
+    graph = helper.make_graph(nodes, "tied", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 3])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    assert _constants(model) == {"head": 0}
+    calib = CalibrationData({"x": _x(10)})
+    want = run(model, {"x": _x(10)})["y"]
+    cursor = Cursor(calib, batch_size=4)
+    assert cursor.tensors(model, "relu", ["h"]) is not None
+    assert "head" not in cursor.values and "h" in cursor.values
+    np.testing.assert_array_equal(cursor.suffix(model)["y"], want)
+    np.testing.assert_array_equal(np.concatenate([b["y"] for b in cursor.suffix_batches(model)]), want)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_sum_of_squares_is_the_float64_formula_to_the_bit(dtype):
+    rng = np.random.default_rng(44)
+    got, want = (rng.standard_normal((3, 5, 700)) * 30).astype(dtype), (rng.standard_normal((3, 5, 700)) * 30).astype(dtype)
+    diff = np.asarray(got, np.float64) - np.asarray(want, np.float64)
+    assert activations.sum_of_squares(got, want) == float(np.sum(diff * diff))
+    assert got.dtype == dtype and np.isfinite(got).all()  # the inputs are left as they were

@@ -9,13 +9,14 @@ the data the weights were fitted to.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
 
 import numpy as np
 import onnx
 
 from onnxprune.io.calib_data import CalibrationData
-from onnxprune.recovery.activations import Probe, squared_error
+from onnxprune.recovery import activations
+from onnxprune.recovery.activations import Probe
 
 MIN_HELD = 4  # held-out samples wanted at least (half the set when it is smaller than 8)
 
@@ -41,31 +42,49 @@ def subset(calib: CalibrationData, index: np.ndarray) -> CalibrationData:
                            None if calib.labels is None else calib.labels[index])
 
 
+Batches = Iterable[Mapping[str, np.ndarray]]  # graph outputs, one batch of samples at a time, in order
+
+
 class HeldOut:
     """Graph outputs of models against the original's on the held-out samples (the
-    original's computed once)."""
+    original's computed once and kept as the batches came: never joined into one array).
+
+    A model's outputs are compared one batch at a time as they are computed (``outputs``
+    may be a stream of batches, e.g. ``segments.Cursor.suffix_batches``): a decoder LM's
+    logits on every held-out sample are never held twice. The sums are taken over the same
+    chunks of samples, in the same order, as on whole arrays, so the figures are the same
+    to the last bit."""
 
     def __init__(self, original: onnx.ModelProto, calib: CalibrationData, batch_size: int) -> None:
         self.probe = Probe(calib, batch_size)
         self.original = original
         self.names = [o.name for o in original.graph.output]
-        self._reference: dict[str, np.ndarray] | None = None
+        self._reference: list[dict[str, np.ndarray]] | None = None
 
     def __len__(self) -> int:
         return len(self.probe)
 
-    def error(self, model: onnx.ModelProto, outputs: dict[str, np.ndarray] | None = None) -> float:
+    def error(self, model: onnx.ModelProto, outputs: Mapping[str, np.ndarray] | Batches | None = None) -> float:
         """The mean over graph outputs of their mean squared difference from the original's
-        (``outputs``: ``model``'s graph outputs on every held-out sample, when already computed)."""
+        (``outputs``: ``model``'s graph outputs on every held-out sample, when already computed:
+        whole arrays, or a stream of batches)."""
         reference, outputs = self._outputs(model, outputs)
-        per = {}
-        for n in self.names:
-            r, o = np.asarray(reference[n]), np.asarray(outputs[n])
-            if np.issubdtype(r.dtype, np.floating) and r.size:
-                per[n] = squared_error(o, r) / r.size
-        return float(np.mean(list(per.values()))) if per else 0.0
+        floating = [n for n in self.names if _floating(reference, n)]
+        if not floating:
+            for _ in outputs:  # run it all the same (a failure shows as it would)
+                pass
+            return 0.0
+        sums = dict.fromkeys(floating, 0.0)
+        first = reference[0]
+        rows = {n: _diff_rows(first[n]) for n in floating}
+        streams = _split(outputs, floating)
+        for n in floating:
+            for got, want in zip(_rechunk(streams[n], rows[n]), _rechunk((b[n] for b in reference), rows[n])):
+                sums[n] += _sum_of_squares(got, want)
+        per = {n: sums[n] / _size(reference, n) for n in floating}
+        return float(np.mean(list(per.values())))
 
-    def metrics(self, model: onnx.ModelProto, outputs: dict[str, np.ndarray] | None = None) -> dict:
+    def metrics(self, model: onnx.ModelProto, outputs: Mapping[str, np.ndarray] | Batches | None = None) -> dict:
         """``output_mse`` (as ``error``), ``per_output`` MSE; for every [N, K] output (K >= 2,
         a classifier's logits) the fraction of samples whose arg-max agrees with the
         original's (``top1_agreement``, and their mean over such outputs under ``top1``);
@@ -75,20 +94,22 @@ class HeldOut:
         per: dict[str, float] = {}
         top1: dict[str, float] = {}
         cosine: dict[str, float] = {}
-        for n in self.names:
-            r, o = np.asarray(reference[n]), np.asarray(outputs[n])
-            if not np.issubdtype(r.dtype, np.floating) or not r.size:
-                continue
+        floating = [n for n in self.names if _floating(reference, n)]
+        streams = _split(outputs, floating)
+        for n in floating:
+            step = _metric_rows(reference[0][n])
             sq, agree, cos = 0.0, [], []
-            for r64, o64 in _chunks(r, o):  # float64, a few samples at a time (logits can be large)
-                sq += float(np.sum((o64 - r64) ** 2))
+            for o, r in zip(_rechunk(streams[n], step), _rechunk((b[n] for b in reference), step)):
+                r64, o64 = r.astype(np.float64), o.astype(np.float64)  # float64, a few samples at a time
                 if r64.ndim == 2 and r64.shape[1] >= 2:
                     agree.append(r64.argmax(1) == o64.argmax(1))
                 if r64.ndim >= 1:
                     a, b = r64.reshape(len(r64), -1), o64.reshape(len(o64), -1)
                     den = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
                     cos.append(np.where(den > 0, (a * b).sum(1) / np.where(den > 0, den, 1), 1.0))
-            per[n] = sq / r.size
+                np.subtract(o64, r64, out=o64)  # (o - r) ** 2 in o64's memory: no more float64 copies
+                sq += float(np.sum(np.multiply(o64, o64, out=o64)))
+            per[n] = sq / _size(reference, n)
             if agree:
                 top1[n] = float(np.concatenate(agree).mean())
             if cos:
@@ -97,33 +118,89 @@ class HeldOut:
                 "top1_agreement": top1, "top1": float(np.mean(list(top1.values()))) if top1 else None,
                 "cosine": cosine, "mean_cosine": float(np.mean(list(cosine.values()))) if cosine else None}
 
-    def _outputs(self, model: onnx.ModelProto, outputs: dict[str, np.ndarray] | None
-                 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-        """(the original's graph outputs, ``model``'s) on the held-out samples."""
+    def drop_reference(self) -> None:
+        """Free the original's outputs (computed again if asked for)."""
+        self._reference = None
+
+    def _outputs(self, model: onnx.ModelProto, outputs: Mapping[str, np.ndarray] | Batches | None
+                 ) -> tuple[list[dict[str, np.ndarray]], Iterable[Mapping[str, np.ndarray]]]:
+        """(the original's graph outputs, ``model``'s) on the held-out samples, as batches."""
         if self._reference is None:
-            self._reference = _gather(self.probe.stream(self.original, self.names), self.names)
+            self._reference = [{n: np.asarray(out[n]) for n in self.names}
+                               for _, _, out in self.probe.stream(self.original, self.names)]
         if outputs is None:
-            outputs = _gather(self.probe.stream(model, self.names), self.names)
+            outputs = (out for _, _, out in self.probe.stream(model, self.names))
+        elif isinstance(outputs, Mapping):
+            outputs = [outputs]
         return self._reference, outputs
 
 
 CHUNK_ELEMENTS = 2**22  # elements of one output converted to float64 at a time
 
 
-def _chunks(ref: np.ndarray, out: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """(ref, out) as float64, a few samples (leading-axis entries) at a time; a scalar whole."""
-    if ref.ndim == 0:
-        yield ref.astype(np.float64), out.astype(np.float64)
-        return
-    step = max(1, CHUNK_ELEMENTS // max(1, ref[:1].size))
-    for lo in range(0, len(ref), step):
-        yield ref[lo: lo + step].astype(np.float64), out[lo: lo + step].astype(np.float64)
+def _sum_of_squares(got: np.ndarray, want: np.ndarray) -> float:
+    """sum((got - want) ** 2) in float64, in one float64 array (``activations.squared_error``'s values)."""
+    return activations.sum_of_squares(got, want)
 
 
-def _gather(stream, names: list[str]) -> dict[str, np.ndarray]:
-    """Whole arrays of ``names`` from a ``Probe.stream``."""
-    parts: dict[str, list[np.ndarray]] = {n: [] for n in names}
-    for _, _, out in stream:
-        for n in names:
-            parts[n].append(np.asarray(out[n]))
-    return {n: np.concatenate(v) for n, v in parts.items()}
+def _floating(reference: list[dict[str, np.ndarray]], name: str) -> bool:
+    return bool(reference) and np.issubdtype(reference[0][name].dtype, np.floating) and _size(reference, name) > 0
+
+
+def _size(batches: list[dict[str, np.ndarray]], name: str) -> int:
+    return sum(int(b[name].size) for b in batches)
+
+
+def _metric_rows(first: np.ndarray) -> int:
+    """Samples per float64 chunk of ``metrics``: about ``CHUNK_ELEMENTS`` elements."""
+    return max(1, CHUNK_ELEMENTS // max(1, first[:1].size))
+
+
+def _diff_rows(first: np.ndarray) -> int:
+    """Samples per float64 chunk of ``error``: as ``activations.squared_error`` takes them."""
+    return max(1, activations.DIFF_BYTES // max(8 * int(np.prod(first.shape[1:], dtype=np.int64)), 1))
+
+
+def _split(batches: Iterable[Mapping[str, np.ndarray]], names: list[str]) -> dict[str, Iterator[np.ndarray]]:
+    """One stream of arrays per name from one stream of batches. The batches are read once: the
+    first name's stream pulls them and keeps the other names' arrays until their turn (a
+    single output, a decoder LM's logits, is never held whole)."""
+    source = iter(batches)
+    waiting: dict[str, list[np.ndarray]] = {n: [] for n in names}
+
+    def stream(name: str) -> Iterator[np.ndarray]:
+        while True:
+            if waiting[name]:
+                yield waiting[name].pop(0)
+                continue
+            batch = next(source, None)
+            if batch is None:
+                return
+            for other in names:
+                if other != name:
+                    waiting[other].append(np.asarray(batch[other]))
+            yield np.asarray(batch[name])
+
+    return {n: stream(n) for n in names}
+
+
+def _rechunk(arrays: Iterable[np.ndarray], rows: int) -> Iterator[np.ndarray]:
+    """The arrays joined along their first axis, cut into consecutive chunks of ``rows``
+    (the last one shorter): the chunks of the joined array, without joining it."""
+    pending: list[np.ndarray] = []
+    have = 0
+    for a in arrays:
+        a = np.asarray(a)
+        if a.ndim == 0:
+            a = a.reshape(1)
+        lo = 0
+        while lo < len(a):
+            take = min(rows - have, len(a) - lo)
+            pending.append(a[lo: lo + take])
+            have += take
+            lo += take
+            if have == rows:
+                yield pending[0] if len(pending) == 1 else np.concatenate(pending)
+                pending, have = [], 0
+    if pending:
+        yield pending[0] if len(pending) == 1 else np.concatenate(pending)

@@ -48,8 +48,9 @@ from onnxprune.recovery.refit import Fit, Refused, Rows, fit_layer
 from onnxprune.recovery.methods import TARGETS, selected
 from onnxprune.recovery.methods import names as method_names
 from onnxprune.recovery.report import RecoveryReport
-from onnxprune.recovery.segments import Cursor, batched
-from onnxprune.recovery.snapshot import Snapshot, touching
+from onnxprune.recovery.segments import Cursor, SuffixFailed, batched
+from onnxprune.recovery.snapshot import Edits, Snapshot, touching
+from onnxprune.runtime.memory import release
 from onnxprune.recovery.segments import supported as runs_in_stretches
 from onnxprune.recovery.stats import Moments, RowSample
 
@@ -67,6 +68,8 @@ def recover(original: onnx.ModelProto, pruned: onnx.ModelProto, analysis: Analys
             weighting: str = "uniform", seed: int = 0, holdout: float = 0.25,
             augment: bool = False, downstream: bool = False) -> tuple[onnx.ModelProto, dict]:
     """Return a recovered copy of ``pruned`` (same graph structure, new weights) and a report.
+    ``pruned`` is left as it was (the built-in methods edit it in place during the walk, each
+    edit recorded by ``snapshot.Edits``, and it is put back before this returns).
 
     ``original`` is the prepared model ``analysis`` was made on; ``pruned`` is
     ``apply_plan(original, analysis, plan).model``; ``calib`` are unlabelled inputs.
@@ -124,8 +127,13 @@ def recover(original: onnx.ModelProto, pruned: onnx.ModelProto, analysis: Analys
     if len(calib) == 0:
         raise RecoveryError("recovery needs calibration data; the calibration set is empty")
     plan.validate(analysis)
-    model = onnx.ModelProto()
-    model.CopyFrom(pruned)
+    # the built-in methods' edits are undone by snapshots: edit ``pruned`` in place (no copy of
+    # every weight next to it during the walk) and put it back before returning
+    edits = Edits(pruned) if all(touching(m) for m in methods) else None
+    model = pruned
+    if edits is None:
+        model = onnx.ModelProto()
+        model.CopyFrom(pruned)
     fit_idx, held_idx = split(len(calib), holdout)
     fit_data = subset(calib, fit_idx)
     if augment:
@@ -137,7 +145,18 @@ def recover(original: onnx.ModelProto, pruned: onnx.ModelProto, analysis: Analys
     walk = _Recovery(original, model, pruned, analysis, plan, fit_data, held, methods, ridge, max_rows, progress,
                      batch_size, bn_mode, bias_means, weighting, seed, report)
     walk.downstream = downstream
-    return walk.run()
+    walk.edits = edits
+    if edits is None:
+        return walk.run()
+    try:
+        recovered, report = walk.run()
+        del walk  # its cursors and held-out outputs go before the copy is made
+        release()
+        out = onnx.ModelProto()
+        out.CopyFrom(recovered)
+    finally:
+        edits.restore()
+    return out, report
 
 
 class _Recovery:
@@ -168,6 +187,7 @@ class _Recovery:
         self.selected = {target: selected(methods, target) for target in TARGETS}  # by recovery.methods
         self.orig_means: dict[tuple[str, int], Moments] = {}
         self.downstream = False  # also refit layers that lost no input (``recover(downstream=)``)
+        self.edits: Edits | None = None  # ``model`` is the caller's pruned model, edited in place
 
     # -- the walk ---------------------------------------------------------
     def run(self) -> tuple[onnx.ModelProto, dict]:
@@ -208,10 +228,15 @@ class _Recovery:
                 self._dispatch(name, "batchnorm")
             else:
                 self._consumer(name, orig_means)
+            release()  # a step's rows, sessions and outputs: back to the system before the next step's peak
             if self.progress is not None:
                 self.progress(done, len(steps), name)
+        self.cursors = {}  # the walk is over: their cached activations go before the whole-model runs
+        release()
         if held_before is not None:
             self._final_check(held_before, bool(steps))
+            self.held.drop_reference()  # type: ignore[union-attr]
+            release()
         after = self.probe.mse(self.original, self.model) if steps else before
         self.report.mse = {"pruned": before["total"], "recovered": after["total"], "on": "fit samples",
                            "per_output": {k: {"pruned": before[k], "recovered": after[k]}
@@ -228,20 +253,33 @@ class _Recovery:
             self.report.reverted = True
             self.report.note = (f"recovery raised the held-out output MSE ({held_before['output_mse']:.4g} -> "
                                 f"{held_after['output_mse']:.4g}): kept the pruned model unchanged")
-            self.model = onnx.ModelProto()
-            self.model.CopyFrom(self.pruned)
+            if self.edits is not None:
+                self.model = self.edits.restore()
+            else:
+                self.model = onnx.ModelProto()
+                self.model.CopyFrom(self.pruned)
             self.report.held_out.update(recovered=held_before, rejected=held_after)
 
     def _commit(self, name: str, op: str, method: str, apply: Callable[[], dict], details: dict) -> bool:
         """Apply an edit to the model; keep it only if it lowers the graph-output error on the
         held-out samples (always, without them). Reported as updated or refused."""
-        backup = None if self.held is None else _backup(self.model, name, method)
+        recorded: list[int] = []
+        if self.edits is not None:  # every edit is recorded to put ``pruned`` back, even if it fails
+            backup = Snapshot(self.model, name)
+            recorded = self.edits.keep(backup)
+        else:
+            backup = None if self.held is None else _backup(self.model, name, method)
         details = {**details, **apply()}
         if self.held is not None:
-            err = self.held.error(self.model, self._held_outputs(name))
+            try:
+                err = self.held.error(self.model, self._held_outputs(name))
+            except SuffixFailed:  # the cursor gave up while running the rest of the graph
+                err = self.held.error(self.model)
             details.update(held_out_output_mse_before=self.held_err, held_out_output_mse_after=err)
             if not err < self.held_err:
                 self.model = backup.restore() if isinstance(backup, Snapshot) else backup
+                if self.edits is not None:
+                    self.edits.forget(recorded)
                 self.report.refused(name, op, method, f"does not lower the graph-output error on held-out samples "
                                                       f"(MSE {self.held_err:.4g} -> {err:.4g})", **details)
                 return False
@@ -260,13 +298,14 @@ class _Recovery:
         values = None if cursor is None else cursor.tensors(model, node, names, after=after)
         return probe.stream(model, names) if values is None else batched(values, probe.batch_size)
 
-    def _held_outputs(self, name: str) -> dict[str, np.ndarray] | None:
-        """The current model's graph outputs on the held-out samples, run from the held-out
-        cursor moved to node ``name`` (the one just edited); None where it cannot."""
+    def _held_outputs(self, name: str) -> Iterator[dict[str, np.ndarray]] | None:
+        """The current model's graph outputs on the held-out samples, one batch at a time, run
+        from the held-out cursor moved to node ``name`` (the one just edited); None where it
+        cannot (``segments.SuffixFailed`` while running: it gave up on the way)."""
         cursor = self.cursors.get("held")
         if cursor is None or cursor.tensors(self.model, name, []) is None:
             return None
-        return cursor.suffix(self.model)
+        return cursor.suffix_batches(self.model)
 
     def _original_statistics(self, steps: list[tuple[str, str]]) -> dict[tuple[str, int], Moments]:
         """Per-channel moments, in the original model, of every consumer's and BN's input,

@@ -79,11 +79,13 @@ class Cursor:
         if start is None or target < start:
             return None
         produced, last_use = _lifetimes(model)
+        constants = _constants(model)
         segment = nodes[start:target]
         made = {o for n in segment for o in n.output if o}
         if any(n not in self.values and n not in made for n in names):
             return None
-        live = {t for t, p in produced.items() if start <= p < target and last_use.get(t, -1) >= target}
+        live = {t for t, p in produced.items()
+                if start <= p < target and last_use.get(t, -1) >= target and t not in constants}
         wanted = [t for t in dict.fromkeys([*live, *names]) if t in made]
         try:
             new = self._run(model, segment, wanted, budget=True) if wanted else {}
@@ -97,7 +99,8 @@ class Cursor:
             return None
         got = {**self.values, **new}
         inputs = model_inputs(model)
-        self.values = {t: v for t, v in got.items() if last_use.get(t, -1) >= target or t in inputs}
+        self.values = {t: v for t, v in got.items()
+                       if (last_use.get(t, -1) >= target or t in inputs) and t not in constants}
         self.position, self.at = target, (nodes[target].name if target < len(nodes) else None)
         return {n: got[n] for n in names}
 
@@ -117,45 +120,113 @@ class Cursor:
             return None
         return {o: new[o] if o in new else self.values[o] for o in outputs}
 
+    def suffix_batches(self, model: onnx.ModelProto) -> Iterator[dict[str, np.ndarray]] | None:
+        """``suffix`` one batch at a time (``{output: batch slice}``, batches in sample order), so
+        that the graph outputs of every sample (a decoder LM's logits) are never held at once.
+        None where ``suffix`` would be None or an output is not batch-major; a failure while
+        running raises ``SuffixFailed`` (the cursor has then given up: run the whole model)."""
+        start = self._start(model)
+        if start is None or self.given_up:
+            return None
+        outputs = [o.name for o in model.graph.output]
+        if any(o in self.values and o in self.shared for o in outputs):
+            return None
+        missing = [o for o in outputs if o not in self.values]
+        try:
+            batches = self._batches(model, model.graph.node[start:], missing) if missing else None
+        except Exception as exc:  # noqa: BLE001 - as in ``tensors``
+            log.debug("recovery: running whole models from here on: %s", exc)
+            self.given_up, self.values = True, {}
+            return None
+        return self._suffix_stream(outputs, batches, static_batch(model) or self.batch_size)
+
+    def _suffix_stream(self, outputs: list[str], batches: Iterator[tuple[int, int, dict[str, np.ndarray]]] | None,
+                       bs: int) -> Iterator[dict[str, np.ndarray]]:
+        n = len(self.calib)
+        for lo in range(0, n, bs):
+            new: dict[str, np.ndarray] = {}
+            if batches is not None:
+                try:
+                    start, count, new = next(batches)
+                except Exception as exc:  # noqa: BLE001 - a run onnxruntime refuses: run whole models
+                    log.debug("recovery: running whole models from here on: %s", exc)
+                    self.given_up, self.values = True, {}
+                    raise SuffixFailed(str(exc)) from exc
+                if start != lo or any(v.ndim == 0 or v.shape[0] != count for v in new.values()):
+                    self.given_up, self.values = True, {}
+                    raise SuffixFailed("an output of the rest of the graph is not batch-major")
+            yield {o: new[o] if o in new else self.values[o][lo: lo + bs] for o in outputs}
+
     def _start(self, model: onnx.ModelProto) -> int | None:
         """The cursor's index in ``model`` (nodes may have been inserted after it)."""
         if self.at is None:
             return self.position if self.position == 0 else len(model.graph.node)
         return next((i for i, n in enumerate(model.graph.node) if n.name == self.at), None)
 
-    def _run(self, model: onnx.ModelProto, segment: Sequence[onnx.NodeProto], outputs: list[str],
-             budget: bool = False) -> dict[str, np.ndarray]:
-        """Run ``segment`` (consecutive nodes of ``model``) on the cached values, batch by batch
-        (``budget``: raise ``_TooLarge`` when the first batch projects the cache past ``MAX_BYTES``)."""
+    def _batches(self, model: onnx.ModelProto, segment: Sequence[onnx.NodeProto], outputs: list[str]
+                 ) -> Iterator[tuple[int, int, dict[str, np.ndarray]]]:
+        """A session of ``segment`` (made now: a sub-model onnxruntime refuses raises here), then
+        per batch of the cached values: (first sample, samples, {output: value})."""
         sub, inputs, weights = _sub_graph(model, segment, outputs, self.values)
         # the weights are streamed from ``model`` (never copied into ``sub``); a failure falls back
         # to whole-model runs: not an error to show
         sess = session(sub, quiet=True, initializers=weights)
-        n = len(self.calib)
         bs = static_batch(model) or self.batch_size
-        parts: dict[str, list[np.ndarray]] = {o: [] for o in outputs}
-        for lo in range(0, n, bs):
-            feeds = {k: self.values[k] if k in self.shared else self.values[k][lo: lo + bs] for k in inputs}
-            for o, v in zip(outputs, sess.run(outputs, feeds)):
+
+        def run() -> Iterator[tuple[int, int, dict[str, np.ndarray]]]:
+            n = len(self.calib)
+            for lo in range(0, n, bs):
+                feeds = {k: self.values[k] if k in self.shared else self.values[k][lo: lo + bs] for k in inputs}
+                yield lo, min(bs, n - lo), dict(zip(outputs, sess.run(outputs, feeds)))
+
+        return run()
+
+    def _run(self, model: onnx.ModelProto, segment: Sequence[onnx.NodeProto], outputs: list[str],
+             budget: bool = False) -> dict[str, np.ndarray]:
+        """Run ``segment`` (consecutive nodes of ``model``) on the cached values, batch by batch
+        (``budget``: raise ``_TooLarge`` when the first batch projects the cache past ``MAX_BYTES``).
+        Batch-major outputs are written into one array per output as the batches come (no list
+        of batches joined at the end: that would hold every value twice)."""
+        n, bs = len(self.calib), static_batch(model) or self.batch_size
+        parts: dict[str, list[np.ndarray]] = {o: [] for o in outputs}  # values that are not batch-major
+        joined: dict[str, np.ndarray] = {}  # batch-major values, every sample
+        for lo, count, got in self._batches(model, segment, outputs):
+            for o, v in got.items():
                 if o in self.shared and parts[o]:  # kept once: every batch must make the same value
                     if v.shape != parts[o][0].shape or not np.array_equal(v, parts[o][0]):
                         raise ValueError(f"tensor '{o}' is neither batch-major nor the same in every batch")
                     continue
-                parts[o].append(v)
-                if (v.ndim == 0 or v.shape[0] != min(bs, n - lo)) and o not in self.shared:
+                if o not in self.shared and (v.ndim == 0 or v.shape[0] != count):
                     self.shared.add(o)
+                    if o in joined:  # batch-major so far: the values of the batches before, as made
+                        parts[o] = [joined[o][s: s + bs] for s in range(0, lo, bs)]
+                        del joined[o]
+                if o in self.shared:
+                    parts[o].append(v)
+                    continue
+                if o not in joined:
+                    joined[o] = np.empty((n, *v.shape[1:]), dtype=v.dtype)
+                joined[o][lo: lo + count] = v
             if budget and lo == 0:  # project the cache from the first batch
                 held = sum(v.nbytes for k, v in self.values.items() if k not in self.calib.inputs)
-                batch = sum(p[0].nbytes for o, p in parts.items() if o not in self.shared)
+                batch = sum(v[:count].nbytes for v in joined.values())
                 once = sum(p[0].nbytes for o, p in parts.items() if o in self.shared)  # a tied lm_head's table
-                if held + once + batch * n / min(bs, n) > MAX_BYTES:
+                if held + once + batch * n / count > MAX_BYTES:
                     raise _TooLarge
         out = {}
-        for o, v in parts.items():
-            if o in self.shared and any(p.shape != v[-1].shape or not np.array_equal(p, v[-1]) for p in v[:-1]):
+        for o in outputs:
+            if o in joined:
+                out[o] = joined[o]
+                continue
+            v = parts[o]
+            if any(p.shape != v[-1].shape or not np.array_equal(p, v[-1]) for p in v[:-1]):
                 raise ValueError(f"tensor '{o}' is neither batch-major nor the same in every batch")
-            out[o] = v[0] if o in self.shared else np.concatenate(v)
+            out[o] = v[-1]
         return out
+
+
+class SuffixFailed(Exception):
+    """A run of ``Cursor.suffix_batches`` failed: the cursor gave up, run the whole model instead."""
 
 
 def model_inputs(model: onnx.ModelProto) -> set[str]:
@@ -180,6 +251,40 @@ def _lifetimes(model: onnx.ModelProto) -> tuple[dict[str, int], dict[str, int]]:
     return produced, last_use
 
 
+_RANDOM = frozenset({"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Bernoulli",
+                     "Multinomial"})
+
+
+def _constants(model: onnx.ModelProto) -> dict[str, int]:
+    """Tensors computed from initializers alone (a tied embedding's Transpose for the LM head), by
+    the index of the node that makes them. A cursor never caches these (every cursor would hold
+    its own copy, for every sample set: 4 x 113 MB on SmolLM2); a stretch that reads one runs the
+    nodes that make it (``_with_constants``)."""
+    known = {t.name for t in model.graph.initializer}
+    out: dict[str, int] = {}
+    for i, n in enumerate(model.graph.node):
+        if (n.input and n.op_type not in _RANDOM and all(not t or t in known or t in out for t in n.input)
+                and not any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in n.attribute)):
+            out.update((o, i) for o in n.output if o)
+    return out
+
+
+def _with_constants(model: onnx.ModelProto, segment: Sequence[onnx.NodeProto],
+                    values: dict[str, np.ndarray]) -> list[onnx.NodeProto]:
+    """``segment`` after the nodes (in graph order) that make the constants (``_constants``) it
+    reads and neither makes nor finds in ``values``."""
+    constants = _constants(model)
+    made = {o for n in segment for o in n.output if o}
+    todo = [t for n in segment for t in n.input if t and t in constants and t not in made and t not in values]
+    nodes, needed = model.graph.node, set()
+    while todo:
+        i = constants[todo.pop()]
+        if i not in needed:
+            needed.add(i)
+            todo.extend(t for t in nodes[i].input if t in constants)
+    return [nodes[i] for i in sorted(needed)] + list(segment)
+
+
 def _sub_model(model: onnx.ModelProto, segment: Sequence[onnx.NodeProto], outputs: list[str],
                values: dict[str, np.ndarray]) -> tuple[onnx.ModelProto, list[str]]:
     """A model of ``segment`` whose graph inputs are the tensors it reads that it does not
@@ -192,7 +297,9 @@ def _sub_model(model: onnx.ModelProto, segment: Sequence[onnx.NodeProto], output
 def _sub_graph(model: onnx.ModelProto, segment: Sequence[onnx.NodeProto], outputs: list[str],
                values: dict[str, np.ndarray]) -> tuple[onnx.ModelProto, list[str], list[onnx.TensorProto]]:
     """``_sub_model`` without its initializers, its input names, and the initializers it reads
-    (``model``'s own, not copies: a stretch of a large model's graph reads hundreds of MB)."""
+    (``model``'s own, not copies: a stretch of a large model's graph reads hundreds of MB).
+    The constants it reads that are not cached are made in it (``_with_constants``)."""
+    segment = _with_constants(model, segment, values)
     index = GraphIndex(model)
     made: set[str] = set()
     inputs: list[str] = []

@@ -48,6 +48,48 @@ class Snapshot:
         return self.model
 
 
+class Edits:
+    """Every change the committed steps made to ``model``, to put it back as it was: the node
+    list, value infos and initializer count at the start, and the first copy (a committed
+    step's ``Snapshot``) of every initializer a step changed. Recovery edits the caller's
+    pruned model in place with it instead of working on a copy of every weight; a decoder
+    LM's refitted layers are a fraction of its weights."""
+
+    def __init__(self, model: onnx.ModelProto) -> None:
+        graph = model.graph
+        self.model = model
+        self.nodes = [_copy(n, onnx.NodeProto) for n in graph.node]
+        self.value_info = [_copy(v, onnx.ValueInfoProto) for v in graph.value_info]
+        self.count = len(graph.initializer)
+        self.originals: dict[int, onnx.TensorProto] = {}
+
+    def keep(self, snapshot: Snapshot) -> list[int]:
+        """Record a step about to edit the model (taken before it does): its snapshot's
+        initializers not changed before are originals. Returns their indices (``forget`` them
+        when the step is undone)."""
+        added = [k for k in snapshot.initializers if k < self.count and k not in self.originals]
+        for k in added:
+            self.originals[k] = snapshot.initializers[k]
+        return added
+
+    def forget(self, added: list[int]) -> None:
+        """Drop what ``keep`` recorded for a step that was undone (those are unchanged again)."""
+        for k in added:
+            del self.originals[k]
+
+    def restore(self) -> onnx.ModelProto:
+        """Put the model back as it was when this record began; returns it."""
+        graph = self.model.graph
+        del graph.node[:]
+        graph.node.extend(self.nodes)
+        del graph.value_info[:]
+        graph.value_info.extend(self.value_info)
+        del graph.initializer[self.count:]
+        for k, tensor in self.originals.items():
+            graph.initializer[k].CopyFrom(tensor)
+        return self.model
+
+
 def touching(method: str) -> bool:
     """Whether a snapshot covers what ``method``'s edits change (else copy the whole model)."""
     return method in COVERED

@@ -20,7 +20,7 @@ import numpy as np
 import onnx
 
 from onnxprune.errors import RuntimeUnavailableError, SelectionError
-from onnxprune.runtime.session import PROVIDERS, _ort
+from onnxprune.runtime.session import PROVIDERS, _ort, _streamed, from_file
 
 GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
 
@@ -65,6 +65,8 @@ def timing_session(model: onnx.ModelProto | str | bytes, *, provider: str = "CPU
         opts.inter_op_num_threads = 1
     if hasattr(opts, "add_session_config_entry"):
         opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
+    if isinstance(model, onnx.ModelProto) and _streamed(model):  # a large model: no serialised copy in memory
+        return from_file(model, opts, provider_chain(provider, device_id))
     src = model.SerializeToString() if isinstance(model, onnx.ModelProto) else model
     return ort.InferenceSession(src, sess_options=opts, providers=provider_chain(provider, device_id))
 

@@ -821,8 +821,8 @@ def test_summary_line_names_the_layers_no_method_could_refit():
         step("b", "skipped", "weight 'wb' of Conv is not a constant"),
         step("c", "skipped", "grouped convolution (group=4)"), step("c", "updated", "", "bias")]}
     assert summary_line(report).endswith(
-        "refitted 0 layers, refused 0; 2 layers not refittable (weight 'wa' of Conv is not a constant, ...)")
+        "refitted 0 layers, refused 0; 2 consumers not refittable (weight 'wa' of Conv is not a constant, ...)")
     report["steps"] = report["steps"][:2]
-    assert summary_line(report).endswith("; 1 layer not refittable (weight 'wa' of Conv is not a constant)")
+    assert summary_line(report).endswith("; 1 consumer not refittable (weight 'wa' of Conv is not a constant)")
     report["steps"] = []
     assert summary_line(report).endswith("refitted 0 layers, refused 0")

@@ -104,7 +104,7 @@ def summary_line(report: dict) -> str:
 
 
 def _not_refittable(report: dict) -> str:
-    """'; N layers not refittable: REASON' for the consumers no method could touch (a QDQ
+    """'; N consumers not refittable (REASON)' for the consumers no method could touch (a QDQ
     weight, a grouped convolution), the most frequent reason; '' when there are none."""
     steps = report.get("steps", [])
     touched = {s["node"] for s in steps if s["status"] != "skipped"}
@@ -116,4 +116,5 @@ def _not_refittable(report: dict) -> str:
         return ""
     common = Counter(r[0] for r in reasons.values()).most_common(1)[0][0]
     n = len(reasons)
-    return f"; {n} layer{'s' if n > 1 else ''} not refittable ({common}{', ...' if n > 1 and len({r[0] for r in reasons.values()}) > 1 else ''})"
+    more = ", ..." if len({r[0] for r in reasons.values()}) > 1 else ""
+    return f"; {n} consumer{'s' if n > 1 else ''} not refittable ({common}{more})"

@@ -11,6 +11,8 @@ initializer is not undone: ``touching`` tells which edits a snapshot covers.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import onnx
 
 from onnxprune.graph import GraphIndex
@@ -19,41 +21,9 @@ from onnxprune.graph import GraphIndex
 COVERED = frozenset({"bias", "lstsq", "scale", "bn"})
 
 
-class Snapshot:
-    """What an edit at node ``name`` of ``model`` can change (see the module docstring)."""
-
-    def __init__(self, model: onnx.ModelProto, name: str) -> None:
-        graph = model.graph
-        index = GraphIndex(model)
-        node = index.nodes[name]
-        readers = [node, *(user for out in node.output if out for user, _ in index.users(out))]
-        wanted = {t for n in readers for t in n.input if t in index.initializers}
-        self.model = model
-        self.nodes = [_copy(n, onnx.NodeProto) for n in graph.node]
-        self.value_info = [_copy(v, onnx.ValueInfoProto) for v in graph.value_info]
-        self.count = len(graph.initializer)
-        self.initializers = {k: _copy(t, onnx.TensorProto) for k, t in enumerate(graph.initializer)
-                             if t.name in wanted}
-
-    def restore(self) -> onnx.ModelProto:
-        """Put the model back as it was when the snapshot was taken; returns it."""
-        graph = self.model.graph
-        del graph.node[:]
-        graph.node.extend(self.nodes)
-        del graph.value_info[:]
-        graph.value_info.extend(self.value_info)
-        del graph.initializer[self.count:]
-        for k, tensor in self.initializers.items():
-            graph.initializer[k].CopyFrom(tensor)
-        return self.model
-
-
-class Edits:
-    """Every change the committed steps made to ``model``, to put it back as it was: the node
-    list, value infos and initializer count at the start, and the first copy (a committed
-    step's ``Snapshot``) of every initializer a step changed. Recovery edits the caller's
-    pruned model in place with it instead of working on a copy of every weight; a decoder
-    LM's refitted layers are a fraction of its weights."""
+class _GraphState:
+    """The node list, value infos and initializer count of ``model`` when made, and how to put
+    them back with the given initializers (index -> the copy to restore)."""
 
     def __init__(self, model: onnx.ModelProto) -> None:
         graph = model.graph
@@ -61,6 +31,45 @@ class Edits:
         self.nodes = [_copy(n, onnx.NodeProto) for n in graph.node]
         self.value_info = [_copy(v, onnx.ValueInfoProto) for v in graph.value_info]
         self.count = len(graph.initializer)
+
+    def _put_back(self, initializers: Mapping[int, onnx.TensorProto]) -> onnx.ModelProto:
+        graph = self.model.graph
+        del graph.node[:]
+        graph.node.extend(self.nodes)
+        del graph.value_info[:]
+        graph.value_info.extend(self.value_info)
+        del graph.initializer[self.count:]
+        for k, tensor in initializers.items():
+            graph.initializer[k].CopyFrom(tensor)
+        return self.model
+
+
+class Snapshot(_GraphState):
+    """What an edit at node ``name`` of ``model`` can change (see the module docstring)."""
+
+    def __init__(self, model: onnx.ModelProto, name: str) -> None:
+        index = GraphIndex(model)
+        node = index.nodes[name]
+        readers = [node, *(user for out in node.output if out for user, _ in index.users(out))]
+        wanted = {t for n in readers for t in n.input if t in index.initializers}
+        super().__init__(model)
+        self.initializers = {k: _copy(t, onnx.TensorProto) for k, t in enumerate(model.graph.initializer)
+                             if t.name in wanted}
+
+    def restore(self) -> onnx.ModelProto:
+        """Put the model back as it was when the snapshot was taken; returns it."""
+        return self._put_back(self.initializers)
+
+
+class Edits(_GraphState):
+    """Every change the committed steps made to ``model``, to put it back as it was: the node
+    list, value infos and initializer count at the start, and the first copy (a committed
+    step's ``Snapshot``) of every initializer a step changed. Recovery edits the caller's
+    pruned model in place with it instead of working on a copy of every weight; a decoder
+    LM's refitted layers are a fraction of its weights."""
+
+    def __init__(self, model: onnx.ModelProto) -> None:
+        super().__init__(model)
         self.originals: dict[int, onnx.TensorProto] = {}
 
     def keep(self, snapshot: Snapshot) -> list[int]:
@@ -79,15 +88,7 @@ class Edits:
 
     def restore(self) -> onnx.ModelProto:
         """Put the model back as it was when this record began; returns it."""
-        graph = self.model.graph
-        del graph.node[:]
-        graph.node.extend(self.nodes)
-        del graph.value_info[:]
-        graph.value_info.extend(self.value_info)
-        del graph.initializer[self.count:]
-        for k, tensor in self.originals.items():
-            graph.initializer[k].CopyFrom(tensor)
-        return self.model
+        return self._put_back(self.originals)
 
 
 def touching(method: str) -> bool:

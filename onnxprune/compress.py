@@ -20,7 +20,7 @@ import onnx
 
 from onnxprune.analysis import Analysis, analyze
 from onnxprune.errors import SelectionError
-from onnxprune.analysis.flops import Cost, cost_at
+from onnxprune.analysis.flops import Cost, cost_at, model_cost
 from onnxprune.plan import Plan
 from onnxprune.runtime.memory import release
 from onnxprune.scoring.criteria import needs_data
@@ -208,7 +208,7 @@ def compress(model: onnx.ModelProto, recipe: Recipe, *, calib: CalibrationData |
     if methods and (plan.keep or plan.removed_blocks):
         pruned, report = _recover(model, pruned, analysis, plan, resolved, calib, step)
         release()
-        after = cost_at(pruned, counted_at)
+        after = Cost(model_cost(pruned).params, after.macs)  # new weights (a bias added), the same shapes
         if recovery_report is not None:
             import json
 

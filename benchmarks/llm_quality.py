@@ -188,7 +188,8 @@ def kept_per_layer(analysis, plan) -> list[list[int]]:
 
 
 def run(names: list[str], methods: tuple[str, ...], cache: Path, calib_path: Path, eval_path: Path,
-        out: Path, holdout: float = 0.25) -> None:
+        out: Path, holdout: float = 0.25, residual: bool = False,
+        downstream: bool | str = False) -> None:
     from benchmarks.llm import embedding_params
     from onnxprune.analysis import analyze
     from onnxprune.analysis.flops import model_cost
@@ -215,19 +216,23 @@ def run(names: list[str], methods: tuple[str, ...], cache: Path, calib_path: Pat
         t0 = time.perf_counter()
         plan = VARIANTS[name](ctx)
         pruned = apply_plan(model, analysis, plan).model
-        row: dict = {"variant": name, "recovery": list(methods), "holdout": holdout, "params": model_cost(pruned).params,
+        row: dict = {"variant": name, "recovery": list(methods), "holdout": holdout, "residual": residual,
+                     "downstream": downstream,
+                     "params": model_cost(pruned).params,
                      "kept_per_layer": kept_per_layer(analysis, plan), "prune_s": round(time.perf_counter() - t0, 1)}
         if methods:
             t1 = time.perf_counter()
             pruned, report = recover(model, pruned, analysis, plan, CalibrationData({"input_ids": calib}),
                                      methods=methods, ridge=None, holdout=holdout, batch_size=RECOVERY_BATCH,
-                                     bias_means="original",
+                                     bias_means="original", residual=residual,
+                                     downstream=downstream,
                                      progress=lambda done, steps, node, t1=t1, name=name: print(
                                          f"  {name}: recovery {done}/{steps} {node} {time.perf_counter() - t1:.0f} s",
                                          flush=True))
             row.update(recover_s=round(time.perf_counter() - t1, 1), recovery_summary=summary_line(report),
                        params=model_cost(pruned).params)
-        saved = cache / f"smollm2_quality_{name}{'+' + '+'.join(methods) if methods else ''}_h{holdout:g}.onnx"
+        saved = cache / (f"smollm2_quality_{name}{'+' + '+'.join(methods) if methods else ''}_h{holdout:g}"
+                         f"{'_residual' if residual else ''}{'_down-' + str(downstream) if downstream else ''}.onnx")
         save_model(pruned, saved)
         del pruned
         t2 = time.perf_counter()
@@ -236,8 +241,9 @@ def run(names: list[str], methods: tuple[str, ...], cache: Path, calib_path: Pat
         row["wall_s"] = round(time.perf_counter() - t0, 1)
         row["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
         print(json.dumps({k: v for k, v in row.items() if k != "kept_per_layer"}), flush=True)
-        key = (name, list(methods), holdout)
-        results["rows"] = [r for r in results["rows"] if (r["variant"], r["recovery"], r.get("holdout", 0.25)) != key]
+        key = (name, list(methods), holdout, residual, downstream)
+        results["rows"] = [r for r in results["rows"] if (r["variant"], r["recovery"], r.get("holdout", 0.25),
+                                                          r.get("residual", False), r.get("downstream", False)) != key]
         results["rows"].append(row)
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(results, indent=1) + "\n")
@@ -253,12 +259,17 @@ def main() -> None:
     parser.add_argument("--calib", type=Path, default=Path("/tmp/llm_cache/calib_windows.npz"))
     parser.add_argument("--eval", type=Path, default=Path("/tmp/llm_cache/eval_windows.npz"))
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/llm_quality.json"))
+    parser.add_argument("--residual", action="store_true",
+                        help="fit residual-branch consumers to the original's residual stream (recover(residual=True))")
+    parser.add_argument("--downstream", default="", choices=["", "all", "residual"],
+                        help="also refit layers that lost no input: all of them, or those on a residual stream")
     args = parser.parse_args()
     names = [n.strip() for n in args.variants.split(",") if n.strip()]
     unknown = [n for n in names if n not in VARIANTS]
     if unknown:
         parser.error(f"unknown variant(s) {', '.join(unknown)} (choose from {', '.join(VARIANTS)})")
-    run(names, tuple(m for m in args.recover.split(",") if m), args.cache, args.calib, args.eval, args.out, args.holdout)
+    run(names, tuple(m for m in args.recover.split(",") if m), args.cache, args.calib, args.eval, args.out, args.holdout,
+        args.residual, {"": False, "all": True}.get(args.downstream, args.downstream))
 
 
 if __name__ == "__main__":

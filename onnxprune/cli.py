@@ -320,6 +320,10 @@ def prune(
         _ALLOCATION, help="normalised (score / group mean), per-mac (score per MAC saved) or standardised "
                           "(FLAP: each layer's scores standardised, one global threshold; budgets). Default auto: "
                           "per-mac with data-driven scores.")] = None,
+    unit_order: Annotated[Optional[str], _opt(
+        _ALLOCATION, help="Which units a group keeps once its kept count is fixed: criterion (default: the "
+                          "criterion's best) or fluctuation (FLAP's, inside groups of single channels such as a "
+                          "decoder's FFN neurons; needs --calib).")] = None,
     round_to: Annotated[Optional[int], _opt(
         _ALLOCATION, help="Kept counts in multiples of N (8 for TensorRT). Default 1.")] = None,
     align: Annotated[Optional[str], _opt(
@@ -360,6 +364,10 @@ def prune(
         _RECOVERY, help="Fraction of --calib samples held out to check every refit. Default 0.25.")] = None,
     augment: Annotated[Optional[bool], _opt(
         _RECOVERY, "--augment/--no-augment", help="More rows from flips and crops of image inputs.")] = None,
+    refit_target: Annotated[Optional[str], _opt(
+        _RECOVERY, help="What a refit of a residual branch's last layer matches: stream (default: the original's "
+                        "residual stream, so each block also corrects the drift of the blocks before it) or layer "
+                        "(the original layer's output).")] = None,
     recovery_weighting: Annotated[Optional[str], _opt(
         _RECOVERY, help="uniform (default) or fisher (rows weighted by their sensitivity).")] = None,
     recovery_report: Annotated[Optional[Path], _opt(_RECOVERY, help="Write what recovery did as JSON.")] = None,
@@ -406,10 +414,10 @@ def prune(
     the_recipe = base.merged(
         ratio=ratio, target_flops=target_flops, target_params=target_params, target_latency=target_latency,
         criterion=criterion, loss=loss, reduction=reduction, projections=projections, flops_reg=flops_reg,
-        mode=mode, ranking=ranking, round_to=round_to, align=align, min_channels=min_channels,
+        mode=mode, ranking=ranking, unit_order=unit_order, round_to=round_to, align=align, min_channels=min_channels,
         max_ratio=max_ratio, ignore=tuple(ignore) if ignore else None, prune_hidden=prune_hidden, depth=depth,
         allow_interface_change=allow_interface_change, uniform_heads=uniform_heads, requantize=requantize,
-        recover=recover, ridge=_ridge(ridge), holdout=holdout, augment=augment,
+        recover=recover, ridge=_ridge(ridge), holdout=holdout, augment=augment, refit_target=refit_target,
         recovery_weighting=recovery_weighting, method="iterative" if schedule == "iterative" else method,
         train_steps=train_steps, lr=lr, provider=provider, measure=measure)
     if plan is not None and the_recipe.budgets:

@@ -160,6 +160,8 @@ def compress(model: onnx.ModelProto, recipe: Recipe, *, calib: CalibrationData |
     resolved = resolve_for(recipe, has_calib=calib is not None, model=model)
     if plan is not None and resolved.align not in (1, "auto") and recipe.align != "auto":
         raise RecipeError("--align applies when allocating (a budget or ratio), not to a replayed --plan")
+    if plan is not None and resolved.unit_order != "criterion":
+        raise RecipeError("--unit-order applies when allocating (a budget or ratio), not to a replayed --plan")
     if resolved.method != "criterion":
         return _train(model, resolved, calib, step, batch_size, device)
     notes: list[str] = []
@@ -264,6 +266,9 @@ def plan_for(model: onnx.ModelProto, resolved: Recipe, analysis: Analysis, *, ca
     scores = _score(model, analysis, resolved, calib, step, batch_size, device)
     release()  # a calibration pass's torch module and activations: freed before the next step's peak
     plan, note = _allocate(model, analysis, resolved, scores, step, latency_table, calib)
+    if resolved.unit_order != "criterion" and calib is not None:  # which units, the counts fixed
+        plan, order_note = _reorder_units(model, analysis, resolved, plan, calib, step)
+        note = f"{note}; {order_note}" if note else order_note
     if resolved.uniform_heads:  # every attention layer keeps as many heads
         from onnxprune.selection.uniform_heads import uniform_heads
 
@@ -290,6 +295,32 @@ def _score(model: onnx.ModelProto, analysis: Analysis, r: Recipe, calib: Calibra
     return score_channels(model, analysis, r.criterion, calib=calib, loss=r.loss, reduction=r.reduction,
                           batch_size=batch_size, device=device, flops_reg=r.flops_reg, projections=r.projections,
                           progress=lambda done, total: step(label, done, total))
+
+
+def _reorder_units(model: onnx.ModelProto, analysis: Analysis, r: Recipe, plan: Plan, calib: CalibrationData,
+                   step: Progress) -> tuple[Plan, str]:
+    """``plan`` with the units kept inside each neuron group (``selection.budget.neuron_groups``:
+    a decoder's FFNs) chosen by ``r.unit_order`` (FLAP's fluctuation: one onnxruntime pass),
+    the kept counts and the cost unchanged; and a note of how many kept units changed."""
+    from onnxprune.analysis.accounting import CostModel
+    from onnxprune.scoring.fluctuation import MAX_BATCH, fluctuation_scores
+    from onnxprune.selection.budget import neuron_groups, reorder_within_groups
+
+    ids = [gid for gid in neuron_groups(analysis) if gid in plan.keep]
+    if not ids:
+        return plan, f"unit order {r.unit_order}: no neuron group is pruned"
+    label = f"scoring units inside groups ({r.unit_order})"
+    step(label, None, None)
+    only = replace(analysis, groups=[analysis.group(gid) for gid in ids])  # the pass reads their consumers alone
+    scores = fluctuation_scores(model, only, calib, batch_size=MAX_BATCH,
+                                progress=lambda done, total: step(label, done, total))
+    release()
+    reordered = reorder_within_groups(plan, analysis, {gid: scores[gid] for gid in ids},
+                                      costs=CostModel(model, analysis))
+    moved = sum(len(set(plan.keep[gid]) - set(reordered.keep[gid])) for gid in ids)
+    kept = sum(len(plan.keep[gid]) for gid in ids)
+    return reordered, (f"units kept inside {len(ids)} neuron groups chosen by {r.unit_order}: {moved:,} of "
+                       f"{kept:,} kept units differ from the {r.criterion} pick")
 
 
 # token windows per backward pass when scoring a causal LM (activations over the vocabulary)
@@ -462,7 +493,8 @@ def _recover(original: onnx.ModelProto, pruned: onnx.ModelProto, analysis: Analy
 def _recovery_options(r: Recipe) -> dict[str, Any]:
     """The recipe's held-out recovery settings, as ``recovery.recover`` takes them (ridge
     None: chosen on the held-out samples)."""
-    options = {"ridge": None if r.ridge == "auto" else float(r.ridge), "holdout": r.holdout, "augment": r.augment}
+    options = {"ridge": None if r.ridge == "auto" else float(r.ridge), "holdout": r.holdout, "augment": r.augment,
+               "residual": r.refit_target == "stream"}
     if r.loss == "next-token":  # a decoder LM: logits are [batch, seq, vocab], so few windows per run, and
         # FLAP's bias compensation from the original's means (as docs/llm.md measured it)
         options.update(batch_size=LM_RECOVERY_BATCH, bias_means="original")

@@ -826,3 +826,104 @@ def test_summary_line_names_the_layers_no_method_could_refit():
     assert summary_line(report).endswith("; 1 consumer not refittable (weight 'wa' of Conv is not a constant)")
     report["steps"] = []
     assert summary_line(report).endswith("refitted 0 layers, refused 0")
+
+
+# -- refits to the residual stream ---------------------------------------------------------------
+
+def _two_linear_blocks(tmp_path, *, tail: str = "") -> onnx.ModelProto:
+    """x [N, 6] -> s1 = x + (x W1) W2 (hidden 8) -> y = s1 + (s1 W3) W4 (hidden 16): two linear
+    residual blocks (``tail``: the second block's output goes through an Add of a constant,
+    'bias', or a BatchNormalization, 'bn', before joining the stream)."""
+    rng = np.random.default_rng(41)
+    inits = [_init("w1", rng.standard_normal((6, 8))), _init("w2", rng.standard_normal((8, 6))),
+             _init("w3", rng.standard_normal((6, 16))), _init("w4", rng.standard_normal((16, 6)) * 0.5)]
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["h1"], name="up1"),
+             helper.make_node("MatMul", ["h1", "w2"], ["f1"], name="down1"),
+             helper.make_node("Add", ["x", "f1"], ["s1"], name="add1"),
+             helper.make_node("MatMul", ["s1", "w3"], ["h2"], name="up2"),
+             helper.make_node("MatMul", ["h2", "w4"], ["f2"], name="down2")]
+    if tail == "bias":
+        inits.append(_init("b4", rng.standard_normal(6)))
+        nodes.append(helper.make_node("Add", ["f2", "b4"], ["g2"], name="down2_bias"))
+    elif tail == "bn":
+        inits += [_init("gamma", rng.uniform(0.5, 2.0, 6)), _init("beta", rng.standard_normal(6)),
+                  _init("mu", rng.standard_normal(6)), _init("var", rng.uniform(0.5, 2.0, 6))]
+        nodes.append(helper.make_node("BatchNormalization", ["f2", "gamma", "beta", "mu", "var"], ["g2"],
+                                      name="down2_bn", epsilon=1e-5))
+    nodes.append(helper.make_node("Add", ["s1", "g2" if tail else "f2"], ["y"], name="add2"))
+    graph = helper.make_graph(nodes, "blocks", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 6])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 6])], inits)
+    return _save_load(tmp_path, graph, f"blocks{tail}")
+
+
+def test_residual_skip_finds_the_stream_a_branch_joins(tmp_path):
+    """The skip of the Add a consumer's output joins, through a bias Add of a constant or a
+    BatchNormalization (with its gain); none where the output has another reader or the
+    Add's other input is a constant."""
+    from onnxprune.recovery.pipeline import residual_skip
+
+    for tail in ("", "bias", "bn"):
+        index = GraphIndex(_two_linear_blocks(tmp_path, tail=tail))
+        assert residual_skip(index, index.nodes["down1"]) == ("x", None)
+        skip, gain = residual_skip(index, index.nodes["down2"])
+        assert skip == "s1"
+        if tail == "bn":
+            expected = index.const("gamma").astype(np.float64) / np.sqrt(index.const("var").astype(np.float64) + 1e-5)
+            np.testing.assert_allclose(gain, expected, rtol=1e-12)
+        else:
+            assert gain is None
+        assert residual_skip(index, index.nodes["up2"]) is None  # read by a MatMul
+    model = _two_linear_blocks(tmp_path)
+    model.graph.output.append(helper.make_tensor_value_info("f1", TensorProto.FLOAT, ["N", 6]))
+    index = GraphIndex(model)
+    assert residual_skip(index, index.nodes["down1"]) is None  # a graph output too: not only a branch
+
+
+@pytest.mark.parametrize("tail", ["", "bias", "bn"])
+def test_residual_refits_correct_the_drift_of_the_stream(tmp_path, tail):
+    """Both blocks lose hidden units. The first block keeps 3 of 8 (fewer than the 6 inputs:
+    its refit cannot be exact and leaves an error e in s1). The second keeps 8 of 16, enough to
+    represent any linear function of x: refitted to its own output it is exact there, and the
+    graph output keeps e; refitted to the original's stream (``residual``) it also cancels e,
+    and the graph output is the original's (through a BatchNormalization: the drift over its
+    gain)."""
+    model = _two_linear_blocks(tmp_path, tail=tail)
+    analysis = analyze(model)
+    first = next(g for g in analysis.groups if "up1" in g.producers)
+    second = next(g for g in analysis.groups if "up2" in g.producers)
+    plan = Plan(analysis.fingerprint, {first.id: (0, 2, 5), second.id: tuple(range(0, 16, 2))},
+                {first.id: 8, second.id: 16})
+    pruned = apply_plan(model, analysis, plan).model
+    rng = np.random.default_rng(42)
+    calib = CalibrationData({"x": rng.standard_normal((200, 6)).astype(np.float32)})
+    x = rng.standard_normal((50, 6)).astype(np.float32)
+    ref = _out(model, x)
+    options = dict(methods=("lstsq",), ridge=1e-9, holdout=0.0)
+    own, own_report = recover(model, pruned, analysis, plan, calib, **options)
+    stream, stream_report = recover(model, pruned, analysis, plan, calib, residual=True, **options)
+    assert own_report["updated"]["lstsq"] == stream_report["updated"]["lstsq"] == ["down1", "down2"]
+    own_err, stream_err = np.abs(_out(own, x) - ref).max(), np.abs(_out(stream, x) - ref).max()
+    assert own_err > 0.05 * np.abs(ref).max()
+    assert stream_err < 1e-3 * np.abs(ref).max()
+    # the first block has no drift to correct: its refit is the same either way
+    first_w = {t.name: numpy_helper.to_array(t) for t in own.graph.initializer}
+    second_w = {t.name: numpy_helper.to_array(t) for t in stream.graph.initializer}
+    np.testing.assert_allclose(second_w["w2"], first_w["w2"], rtol=1e-4, atol=1e-5)
+
+
+def test_downstream_residual_refits_only_the_layers_joining_a_stream(tmp_path):
+    """``downstream='residual'``: a layer that lost no input is refitted only when its output
+    joins a residual stream (down2 here, not up2); an unknown value is an error."""
+    model = _two_linear_blocks(tmp_path)
+    analysis = analyze(model)
+    plan = _plan_removing(model, analysis, "up1", [1, 3, 4, 6, 7])
+    pruned = apply_plan(model, analysis, plan).model
+    calib = CalibrationData({"x": np.random.default_rng(43).standard_normal((200, 6)).astype(np.float32)})
+    _, report = recover(model, pruned, analysis, plan, calib, methods=("lstsq",), ridge=1e-9, holdout=0.0,
+                        residual=True, downstream="residual")
+    assert [s["node"] for s in report["steps"] if s["method"] == "lstsq"] == ["down1", "down2"]
+    _, everything = recover(model, pruned, analysis, plan, calib, methods=("lstsq",), ridge=1e-9, holdout=0.0,
+                            downstream=True)
+    assert [s["node"] for s in everything["steps"] if s["method"] == "lstsq"] == ["down1", "up2", "down2"]
+    with pytest.raises(RecoveryError, match="downstream"):
+        recover(model, pruned, analysis, plan, calib, downstream="stream")

@@ -66,7 +66,7 @@ def recover(original: onnx.ModelProto, pruned: onnx.ModelProto, analysis: Analys
             ridge: float | None = None, max_rows: int = 20000, progress: Progress | None = None,
             batch_size: int = 256, bias_means: str = "current", bn_mode: str = "reestimate",
             weighting: str = "uniform", seed: int = 0, holdout: float = 0.25,
-            augment: bool = False, downstream: bool = False) -> tuple[onnx.ModelProto, dict]:
+            augment: bool = False, downstream: bool | str = False, residual: bool = False) -> tuple[onnx.ModelProto, dict]:
     """Return a recovered copy of ``pruned`` (same graph structure, new weights) and a report.
     ``pruned`` is left as it was (the built-in methods edit it in place during the walk, each
     edit recorded by ``snapshot.Edits``, and it is put back before this returns).
@@ -88,7 +88,13 @@ def recover(original: onnx.ModelProto, pruned: onnx.ModelProto, analysis: Analys
       images (NCHW float inputs only; 4x the fit samples, see ``augment``).
     - ``downstream``: also refit the mixing layers (Conv, Gemm, MatMul) that lost no input
       but read a tensor the pruning changed, to the original's output from their current
-      input: each corrects the error accumulated upstream (held-out checked like the rest).
+      input: each corrects the error accumulated upstream (held-out checked like the rest);
+      'residual': only those whose output joins a residual stream (see ``residual``).
+    - ``residual``: a refitted consumer whose output is added to a residual stream (``y = x
+      + f(x)``, through a bias ``Add`` or a BatchNormalization) is fitted to the original's stream, not only
+      to its own output: the target is the original output plus the drift of the skip
+      ``x_original - x_current``, so each residual block also corrects what the blocks before
+      it left (held-out checked like the rest).
     - ``progress(done, total, node)`` is called after every step (each consumer and BN);
       ``batch_size``: samples per onnxruntime run (a static batch dimension in the model wins).
     - ``bias_means``: 'current' (the kept inputs' means are measured in the model as recovered
@@ -122,6 +128,8 @@ def recover(original: onnx.ModelProto, pruned: onnx.ModelProto, analysis: Analys
         raise RecoveryError(f"unknown bias_means '{bias_means}' (current or original)")
     if bn_mode not in ("reestimate", "match"):
         raise RecoveryError(f"unknown bn_mode '{bn_mode}' (reestimate or match)")
+    if downstream not in (False, True, "residual"):
+        raise RecoveryError(f"unknown downstream {downstream!r} (False, True or 'residual')")
     if weighting not in ("uniform", "fisher"):
         raise RecoveryError(f"unknown weighting '{weighting}' (uniform or fisher)")
     if len(calib) == 0:
@@ -144,7 +152,7 @@ def recover(original: onnx.ModelProto, pruned: onnx.ModelProto, analysis: Analys
                       "augment": augment, "fit_rows_from_samples": len(fit_data)}
     walk = _Recovery(original, model, pruned, analysis, plan, fit_data, held, methods, ridge, max_rows, progress,
                      batch_size, bn_mode, bias_means, weighting, seed, report)
-    walk.downstream = downstream
+    walk.downstream, walk.residual = downstream, residual
     walk.edits = edits
     if edits is None:
         return walk.run()
@@ -186,7 +194,8 @@ class _Recovery:
                 self.cursors.update({"held": Cursor(held, batch_size), "held-orig": Cursor(held, batch_size)})
         self.selected = {target: selected(methods, target) for target in TARGETS}  # by recovery.methods
         self.orig_means: dict[tuple[str, int], Moments] = {}
-        self.downstream = False  # also refit layers that lost no input (``recover(downstream=)``)
+        self.downstream: bool | str = False  # also refit layers that lost no input (``recover(downstream=)``)
+        self.residual = False  # fit residual-branch consumers to the original's stream (``recover(residual=)``)
         self.edits: Edits | None = None  # ``model`` is the caller's pruned model, edited in place
 
     # -- the walk ---------------------------------------------------------
@@ -200,7 +209,8 @@ class _Recovery:
         affected = _downstream(index, consumers)
         if self.downstream:  # the mixing layers reading a changed tensor: correct what came before
             consumers += [n.name for n in index.graph.node
-                          if n.name not in consumers and n.input and n.input[0] in affected and _refittable(index, n)]
+                          if n.name not in consumers and n.input and n.input[0] in affected and _refittable(index, n)
+                          and (self.downstream != "residual" or residual_skip(index, n) is not None)]
         steps: list[tuple[str, str]] = []
         for node in index.graph.node:
             if node.name in consumers and self.selected["consumer"]:
@@ -481,8 +491,10 @@ class _Recovery:
         sample = RowSample(len(probe), most or self.max_rows, self.seed)
         xs, ys, picked = [], [], []
         which = "fit" if probe is self.probe else "held"
-        current = self._stream(which, self.model, name, [x_name])
-        reference = self._stream(f"{which}-orig", self.original, name, [y_name], after=True)
+        skip = self._skips(layer, orig_layer, out_kept) if self.residual else None
+        current = self._stream(which, self.model, name, [x_name] + ([skip[0]] if skip else []))
+        reference = self._stream(f"{which}-orig", self.original, name, [y_name] + ([skip[1]] if skip else []),
+                                 after=True)
         for (start, n, cur), (_, _, ref) in zip(current, reference):
             per = layer.rows_per_sample(cur[x_name].shape)
             y = orig_layer.out_rows(ref[y_name])
@@ -491,11 +503,34 @@ class _Recovery:
             sample.fix(per)
             local = sample.local(start, n)
             xs.append(layer.rows(cur[x_name], local).astype(np.float64))
-            ys.append(y[local][:, out_kept].astype(np.float64))
+            target = y[local][:, out_kept].astype(np.float64)
+            if skip and (ref[skip[1]].shape != ref[y_name].shape
+                         or layer.out_rows(cur[skip[0]]).shape[1] != target.shape[1]):
+                skip = None  # a broadcast Add is no stream (checked on the first batch, before any row)
+            if skip:  # the original's stream, less the current skip: the drift joins the target
+                drift = orig_layer.out_rows(ref[skip[1]])[local][:, out_kept] - layer.out_rows(cur[skip[0]])[local]
+                target += drift if skip[2] is None else drift / np.where(skip[2] == 0, np.inf, skip[2])
+            ys.append(target)
             picked.append(start * per + np.asarray(local))
         w = weights.get(y_name)
         return Rows(np.concatenate(xs), np.concatenate(ys), None if w is None else w[0][np.concatenate(picked)],
                     len(probe))
+
+    def _skips(self, layer: Layer, orig_layer: Layer, out_kept: np.ndarray
+               ) -> tuple[str, str, np.ndarray | None] | None:
+        """The skip tensors (current model, original) of the residual ``Add`` the consumer's
+        output joins (``residual_skip``) and the gain of a BatchNormalization between (None:
+        1); None where there is none in either model, or the normalisation between differs
+        (re-estimated by ``bn``: a target through it would move)."""
+        cur = residual_skip(GraphIndex(self.model), layer.node)
+        orig = residual_skip(self.orig_index, orig_layer.node)
+        if cur is None or orig is None or (cur[1] is None) != (orig[1] is None):
+            return None
+        if cur[1] is not None and (len(cur[1]) != int(out_kept.sum()) or len(orig[1]) != len(out_kept)
+                                   or not np.allclose(cur[1], orig[1][out_kept], rtol=1e-6, atol=0.0)
+                                   or self.selected["batchnorm"]):
+            return None
+        return cur[0], orig[0], cur[1]
 
     def _position_rows(self, layer: Layer, orig_layer: Layer, out_kept: np.ndarray) -> Rows | None:
         """For a dense consumer reading a global average pooling (``layers.pooled_source``):
@@ -575,6 +610,34 @@ def _backup(model: onnx.ModelProto, name: str, method: str) -> Snapshot | onnx.M
     copy = onnx.ModelProto()
     copy.CopyFrom(model)
     return copy
+
+
+def residual_skip(index: GraphIndex, node: onnx.NodeProto) -> tuple[str, np.ndarray | None] | None:
+    """The skip ``x`` of the residual ``Add(x, g(f))`` that ``node``'s output ``f`` joins, and
+    the per-channel gain of ``g`` (None: 1): ``g`` is at most a bias ``Add`` of a constant and an
+    inference ``BatchNormalization`` with constant parameters (gain ``scale / sqrt(var + eps)``).
+    None if a tensor on the way has other readers or is a graph output, or the Add's other
+    input is a constant."""
+    tensor, gain = node.output[0], None
+    for _ in range(3):
+        readers = index.uses.get(tensor, [])
+        if len(readers) != 1 or tensor in index.graph_outputs:
+            return None
+        reader = readers[0][0]
+        if reader.op_type == "BatchNormalization" and gain is None and len([o for o in reader.output if o]) == 1:
+            params = [index.const(reader.input[i]) if len(reader.input) > i else None for i in (1, 4)]
+            if any(p is None for p in params):
+                return None
+            scale, var = (np.asarray(p, np.float64).reshape(-1) for p in params)  # type: ignore[arg-type]
+            gain = scale / np.sqrt(var + float(attr(reader, "epsilon", 1e-5)))
+        elif reader.op_type == "Add":
+            other = reader.input[1] if reader.input[0] == tensor else reader.input[0]
+            if not index.is_const(other):
+                return other, gain
+        else:
+            return None
+        tensor = reader.output[0]
+    return None
 
 
 def _downstream(index: GraphIndex, nodes: Sequence[str]) -> set[str]:

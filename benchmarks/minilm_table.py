@@ -36,7 +36,7 @@ def cosine(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def run_table(projections: int = 8, reductions: tuple[float, ...] = (1.5, 2.0),
-              rankings: tuple[str, ...] = ("per-mac", "normalised")) -> dict:
+              rankings: tuple[str, ...] = ("per-mac", "normalised"), residual: bool = True) -> dict:
     from models.minilm import EVAL_SENTENCES, calibration_sentences, export_minilm, tokenize
     from onnxprune.analysis import analyze
     from onnxprune.api import apply_plan, load, plan_to_budget, score_channels
@@ -61,7 +61,7 @@ def run_table(projections: int = 8, reductions: tuple[float, ...] = (1.5, 2.0),
             plan = plan_to_budget(model, analysis, Budget("flops", 1 / reduction), scores=scores,
                                   ranking=ranking).plan
             pruned = apply_plan(model, analysis, plan).model
-            recovered, report = recover(model, pruned, analysis, plan, calib, **RECOVERY)
+            recovered, report = recover(model, pruned, analysis, plan, calib, residual=residual, **RECOVERY)
             for name, m in (("none", pruned), ("lstsq+scale, fisher-weighted", recovered)):
                 ms = latency_ms(m, evals, runs=30)["p50"]
                 rows.append({"ranking": ranking, "flops_reduction": reduction, "recovery": name,
@@ -72,15 +72,18 @@ def run_table(projections: int = 8, reductions: tuple[float, ...] = (1.5, 2.0),
             print(json.dumps(rows[-2:]), flush=True)
     return {"original_latency_ms": base_ms, "calibration_sentences": len(sentences),
             "eval_sentences": len(EVAL_SENTENCES), "fisher_projections": projections,
-            "recovery": {k: list(v) if isinstance(v, tuple) else v for k, v in RECOVERY.items()}, "rows": rows}
+            "recovery": {**{k: list(v) if isinstance(v, tuple) else v for k, v in RECOVERY.items()},
+                         "residual": residual}, "rows": rows}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/minilm.json"))
     ap.add_argument("--projections", type=int, default=8)
+    ap.add_argument("--refit-target", choices=["stream", "layer"], default="stream",
+                    help="what the refits match (recover(residual=...)): the residual stream or each layer's output")
     args = ap.parse_args()
-    result = run_table(args.projections)
+    result = run_table(args.projections, residual=args.refit_target == "stream")
     print(json.dumps(result, indent=1))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1))

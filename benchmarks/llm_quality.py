@@ -11,6 +11,7 @@ loss, per-MAC ranking, align 16, lstsq + bias):
   per-MAC knapsack;
 - ``hybrid``: the Taylor plan's kept counts per group, the units kept inside each FFN chosen
   by fluctuation (what a least-squares refit cannot recover is what a unit carries);
+- ``depth``: a quarter of the cut in whole residual blocks (Block Influence), the rest as ``taylor``;
 - ``protect``: the Taylor plan with the first and last ``PROTECT`` decoder layers left whole;
 - ``ffn-only``: attention left whole, the budget taken from the FFNs by Taylor per MAC;
 - ``ffn-only-hybrid``, ``ffn-only-obs``: ``ffn-only``'s kept counts, the neurons chosen as in
@@ -158,6 +159,28 @@ def plan_hybrid_obs(ctx: dict, base=None):
     return replace(base, keep=keep)
 
 
+DEPTH_SHARE = 0.25  # of the parameters the budget removes, taken in whole residual blocks by ``depth``
+
+
+def plan_depth(ctx: dict):
+    """The least influential residual blocks (ShortGPT's Block Influence, cached by
+    ``benchmarks.llm --depth``) while they save at most ``DEPTH_SHARE`` of what the budget
+    removes, channels by Taylor per MAC for the rest (``--depth 0.25`` of the plain command)."""
+    from onnxprune.analysis.blocks import block_cost_model, find_blocks
+
+    model, analysis, budget = ctx["model"], ctx["analysis"], ctx["budget"]
+    influence = json.loads((ctx["cache"] / "smollm2_block_scores.json").read_text())["influence"]
+    total = ctx["total"]
+    none = np.zeros(0, dtype=np.int64)
+    chosen: list = []
+    for block in sorted(find_blocks(model), key=lambda b: influence[b.add]):
+        if total - block_cost_model(model, analysis, [*chosen, block]).params(none) > DEPTH_SHARE * (
+                total - budget.absolute(total)):
+            break
+        chosen.append(block)
+    return _taylor_plan(ctx, ctx["taylor"], removed_blocks=chosen)
+
+
 def plan_protect(ctx: dict):
     groups = ctx["analysis"].prunable_groups
     layers = len(groups) // GROUPS_PER_LAYER
@@ -173,7 +196,7 @@ def plan_ffn_only(ctx: dict):
 
 VARIANTS: dict[str, Callable[[dict], object]] = {
     "taylor": plan_taylor, "flap-permac": plan_flap_permac, "hybrid": plan_hybrid, "protect": plan_protect,
-    "ffn-only": plan_ffn_only, "hybrid-obs": plan_hybrid_obs,
+    "ffn-only": plan_ffn_only, "hybrid-obs": plan_hybrid_obs, "depth": plan_depth,
     "ffn-only-obs": lambda ctx: plan_hybrid_obs(ctx, plan_ffn_only(ctx)),
     "ffn-only-hybrid": lambda ctx: plan_hybrid(ctx, plan_ffn_only(ctx)),
     "ffn-only-flap": lambda ctx: _taylor_plan(ctx, {gid: s for gid, s in ctx["flap"].items()
@@ -205,7 +228,7 @@ def run(names: list[str], methods: tuple[str, ...], cache: Path, calib_path: Pat
     model = load(path)
     analysis = analyze(model)
     total = model_cost(model).params
-    ctx = {"model": model, "analysis": analysis,
+    ctx = {"model": model, "analysis": analysis, "cache": cache, "total": total,
            "budget": Budget("params", round(total - REMOVE * (total - embedding_params(model)))),
            "taylor": dict(np.load(cache / "smollm2_taylor_scores.npz")),
            "flap": dict(np.load(cache / "smollm2_flap_scores.npz"))}

@@ -394,7 +394,7 @@ def _check_depth(r: Recipe) -> None:
 # the auto recipe of a decoder LM with calibration windows (``is_causal_lm``), measured on
 # SmolLM2-135M at 20% of the non-embedding parameters (docs/llm.md)
 DECODER_LM: dict[str, Any] = {"criterion": "taylor-fo", "ranking": "per-mac", "recover": ("lstsq", "bias"),
-                               "depth": "off"}
+                               "depth": 0.25}
 
 
 @dataclass(frozen=True)
@@ -432,17 +432,18 @@ def resolve(recipe: Recipe, ctx: Context) -> Recipe:
     - ridge: chosen per layer on the held-out samples;
     - decoder LMs with data (``is_causal_lm``): ``DECODER_LM``: ``taylor-fo`` under the
       next-token cross-entropy of the windows (``loss = "next-token"``), ``per-mac`` ranking,
-      channels only, then ``lstsq`` refits of the consumers of the removed channels (o_proj,
-      down_proj), FLAP's ``bias`` compensation where a refit is refused; on SmolLM2-135M at
-      20% of the non-embedding parameters held-out perplexity 24.4 against 28.3 with a
-      quarter of the cut in whole residual blocks (``depth = 0.25``: the best without
-      refits, 32.0 with the bias alone), 37.7 with no recovery, 1,580 for FLAP's allocation
-      of its fluctuation scores before compensation (docs/llm.md);
+      a quarter of the cut in whole residual blocks (``depth = 0.25``, Block Influence), then
+      ``lstsq`` refits of the consumers of the removed channels (o_proj, down_proj) to the
+      residual stream, FLAP's ``bias`` compensation where a refit is refused; on SmolLM2-135M
+      at 20% of the non-embedding parameters held-out perplexity 20.6 against 21.1 with
+      channels only (with refits to each layer's output the blocks cost more: 28.3 against
+      24.4), 37.7 with no recovery, 1,580 for FLAP's allocation of its fluctuation scores
+      before compensation (docs/llm.md);
     - refit target: ``stream``: a refitted layer whose output joins a residual stream matches
       the original's stream (its output plus the skip's drift), so each block also corrects
       what the blocks before it left (SmolLM2: held-out perplexity 24.43 -> 21.14 with the
       same plan; EfficientNet-Lite0: no change); ``layer``: the original layer's output only;
-    - depth: ``off``: residual blocks go only when asked (``depth = N`` blocks, or a fraction
+    - depth: ``off`` except a decoder LM's budget (a quarter): residual blocks go only when asked (``depth = N`` blocks, or a fraction
       of what the budget removes).
     """
     if recipe.needs_data and not ctx.has_calib:

@@ -81,12 +81,13 @@ def test_a_decoder_export_gets_the_decoder_recipe(trained):
     r = resolve(Recipe(target_params=0.8), ctx)
     assert (r.criterion, r.loss, r.ranking, r.recover, r.depth) == (
         DECODER_LM["criterion"], "next-token", DECODER_LM["ranking"], DECODER_LM["recover"], DECODER_LM["depth"])
-    assert (r.criterion, r.ranking, r.recover, r.depth) == ("taylor-fo", "per-mac", ("lstsq", "bias"), "off")
+    assert (r.criterion, r.ranking, r.recover, r.depth, r.refit_target) == (
+        "taylor-fo", "per-mac", ("lstsq", "bias"), 0.25, "stream")
     free = resolve(Recipe(target_params=0.8), Context(has_calib=False, transformer=True, causal_lm=True))
     assert (free.criterion, free.recover, free.depth) == ("l2", (), "off")
     # what the user sets stays; a ratio gets no depth
-    mine = resolve(Recipe(target_params=0.8, criterion="flap", ranking="standardised", depth=0.25), ctx)
-    assert (mine.criterion, mine.ranking, mine.depth, mine.recover) == ("flap", "standardised", 0.25,
+    mine = resolve(Recipe(target_params=0.8, criterion="flap", ranking="standardised", depth=0.5), ctx)
+    assert (mine.criterion, mine.ranking, mine.depth, mine.recover) == ("flap", "standardised", 0.5,
                                                                          ("lstsq", "bias"))
     assert resolve(Recipe(ratio=0.2), ctx).depth == "off"
     # an encoder keeps Kwon et al.'s rule

@@ -391,3 +391,94 @@ def test_sum_of_squares_is_the_float64_formula_to_the_bit(dtype):
     diff = np.asarray(got, np.float64) - np.asarray(want, np.float64)
     assert activations.sum_of_squares(got, want) == float(np.sum(diff * diff))
     assert got.dtype == dtype and np.isfinite(got).all()  # the inputs are left as they were
+
+
+# -- spilled reference outputs read a few samples at a time; one float64 array per metrics chunk ------
+
+def test_spilled_outputs_are_read_back_a_few_samples_at_a_time():
+    from onnxprune.recovery.activations import OnDisk
+
+    batches = [{"y": np.arange(k * 30, k * 30 + 30, dtype=np.float32).reshape(5, 2, 3), "s": np.float32(k)}
+               for k in range(3)]
+    spilled = Stored(iter(batches), spill_bytes=0)
+    assert spilled.spilled and spilled.sizes == {"y": 90, "s": 3}
+    assert spilled.first == {"y": ((5, 2, 3), np.dtype(np.float32)), "s": ((), np.dtype(np.float32))}
+    lazy = list(spilled.lazy())
+    assert all(isinstance(b["y"], OnDisk) for b in lazy)
+    part = lazy[1]["y"][1:3]
+    assert isinstance(part, np.ndarray) and part.shape == (2, 2, 3)
+    np.testing.assert_array_equal(part, batches[1]["y"][1:3])
+    np.testing.assert_array_equal(lazy[2]["y"][4:9], batches[2]["y"][4:])  # past the end: as numpy slices
+    np.testing.assert_array_equal(np.asarray(lazy[0]["y"], np.float64), batches[0]["y"].astype(np.float64))
+    chunks = list(spilled.rows("y", 2))
+    assert [len(c) for c in chunks] == [2, 2, 1] * 3
+    np.testing.assert_array_equal(np.concatenate(chunks), np.concatenate([b["y"] for b in batches]))
+    assert [float(v) for v in spilled.rows("s", 2)] == [0.0, 1.0, 2.0]
+    kept = Stored(iter(batches), spill_bytes=1 << 20)  # in memory: each batch's array itself
+    assert [c is b["y"] for c, b in zip(kept.rows("y", 2), batches)] == [True] * 3
+
+
+@pytest.mark.parametrize("diff_bytes", [8, 8 * 6 * 3])
+def test_probe_mse_reads_a_spilled_reference_by_rows_with_the_same_value(monkeypatch, diff_bytes):
+    """The fit-set MSE from a spilled reference read a chunk of rows at a time is the one from the
+    reference in memory, to the bit (the same chunks, summed in the same order)."""
+    original, other = _mlp(0), _mlp(1)
+    calib = CalibrationData({"x": _x(13)}, None)
+    monkeypatch.setattr(activations, "DIFF_BYTES", diff_bytes)
+    want = Probe(calib, batch_size=5).mse(original, other)
+    monkeypatch.setattr(activations, "SPILL_BYTES", 0)
+    read = []
+    getitem = activations.OnDisk.__getitem__
+    monkeypatch.setattr(activations.OnDisk, "__getitem__", lambda self, key: read.append(key) or getitem(self, key))
+    probe = Probe(calib, batch_size=5)
+    assert probe.mse(original, other) == want
+    assert probe._reference[1].spilled and read  # read back by slices of rows, not whole batches
+    assert all((k.stop - k.start) <= max(1, diff_bytes // (8 * 3)) for k in read)
+
+
+@pytest.mark.parametrize("diff_bytes", [8, 8 * 6 * 3])
+def test_held_out_figures_from_a_spilled_reference_are_the_same_to_the_bit(monkeypatch, diff_bytes):
+    """The held-out error and metrics with the original's outputs in a temporary folder (read a
+    chunk of samples at a time) equal those with them in memory."""
+    from onnxprune.recovery import holdout
+    from onnxprune.recovery.holdout import HeldOut
+
+    monkeypatch.setattr(activations, "DIFF_BYTES", diff_bytes)
+    monkeypatch.setattr(holdout, "CHUNK_ELEMENTS", 12)
+    original, other = _two_outputs(), _mlp(1)
+    other.graph.output.append(helper.make_tensor_value_info("h", TensorProto.FLOAT, ["n", 6]))
+    calib = CalibrationData({"x": _x(11)})
+    kept = HeldOut(original, calib, batch_size=4)
+    want_error, want_metrics = kept.error(other), kept.metrics(other)
+    assert not kept._reference.spilled
+    monkeypatch.setattr(activations, "SPILL_BYTES", 0)
+    spilled = HeldOut(original, calib, batch_size=4)
+    assert spilled.error(other) == want_error
+    assert spilled._reference.spilled and not spilled._reference.memory
+    assert spilled.metrics(other) == want_metrics
+    folder = os.path.dirname(spilled._reference.files[0])
+    spilled.drop_reference()
+    release()
+    assert not os.path.exists(folder)
+
+
+def test_held_out_metrics_of_a_3d_output_are_the_float64_formulas_to_the_bit():
+    """``metrics`` on a chunk of [samples, tokens, vocab] logits in one float64 array: the values of
+    the float64 copies' norms, products and squared differences, exactly."""
+    from onnxprune.recovery.holdout import _chunk_metrics
+
+    rng = np.random.default_rng(45)
+    for shape in [(1, 16, 4999), (3, 7, 5), (4, 9)]:
+        r = (rng.standard_normal(shape) * 5).astype(np.float32)
+        o = (r + rng.standard_normal(shape).astype(np.float32)).astype(np.float32)
+        r64, o64 = r.astype(np.float64), o.astype(np.float64)
+        a, b = r64.reshape(len(r64), -1), o64.reshape(len(o64), -1)
+        den = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+        cos = np.where(den > 0, (a * b).sum(1) / np.where(den > 0, den, 1), 1.0)
+        sq, agree, got_cos = _chunk_metrics(o, r)
+        assert sq == float(np.sum((o64 - r64) ** 2))
+        assert np.array_equal(got_cos, cos)
+        if len(shape) == 2:
+            assert np.array_equal(agree, r64.argmax(1) == o64.argmax(1))
+        else:
+            assert agree is None

@@ -83,22 +83,23 @@ class Probe:
         if self._reference is None or self._reference[0] is not reference:  # the original is run once
             self._reference = None  # the previous one's files go before the new one is written
             self._reference = (reference, Stored(out for _, _, out in self.stream(reference, names)))
-        for ref, (_, _, out) in zip(self._reference[1], self.stream(model, names)):
+        for ref, (_, _, out) in zip(self._reference[1].lazy(), self.stream(model, names)):  # spilled: read by rows
             for n in names:
                 got = np.asarray(out[n])
-                sums[n] += squared_error(got, np.asarray(ref[n]))
+                sums[n] += squared_error(got, ref[n])
                 counts[n] += got.size
         per = {n: sums[n] / max(counts[n], 1) for n in names}
         per["total"] = float(np.mean([per[n] for n in names])) if names else 0.0
         return per
 
 
-SPILL_BYTES = 256 << 20  # kept outputs beyond this go to a temporary folder (a decoder LM's logits)
+SPILL_BYTES = 64 << 20  # kept outputs beyond this go to a temporary folder (a decoder LM's logits)
 DIFF_BYTES = 32 << 20  # float64 bytes of one output compared at a time, about
 
 
-def squared_error(got: np.ndarray, want: np.ndarray) -> float:
-    """The sum of squared differences, in float64 a few rows at a time (about ``DIFF_BYTES``)."""
+def squared_error(got: np.ndarray, want: np.ndarray | OnDisk) -> float:
+    """The sum of squared differences, in float64 a few rows at a time (about ``DIFF_BYTES``;
+    ``want`` may be a spilled array, ``OnDisk``: only those rows are read)."""
     if got.ndim == 0 or want.shape != got.shape:
         diff = np.asarray(got, np.float64) - np.asarray(want, np.float64)
         return float(np.sum(diff * diff))
@@ -121,17 +122,26 @@ def sum_of_squares(got: np.ndarray, want: np.ndarray) -> float:
 
 class Stored:
     """Batches of outputs ({name: array} each), kept to be read again in order: in memory up to
-    ``SPILL_BYTES``, then written to a temporary folder (removed with this object) and read back
-    one batch at a time, so that a reference run over the calibration set does not hold its
-    outputs (gigabytes of logits) in memory."""
+    ``SPILL_BYTES``, then written to a temporary folder (removed with this object), one ``.npy``
+    file per batch and name, and read back a batch (``__iter__``) or a few samples
+    (``lazy``) at a time, so that a reference run over the calibration set does not hold its
+    outputs (gigabytes of logits) in memory. ``sizes`` (elements per name over every batch)
+    and ``first`` (per name, the first batch's shape and dtype) describe them without reading."""
 
     def __init__(self, batches: Iterable[dict[str, np.ndarray]], spill_bytes: int | None = None) -> None:
         spill_bytes = SPILL_BYTES if spill_bytes is None else spill_bytes
         self.memory: list[dict[str, np.ndarray]] = []
         self.files: list[str] = []
+        self.sizes: dict[str, int] = {}
+        self.first: dict[str, tuple[tuple[int, ...], np.dtype]] = {}
+        self._batches: list[dict[str, str]] = []  # spilled: per batch, {name: file}
         self._folder: tempfile.TemporaryDirectory | None = None
         size = 0
         for batch in batches:
+            for name, value in batch.items():
+                value = np.asarray(value)
+                self.first.setdefault(name, (value.shape, value.dtype))
+                self.sizes[name] = self.sizes.get(name, 0) + int(value.size)
             size += sum(np.asarray(v).nbytes for v in batch.values())
             if self._folder is None and size > spill_bytes:
                 self._folder = tempfile.TemporaryDirectory(prefix="onnxprune-outputs-")
@@ -149,15 +159,78 @@ class Stored:
 
     def _write(self, batch: dict[str, np.ndarray]) -> None:
         assert self._folder is not None
-        path = os.path.join(self._folder.name, f"{len(self.files)}.npz")
-        np.savez(path, **{f"a{k}": np.asarray(v) for k, v in enumerate(batch.values())}, names=np.array(list(batch)))
-        self.files.append(path)
+        paths = {}
+        for k, (name, value) in enumerate(batch.items()):
+            path = os.path.join(self._folder.name, f"{len(self._batches)}-{k}.npy")
+            np.save(path, np.asarray(value, order="C"))  # C order: samples are read back by offset
+            paths[name] = path
+            self.files.append(path)
+        self._batches.append(paths)
 
     def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
         if self._folder is None:
             yield from self.memory
             return
-        for path in self.files:
-            with np.load(path) as data:
-                names = [str(n) for n in data["names"]]
-                yield {n: data[f"a{k}"] for k, n in enumerate(names)}
+        for paths in self._batches:
+            yield {n: np.load(path) for n, path in paths.items()}
+
+    def lazy(self) -> Iterator[dict[str, np.ndarray | OnDisk]]:
+        """The batches in order, a spilled batch's arrays as ``OnDisk`` readers (a slice of
+        samples reads only those): a batch of a decoder LM's logits is never read whole."""
+        if self._folder is None:
+            yield from self.memory
+            return
+        for paths in self._batches:
+            yield {n: OnDisk(path) for n, path in paths.items()}
+
+    def rows(self, name: str, rows: int) -> Iterator[np.ndarray]:
+        """``name``'s arrays in batch order, spilled ones read at most ``rows`` samples at a time
+        (in memory: each batch's array itself)."""
+        for batch in self.lazy():
+            value = batch[name]
+            if isinstance(value, np.ndarray):
+                yield value
+                continue
+            if not value.shape:
+                yield np.asarray(value)
+                continue
+            for lo in range(0, value.shape[0], max(1, rows)):
+                yield value[lo: lo + rows]
+
+
+class OnDisk:
+    """A C-ordered ``.npy`` file read a slice of its first axis at a time (``value[lo:hi]``,
+    steps of 1), or whole (``np.asarray``)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        with open(path, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, fortran, dtype = read(f)
+            self.offset = f.tell()
+        self.shape: tuple[int, ...] = tuple(shape)
+        self.dtype = np.dtype(dtype)
+        self._sliceable = bool(self.shape) and not fortran and not self.dtype.hasobject
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:  # noqa: ANN001
+        whole = np.load(self.path)
+        return whole if dtype is None else whole.astype(dtype, copy=False)
+
+    def __getitem__(self, key: slice) -> np.ndarray:
+        if not self._sliceable or not isinstance(key, slice) or key.step not in (None, 1):
+            return np.asarray(self)[key]
+        lo, hi, _ = key.indices(self.shape[0])
+        hi = max(lo, hi)
+        row = int(np.prod(self.shape[1:], dtype=np.int64))
+        with open(self.path, "rb") as f:
+            f.seek(self.offset + lo * row * self.dtype.itemsize)
+            data = np.fromfile(f, dtype=self.dtype, count=(hi - lo) * row)
+        return data.reshape((hi - lo, *self.shape[1:]))

@@ -16,7 +16,7 @@ import onnx
 
 from onnxprune.io.calib_data import CalibrationData
 from onnxprune.recovery import activations
-from onnxprune.recovery.activations import Probe
+from onnxprune.recovery.activations import Probe, Stored
 
 MIN_HELD = 4  # held-out samples wanted at least (half the set when it is smaller than 8)
 
@@ -47,7 +47,10 @@ Batches = Iterable[Mapping[str, np.ndarray]]  # graph outputs, one batch of samp
 
 class HeldOut:
     """Graph outputs of models against the original's on the held-out samples (the
-    original's computed once and kept as the batches came: never joined into one array).
+    original's computed once and kept as the batches came, never joined into one array: in
+    memory, or beyond ``activations.SPILL_BYTES`` in a temporary folder read back a chunk of
+    samples at a time, ``activations.Stored``: a decoder LM's held-out logits are not held
+    through the walk).
 
     A model's outputs are compared one batch at a time as they are computed (``outputs``
     may be a stream of batches, e.g. ``segments.Cursor.suffix_batches``): a decoder LM's
@@ -59,7 +62,7 @@ class HeldOut:
         self.probe = Probe(calib, batch_size)
         self.original = original
         self.names = [o.name for o in original.graph.output]
-        self._reference: list[dict[str, np.ndarray]] | None = None
+        self._reference: Stored | None = None
 
     def __len__(self) -> int:
         return len(self.probe)
@@ -75,11 +78,10 @@ class HeldOut:
                 pass
             return 0.0
         sums = dict.fromkeys(floating, 0.0)
-        first = reference[0]
-        rows = {n: _diff_rows(first[n]) for n in floating}
+        rows = {n: _diff_rows(reference.first[n][0]) for n in floating}
         streams = _split(outputs, floating)
         for n in floating:
-            for got, want in zip(_rechunk(streams[n], rows[n]), _rechunk((b[n] for b in reference), rows[n])):
+            for got, want in zip(_rechunk(streams[n], rows[n]), _rechunk(reference.rows(n, rows[n]), rows[n])):
                 sums[n] += _sum_of_squares(got, want)
         per = {n: sums[n] / _size(reference, n) for n in floating}
         return float(np.mean(list(per.values())))
@@ -97,18 +99,15 @@ class HeldOut:
         floating = [n for n in self.names if _floating(reference, n)]
         streams = _split(outputs, floating)
         for n in floating:
-            step = _metric_rows(reference[0][n])
+            step = _metric_rows(reference.first[n][0])
             sq, agree, cos = 0.0, [], []
-            for o, r in zip(_rechunk(streams[n], step), _rechunk((b[n] for b in reference), step)):
-                r64, o64 = r.astype(np.float64), o.astype(np.float64)  # float64, a few samples at a time
-                if r64.ndim == 2 and r64.shape[1] >= 2:
-                    agree.append(r64.argmax(1) == o64.argmax(1))
-                if r64.ndim >= 1:
-                    a, b = r64.reshape(len(r64), -1), o64.reshape(len(o64), -1)
-                    den = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
-                    cos.append(np.where(den > 0, (a * b).sum(1) / np.where(den > 0, den, 1), 1.0))
-                np.subtract(o64, r64, out=o64)  # (o - r) ** 2 in o64's memory: no more float64 copies
-                sq += float(np.sum(np.multiply(o64, o64, out=o64)))
+            for o, r in zip(_rechunk(streams[n], step), _rechunk(reference.rows(n, step), step)):
+                s, a, c = _chunk_metrics(np.asarray(o), np.asarray(r))
+                sq += s
+                if a is not None:
+                    agree.append(a)
+                if c is not None:
+                    cos.append(c)
             per[n] = sq / _size(reference, n)
             if agree:
                 top1[n] = float(np.concatenate(agree).mean())
@@ -123,11 +122,11 @@ class HeldOut:
         self._reference = None
 
     def _outputs(self, model: onnx.ModelProto, outputs: Mapping[str, np.ndarray] | Batches | None
-                 ) -> tuple[list[dict[str, np.ndarray]], Iterable[Mapping[str, np.ndarray]]]:
+                 ) -> tuple[Stored, Iterable[Mapping[str, np.ndarray]]]:
         """(the original's graph outputs, ``model``'s) on the held-out samples, as batches."""
         if self._reference is None:
-            self._reference = [{n: np.asarray(out[n]) for n in self.names}
-                               for _, _, out in self.probe.stream(self.original, self.names)]
+            self._reference = Stored({n: np.asarray(out[n]) for n in self.names}
+                                     for _, _, out in self.probe.stream(self.original, self.names))
         if outputs is None:
             outputs = (out for _, _, out in self.probe.stream(model, self.names))
         elif isinstance(outputs, Mapping):
@@ -143,22 +142,46 @@ def _sum_of_squares(got: np.ndarray, want: np.ndarray) -> float:
     return activations.sum_of_squares(got, want)
 
 
-def _floating(reference: list[dict[str, np.ndarray]], name: str) -> bool:
-    return bool(reference) and np.issubdtype(reference[0][name].dtype, np.floating) and _size(reference, name) > 0
+def _chunk_metrics(o: np.ndarray, r: np.ndarray) -> tuple[float, np.ndarray | None, np.ndarray | None]:
+    """(sum of squared differences, arg-max agreement per sample of an [N, K] output, cosine per
+    sample) of a chunk of ``model``'s output ``o`` against the original's ``r``, all in float64
+    in one array of the chunk's size: the values of ``np.linalg.norm``, ``(a * b).sum(1)`` and
+    ``np.sum((o - r) ** 2)`` on float64 copies, element by element the same products summed
+    the same way (the arg-max of float32 values is that of their exact float64 copies)."""
+    agree = None
+    if r.ndim == 2 and r.shape[1] >= 2:
+        agree = r.argmax(1) == o.argmax(1)
+    cos = None
+    t = np.empty(r.shape, dtype=np.float64)
+    if r.ndim >= 1:
+        a, b, flat = r.reshape(len(r), -1), o.reshape(len(o), -1), t.reshape(len(r), -1)
+        norm_a = np.sqrt(np.add.reduce(np.multiply(a, a, out=flat, dtype=np.float64), axis=1))
+        norm_b = np.sqrt(np.add.reduce(np.multiply(b, b, out=flat, dtype=np.float64), axis=1))
+        den = norm_a * norm_b
+        dot = np.multiply(a, b, out=flat, dtype=np.float64).sum(1)
+        cos = np.where(den > 0, dot / np.where(den > 0, den, 1), 1.0)
+    np.subtract(o, r, out=t, dtype=np.float64)  # float64(o) - float64(r)
+    return float(np.sum(np.multiply(t, t, out=t))), agree, cos
 
 
-def _size(batches: list[dict[str, np.ndarray]], name: str) -> int:
-    return sum(int(b[name].size) for b in batches)
+def _floating(reference: Stored, name: str) -> bool:
+    return name in reference.first and np.issubdtype(reference.first[name][1], np.floating) \
+        and _size(reference, name) > 0
 
 
-def _metric_rows(first: np.ndarray) -> int:
-    """Samples per float64 chunk of ``metrics``: about ``CHUNK_ELEMENTS`` elements."""
-    return max(1, CHUNK_ELEMENTS // max(1, first[:1].size))
+def _size(reference: Stored, name: str) -> int:
+    return reference.sizes.get(name, 0)
 
 
-def _diff_rows(first: np.ndarray) -> int:
+def _metric_rows(shape: tuple[int, ...]) -> int:
+    """Samples per float64 chunk of ``metrics`` (``shape``: the first batch's): about
+    ``CHUNK_ELEMENTS`` elements."""
+    return max(1, CHUNK_ELEMENTS // max(1, int(np.prod(shape[1:], dtype=np.int64)) if shape else 1))
+
+
+def _diff_rows(shape: tuple[int, ...]) -> int:
     """Samples per float64 chunk of ``error``: as ``activations.squared_error`` takes them."""
-    return max(1, activations.DIFF_BYTES // max(8 * int(np.prod(first.shape[1:], dtype=np.int64)), 1))
+    return max(1, activations.DIFF_BYTES // max(8 * int(np.prod(shape[1:], dtype=np.int64)), 1))
 
 
 def _split(batches: Iterable[Mapping[str, np.ndarray]], names: list[str]) -> dict[str, Iterator[np.ndarray]]:

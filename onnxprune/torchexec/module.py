@@ -132,6 +132,10 @@ class OnnxModule(torch.nn.Module):
         self._hooks_by_node: dict[str, list[tuple[int, Callable[[torch.Tensor], torch.Tensor]]]] = {}
         self._capture: tuple[set[str], dict[str, torch.Tensor]] | None = None
         self._known = set(self._slots) | set(self.input_names) | {o for s in self._steps for o in s.outputs if o}
+        # steps per stretch whose activations are recomputed in the backward pass instead of kept
+        # (``recompute``; 0: every activation kept)
+        self.recompute_every = 0
+        self._stretches: tuple[int, list[tuple[int, int, list[str], list[str]]]] | None = None
 
     # -- construction --------------------------------------------------------------
     @staticmethod
@@ -317,7 +321,18 @@ class OnnxModule(torch.nn.Module):
                 if name in env:
                     capture[1][name] = env[name]
         hooks = self._hooks_by_node
-        for step in self._steps:
+        if self.recompute_every > 0 and capture is None and torch.is_grad_enabled():
+            self._run_stretches(env, hooks, batch)
+            outs = tuple(env[name] for name in self.output_names)
+            return outs[0] if len(outs) == 1 else outs
+        self._run_steps(self._steps, env, hooks, batch, capture)
+        outs = tuple(env[name] for name in self.output_names)
+        return outs[0] if len(outs) == 1 else outs
+
+    def _run_steps(self, steps: list[_Step], env: dict[str, torch.Tensor],
+                   hooks: dict[str, list[tuple[int, Callable[[torch.Tensor], torch.Tensor]]]], batch: int | None,
+                   capture: tuple[set[str], dict[str, torch.Tensor]] | None) -> None:
+        for step in steps:
             node = step.node
             args = [env[name] if name else None for name in step.inputs]
             for slot, fn in hooks.get(node.name, ()):
@@ -342,8 +357,72 @@ class OnnxModule(torch.nn.Module):
                         capture[1][name] = value
             for name in step.free:
                 env.pop(name, None)
-        outs = tuple(env[name] for name in self.output_names)
-        return outs[0] if len(outs) == 1 else outs
+
+    # -- recomputation: activations of stretches of steps made again in the backward pass ----
+    @contextlib.contextmanager
+    def recompute(self, every: int) -> Iterator[None]:
+        """Within the block, a forward pass with gradients keeps only the tensors passed
+        between stretches of ``every`` steps; each stretch runs again in the backward pass to
+        make its activations (``torch.utils.checkpoint``, non-reentrant: the autograd graph and
+        the order of its gradients are those of a plain pass; the stretch's second run makes
+        the same values, so the gradients are the same to the bit). One more forward pass of
+        time, for a fraction of the activations' memory (a decoder LM's attention and MLP
+        intermediates over hundreds of tokens). Not with ``capture`` (a stretch's second run
+        would record its tensors again)."""
+        previous = self.recompute_every
+        self.recompute_every = max(0, int(every))
+        try:
+            yield
+        finally:
+            self.recompute_every = previous
+
+    def stretches(self, every: int) -> list[tuple[int, int, list[str], list[str]]]:
+        """(first step, end, tensors read from before it, tensors it makes that are read after it
+        or are graph outputs) per stretch of ``every`` consecutive steps."""
+        if self._stretches is not None and self._stretches[0] == every:
+            return self._stretches[1]
+        slots, outputs = set(self._slots), set(self.output_names)
+        last: dict[str, int] = {}
+        for i, step in enumerate(self._steps):
+            for name in step.inputs:
+                if name:
+                    last[name] = i
+        plan = []
+        for lo in range(0, len(self._steps), every):
+            hi = min(lo + every, len(self._steps))
+            made: set[str] = set()
+            reads: list[str] = []
+            for step in self._steps[lo:hi]:
+                reads.extend(n for n in step.inputs if n and n not in made and n not in slots)
+                made.update(o for o in step.outputs if o)
+            out = [o for step in self._steps[lo:hi] for o in step.outputs
+                   if o and (last.get(o, -1) >= hi or o in outputs)]
+            plan.append((lo, hi, list(dict.fromkeys(reads)), list(dict.fromkeys(out))))
+        self._stretches = (every, plan)
+        return plan
+
+    def _run_stretches(self, env: dict[str, torch.Tensor],
+                       hooks: dict[str, list[tuple[int, Callable[[torch.Tensor], torch.Tensor]]]],
+                       batch: int | None) -> None:
+        from torch.utils.checkpoint import checkpoint
+
+        slots = {name: env[name] for name in self._slots}
+        for lo, hi, reads, made in self.stretches(self.recompute_every):
+            steps = self._steps[lo:hi]
+
+            def stretch(*values: torch.Tensor, _steps: list[_Step] = steps, _reads: list[str] = reads,
+                        _made: list[str] = made) -> tuple[torch.Tensor, ...]:
+                local = dict(slots)
+                local.update(zip(_reads, values))
+                self._run_steps(_steps, local, hooks, batch, None)
+                return tuple(local[name] for name in _made)
+
+            results = checkpoint(stretch, *[env[name] for name in reads], use_reentrant=False,
+                                 preserve_rng_state=False)
+            for step in steps:
+                for name in step.free:
+                    env.pop(name, None)
+            env.update(zip(made, results))
 
     # -- back to ONNX ----------------------------------------------------------------------
     def write_back(self, model: onnx.ModelProto) -> onnx.ModelProto:

@@ -308,3 +308,21 @@ def test_demo_prunes_aligned_and_reports(monkeypatch, capsys, tmp_path):
     assert "prunable channels removed" in out and "aligned to" in out
     assert "top-1" in out and "speedup (p50)" in out
     onnx.checker.check_model(onnx.load(tmp_path / "digits_cnn_pruned.onnx"), full_check=True)
+
+
+def test_refit_target_flag_reaches_the_recipe(monkeypatch, capsys, tmp_path):
+    """``--refit-target layer`` shows in the recipe line (the default says stream); an unknown
+    value is a one-line error and writes nothing."""
+    import os
+
+    data = os.path.join(os.path.dirname(__file__), "..", "onnxprune", "data")
+    args = ("prune", os.path.join(data, "digits_cnn.onnx"), "--target-flops", "0.5", "--criterion", "l2",
+            "--calib", os.path.join(data, "digits_train.npz"), "--calib-samples", "64", "--recover", "lstsq",
+            "--no-measure")
+    for flag, said in (([], "refits to the stream"), (["--refit-target", "layer"], "refits to the layer")):
+        code, text, err = cli(monkeypatch, capsys, *args, "-o", tmp_path / "r.onnx", *flag)
+        assert code == 0, err
+        assert said in next(line for line in text.splitlines() if line.startswith("recipe:")), text
+    code, text, err = cli(monkeypatch, capsys, *args, "-o", tmp_path / "bad.onnx", "--refit-target", "output")
+    assert code == 1 and "unknown refit target 'output'" in text + err
+    assert not (tmp_path / "bad.onnx").exists()

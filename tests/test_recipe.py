@@ -257,3 +257,22 @@ def test_auto_gives_transformers_kwon_et_al_recipe():
     assert (cnn.criterion, cnn.projections, cnn.recovery_weighting) == ("taylor-fo", 1, "uniform")
     free = resolve(Recipe(target_flops=0.67), Context(transformer=True))
     assert free.criterion == "l2" and free.recover == ()
+
+
+def test_refits_match_the_residual_stream_unless_asked_otherwise(tmp_path):
+    """``refit_target``: auto resolves to 'stream' (recovery's ``residual``) and the recipe
+    line says so; 'layer' turns it off; anything else is refused naming the key; a recipe
+    file round-trips it."""
+    from onnxprune.compress import _recovery_options
+
+    auto = resolve(Recipe(target_flops=0.5), Context(has_calib=True))
+    assert auto.refit_target == "stream" and _recovery_options(auto)["residual"] is True
+    assert "refits to the stream" in auto.describe()
+    layer = resolve(Recipe(target_flops=0.5, refit_target="layer"), Context(has_calib=True))
+    assert _recovery_options(layer)["residual"] is False and "refits to the layer" in layer.describe()
+    assert "refits to" not in resolve(Recipe(target_flops=0.5), Context()).describe()  # no recovery, no target
+    with pytest.raises(RecipeError, match="unknown refit target .output. .--refit-target"):
+        Recipe(target_flops=0.5, refit_target="output")
+    path = tmp_path / "r.toml"
+    Recipe(target_flops=0.5, refit_target="layer").save(path)
+    assert Recipe.load(path).refit_target == "layer"

@@ -460,11 +460,12 @@ class _Recovery:
             raise Unsupported(f"{layer.weight.ndim - 2}-D convolution (rows are built for 1-D and 2-D only)")
         in_kept, out_kept = self._masks(layer, orig_layer)
         positions = self._position_rows(layer, orig_layer, out_kept)  # first: reads tensors before the node
-        sources = [self._rows(layer, orig_layer, out_kept, self.probe, self.weights)]
+        skip = self._skips(layer, orig_layer, out_kept) if self.residual else None
+        sources = [self._rows(layer, orig_layer, out_kept, self.probe, self.weights, skip)]
         if positions is not None:
             sources.append(positions)
         held = None if self.held is None else self._rows(layer, orig_layer, out_kept, self.held.probe,
-                                                         self.held_weights, HELD_ROWS)
+                                                         self.held_weights, skip, HELD_ROWS)
         weights = self.weights.get(orig_layer.node.output[0])
         c = None if weights is None else weights[1][out_kept]
         w0 = layer.effective_weight().reshape(layer.outputs, -1)
@@ -482,16 +483,16 @@ class _Recovery:
         return add_bias(self.model, layer.node.name, bias_delta)
 
     def _rows(self, layer: Layer, orig_layer: Layer, out_kept: np.ndarray, probe: Probe, weights: Weights,
-              most: int | None = None) -> Rows:
+              skip: tuple[str, str, np.ndarray | None] | None, most: int | None = None) -> Rows:
         """A fixed-seed sample (at most ``most`` rows, default ``max_rows``) of input rows in
         the current model and the original consumer's output rows (kept outputs) at the same
-        positions (float64), with the rows' weights (None when uniform)."""
+        positions (float64), with the rows' weights (None when uniform); with ``skip``
+        (``_skips``) the targets are the original's residual stream less the current skip."""
         name = layer.node.name
         x_name, y_name = layer.node.input[0], orig_layer.node.output[0]
         sample = RowSample(len(probe), most or self.max_rows, self.seed)
         xs, ys, picked = [], [], []
         which = "fit" if probe is self.probe else "held"
-        skip = self._skips(layer, orig_layer, out_kept) if self.residual else None
         current = self._stream(which, self.model, name, [x_name] + ([skip[0]] if skip else []))
         reference = self._stream(f"{which}-orig", self.original, name, [y_name] + ([skip[1]] if skip else []),
                                  after=True)

@@ -323,9 +323,8 @@ class OnnxModule(torch.nn.Module):
         hooks = self._hooks_by_node
         if self.recompute_every > 0 and capture is None and torch.is_grad_enabled():
             self._run_stretches(env, hooks, batch)
-            outs = tuple(env[name] for name in self.output_names)
-            return outs[0] if len(outs) == 1 else outs
-        self._run_steps(self._steps, env, hooks, batch, capture)
+        else:
+            self._run_steps(self._steps, env, hooks, batch, capture)
         outs = tuple(env[name] for name in self.output_names)
         return outs[0] if len(outs) == 1 else outs
 

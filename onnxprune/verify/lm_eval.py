@@ -307,9 +307,9 @@ def next_token_taylor_scores(model: onnx.ModelProto, analysis: Analysis, windows
     total = torch.zeros(layout.n_units, dtype=torch.float64)
     batches = 0
     if recompute is None:
-        from onnxprune.runtime.session import _weight_bytes
+        from onnxprune.io.modelio import weight_bytes
 
-        recompute = _weight_bytes(model.graph.initializer) > RECOMPUTE_BYTES
+        recompute = weight_bytes(model) > RECOMPUTE_BYTES
     every = recompute_stretch(len(module.node_names)) if recompute else 0
     try:
         for start in range(0, len(windows), batch_size):

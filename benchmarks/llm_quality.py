@@ -174,7 +174,7 @@ def plan_depth(ctx: dict):
     none = np.zeros(0, dtype=np.int64)
     chosen: list = []
     for block in sorted(find_blocks(model), key=lambda b: influence[b.add]):
-        if total - block_cost_model(model, analysis, [*chosen, block]).params(none) > DEPTH_SHARE * (
+        if total - block_cost_model(model, analysis, [*chosen, block]).params(none) > ctx["depth_share"] * (
                 total - budget.absolute(total)):
             break
         chosen.append(block)
@@ -212,7 +212,7 @@ def kept_per_layer(analysis, plan) -> list[list[int]]:
 
 def run(names: list[str], methods: tuple[str, ...], cache: Path, calib_path: Path, eval_path: Path,
         out: Path, holdout: float = 0.25, residual: bool = False,
-        downstream: bool | str = False) -> None:
+        downstream: bool | str = False, held_metric: str = "mse", depth_share: float = DEPTH_SHARE) -> None:
     from benchmarks.llm import embedding_params
     from onnxprune.analysis import analyze
     from onnxprune.analysis.flops import model_cost
@@ -231,7 +231,7 @@ def run(names: list[str], methods: tuple[str, ...], cache: Path, calib_path: Pat
     ctx = {"model": model, "analysis": analysis, "cache": cache, "total": total,
            "budget": Budget("params", round(total - REMOVE * (total - embedding_params(model)))),
            "taylor": dict(np.load(cache / "smollm2_taylor_scores.npz")),
-           "flap": dict(np.load(cache / "smollm2_flap_scores.npz"))}
+           "flap": dict(np.load(cache / "smollm2_flap_scores.npz")), "depth_share": depth_share}
     if any(n.endswith("obs") for n in names):
         ctx["obs"] = obs_orders(ctx, cache, calib)
     results = json.loads(out.read_text()) if out.exists() else {"rows": []}
@@ -240,7 +240,8 @@ def run(names: list[str], methods: tuple[str, ...], cache: Path, calib_path: Pat
         plan = VARIANTS[name](ctx)
         pruned = apply_plan(model, analysis, plan).model
         row: dict = {"variant": name, "recovery": list(methods), "holdout": holdout, "residual": residual,
-                     "downstream": downstream,
+                     "downstream": downstream, "held_metric": held_metric,
+                     **({"depth_share": depth_share} if name == "depth" else {}),
                      "params": model_cost(pruned).params,
                      "kept_per_layer": kept_per_layer(analysis, plan), "prune_s": round(time.perf_counter() - t0, 1)}
         if methods:
@@ -248,14 +249,17 @@ def run(names: list[str], methods: tuple[str, ...], cache: Path, calib_path: Pat
             pruned, report = recover(model, pruned, analysis, plan, CalibrationData({"input_ids": calib}),
                                      methods=methods, ridge=None, holdout=holdout, batch_size=RECOVERY_BATCH,
                                      bias_means="original", residual=residual,
-                                     downstream=downstream,
+                                     downstream=downstream, held_metric=held_metric,
                                      progress=lambda done, steps, node, t1=t1, name=name: print(
                                          f"  {name}: recovery {done}/{steps} {node} {time.perf_counter() - t1:.0f} s",
                                          flush=True))
             row.update(recover_s=round(time.perf_counter() - t1, 1), recovery_summary=summary_line(report),
-                       params=model_cost(pruned).params)
+                       params=model_cost(pruned).params,
+                       refused=[(s["node"], s["method"], s["reason"]) for s in report["steps"] if s["status"] == "refused"])
         saved = cache / (f"smollm2_quality_{name}{'+' + '+'.join(methods) if methods else ''}_h{holdout:g}"
-                         f"{'_residual' if residual else ''}{'_down-' + str(downstream) if downstream else ''}.onnx")
+                         f"{'_residual' if residual else ''}{'_down-' + str(downstream) if downstream else ''}"
+                         f"{'_' + held_metric if held_metric != 'mse' else ''}"
+                         f"{f'_d{depth_share:g}' if name == 'depth' and depth_share != DEPTH_SHARE else ''}.onnx")
         save_model(pruned, saved)
         del pruned
         t2 = time.perf_counter()
@@ -263,10 +267,13 @@ def run(names: list[str], methods: tuple[str, ...], cache: Path, calib_path: Pat
         row["eval_s"] = round(time.perf_counter() - t2, 1)
         row["wall_s"] = round(time.perf_counter() - t0, 1)
         row["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
-        print(json.dumps({k: v for k, v in row.items() if k != "kept_per_layer"}), flush=True)
-        key = (name, list(methods), holdout, residual, downstream)
-        results["rows"] = [r for r in results["rows"] if (r["variant"], r["recovery"], r.get("holdout", 0.25),
-                                                          r.get("residual", False), r.get("downstream", False)) != key]
+        print(json.dumps({k: v for k, v in row.items() if k not in ("kept_per_layer", "refused")}), flush=True)
+
+        def key(r: dict) -> tuple:
+            return (r["variant"], r["recovery"], r.get("holdout", 0.25), r.get("residual", False),
+                    r.get("downstream", False), r.get("held_metric", "mse"), r.get("depth_share", DEPTH_SHARE))
+
+        results["rows"] = [r for r in results["rows"] if key(r) != key(row)]
         results["rows"].append(row)
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(results, indent=1) + "\n")
@@ -286,13 +293,18 @@ def main() -> None:
                         help="fit residual-branch consumers to the original's residual stream (recover(residual=True))")
     parser.add_argument("--downstream", default="", choices=["", "all", "residual"],
                         help="also refit layers that lost no input: all of them, or those on a residual stream")
+    parser.add_argument("--held-metric", default="mse", choices=["mse", "kl"],
+                        help="what each recovery step must lower on the held-out windows (recover(held_metric=))")
+    parser.add_argument("--depth-share", type=float, default=DEPTH_SHARE,
+                        help="of the parameters removed, the share ``depth`` takes in whole residual blocks")
     args = parser.parse_args()
     names = [n.strip() for n in args.variants.split(",") if n.strip()]
     unknown = [n for n in names if n not in VARIANTS]
     if unknown:
         parser.error(f"unknown variant(s) {', '.join(unknown)} (choose from {', '.join(VARIANTS)})")
     run(names, tuple(m for m in args.recover.split(",") if m), args.cache, args.calib, args.eval, args.out, args.holdout,
-        args.residual, {"": False, "all": True}.get(args.downstream, args.downstream))
+        args.residual, {"": False, "all": True}.get(args.downstream, args.downstream), args.held_metric,
+        args.depth_share)
 
 
 if __name__ == "__main__":

@@ -495,9 +495,10 @@ def _recovery_options(r: Recipe) -> dict[str, Any]:
     None: chosen on the held-out samples)."""
     options = {"ridge": None if r.ridge == "auto" else float(r.ridge), "holdout": r.holdout, "augment": r.augment,
                "residual": r.refit_target == "stream"}
-    if r.loss == "next-token":  # a decoder LM: logits are [batch, seq, vocab], so few windows per run, and
-        # FLAP's bias compensation from the original's means (as docs/llm.md measured it)
-        options.update(batch_size=LM_RECOVERY_BATCH, bias_means="original")
+    if r.loss == "next-token":  # a decoder LM: logits are [batch, seq, vocab], so few windows per run,
+        # FLAP's bias compensation from the original's means, and every step judged on the held-out
+        # next-token KL divergence (as docs/llm.md measured them)
+        options.update(batch_size=LM_RECOVERY_BATCH, bias_means="original", held_metric="kl")
     return options
 
 

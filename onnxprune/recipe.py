@@ -265,7 +265,8 @@ class Recipe:
             weighting = ", fisher-weighted" if self.recovery_weighting == "fisher" else ""
             refits = bool(set(self.recover) & {"lstsq", "scale"})
             target = f", refits to the {self.refit_target}" if refits and self.refit_target != AUTO else ""
-            parts.append(f"recovery {'+'.join(self.recover)} (held-out {self.holdout:.0%}, ridge {self.ridge}"
+            judged = ", judged on next-token KL" if self.loss == "next-token" else ""
+            parts.append(f"recovery {'+'.join(self.recover)} (held-out {self.holdout:.0%}{judged}, ridge {self.ridge}"
                          f"{weighting}{target})")
         else:
             parts.append("no recovery")

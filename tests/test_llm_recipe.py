@@ -83,6 +83,11 @@ def test_a_decoder_export_gets_the_decoder_recipe(trained):
         DECODER_LM["criterion"], "next-token", DECODER_LM["ranking"], DECODER_LM["recover"], DECODER_LM["depth"])
     assert (r.criterion, r.ranking, r.recover, r.depth, r.refit_target) == (
         "taylor-fo", "per-mac", ("lstsq", "bias"), 0.25, "stream")
+    from onnxprune.compress import _recovery_options
+
+    assert _recovery_options(r)["held_metric"] == "kl" and "judged on next-token KL" in r.describe()
+    encoder = resolve(Recipe(target_params=0.8), Context(has_calib=True, transformer=True))
+    assert "held_metric" not in _recovery_options(encoder) and "KL" not in encoder.describe()
     free = resolve(Recipe(target_params=0.8), Context(has_calib=False, transformer=True, causal_lm=True))
     assert (free.criterion, free.recover, free.depth) == ("l2", (), "off")
     # what the user sets stays; a ratio gets no depth
@@ -148,6 +153,7 @@ def test_plain_command_with_calibration_beats_the_data_free_default(trained, tmp
                          "--no-measure")
     assert code == 0, out + err
     assert "taylor-fo (next-token loss)" in out and "recovery lstsq+bias" in out, out
+    assert "judged on next-token KL" in out and "next-token KL" in out.split("judged on next-token KL")[1], out
     code, out, err = cli(monkeypatch, capsys, "prune", path, "-o", free, "--target-params", "0.8", "--no-measure")
     assert code == 0, out + err
     original, with_data, data_free = (perplexity(p, evals) for p in (path, auto, free))

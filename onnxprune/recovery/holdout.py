@@ -17,8 +17,11 @@ import onnx
 from onnxprune.io.calib_data import CalibrationData
 from onnxprune.recovery import activations
 from onnxprune.recovery.activations import Probe, Stored
+from onnxprune.recovery.errors import RecoveryError
 
 MIN_HELD = 4  # held-out samples wanted at least (half the set when it is smaller than 8)
+METRICS = ("mse", "kl")  # what a recovery step must lower on the held-out samples (``HeldOut``)
+KL_ROWS = 64  # token positions of a causal LM's logits converted to float64 at a time
 
 
 def split(samples: int, fraction: float) -> tuple[np.ndarray, np.ndarray]:
@@ -56,22 +59,35 @@ class HeldOut:
     may be a stream of batches, e.g. ``segments.Cursor.suffix_batches``): a decoder LM's
     logits on every held-out sample are never held twice. The sums are taken over the same
     chunks of samples, in the same order, as on whole arrays, so the figures are the same
-    to the last bit."""
+    to the last bit.
 
-    def __init__(self, original: onnx.ModelProto, calib: CalibrationData, batch_size: int) -> None:
+    ``metric`` is what ``error`` measures, the figure every recovery step must lower: 'mse'
+    (the graph outputs' mean squared difference) or 'kl' (a causal LM: the mean over token
+    positions of the KL divergence of the model's next-token distribution from the
+    original's, on the logits output ``lm_eval.causal_lm_io`` finds; a logit the vocabulary
+    never samples weighs nothing, where the squared difference weighs every one alike)."""
+
+    def __init__(self, original: onnx.ModelProto, calib: CalibrationData, batch_size: int,
+                 metric: str = "mse") -> None:
+        if metric not in METRICS:
+            raise RecoveryError(f"unknown held-out metric '{metric}' (choose from {', '.join(METRICS)})")
         self.probe = Probe(calib, batch_size)
         self.original = original
         self.names = [o.name for o in original.graph.output]
+        self.metric = metric
         self._reference: Stored | None = None
 
     def __len__(self) -> int:
         return len(self.probe)
 
     def error(self, model: onnx.ModelProto, outputs: Mapping[str, np.ndarray] | Batches | None = None) -> float:
-        """The mean over graph outputs of their mean squared difference from the original's
-        (``outputs``: ``model``'s graph outputs on every held-out sample, when already computed:
-        whole arrays, or a stream of batches)."""
+        """The held-out ``metric`` of ``model``: the mean over graph outputs of their mean squared
+        difference from the original's, or the mean next-token KL divergence (``outputs``:
+        ``model``'s graph outputs on every held-out sample, when already computed: whole arrays,
+        or a stream of batches)."""
         reference, outputs = self._outputs(model, outputs)
+        if self.metric == "kl":
+            return self._kl(reference, outputs)
         floating = [n for n in self.names if _floating(reference, n)]
         if not floating:
             for _ in outputs:  # run it all the same (a failure shows as it would)
@@ -87,7 +103,8 @@ class HeldOut:
         return float(np.mean(list(per.values())))
 
     def metrics(self, model: onnx.ModelProto, outputs: Mapping[str, np.ndarray] | Batches | None = None) -> dict:
-        """``output_mse`` (as ``error``), ``per_output`` MSE; for every [N, K] output (K >= 2,
+        """``output_mse`` (the mean over graph outputs of their MSE), ``per_output`` MSE; with the
+        'kl' metric ``kl`` (as ``error``); ``criterion``: the figure ``error`` gives; for every [N, K] output (K >= 2,
         a classifier's logits) the fraction of samples whose arg-max agrees with the
         original's (``top1_agreement``, and their mean over such outputs under ``top1``);
         the mean per-sample cosine of every floating output with the original's (``cosine``,
@@ -97,11 +114,16 @@ class HeldOut:
         top1: dict[str, float] = {}
         cosine: dict[str, float] = {}
         floating = [n for n in self.names if _floating(reference, n)]
+        logits = self._logits_name(reference) if self.metric == "kl" else None
+        kl_sum, kl_count = 0.0, 0
         streams = _split(outputs, floating)
         for n in floating:
             step = _metric_rows(reference.first[n][0])
             sq, agree, cos = 0.0, [], []
             for o, r in zip(_rechunk(streams[n], step), _rechunk(reference.rows(n, step), step)):
+                if n == logits:
+                    total, count = _kl_sum(np.asarray(o), np.asarray(r))
+                    kl_sum, kl_count = kl_sum + total, kl_count + count
                 s, a, c = _chunk_metrics(np.asarray(o), np.asarray(r))
                 sq += s
                 if a is not None:
@@ -113,9 +135,39 @@ class HeldOut:
                 top1[n] = float(np.concatenate(agree).mean())
             if cos:
                 cosine[n] = float(np.concatenate(cos).mean())
-        return {"output_mse": float(np.mean(list(per.values()))) if per else 0.0, "per_output": per,
-                "top1_agreement": top1, "top1": float(np.mean(list(top1.values()))) if top1 else None,
-                "cosine": cosine, "mean_cosine": float(np.mean(list(cosine.values()))) if cosine else None}
+        found = {"output_mse": float(np.mean(list(per.values()))) if per else 0.0, "per_output": per,
+                 "top1_agreement": top1, "top1": float(np.mean(list(top1.values()))) if top1 else None,
+                 "cosine": cosine, "mean_cosine": float(np.mean(list(cosine.values()))) if cosine else None}
+        if logits is not None:
+            found["kl"] = kl_sum / max(kl_count, 1)
+        found["criterion"] = found["kl"] if logits is not None else found["output_mse"]
+        return found
+
+    def _logits_name(self, reference: Stored) -> str:
+        """The causal-LM logits output the 'kl' metric is taken on (``lm_eval.causal_lm_io``
+        on the first batch's shapes); a ``RecoveryError`` when the model has none."""
+        from onnxprune.verify.lm_eval import causal_lm_io
+
+        first = next(iter(reference.first.values()), None)
+        n = 0 if first is None or not first[0] else int(first[0][0])
+        feeds = {k: v[:n] for k, v in self.probe.calib.inputs.items()}
+        shapes = {k: np.broadcast_to(np.zeros((), dtype), shape) for k, (shape, dtype) in reference.first.items()}
+        found = causal_lm_io(feeds, shapes)
+        if found is None:
+            raise RecoveryError("the 'kl' held-out metric needs a causal LM: integer token windows in and "
+                                f"[batch, sequence, vocabulary] logits out (outputs: {', '.join(self.names)})")
+        return found[2]
+
+    def _kl(self, reference: Stored, outputs: Iterable[Mapping[str, np.ndarray]]) -> float:
+        """Mean next-token KL divergence of ``outputs``' logits from the original's."""
+        name = self._logits_name(reference)
+        step = _metric_rows(reference.first[name][0])
+        stream = (np.asarray(batch[name]) for batch in outputs)  # the other outputs are not kept
+        total, count = 0.0, 0
+        for o, r in zip(_rechunk(stream, step), _rechunk(reference.rows(name, step), step)):
+            s, c = _kl_sum(np.asarray(o), np.asarray(r))
+            total, count = total + s, count + c
+        return total / max(count, 1)
 
     def drop_reference(self) -> None:
         """Free the original's outputs (computed again if asked for)."""
@@ -162,6 +214,24 @@ def _chunk_metrics(o: np.ndarray, r: np.ndarray) -> tuple[float, np.ndarray | No
         cos = np.where(den > 0, dot / np.where(den > 0, den, 1), 1.0)
     np.subtract(o, r, out=t, dtype=np.float64)  # float64(o) - float64(r)
     return float(np.sum(np.multiply(t, t, out=t))), agree, cos
+
+
+def _kl_sum(o: np.ndarray, r: np.ndarray) -> tuple[float, int]:
+    """(summed KL(softmax(r) || softmax(o)) over the token positions of logits ``o`` and ``r``
+    [..., vocabulary], positions counted), in float64, ``KL_ROWS`` positions at a time."""
+    o2, r2 = o.reshape(-1, o.shape[-1]), r.reshape(-1, r.shape[-1])
+    total = 0.0
+    for lo in range(0, len(r2), KL_ROWS):
+        log_p, log_q = _log_softmax(r2[lo:lo + KL_ROWS]), _log_softmax(o2[lo:lo + KL_ROWS])
+        total += float(np.sum(np.exp(log_p) * (log_p - log_q)))
+    return total, len(r2)
+
+
+def _log_softmax(x: np.ndarray) -> np.ndarray:
+    x = x.astype(np.float64)
+    x -= x.max(-1, keepdims=True)
+    x -= np.log(np.exp(x).sum(-1, keepdims=True))
+    return x
 
 
 def _floating(reference: Stored, name: str) -> bool:

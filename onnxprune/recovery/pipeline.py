@@ -40,7 +40,7 @@ from onnxprune.recovery.augment import augment_images
 from onnxprune.recovery.bias import bias_delta
 from onnxprune.recovery.channels import ChannelMap
 from onnxprune.recovery.errors import RecoveryError
-from onnxprune.recovery.holdout import HeldOut, split, subset
+from onnxprune.recovery.holdout import METRICS, HeldOut, split, subset
 from onnxprune.recovery.layers import Layer, Unsupported, pooled_source
 from onnxprune.recovery.params import add_bias, set_constant
 from onnxprune.recovery.activations import Probe, batch_size_for
@@ -66,7 +66,8 @@ def recover(original: onnx.ModelProto, pruned: onnx.ModelProto, analysis: Analys
             ridge: float | None = None, max_rows: int = 20000, progress: Progress | None = None,
             batch_size: int = 256, bias_means: str = "current", bn_mode: str = "reestimate",
             weighting: str = "uniform", seed: int = 0, holdout: float = 0.25,
-            augment: bool = False, downstream: bool | str = False, residual: bool = False) -> tuple[onnx.ModelProto, dict]:
+            augment: bool = False, downstream: bool | str = False, residual: bool = False,
+            held_metric: str = "mse") -> tuple[onnx.ModelProto, dict]:
     """Return a recovered copy of ``pruned`` (same graph structure, new weights) and a report.
     ``pruned`` is left as it was (the built-in methods edit it in place during the walk, each
     edit recorded by ``snapshot.Edits``, and it is put back before this returns).
@@ -95,6 +96,9 @@ def recover(original: onnx.ModelProto, pruned: onnx.ModelProto, analysis: Analys
       to its own output: the target is the original output plus the drift of the skip
       ``x_original - x_current``, so each residual block also corrects what the blocks before
       it left (held-out checked like the rest).
+    - ``held_metric``: what every step must lower on the held-out samples: 'mse' (the graph
+      outputs' mean squared difference from the original's) or 'kl' (a causal LM: the mean
+      next-token KL divergence from the original's distribution, ``holdout.HeldOut``).
     - ``progress(done, total, node)`` is called after every step (each consumer and BN);
       ``batch_size``: samples per onnxruntime run (a static batch dimension in the model wins).
     - ``bias_means``: 'current' (the kept inputs' means are measured in the model as recovered
@@ -132,6 +136,8 @@ def recover(original: onnx.ModelProto, pruned: onnx.ModelProto, analysis: Analys
         raise RecoveryError(f"unknown downstream {downstream!r} (False, True or 'residual')")
     if weighting not in ("uniform", "fisher"):
         raise RecoveryError(f"unknown weighting '{weighting}' (uniform or fisher)")
+    if held_metric not in METRICS:
+        raise RecoveryError(f"unknown held_metric '{held_metric}' (choose from {', '.join(METRICS)})")
     if len(calib) == 0:
         raise RecoveryError("recovery needs calibration data; the calibration set is empty")
     plan.validate(analysis)
@@ -149,9 +155,9 @@ def recover(original: onnx.ModelProto, pruned: onnx.ModelProto, analysis: Analys
     held = subset(calib, held_idx) if len(held_idx) else None
     report = RecoveryReport(methods, len(calib), weighting)
     report.holdout = {"fraction": holdout, "samples": len(held_idx), "fit_samples": len(fit_idx),
-                      "augment": augment, "fit_rows_from_samples": len(fit_data)}
+                      "augment": augment, "fit_rows_from_samples": len(fit_data), "metric": held_metric}
     walk = _Recovery(original, model, pruned, analysis, plan, fit_data, held, methods, ridge, max_rows, progress,
-                     batch_size, bn_mode, bias_means, weighting, seed, report)
+                     batch_size, bn_mode, bias_means, weighting, seed, report, held_metric)
     walk.downstream, walk.residual = downstream, residual
     walk.edits = edits
     if edits is None:
@@ -172,12 +178,12 @@ class _Recovery:
                  analysis: Analysis, plan: Plan, calib: CalibrationData, held: CalibrationData | None,
                  methods: tuple[str, ...], ridge: float | None, max_rows: int, progress: Progress | None,
                  batch_size: int, bn_mode: str, bias_means: str, weighting: str, seed: int,
-                 report: RecoveryReport) -> None:
+                 report: RecoveryReport, held_metric: str = "mse") -> None:
         self.original, self.model, self.pruned = original, model, pruned
         self.orig_index = GraphIndex(original)
         self.channels = ChannelMap(analysis, plan)
         self.probe = Probe(calib, batch_size)
-        self.held = None if held is None else HeldOut(original, held, batch_size)
+        self.held = None if held is None else HeldOut(original, held, batch_size, held_metric)
         self.held_err = float("nan")
         self.methods, self.ridge, self.max_rows = methods, ridge, max_rows
         self.progress, self.bn_mode, self.seed = progress, bn_mode, seed
@@ -231,7 +237,7 @@ class _Recovery:
         held_before = None
         if self.held is not None:
             held_before = self.held.metrics(self.model)
-            self.held_err = held_before["output_mse"]
+            self.held_err = held_before["criterion"]
         before = self.probe.mse(self.original, self.model)
         for done, (kind, name) in enumerate(steps, 1):
             if kind == "bn":
@@ -259,16 +265,19 @@ class _Recovery:
         assert self.held is not None
         held_after = self.held.metrics(self.model) if changed else held_before
         self.report.held_out = {"samples": len(self.held), "pruned": held_before, "recovered": held_after}
-        if held_after["output_mse"] > held_before["output_mse"]:
+        if held_after["criterion"] > held_before["criterion"]:
             self.report.reverted = True
-            self.report.note = (f"recovery raised the held-out output MSE ({held_before['output_mse']:.4g} -> "
-                                f"{held_after['output_mse']:.4g}): kept the pruned model unchanged")
+            self.report.note = (f"recovery raised the held-out {self._metric_name()} ({held_before['criterion']:.4g} -> "
+                                f"{held_after['criterion']:.4g}): kept the pruned model unchanged")
             if self.edits is not None:
                 self.model = self.edits.restore()
             else:
                 self.model = onnx.ModelProto()
                 self.model.CopyFrom(self.pruned)
             self.report.held_out.update(recovered=held_before, rejected=held_after)
+
+    def _metric_name(self) -> str:
+        return "next-token KL" if self.held is not None and self.held.metric == "kl" else "output MSE"
 
     def _commit(self, name: str, op: str, method: str, apply: Callable[[], dict], details: dict) -> bool:
         """Apply an edit to the model; keep it only if it lowers the graph-output error on the
@@ -285,13 +294,15 @@ class _Recovery:
                 err = self.held.error(self.model, self._held_outputs(name))
             except SuffixFailed:  # the cursor gave up while running the rest of the graph
                 err = self.held.error(self.model)
-            details.update(held_out_output_mse_before=self.held_err, held_out_output_mse_after=err)
+            key = "output_mse" if self.held.metric == "mse" else self.held.metric
+            details.update({f"held_out_{key}_before": self.held_err, f"held_out_{key}_after": err})
             if not err < self.held_err:
                 self.model = backup.restore() if isinstance(backup, Snapshot) else backup
                 if self.edits is not None:
                     self.edits.forget(recorded)
                 self.report.refused(name, op, method, f"does not lower the graph-output error on held-out samples "
-                                                      f"(MSE {self.held_err:.4g} -> {err:.4g})", **details)
+                                                      f"({self._metric_name()} {self.held_err:.4g} -> {err:.4g})",
+                                    **details)
                 return False
             self.held_err = err
         self.report.updated(name, op, method, **details)

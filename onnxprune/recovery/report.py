@@ -78,7 +78,8 @@ class RecoveryReport:
 
 
 def summary_line(report: dict) -> str:
-    """One line for a console: the held-out figures before -> after (graph-output MSE, and
+    """One line for a console: the held-out figures before -> after (graph-output MSE, a causal
+    LM's next-token KL divergence when recovery was judged on it, and
     top-1 agreement with the original for classifier outputs, else mean cosine), what was
     refitted and refused. Never the error on the samples fitted on."""
     held = report.get("held_out")
@@ -86,6 +87,8 @@ def summary_line(report: dict) -> str:
         before, after = held["pruned"], held["recovered"]
         line = (f"recovery: output MSE on {held['samples']} held-out samples "
                 f"{before['output_mse']:.3g} -> {after['output_mse']:.3g}")
+        if before.get("kl") is not None:
+            line += f", next-token KL {before['kl']:.3g} -> {after['kl']:.3g}"
         if before.get("mean_cosine") is not None:
             line += f", cosine {before['mean_cosine']:.3f} -> {after['mean_cosine']:.3f}"
         if before.get("top1") is not None:

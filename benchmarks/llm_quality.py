@@ -178,7 +178,8 @@ def plan_depth(ctx: dict):
                 total - budget.absolute(total)):
             break
         chosen.append(block)
-    return _taylor_plan(ctx, ctx["taylor"], removed_blocks=chosen)
+    caps = {g.id: ctx["cap"] for g in ctx["analysis"].prunable_groups} if ctx.get("cap") else None
+    return _taylor_plan(ctx, ctx["taylor"], removed_blocks=chosen, **({"max_ratios": caps} if caps else {}))
 
 
 def plan_protect(ctx: dict):
@@ -212,7 +213,8 @@ def kept_per_layer(analysis, plan) -> list[list[int]]:
 
 def run(names: list[str], methods: tuple[str, ...], cache: Path, calib_path: Path, eval_path: Path,
         out: Path, holdout: float = 0.25, residual: bool = False,
-        downstream: bool | str = False, held_metric: str = "mse", depth_share: float = DEPTH_SHARE) -> None:
+        downstream: bool | str = False, held_metric: str = "mse", depth_share: float = DEPTH_SHARE,
+        cap: float | None = None) -> None:
     from benchmarks.llm import embedding_params
     from onnxprune.analysis import analyze
     from onnxprune.analysis.flops import model_cost
@@ -231,7 +233,7 @@ def run(names: list[str], methods: tuple[str, ...], cache: Path, calib_path: Pat
     ctx = {"model": model, "analysis": analysis, "cache": cache, "total": total,
            "budget": Budget("params", round(total - REMOVE * (total - embedding_params(model)))),
            "taylor": dict(np.load(cache / "smollm2_taylor_scores.npz")),
-           "flap": dict(np.load(cache / "smollm2_flap_scores.npz")), "depth_share": depth_share}
+           "flap": dict(np.load(cache / "smollm2_flap_scores.npz")), "depth_share": depth_share, "cap": cap}
     if any(n.endswith("obs") for n in names):
         ctx["obs"] = obs_orders(ctx, cache, calib)
     results = json.loads(out.read_text()) if out.exists() else {"rows": []}
@@ -242,6 +244,7 @@ def run(names: list[str], methods: tuple[str, ...], cache: Path, calib_path: Pat
         row: dict = {"variant": name, "recovery": list(methods), "holdout": holdout, "residual": residual,
                      "downstream": downstream, "held_metric": held_metric,
                      **({"depth_share": depth_share} if name == "depth" else {}),
+                     **({"cap": cap} if name == "depth" and cap else {}),
                      "params": model_cost(pruned).params,
                      "kept_per_layer": kept_per_layer(analysis, plan), "prune_s": round(time.perf_counter() - t0, 1)}
         if methods:
@@ -259,7 +262,8 @@ def run(names: list[str], methods: tuple[str, ...], cache: Path, calib_path: Pat
         saved = cache / (f"smollm2_quality_{name}{'+' + '+'.join(methods) if methods else ''}_h{holdout:g}"
                          f"{'_residual' if residual else ''}{'_down-' + str(downstream) if downstream else ''}"
                          f"{'_' + held_metric if held_metric != 'mse' else ''}"
-                         f"{f'_d{depth_share:g}' if name == 'depth' and depth_share != DEPTH_SHARE else ''}.onnx")
+                         f"{f'_d{depth_share:g}' if name == 'depth' and depth_share != DEPTH_SHARE else ''}"
+                         f"{f'_cap{cap:g}' if name == 'depth' and cap else ''}.onnx")
         save_model(pruned, saved)
         del pruned
         t2 = time.perf_counter()
@@ -271,7 +275,8 @@ def run(names: list[str], methods: tuple[str, ...], cache: Path, calib_path: Pat
 
         def key(r: dict) -> tuple:
             return (r["variant"], r["recovery"], r.get("holdout", 0.25), r.get("residual", False),
-                    r.get("downstream", False), r.get("held_metric", "mse"), r.get("depth_share", DEPTH_SHARE))
+                    r.get("downstream", False), r.get("held_metric", "mse"), r.get("depth_share", DEPTH_SHARE),
+                    r.get("cap"))
 
         results["rows"] = [r for r in results["rows"] if key(r) != key(row)]
         results["rows"].append(row)
@@ -297,6 +302,8 @@ def main() -> None:
                         help="what each recovery step must lower on the held-out windows (recover(held_metric=))")
     parser.add_argument("--depth-share", type=float, default=DEPTH_SHARE,
                         help="of the parameters removed, the share ``depth`` takes in whole residual blocks")
+    parser.add_argument("--cap", type=float, default=None,
+                        help="``depth`` only: of each group's units, the fraction removed at most")
     args = parser.parse_args()
     names = [n.strip() for n in args.variants.split(",") if n.strip()]
     unknown = [n for n in names if n not in VARIANTS]
@@ -304,7 +311,7 @@ def main() -> None:
         parser.error(f"unknown variant(s) {', '.join(unknown)} (choose from {', '.join(VARIANTS)})")
     run(names, tuple(m for m in args.recover.split(",") if m), args.cache, args.calib, args.eval, args.out, args.holdout,
         args.residual, {"": False, "all": True}.get(args.downstream, args.downstream), args.held_metric,
-        args.depth_share)
+        args.depth_share, args.cap)
 
 
 if __name__ == "__main__":

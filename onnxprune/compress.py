@@ -330,14 +330,15 @@ LM_RECOVERY_BATCH = 4  # token windows per onnxruntime run in a decoder LM's rec
 
 def _next_token_scores(model: onnx.ModelProto, analysis: Analysis, r: Recipe, calib: CalibrationData,
                        device: str) -> dict:
-    from onnxprune.verify.lm_eval import next_token_taylor_scores
+    from onnxprune.verify.lm_eval import NEXT_TOKEN_CRITERIA, next_token_taylor_scores
 
     names = [k for k, v in calib.inputs.items() if getattr(v, "ndim", 0) == 2 and v.dtype.kind in "iu"]
-    if r.criterion != "taylor-fo" or len(calib.inputs) != 1 or len(names) != 1:
-        raise RecipeError("--loss next-token scores taylor-fo on a causal LM's token windows (one 2-D integer "
-                          f"input in --calib; got criterion {r.criterion}, inputs {', '.join(calib.inputs)})")
+    if r.criterion not in NEXT_TOKEN_CRITERIA or len(calib.inputs) != 1 or len(names) != 1:
+        raise RecipeError(f"--loss next-token scores {' or '.join(NEXT_TOKEN_CRITERIA)} on a causal LM's token "
+                          f"windows (one 2-D integer input in --calib; got criterion {r.criterion}, inputs "
+                          f"{', '.join(calib.inputs)})")
     return next_token_taylor_scores(model, analysis, calib.inputs[names[0]], batch_size=LM_SCORE_BATCH,
-                                    device=device)
+                                    device=device, criterion=r.criterion)
 
 
 def _allocate(model: onnx.ModelProto, analysis: Analysis, r: Recipe, scores: dict, step: Progress,

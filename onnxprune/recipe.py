@@ -461,7 +461,7 @@ def resolve(recipe: Recipe, ctx: Context) -> Recipe:
     criterion = recipe.criterion if recipe.criterion != AUTO else (
         DECODER_LM["criterion"] if lm else "taylor-so" if kwon else "taylor-fo" if data else "l2")
     loss = recipe.loss if recipe.loss != AUTO or criterion not in ("taylor-so", "taylor-fo") or not data else (
-        "next-token" if lm and criterion == "taylor-fo" else "fisher")
+        "next-token" if lm and criterion in ("taylor-fo", "taylor-so") else "fisher")
     projections = recipe.projections if recipe.projections != AUTO else (8 if kwon and loss == "fisher" else 1)
     weighting = recipe.recovery_weighting if recipe.recovery_weighting != AUTO else ("fisher" if kwon else "uniform")
     data_scores = _data_driven(criterion)

@@ -280,11 +280,17 @@ def recompute_stretch(steps: int) -> int:
     return math.isqrt(steps - 1) + 1 if steps > 1 else 1  # the ceiling of the square root
 
 
+NEXT_TOKEN_CRITERIA = ("taylor-fo", "taylor-so")
+
+
 def next_token_taylor_scores(model: onnx.ModelProto, analysis: Analysis, windows: np.ndarray, *,
-                             batch_size: int = 4, device: str = "cpu", recompute: bool | None = None
-                             ) -> dict[str, np.ndarray]:
-    """Taylor-FO scores (higher = keep) of every prunable group's units on token ``windows``
+                             batch_size: int = 4, device: str = "cpu", recompute: bool | None = None,
+                             criterion: str = "taylor-fo") -> dict[str, np.ndarray]:
+    """Taylor scores (higher = keep) of every prunable group's units on token ``windows``
     under the next-token cross-entropy, run in ``onnxprune.torchexec`` (needs torch).
+    ``criterion``: 'taylor-fo' (the gate gradient summed over each batch of ``batch_size``
+    windows, squared, summed over the batches) or 'taylor-so' (the Fisher surrogate: squared
+    per window, summed over the windows: independent of ``batch_size``; the same pass).
     ``recompute``: keep only the tensors between stretches of the graph through each forward
     pass and make the rest again in the backward pass (``OnnxModule.recompute``: the same
     scores to the bit, about a third more time, a fraction of the activations' memory);
@@ -297,6 +303,9 @@ def next_token_taylor_scores(model: onnx.ModelProto, analysis: Analysis, windows
     from onnxprune.scoring.gates import Gates, gate_layout
     from onnxprune.torchexec import OnnxModule
 
+    if criterion not in NEXT_TOKEN_CRITERIA:
+        raise LanguageModelError(f"unknown criterion '{criterion}' for the next-token loss "
+                                 f"(choose from {', '.join(NEXT_TOKEN_CRITERIA)})")
     windows = np.asarray(windows, dtype=np.int64)
     module = OnnxModule(model, trainable=lambda name: False).to(device).eval()
     if len(module.input_names) != 1:
@@ -321,9 +330,12 @@ def next_token_taylor_scores(model: onnx.ModelProto, analysis: Analysis, windows
             loss = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1),
                                    reduction="sum")
             (grad,) = torch.autograd.grad(loss, values)
-            batch_grad = grad.double().sum(0).cpu()
-            total += torch.zeros(layout.n_units, dtype=torch.float64).index_add_(0, entry_unit, batch_grad) ** 2
-            batches += 1
+            per_window = grad.double().cpu()  # [windows, gate entries]
+            if criterion == "taylor-fo":
+                per_window = per_window.sum(0, keepdim=True)
+            units = torch.zeros(len(per_window), layout.n_units, dtype=torch.float64)
+            total += (units.index_add_(1, entry_unit, per_window) ** 2).sum(0)
+            batches += len(per_window)  # the squares summed: one per batch (taylor-fo) or per window
     finally:
         gates.remove()
     unit_scores = (total / max(1, batches)).numpy()

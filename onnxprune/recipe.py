@@ -100,7 +100,7 @@ class Recipe:
     round_to: int = 1
     align: str | int = AUTO
     min_channels: int = 1
-    max_ratio: float = 1.0
+    max_ratio: float | str = AUTO  # of a group's units, the fraction removed at most; auto: 1 (a decoder: DECODER_LM)
     limits: str = AUTO  # per-group limits: sensitivity (measured damage), none
     unit_order: str = "criterion"  # which units a group keeps (UNIT_ORDERS); its count comes from the criterion
     ignore: tuple[str, ...] = ()
@@ -240,7 +240,7 @@ class Recipe:
             parts.append(self.mode)
         if self.mode == "global" or self.ratio is None:
             parts.append(f"{self.ranking} ranking")
-        if self.max_ratio < 1.0:
+        if not isinstance(self.max_ratio, str) and self.max_ratio < 1.0:
             parts.append(f"at most {self.max_ratio:.0%} of a group")
         if self.limits == "sensitivity":
             parts.append("per-group limits from measured sensitivity")
@@ -291,7 +291,7 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "target_params": (*_NUMBER, type(None)), "target_latency": (str, *_NUMBER, type(None)),
     "criterion": (str,), "loss": (str,), "reduction": (str,), "projections": (str, int), "flops_reg": _NUMBER,
     "mode": (str,), "ranking": (str,), "round_to": (int,), "align": (str, int), "min_channels": (int,),
-    "max_ratio": _NUMBER, "limits": (str,), "ignore": (tuple, list), "prune_hidden": (bool,), "depth": (str, *_NUMBER),
+    "max_ratio": (str, *_NUMBER), "limits": (str,), "ignore": (tuple, list), "prune_hidden": (bool,), "depth": (str, *_NUMBER),
     "unit_order": (str,),
     "allow_interface_change": (bool,), "uniform_heads": (bool,), "requantize": (bool,),
     "recover": (str, tuple, list),
@@ -347,7 +347,9 @@ def _check_values(r: Recipe) -> None:
         raise RecipeError(f"'round_to' must be >= 1, got {r.round_to}")
     if r.min_channels < 1:
         raise RecipeError(f"'min_channels' must be >= 1, got {r.min_channels}")
-    if not 0.0 < r.max_ratio <= 1.0:
+    if isinstance(r.max_ratio, str) and r.max_ratio != AUTO:
+        raise RecipeError(f"'max_ratio' must be a fraction in (0, 1] or 'auto', got {r.max_ratio!r}")
+    if not isinstance(r.max_ratio, str) and not 0.0 < r.max_ratio <= 1.0:
         raise RecipeError(f"'max_ratio' must be in (0, 1], got {r.max_ratio}")
     if isinstance(r.align, str) and r.align != AUTO:
         try:
@@ -395,7 +397,7 @@ def _check_depth(r: Recipe) -> None:
 # the auto recipe of a decoder LM with calibration windows (``is_causal_lm``), measured on
 # SmolLM2-135M at 20% of the non-embedding parameters (docs/llm.md)
 DECODER_LM: dict[str, Any] = {"criterion": "taylor-fo", "ranking": "per-mac", "recover": ("lstsq", "bias"),
-                               "depth": 0.25}
+                               "depth": 0.25, "max_ratio": 0.35}
 
 
 @dataclass(frozen=True)
@@ -487,9 +489,11 @@ def resolve(recipe: Recipe, ctx: Context) -> Recipe:
         if recipe.ratio is not None or recipe.target_latency is not None:
             raise RecipeError("--depth applies to a --target-flops or --target-params budget")
     refit_target = recipe.refit_target if recipe.refit_target != AUTO else "stream"
+    max_ratio = recipe.max_ratio if recipe.max_ratio != AUTO else (
+        DECODER_LM["max_ratio"] if lm and budget_metric and mode == "global" else 1.0)
     return replace(recipe, criterion=criterion, loss=loss, projections=projections, mode=mode, ranking=ranking,
                    align=align, recover=recover, recovery_weighting=weighting, limits=limits, depth=depth,
-                   refit_target=refit_target)
+                   refit_target=refit_target, max_ratio=max_ratio)
 
 
 def is_transformer(model: "onnx.ModelProto") -> bool:

@@ -86,6 +86,11 @@ def test_a_decoder_export_gets_the_decoder_recipe(trained):
     from onnxprune.compress import _recovery_options
 
     assert _recovery_options(r)["held_metric"] == "kl" and "judged on next-token KL" in r.describe()
+    # no group loses more than DECODER_LM's cap, unless the user says otherwise; other models: no cap
+    assert r.max_ratio == DECODER_LM["max_ratio"] < 1 and f"at most {r.max_ratio:.0%} of a group" in r.describe()
+    assert resolve(Recipe(target_params=0.8, max_ratio=1.0), ctx).max_ratio == 1.0
+    assert resolve(Recipe(target_params=0.8), Context(has_calib=True, transformer=True)).max_ratio == 1.0
+    assert resolve(Recipe(target_params=0.8), Context(has_calib=False, transformer=True, causal_lm=True)).max_ratio == 1.0
     encoder = resolve(Recipe(target_params=0.8), Context(has_calib=True, transformer=True))
     assert "held_metric" not in _recovery_options(encoder) and "KL" not in encoder.describe()
     free = resolve(Recipe(target_params=0.8), Context(has_calib=False, transformer=True, causal_lm=True))

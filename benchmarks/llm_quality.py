@@ -205,6 +205,18 @@ VARIANTS: dict[str, Callable[[dict], object]] = {
 }
 
 
+def _scores(model, analysis, calib: np.ndarray, cache: Path, criterion: str) -> dict[str, np.ndarray]:
+    """The next-token scores of ``criterion`` from ``cache`` (taylor-fo's written by
+    ``benchmarks.llm``; taylor-so's computed and saved here when missing, as the plain command's
+    pass: 2 windows per backward pass)."""
+    from onnxprune.verify.lm_eval import next_token_taylor_scores
+
+    saved = cache / f"smollm2_{'taylorso' if criterion == 'taylor-so' else 'taylor'}_scores.npz"
+    if not saved.exists() and criterion == "taylor-so":
+        np.savez(saved, **next_token_taylor_scores(model, analysis, calib, batch_size=2, criterion=criterion))
+    return dict(np.load(saved))
+
+
 def kept_per_layer(analysis, plan) -> list[list[int]]:
     groups = analysis.prunable_groups
     return [[len(plan.keep.get(g.id, g.units)) for g in groups[i:i + GROUPS_PER_LAYER]]
@@ -214,7 +226,7 @@ def kept_per_layer(analysis, plan) -> list[list[int]]:
 def run(names: list[str], methods: tuple[str, ...], cache: Path, calib_path: Path, eval_path: Path,
         out: Path, holdout: float = 0.25, residual: bool = False,
         downstream: bool | str = False, held_metric: str = "mse", depth_share: float = DEPTH_SHARE,
-        cap: float | None = None) -> None:
+        cap: float | None = None, criterion: str = "taylor-fo") -> None:
     from benchmarks.llm import embedding_params
     from onnxprune.analysis import analyze
     from onnxprune.analysis.flops import model_cost
@@ -232,7 +244,7 @@ def run(names: list[str], methods: tuple[str, ...], cache: Path, calib_path: Pat
     total = model_cost(model).params
     ctx = {"model": model, "analysis": analysis, "cache": cache, "total": total,
            "budget": Budget("params", round(total - REMOVE * (total - embedding_params(model)))),
-           "taylor": dict(np.load(cache / "smollm2_taylor_scores.npz")),
+           "taylor": _scores(model, analysis, calib, cache, criterion),
            "flap": dict(np.load(cache / "smollm2_flap_scores.npz")), "depth_share": depth_share, "cap": cap}
     if any(n.endswith("obs") for n in names):
         ctx["obs"] = obs_orders(ctx, cache, calib)
@@ -245,6 +257,7 @@ def run(names: list[str], methods: tuple[str, ...], cache: Path, calib_path: Pat
                      "downstream": downstream, "held_metric": held_metric,
                      **({"depth_share": depth_share} if name == "depth" else {}),
                      **({"cap": cap} if name == "depth" and cap else {}),
+                     **({"criterion": criterion} if criterion != "taylor-fo" else {}),
                      "params": model_cost(pruned).params,
                      "kept_per_layer": kept_per_layer(analysis, plan), "prune_s": round(time.perf_counter() - t0, 1)}
         if methods:
@@ -263,7 +276,8 @@ def run(names: list[str], methods: tuple[str, ...], cache: Path, calib_path: Pat
                          f"{'_residual' if residual else ''}{'_down-' + str(downstream) if downstream else ''}"
                          f"{'_' + held_metric if held_metric != 'mse' else ''}"
                          f"{f'_d{depth_share:g}' if name == 'depth' and depth_share != DEPTH_SHARE else ''}"
-                         f"{f'_cap{cap:g}' if name == 'depth' and cap else ''}.onnx")
+                         f"{f'_cap{cap:g}' if name == 'depth' and cap else ''}"
+                         f"{'_' + criterion if criterion != 'taylor-fo' else ''}.onnx")
         save_model(pruned, saved)
         del pruned
         t2 = time.perf_counter()
@@ -276,7 +290,7 @@ def run(names: list[str], methods: tuple[str, ...], cache: Path, calib_path: Pat
         def key(r: dict) -> tuple:
             return (r["variant"], r["recovery"], r.get("holdout", 0.25), r.get("residual", False),
                     r.get("downstream", False), r.get("held_metric", "mse"), r.get("depth_share", DEPTH_SHARE),
-                    r.get("cap"))
+                    r.get("cap"), r.get("criterion", "taylor-fo"))
 
         results["rows"] = [r for r in results["rows"] if key(r) != key(row)]
         results["rows"].append(row)
@@ -304,6 +318,9 @@ def main() -> None:
                         help="of the parameters removed, the share ``depth`` takes in whole residual blocks")
     parser.add_argument("--cap", type=float, default=None,
                         help="``depth`` only: of each group's units, the fraction removed at most")
+    parser.add_argument("--criterion", default="taylor-fo", choices=["taylor-fo", "taylor-so"],
+                        help="the next-token scores the plans rank (smollm2_taylor_scores.npz, "
+                             "smollm2_taylorso_scores.npz in --cache)")
     args = parser.parse_args()
     names = [n.strip() for n in args.variants.split(",") if n.strip()]
     unknown = [n for n in names if n not in VARIANTS]
@@ -311,7 +328,7 @@ def main() -> None:
         parser.error(f"unknown variant(s) {', '.join(unknown)} (choose from {', '.join(VARIANTS)})")
     run(names, tuple(m for m in args.recover.split(",") if m), args.cache, args.calib, args.eval, args.out, args.holdout,
         args.residual, {"": False, "all": True}.get(args.downstream, args.downstream), args.held_metric,
-        args.depth_share, args.cap)
+        args.depth_share, args.cap, args.criterion)
 
 
 if __name__ == "__main__":

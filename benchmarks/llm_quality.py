@@ -226,7 +226,7 @@ def kept_per_layer(analysis, plan) -> list[list[int]]:
 def run(names: list[str], methods: tuple[str, ...], cache: Path, calib_path: Path, eval_path: Path,
         out: Path, holdout: float = 0.25, residual: bool = False,
         downstream: bool | str = False, held_metric: str = "mse", depth_share: float = DEPTH_SHARE,
-        cap: float | None = None, criterion: str = "taylor-fo") -> None:
+        cap: float | None = None, criterion: str = "taylor-fo", split_seed: int | None = None) -> None:
     from benchmarks.llm import embedding_params
     from onnxprune.analysis import analyze
     from onnxprune.analysis.flops import model_cost
@@ -239,6 +239,8 @@ def run(names: list[str], methods: tuple[str, ...], cache: Path, calib_path: Pat
 
     path = cache / "smollm2_dynamo.onnx"
     calib, evals = np.load(calib_path)["input_ids"], np.load(eval_path)["input_ids"]
+    # the windows recovery fits and holds out: in file order, or shuffled (another split, same plan)
+    fit_windows = calib if split_seed is None else calib[np.random.default_rng(split_seed).permutation(len(calib))]
     model = load(path)
     analysis = analyze(model)
     total = model_cost(model).params
@@ -258,11 +260,12 @@ def run(names: list[str], methods: tuple[str, ...], cache: Path, calib_path: Pat
                      **({"depth_share": depth_share} if name == "depth" else {}),
                      **({"cap": cap} if name == "depth" and cap else {}),
                      **({"criterion": criterion} if criterion != "taylor-fo" else {}),
+                     **({"split_seed": split_seed} if split_seed is not None else {}),
                      "params": model_cost(pruned).params,
                      "kept_per_layer": kept_per_layer(analysis, plan), "prune_s": round(time.perf_counter() - t0, 1)}
         if methods:
             t1 = time.perf_counter()
-            pruned, report = recover(model, pruned, analysis, plan, CalibrationData({"input_ids": calib}),
+            pruned, report = recover(model, pruned, analysis, plan, CalibrationData({"input_ids": fit_windows}),
                                      methods=methods, ridge=None, holdout=holdout, batch_size=RECOVERY_BATCH,
                                      bias_means="original", residual=residual,
                                      downstream=downstream, held_metric=held_metric,
@@ -277,7 +280,8 @@ def run(names: list[str], methods: tuple[str, ...], cache: Path, calib_path: Pat
                          f"{'_' + held_metric if held_metric != 'mse' else ''}"
                          f"{f'_d{depth_share:g}' if name == 'depth' and depth_share != DEPTH_SHARE else ''}"
                          f"{f'_cap{cap:g}' if name == 'depth' and cap else ''}"
-                         f"{'_' + criterion if criterion != 'taylor-fo' else ''}.onnx")
+                         f"{'_' + criterion if criterion != 'taylor-fo' else ''}"
+                         f"{f'_split{split_seed}' if split_seed is not None else ''}.onnx")
         save_model(pruned, saved)
         del pruned
         t2 = time.perf_counter()
@@ -290,7 +294,7 @@ def run(names: list[str], methods: tuple[str, ...], cache: Path, calib_path: Pat
         def key(r: dict) -> tuple:
             return (r["variant"], r["recovery"], r.get("holdout", 0.25), r.get("residual", False),
                     r.get("downstream", False), r.get("held_metric", "mse"), r.get("depth_share", DEPTH_SHARE),
-                    r.get("cap"), r.get("criterion", "taylor-fo"))
+                    r.get("cap"), r.get("criterion", "taylor-fo"), r.get("split_seed"))
 
         results["rows"] = [r for r in results["rows"] if key(r) != key(row)]
         results["rows"].append(row)
@@ -321,6 +325,9 @@ def main() -> None:
     parser.add_argument("--criterion", default="taylor-fo", choices=["taylor-fo", "taylor-so"],
                         help="the next-token scores the plans rank (smollm2_taylor_scores.npz, "
                              "smollm2_taylorso_scores.npz in --cache)")
+    parser.add_argument("--split-seed", type=int, default=None,
+                        help="shuffle the calibration windows before recovery splits them (another held-out "
+                             "split of the same plan: the variance of a figure)")
     args = parser.parse_args()
     names = [n.strip() for n in args.variants.split(",") if n.strip()]
     unknown = [n for n in names if n not in VARIANTS]
@@ -328,7 +335,7 @@ def main() -> None:
         parser.error(f"unknown variant(s) {', '.join(unknown)} (choose from {', '.join(VARIANTS)})")
     run(names, tuple(m for m in args.recover.split(",") if m), args.cache, args.calib, args.eval, args.out, args.holdout,
         args.residual, {"": False, "all": True}.get(args.downstream, args.downstream), args.held_metric,
-        args.depth_share, args.cap, args.criterion)
+        args.depth_share, args.cap, args.criterion, args.split_seed)
 
 
 if __name__ == "__main__":

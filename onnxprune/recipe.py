@@ -435,13 +435,15 @@ def resolve(recipe: Recipe, ctx: Context) -> Recipe:
     - ridge: chosen per layer on the held-out samples;
     - decoder LMs with data (``is_causal_lm``): ``DECODER_LM``: ``taylor-fo`` under the
       next-token cross-entropy of the windows (``loss = "next-token"``), ``per-mac`` ranking,
-      a quarter of the cut in whole residual blocks (``depth = 0.25``, Block Influence), then
-      ``lstsq`` refits of the consumers of the removed channels (o_proj, down_proj) to the
-      residual stream, FLAP's ``bias`` compensation where a refit is refused; on SmolLM2-135M
-      at 20% of the non-embedding parameters held-out perplexity 20.6 against 21.1 with
-      channels only (with refits to each layer's output the blocks cost more: 28.3 against
-      24.4), 37.7 with no recovery, 1,580 for FLAP's allocation of its fluctuation scores
-      before compensation (docs/llm.md);
+      a quarter of the cut in whole residual blocks (``depth = 0.25``, Block Influence), no
+      group losing more than 35% of its units (``max_ratio = 0.35``), then ``lstsq`` refits of
+      the consumers of the removed channels (o_proj, down_proj) to the residual stream, FLAP's
+      ``bias`` compensation where a refit is refused, every step judged on the held-out
+      next-token KL divergence (``recover(held_metric="kl")``); on SmolLM2-135M at 20% of the
+      non-embedding parameters held-out perplexity 20.0 against 20.3 without the cap, 20.6
+      judged on the logits' MSE, 21.1 with channels only (with refits to each layer's output
+      the blocks cost more: 28.3 against 24.4), 37.7 with no recovery, 1,580 for FLAP's
+      allocation of its fluctuation scores before compensation (docs/llm.md);
     - refit target: ``stream``: a refitted layer whose output joins a residual stream matches
       the original's stream (its output plus the skip's drift), so each block also corrects
       what the blocks before it left (SmolLM2: held-out perplexity 24.43 -> 21.14 with the

@@ -396,7 +396,7 @@ def _check_depth(r: Recipe) -> None:
 
 # the auto recipe of a decoder LM with calibration windows (``is_causal_lm``), measured on
 # SmolLM2-135M at 20% of the non-embedding parameters (docs/llm.md)
-DECODER_LM: dict[str, Any] = {"criterion": "taylor-fo", "ranking": "per-mac", "recover": ("lstsq", "bias"),
+DECODER_LM: dict[str, Any] = {"criterion": "taylor-so", "ranking": "per-mac", "recover": ("lstsq", "bias"),
                                "depth": 0.25, "max_ratio": 0.35}
 
 
@@ -433,14 +433,16 @@ def resolve(recipe: Recipe, ctx: Context) -> Recipe:
       label-free ``fisher`` loss over 8 projections, Fisher-weighted ``lstsq`` + ``scale``
       refits (on MiniLM at 0.67 of the MACs: held-out cosine 0.955 against 0.934);
     - ridge: chosen per layer on the held-out samples;
-    - decoder LMs with data (``is_causal_lm``): ``DECODER_LM``: ``taylor-fo`` under the
-      next-token cross-entropy of the windows (``loss = "next-token"``), ``per-mac`` ranking,
+    - decoder LMs with data (``is_causal_lm``): ``DECODER_LM``: ``taylor-so`` (each window's
+      gate gradient squared) under the next-token cross-entropy of the windows (``loss =
+      "next-token"``), ``per-mac`` ranking,
       a quarter of the cut in whole residual blocks (``depth = 0.25``, Block Influence), no
       group losing more than 35% of its units (``max_ratio = 0.35``), then ``lstsq`` refits of
       the consumers of the removed channels (o_proj, down_proj) to the residual stream, FLAP's
       ``bias`` compensation where a refit is refused, every step judged on the held-out
       next-token KL divergence (``recover(held_metric="kl")``); on SmolLM2-135M at 20% of the
-      non-embedding parameters held-out perplexity 20.0 against 20.3 without the cap, 20.6
+      non-embedding parameters held-out perplexity 19.8 against 20.0 with ``taylor-fo``
+      (pairs of windows summed before squaring), 20.3 without the cap, 20.6
       judged on the logits' MSE, 21.1 with channels only (with refits to each layer's output
       the blocks cost more: 28.3 against 24.4), 37.7 with no recovery, 1,580 for FLAP's
       allocation of its fluctuation scores before compensation (docs/llm.md);

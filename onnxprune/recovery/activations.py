@@ -48,16 +48,57 @@ class Probe:
         self.calib = calib
         self.batch_size = batch_size
         self._reference: tuple[onnx.ModelProto, Stored] | None = None
+        self.stretched_runs = 0  # graph outputs run in stretches (``_stretched``), for tests
 
     def __len__(self) -> int:
         return len(self.calib)
 
     def stream(self, model: onnx.ModelProto, names: Sequence[str]
                ) -> Iterator[tuple[int, int, dict[str, np.ndarray]]]:
-        """Yield (index of the batch's first sample, samples in the batch, {name: array}) per batch."""
+        """Yield (index of the batch's first sample, samples in the batch, {name: array}) per batch.
+        A large model's graph outputs are run a stretch of the graph at a time (``_stretched``)."""
         names = list(dict.fromkeys(names))
         if not names:
             return
+        done = 0
+        stretched = self._stretched(model, names)
+        if stretched is not None:
+            from onnxprune.recovery.segments import SuffixFailed
+
+            try:
+                for start, n, out in stretched:
+                    yield start, n, out
+                    done = start + n
+                return
+            except SuffixFailed:  # the last stretch failed on the way: the whole model from that batch on
+                pass
+        for start, n, out in self._whole(model, names):
+            if start >= done:
+                yield start, n, out
+
+    def _stretched(self, model: onnx.ModelProto, names: list[str]
+                   ) -> Iterator[tuple[int, int, dict[str, np.ndarray]]] | None:
+        """The graph outputs ``names`` (all of them) of a model with more than
+        ``segments.STRETCHED_BYTES`` of weights, run by a ``segments.Cursor`` from the start of
+        the graph (``Cursor.suffix_batches``: a stretch of about ``segments.STRETCH_BYTES`` of
+        weights at a time, the last one batch by batch): the same values as one session of
+        the whole model (the same kernels on the same inputs), without onnxruntime holding a
+        copy of every weight at once (on SmolLM2 0.58 GB: about one stretch's instead). None
+        where this does not apply or the cursor cannot (the caller runs the whole model)."""
+        from onnxprune.io.modelio import weight_bytes
+        from onnxprune.recovery import segments
+
+        if set(names) != {o.name for o in model.graph.output} or weight_bytes(model) <= segments.STRETCHED_BYTES \
+                or not segments.supported(model):
+            return None
+        batches = segments.Cursor(self.calib, self.batch_size).suffix_batches(model)
+        if batches is None:
+            return None
+        self.stretched_runs += 1
+        return _numbered(batches, names, len(self.calib), batch_size_for(model, self.batch_size))
+
+    def _whole(self, model: onnx.ModelProto, names: list[str]) -> Iterator[tuple[int, int, dict[str, np.ndarray]]]:
+        """``stream`` by one session of the whole model."""
         inputs = {vi.name for vi in model.graph.input}
         computed = [n for n in names if n not in inputs]
         sess = session_with_outputs(model, exposed_outputs(model, computed)) if computed else None  # no copy
@@ -91,6 +132,13 @@ class Probe:
         per = {n: sums[n] / max(counts[n], 1) for n in names}
         per["total"] = float(np.mean([per[n] for n in names])) if names else 0.0
         return per
+
+
+def _numbered(batches: Iterator[dict[str, np.ndarray]], names: list[str], samples: int, batch_size: int
+              ) -> Iterator[tuple[int, int, dict[str, np.ndarray]]]:
+    """``Cursor.suffix_batches`` as ``Probe.stream`` yields them: (first sample, samples, {name: array})."""
+    for start, out in zip(range(0, samples, batch_size), batches):
+        yield start, min(batch_size, samples - start), {n: out[n] for n in names}
 
 
 SPILL_BYTES = 64 << 20  # kept outputs beyond this go to a temporary folder (a decoder LM's logits)

@@ -240,6 +240,7 @@ class _Recovery:
             self.held_err = held_before["criterion"]
         before = self.probe.mse(self.original, self.model)
         for done, (kind, name) in enumerate(steps, 1):
+            self._statistics_at(name)
             if kind == "bn":
                 self._dispatch(name, "batchnorm")
             else:
@@ -330,7 +331,11 @@ class _Recovery:
 
     def _original_statistics(self, steps: list[tuple[str, str]]) -> dict[tuple[str, int], Moments]:
         """Per-channel moments, in the original model, of every consumer's and BN's input,
-        by (tensor, channel axis); none when only refits are asked for (they do not use them)."""
+        by (tensor, channel axis); none when only refits are asked for (they do not use them).
+        With a cursor on the original they are measured at the first step that reads them
+        (``_statistics_at``), from the cursor: no whole-model run with every one of them as an
+        output (on SmolLM2 that run was the peak of recovery); else here, in one such run."""
+        self.stats_due: dict[tuple[str, int], str] = {}  # (tensor, axis) -> the step that measures it
         if set(self.methods) <= {"lstsq", "scale"}:
             return {}
         wanted: dict[tuple[str, int], Moments] = {}
@@ -339,16 +344,44 @@ class _Recovery:
             if node is None:
                 continue
             if kind == "bn":
-                wanted.setdefault((node.input[0], 1), Moments(1))
+                key = (node.input[0], 1)
             else:
                 ref = self.channels.consumer(name)
                 if ref is None:  # a downstream refit (``downstream``): no bias compensation
                     continue
-                wanted.setdefault((node.input[ref.slot], ref.axis), Moments(ref.axis))
-        for _, _, out in self.probe.stream(self.original, [t for t, _ in wanted]):
-            for (tensor, _), acc in wanted.items():
-                acc.update(out[tensor])
+                key = (node.input[ref.slot], ref.axis)
+            wanted.setdefault(key, Moments(key[1]))
+            self.stats_due.setdefault(key, name)
+        if "fit-orig" not in self.cursors:
+            self._measure_original(wanted)
+            self.stats_due = {}
         return wanted
+
+    def _measure_original(self, moments: dict[tuple[str, int], Moments]) -> None:
+        """Accumulate ``moments`` over one whole-model run of the original on the fit samples."""
+        for _, _, out in self.probe.stream(self.original, [t for t, _ in moments]):
+            for (tensor, _), acc in moments.items():
+                acc.update(out[tensor])
+
+    def _statistics_at(self, name: str) -> None:
+        """Measure the original's moments that step ``name`` is the first to read, from the
+        original's cursor just before node ``name``, batch by batch as ``Probe.stream`` cuts
+        them (the same sums to the bit); where the cursor cannot serve them, these and every
+        moment still due in one whole-model run, as without a cursor."""
+        due = [key for key, at in self.stats_due.items() if at == name]
+        if not due:
+            return
+        for key in due:
+            del self.stats_due[key]
+        values = self.cursors["fit-orig"].tensors(self.original, name, list(dict.fromkeys(t for t, _ in due)))
+        if values is None:
+            due += list(self.stats_due)
+            self.stats_due = {}
+            self._measure_original({key: self.orig_means[key] for key in due})
+            return
+        for _, _, out in batched(values, batch_size_for(self.original, self.batch_size)):
+            for key in due:
+                self.orig_means[key].update(out[key[0]])
 
     def _sensitivities(self, consumers: list[str], calib: CalibrationData) -> Weights:
         """Fisher row / channel weights of the refitted consumers' outputs in the original model."""

@@ -37,6 +37,8 @@ from onnxprune.runtime.session import session
 
 log = logging.getLogger(__name__)
 MAX_BYTES = 512 * 2**20  # cached activations per cursor, at most (projected from the first batch)
+STRETCHED_BYTES = 256 << 20  # models with more weights than this run their graph outputs in stretches
+STRETCH_BYTES = 64 << 20  # weights per stretch, about (``stretch_starts``)
 
 
 class _TooLarge(Exception):
@@ -128,6 +130,9 @@ class Cursor:
         start = self._start(model)
         if start is None or self.given_up:
             return None
+        ahead = self._ahead(model, start)
+        if ahead is not None:
+            return ahead.suffix_batches(model)
         outputs = [o.name for o in model.graph.output]
         if any(o in self.values and o in self.shared for o in outputs):
             return None
@@ -139,6 +144,27 @@ class Cursor:
             self.given_up, self.values = True, {}
             return None
         return self._suffix_stream(outputs, batches, static_batch(model) or self.batch_size)
+
+    def _ahead(self, model: onnx.ModelProto, start: int) -> Cursor | None:
+        """For a model of more than ``STRETCHED_BYTES`` of weights: a copy of this cursor moved
+        through the rest of the graph to its last ``stretch_starts`` cut (about ``STRETCH_BYTES``
+        of weights a stretch), so that the rest is never one session holding every weight after
+        the cursor (this cursor stays where it is). None where there is nothing to cut, or the
+        copy cannot move (the rest then runs in one stretch)."""
+        from onnxprune.io.modelio import weight_bytes
+
+        if weight_bytes(model) <= STRETCHED_BYTES:
+            return None
+        at = {n.name: i for i, n in enumerate(model.graph.node)}
+        cuts = [c for c in stretch_starts(model, STRETCH_BYTES) if at[c] > start]
+        if not cuts:
+            return None
+        ahead = Cursor(self.calib, self.batch_size)
+        ahead.position, ahead.at, ahead.values, ahead.shared = self.position, self.at, dict(self.values), set(self.shared)
+        for node in cuts:
+            if ahead.tensors(model, node, []) is None:
+                return None
+        return ahead
 
     def _suffix_stream(self, outputs: list[str], batches: Iterator[tuple[int, int, dict[str, np.ndarray]]] | None,
                        bs: int) -> Iterator[dict[str, np.ndarray]]:
@@ -223,6 +249,29 @@ class Cursor:
                 raise ValueError(f"tensor '{o}' is neither batch-major nor the same in every batch")
             out[o] = v[-1]
         return out
+
+
+def stretch_starts(model: onnx.ModelProto, weight_bytes: int) -> list[str]:
+    """Names of nodes that cut ``model``'s node order into stretches of about ``weight_bytes``
+    of weights each (counted where a weight is first read; a stretch ends once it passes the
+    size), at nodes whose name is unique (a cursor finds a node by its name)."""
+    from onnxprune.io.external import tensor_nbytes
+
+    nodes = model.graph.node
+    sizes = {t.name: tensor_nbytes(t) for t in model.graph.initializer}
+    counts: dict[str, int] = {}
+    for n in nodes:
+        counts[n.name] = counts.get(n.name, 0) + 1
+    cuts, seen, size = [], set(), 0
+    for i, n in enumerate(nodes):
+        for t in n.input:
+            if t in sizes and t not in seen:
+                seen.add(t)
+                size += sizes[t]
+        if size >= weight_bytes and i + 1 < len(nodes) and nodes[i + 1].name and counts[nodes[i + 1].name] == 1:
+            cuts.append(nodes[i + 1].name)
+            size = 0
+    return cuts
 
 
 class SuffixFailed(Exception):

@@ -22,6 +22,8 @@ loss, per-MAC ranking, align 16, lstsq + bias):
   a least-squares refit of the others compensates best goes first).
 
     python -m benchmarks.llm_quality --variants hybrid,hybrid-obs [--recover lstsq,bias | ''] [--holdout 0.25]
+    python -m benchmarks.llm_quality --variants depth --residual --held-metric kl --cap 0.35 \
+        --criterion taylor-so [--split-seed 1]      # the sixth session's decoder default, another split
 
 Scores come from ``--cache`` (``smollm2_taylor_scores.npz``, ``smollm2_flap_scores.npz``,
 written by ``benchmarks.llm``); windows from ``--calib`` / ``--eval`` npz files

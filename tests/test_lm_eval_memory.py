@@ -10,16 +10,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from models.llm import TINY_VOCAB, export_causal_lm, tiny_llama  # noqa: E402
-from onnxprune.analysis import analyze  # noqa: E402
-from onnxprune.api import load  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def tiny_lm(tmp_path_factory):  # noqa: ANN201
-    path = export_causal_lm(tiny_llama(), tmp_path_factory.mktemp("lm") / "gqa.onnx")
-    model = load(path)
-    return model, analyze(model)
+from models.llm import TINY_VOCAB  # noqa: E402
 
 
 def test_taylor_scores_with_recomputed_activations_are_the_same_to_the_bit(tiny_lm, monkeypatch):

@@ -11,17 +11,8 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from models.llm import TINY_VOCAB, export_causal_lm, tiny_llama  # noqa: E402
-from onnxprune.analysis import analyze  # noqa: E402
-from onnxprune.api import load  # noqa: E402
+from models.llm import TINY_VOCAB  # noqa: E402
 from onnxprune.verify import lm_eval  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def tiny_lm(tmp_path_factory):  # noqa: ANN201
-    path = export_causal_lm(tiny_llama(), tmp_path_factory.mktemp("lm") / "gqa.onnx")
-    model = load(path)
-    return model, analyze(model)
 
 
 def _scores(tiny_lm, batch_size: int, criterion: str) -> dict[str, np.ndarray]:  # noqa: ANN001

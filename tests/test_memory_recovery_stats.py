@@ -102,24 +102,25 @@ def test_refits_alone_measure_no_moments(tmp_path, monkeypatch):
     assert report["updated"]["lstsq"] == ["fc2"]
 
 
-def test_decoder_moments_from_the_cursor_match_the_whole_model_run(monkeypatch, tmp_path):
-    """On a tiny decoder LM (bias compensation from the original's means, as the CLI runs a causal
-    LM, four windows a batch): the same moments and recovered bytes with and without cursors."""
-    pytest.importorskip("torch")
-    pytest.importorskip("transformers")
-    from models.llm import TINY_VOCAB, export_causal_lm, tiny_llama
-
-    from onnxprune.analysis import analyze
-    from onnxprune.api import apply_plan, load
+def _quarter_plan(model, analysis, rng: np.random.Generator):  # noqa: ANN001, ANN202
+    """(plan, pruned model): a random quarter (at least one unit) of every prunable group removed."""
+    from onnxprune.api import apply_plan
     from onnxprune.plan import Plan
 
-    model = load(export_causal_lm(tiny_llama(), tmp_path / "tiny.onnx"))
-    analysis = analyze(model)
-    rng = np.random.default_rng(4)
     keep = {g.id: tuple(sorted(rng.choice(g.size, size=g.size - max(1, g.size // 4), replace=False).tolist()))
             for g in analysis.prunable_groups}
     plan = Plan(analysis.fingerprint, keep, {g.id: g.size for g in analysis.prunable_groups})
-    pruned = apply_plan(model, analysis, plan).model
+    return plan, apply_plan(model, analysis, plan).model
+
+
+def test_decoder_moments_from_the_cursor_match_the_whole_model_run(tiny_lm, monkeypatch):
+    """On a tiny decoder LM (bias compensation from the original's means, as the CLI runs a causal
+    LM, four windows a batch): the same moments and recovered bytes with and without cursors."""
+    from models.llm import TINY_VOCAB
+
+    model, analysis = tiny_lm
+    rng = np.random.default_rng(4)
+    plan, pruned = _quarter_plan(model, analysis, rng)
     calib = CalibrationData({"input_ids": rng.integers(0, TINY_VOCAB, (24, 16)).astype(np.int64)})
     options = {"methods": ("bias", "lstsq"), "bias_means": "original", "batch_size": 4}
     recovered, report, moments = _recover_capturing(model, analysis, plan, pruned, calib, monkeypatch, **options)
@@ -133,15 +134,9 @@ def test_decoder_moments_from_the_cursor_match_the_whole_model_run(monkeypatch, 
 
 # -- a large model's graph outputs run a stretch of the graph at a time -------------------------------
 
-@pytest.fixture(scope="module")
-def tiny_decoder(tmp_path_factory):  # noqa: ANN201
-    pytest.importorskip("torch")
-    pytest.importorskip("transformers")
-    from models.llm import export_causal_lm, tiny_llama
-
-    from onnxprune.api import load
-
-    return load(export_causal_lm(tiny_llama(), tmp_path_factory.mktemp("stretch") / "tiny.onnx"))
+@pytest.fixture
+def tiny_decoder(tiny_lm):  # noqa: ANN001, ANN201
+    return tiny_lm[0]  # conftest's tiny LLaMA export
 
 
 def _windows(n: int, seed: int = 5) -> CalibrationData:
@@ -212,15 +207,9 @@ def test_recovery_with_outputs_in_stretches_gives_the_same_model(tiny_decoder, m
     after each step for its held-out check, in stretches) recovers the same bytes and report as
     with whole-model runs."""
     from onnxprune.analysis import analyze
-    from onnxprune.api import apply_plan
-    from onnxprune.plan import Plan
 
     analysis = analyze(tiny_decoder)
-    rng = np.random.default_rng(7)
-    keep = {g.id: tuple(sorted(rng.choice(g.size, size=g.size - max(1, g.size // 4), replace=False).tolist()))
-            for g in analysis.prunable_groups}
-    plan = Plan(analysis.fingerprint, keep, {g.id: g.size for g in analysis.prunable_groups})
-    pruned = apply_plan(tiny_decoder, analysis, plan).model
+    plan, pruned = _quarter_plan(tiny_decoder, analysis, np.random.default_rng(7))
     calib = _windows(32, seed=8)  # 24 fit and 8 held-out windows: whole batches of 4
     options = {"methods": ("bias", "lstsq"), "bias_means": "original", "batch_size": 4, "residual": True}
     whole, whole_report = recover(tiny_decoder, pruned, analysis, plan, calib, **options)

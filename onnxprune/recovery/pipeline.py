@@ -200,6 +200,7 @@ class _Recovery:
                 self.cursors.update({"held": Cursor(held, batch_size), "held-orig": Cursor(held, batch_size)})
         self.selected = {target: selected(methods, target) for target in TARGETS}  # by recovery.methods
         self.orig_means: dict[tuple[str, int], Moments] = {}
+        self.stats_due: dict[tuple[str, int], str] = {}  # (tensor, axis) -> the step that measures it
         self.downstream: bool | str = False  # also refit layers that lost no input (``recover(downstream=)``)
         self.residual = False  # fit residual-branch consumers to the original's stream (``recover(residual=)``)
         self.edits: Edits | None = None  # ``model`` is the caller's pruned model, edited in place
@@ -335,7 +336,7 @@ class _Recovery:
         With a cursor on the original they are measured at the first step that reads them
         (``_statistics_at``), from the cursor: no whole-model run with every one of them as an
         output (on SmolLM2 that run was the peak of recovery); else here, in one such run."""
-        self.stats_due: dict[tuple[str, int], str] = {}  # (tensor, axis) -> the step that measures it
+        self.stats_due = {}
         if set(self.methods) <= {"lstsq", "scale"}:
             return {}
         wanted: dict[tuple[str, int], Moments] = {}

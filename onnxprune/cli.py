@@ -357,7 +357,8 @@ def prune(
                           "off, N or F.")] = None,
     recover: Annotated[Optional[str], _opt(
         _RECOVERY, help=f"Comma list of {', '.join(recovery_names(plugins=False))}; all; none. Default auto: "
-                        "all with --calib, each refit kept only if it helps on held-out samples.")] = None,
+                        "with --calib, the recipe's methods (printed on its line), each step kept only if it helps on "
+                        "held-out samples.")] = None,
     ridge: Annotated[Optional[str], _opt(
         _RECOVERY, help="Ridge strength of the refits. Default auto: chosen on held-out samples.")] = None,
     holdout: Annotated[Optional[float], _opt(

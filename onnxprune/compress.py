@@ -19,11 +19,10 @@ from typing import TYPE_CHECKING, Any
 import onnx
 
 from onnxprune.analysis import Analysis, analyze
-from onnxprune.errors import SelectionError
 from onnxprune.analysis.flops import Cost, cost_at, model_cost
+from onnxprune.errors import SelectionError
+from onnxprune.io.compact import Parked, worth_compacting
 from onnxprune.plan import Plan
-from onnxprune.runtime.memory import release
-from onnxprune.scoring.criteria import needs_data
 from onnxprune.recipe import (
     Context,
     Recipe,
@@ -33,6 +32,8 @@ from onnxprune.recipe import (
     provider_name,
     resolve,
 )
+from onnxprune.runtime.memory import release
+from onnxprune.scoring.criteria import needs_data
 
 if TYPE_CHECKING:
     from onnxprune.io.calib_data import CalibrationData
@@ -199,6 +200,11 @@ def compress(model: onnx.ModelProto, recipe: Recipe, *, calib: CalibrationData |
     result = apply_plan(model, analysis, plan, debug=debug, inplace=reference is not model or not (methods or measure))
     pruned, after, before = result.model, cost_at(result.model, counted_at, result.after), result.before
     del result  # recovery returns a new model: the rewritten one must not outlive it here
+    if pruned is not model and worth_compacting(pruned):  # the sliced copy's message still holds the
+        parked = Parked(pruned)  # original's weights (``io.compact``): read back into a fresh one
+        del pruned
+        release()
+        pruned = parked.take()
     release()
     from onnxprune.interface import kept_indices
 
@@ -354,8 +360,8 @@ def _allocate(model: onnx.ModelProto, analysis: Analysis, r: Recipe, scores: dic
         step("selecting channels", None, None)
         return plan_by_ratio(model, analysis, ratio=r.ratio, mode=r.mode, ranking=r.ranking, **common), ""
     if r.target_latency is not None:
-        from onnxprune.selection.latency import latency_note, plan_to_latency
         from onnxprune.runtime.session import random_inputs
+        from onnxprune.selection.latency import latency_note, plan_to_latency
 
         label = "measuring per-group latency"
         step(label, None, None)

@@ -396,7 +396,8 @@ def _check_depth(r: Recipe) -> None:
 
 # the auto recipe of a decoder LM with calibration windows (``is_causal_lm``), measured on
 # SmolLM2-135M at 20% of the non-embedding parameters (docs/llm.md)
-DECODER_LM: dict[str, Any] = {"criterion": "taylor-so", "ranking": "per-mac", "recover": ("lstsq", "bias"),
+DECODER_LM: dict[str, Any] = {"criterion": "taylor-so", "ranking": "per-mac",
+                               "recover": ("lstsq", "bias", "temperature"),
                                "depth": 0.25, "max_ratio": 0.35}
 
 
@@ -440,7 +441,9 @@ def resolve(recipe: Recipe, ctx: Context) -> Recipe:
       group losing more than 35% of its units (``max_ratio = 0.35``), then ``lstsq`` refits of
       the consumers of the removed channels (o_proj, down_proj) to the residual stream, FLAP's
       ``bias`` compensation where a refit is refused, every step judged on the held-out
-      next-token KL divergence (``recover(held_metric="kl")``); on SmolLM2-135M at 20% of the
+      next-token KL divergence (``recover(held_metric="kl")``), and one ``temperature`` on the
+      logits fitted to the original's distribution on the held-out windows, kept if its
+      cross-fitted KL is lower (``recovery.temperature``); on SmolLM2-135M at 20% of the
       non-embedding parameters held-out perplexity 19.8 against 20.0 with ``taylor-fo``
       (pairs of windows summed before squaring), 20.3 without the cap, 20.6
       judged on the logits' MSE, 21.1 with channels only (with refits to each layer's output

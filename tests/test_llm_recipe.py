@@ -82,7 +82,7 @@ def test_a_decoder_export_gets_the_decoder_recipe(trained):
     assert (r.criterion, r.loss, r.ranking, r.recover, r.depth) == (
         DECODER_LM["criterion"], "next-token", DECODER_LM["ranking"], DECODER_LM["recover"], DECODER_LM["depth"])
     assert (r.criterion, r.ranking, r.recover, r.depth, r.refit_target) == (
-        "taylor-so", "per-mac", ("lstsq", "bias"), 0.25, "stream")
+        "taylor-so", "per-mac", ("lstsq", "bias", "temperature"), 0.25, "stream")
     from onnxprune.compress import _recovery_options
 
     assert _recovery_options(r)["held_metric"] == "kl" and "judged on next-token KL" in r.describe()
@@ -98,7 +98,7 @@ def test_a_decoder_export_gets_the_decoder_recipe(trained):
     # what the user sets stays; a ratio gets no depth
     mine = resolve(Recipe(target_params=0.8, criterion="flap", ranking="standardised", depth=0.5), ctx)
     assert (mine.criterion, mine.ranking, mine.depth, mine.recover) == ("flap", "standardised", 0.5,
-                                                                         ("lstsq", "bias"))
+                                                                         ("lstsq", "bias", "temperature"))
     assert resolve(Recipe(ratio=0.2), ctx).depth == "off"
     # an encoder keeps Kwon et al.'s rule
     assert resolve(Recipe(target_params=0.8), Context(has_calib=True, transformer=True)).criterion == "taylor-so"
@@ -157,7 +157,7 @@ def test_plain_command_with_calibration_beats_the_data_free_default(trained, tmp
     code, out, err = cli(monkeypatch, capsys, "prune", path, "-o", auto, "--target-params", "0.8", "--calib", windows,
                          "--no-measure")
     assert code == 0, out + err
-    assert "taylor-so (next-token loss)" in out and "recovery lstsq+bias" in out, out
+    assert "taylor-so (next-token loss)" in out and "recovery lstsq+bias+temperature" in out, out
     assert "judged on next-token KL" in out and "next-token KL" in out.split("judged on next-token KL")[1], out
     code, out, err = cli(monkeypatch, capsys, "prune", path, "-o", free, "--target-params", "0.8", "--no-measure")
     assert code == 0, out + err

@@ -179,7 +179,7 @@ def test_lstsq_reproduces_a_removed_linear_combination(tmp_path, consumer):
     assert np.abs(_out(biased, x) - ref).max() > 0.1
     # both asked for: lstsq takes the consumer, bias compensation does not touch it again
     both, rep = recover(model, pruned, analysis, plan, calib, methods=("bias", "lstsq"), ridge=1e-9)
-    assert rep["updated"] == {"bn": [], "bias": [], "lstsq": ["fc2"], "scale": []}
+    assert rep["updated"] == {"bn": [], "bias": [], "lstsq": ["fc2"], "scale": [], "temperature": []}
     np.testing.assert_allclose(_out(both, x), ref, atol=1e-4, rtol=0)
 
 

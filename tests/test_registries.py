@@ -90,7 +90,7 @@ def test_duplicate_torch_op_is_refused():
 def test_builtin_registries_match_the_documented_lists():
     assert names(needs_data=False) == ("l1", "l2", "bn-scale", "random", "similarity")
     assert names(needs_data=True) == ("taylor-fo", "taylor-so", "taylor-act", "activation", "apoz", "oracle", "flap")
-    assert RECOVERY_METHODS.names() == ("bn", "bias", "lstsq", "scale")
+    assert RECOVERY_METHODS.names() == ("bn", "bias", "lstsq", "scale", "temperature")
     assert all(get_criterion(n).help for n in names())
 
 

@@ -601,3 +601,40 @@ def write_single(model: onnx.ModelProto, path: Path, extra: Sequence[onnx.Tensor
                 fh.write(rec[1])
         fh.write(graph_bytes[split_graph:])
         fh.write(model_bytes[split_model:])
+
+
+SPLIT_MIN_BYTES = 64 << 10  # ``write_split``: weights at least this large go to the data file
+SPLIT_ALIGN = 4096  # their offsets there: page-aligned, so that onnxruntime maps them instead of reading
+
+
+def write_split(model: onnx.ModelProto, folder: Path, extra: Sequence[onnx.TensorProto] = (),
+                min_bytes: int | None = None) -> Path:
+    """Write ``model`` (plus the initializers ``extra``, as in ``write_single``) into ``folder`` as
+    ``model.onnx`` and a data file ``weights.bin`` holding every in-memory ``raw_data`` weight of
+    at least ``min_bytes`` at a page-aligned offset; returns the model file's path. onnxruntime
+    maps such a file's weights instead of parsing them into a message and copying them into
+    tensors: a session made from it never holds a second copy of a weight (only the repacked
+    copies its kernels make), even while it is made. Smaller tensors (the shapes and axes its
+    shape inference reads) stay in the model file; weights are read one at a time."""
+    min_bytes = SPLIT_MIN_BYTES if min_bytes is None else min_bytes
+    shell = _shell(model)
+    data_path = folder / "weights.bin"
+    with open(data_path, "wb") as fh:
+        for t in [*model.graph.initializer, *extra]:
+            head = shell.graph.initializer.add()
+            if is_external(t) or not t.HasField("raw_data") or tensor_nbytes(t) < min_bytes:
+                head.CopyFrom(t)
+                continue
+            _copy_fields(t, head, skip=("raw_data",))
+            offset = -(-fh.tell() // SPLIT_ALIGN) * SPLIT_ALIGN
+            fh.seek(offset)
+            data = t.raw_data  # one weight's bytes at a time (upb copies on read)
+            fh.write(data)
+            head.data_location = onnx.TensorProto.EXTERNAL
+            for key, value in (("location", data_path.name), ("offset", str(offset)), ("length", str(len(data)))):
+                entry = head.external_data.add()
+                entry.key, entry.value = key, value
+            del data
+    path = folder / "model.onnx"
+    path.write_bytes(shell.SerializeToString())
+    return path

@@ -9,7 +9,7 @@ the data the weights were fitted to.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import onnx
@@ -18,6 +18,13 @@ from onnxprune.io.calib_data import CalibrationData
 from onnxprune.recovery import activations
 from onnxprune.recovery.activations import Probe, Stored
 from onnxprune.recovery.errors import RecoveryError
+from onnxprune.recovery.temperature import (
+    TemperatureFit,
+    fit_temperature,
+    log_softmax,
+    logit_terms,
+    reference_terms,
+)
 
 MIN_HELD = 4  # held-out samples wanted at least (half the set when it is smaller than 8)
 METRICS = ("mse", "kl")  # what a recovery step must lower on the held-out samples (``HeldOut``)
@@ -76,6 +83,7 @@ class HeldOut:
         self.names = [o.name for o in original.graph.output]
         self.metric = metric
         self._reference: Stored | None = None
+        self._logits: str | None = None
 
     def __len__(self) -> int:
         return len(self.probe)
@@ -143,11 +151,42 @@ class HeldOut:
         found["criterion"] = found["kl"] if logits is not None else found["output_mse"]
         return found
 
+    def logits_name(self) -> str:
+        """The causal-LM logits output (``lm_eval.causal_lm_io`` on the original's first held-out
+        batch); a ``RecoveryError`` when the model has none."""
+        return self._logits_name(self._reference_outputs())
+
+    def temperature(self, model: onnx.ModelProto) -> TemperatureFit:
+        """The temperature of ``model``'s logits fitted to the original's next-token distribution
+        on the held-out samples, each sample a window, cross-fitted on two folds
+        (``recovery.temperature``). ``model``'s logits are computed once and kept (in a
+        temporary folder past ``activations.SPILL_BYTES``), read back one window at a time."""
+        name = self.logits_name()
+        reference = self._reference_outputs()
+        stored = Stored({name: np.asarray(out[name])} for _, _, out in self.probe.stream(model, [name]))
+
+        def windows() -> Iterator[np.ndarray]:
+            return _rechunk(stored.rows(name, 1), 1)
+
+        # the original's logits are read once: every later pass needs only these terms of them
+        constants = [reference_terms(z, r) for z, r in zip(windows(), _rechunk(reference.rows(name, 1), 1))]
+
+        def terms(asked: Sequence[Sequence[float]]) -> list[list[tuple[float, float, float]]]:
+            out = []
+            for z, ts in zip(windows(), asked):
+                found = {t: logit_terms(z, t) for t in dict.fromkeys(ts)}
+                out.append([found[t] for t in ts])
+            return out
+
+        return fit_temperature(terms, constants)
+
     def _logits_name(self, reference: Stored) -> str:
         """The causal-LM logits output the 'kl' metric is taken on (``lm_eval.causal_lm_io``
         on the first batch's shapes); a ``RecoveryError`` when the model has none."""
         from onnxprune.verify.lm_eval import causal_lm_io
 
+        if self._logits is not None:
+            return self._logits
         first = next(iter(reference.first.values()), None)
         n = 0 if first is None or not first[0] else int(first[0][0])
         feeds = {k: v[:n] for k, v in self.probe.calib.inputs.items()}
@@ -156,6 +195,7 @@ class HeldOut:
         if found is None:
             raise RecoveryError("the 'kl' held-out metric needs a causal LM: integer token windows in and "
                                 f"[batch, sequence, vocabulary] logits out (outputs: {', '.join(self.names)})")
+        self._logits = found[2]
         return found[2]
 
     def _kl(self, reference: Stored, outputs: Iterable[Mapping[str, np.ndarray]]) -> float:
@@ -176,14 +216,19 @@ class HeldOut:
     def _outputs(self, model: onnx.ModelProto, outputs: Mapping[str, np.ndarray] | Batches | None
                  ) -> tuple[Stored, Iterable[Mapping[str, np.ndarray]]]:
         """(the original's graph outputs, ``model``'s) on the held-out samples, as batches."""
-        if self._reference is None:
-            self._reference = Stored({n: np.asarray(out[n]) for n in self.names}
-                                     for _, _, out in self.probe.stream(self.original, self.names))
+        reference = self._reference_outputs()
         if outputs is None:
             outputs = (out for _, _, out in self.probe.stream(model, self.names))
         elif isinstance(outputs, Mapping):
             outputs = [outputs]
-        return self._reference, outputs
+        return reference, outputs
+
+    def _reference_outputs(self) -> Stored:
+        """The original's graph outputs on the held-out samples (computed on the first call)."""
+        if self._reference is None:
+            self._reference = Stored({n: np.asarray(out[n]) for n in self.names}
+                                     for _, _, out in self.probe.stream(self.original, self.names))
+        return self._reference
 
 
 CHUNK_ELEMENTS = 2**22  # elements of one output converted to float64 at a time
@@ -222,16 +267,9 @@ def _kl_sum(o: np.ndarray, r: np.ndarray) -> tuple[float, int]:
     o2, r2 = o.reshape(-1, o.shape[-1]), r.reshape(-1, r.shape[-1])
     total = 0.0
     for lo in range(0, len(r2), KL_ROWS):
-        log_p, log_q = _log_softmax(r2[lo:lo + KL_ROWS]), _log_softmax(o2[lo:lo + KL_ROWS])
+        log_p, log_q = log_softmax(r2[lo:lo + KL_ROWS]), log_softmax(o2[lo:lo + KL_ROWS])
         total += float(np.sum(np.exp(log_p) * (log_p - log_q)))
     return total, len(r2)
-
-
-def _log_softmax(x: np.ndarray) -> np.ndarray:
-    x = x.astype(np.float64)
-    x -= x.max(-1, keepdims=True)
-    x -= np.log(np.exp(x).sum(-1, keepdims=True))
-    return x
 
 
 def _floating(reference: Stored, name: str) -> bool:

@@ -6,7 +6,9 @@ one that changes the node (records an ``updated`` step) ends it:
 
 - ``consumer``: a node that lost input channels (built in: ``lstsq`` and ``scale`` refits,
   then the ``bias`` compensation as the fallback);
-- ``batchnorm``: a BatchNormalization downstream of one (built in: ``bn``).
+- ``batchnorm``: a BatchNormalization downstream of one (built in: ``bn``);
+- ``logits``: a causal LM's logits, once the walk is over (built in: ``temperature``, see
+  ``recovery.temperature``; ``node`` is the node computing them).
 
 A method is ``run(walk, node, note) -> str | None``: ``walk`` is the recovery walk (the model
 as recovered so far, ``walk.model``; the original, ``walk.original``; ``walk.layers(node)``:
@@ -29,7 +31,7 @@ from typing import Any
 
 from onnxprune.extend import Registry
 
-TARGETS = ("consumer", "batchnorm")
+TARGETS = ("consumer", "batchnorm", "logits")
 MethodFn = Callable[[Any, str, str], "str | None"]
 
 
@@ -87,3 +89,6 @@ register_recovery_method("lstsq", help="least-squares refit of the consumer's ke
 register_recovery_method("scale", help="one scale per kept input channel and the bias (Kwon et al. 2022)",
                          target="consumer", order=20, refit=True,
                          run=lambda walk, node, note: walk.refit_step(node, "scale"))
+register_recovery_method("temperature", help="one temperature on a causal LM's logits, fitted to the original's "
+                         "next-token distribution on the held-out windows (cross-fitted)",
+                         target="logits", order=10, run=lambda walk, node, note: walk.temperature_step(node))

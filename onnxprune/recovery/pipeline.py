@@ -32,27 +32,27 @@ import numpy as np
 import onnx
 
 from onnxprune.analysis import Analysis
-from onnxprune.io.calib_data import CalibrationData
 from onnxprune.graph import GraphIndex, attr
+from onnxprune.io.calib_data import CalibrationData
 from onnxprune.plan import Plan
 from onnxprune.recovery import bn as bn_stats
+from onnxprune.recovery.activations import Probe, batch_size_for
 from onnxprune.recovery.augment import augment_images
 from onnxprune.recovery.bias import bias_delta
 from onnxprune.recovery.channels import ChannelMap
 from onnxprune.recovery.errors import RecoveryError
 from onnxprune.recovery.holdout import METRICS, HeldOut, split, subset
 from onnxprune.recovery.layers import Layer, Unsupported, pooled_source
-from onnxprune.recovery.params import add_bias, set_constant
-from onnxprune.recovery.activations import Probe, batch_size_for
-from onnxprune.recovery.refit import Fit, Refused, Rows, fit_layer
 from onnxprune.recovery.methods import TARGETS, selected
 from onnxprune.recovery.methods import names as method_names
+from onnxprune.recovery.params import add_bias, set_constant
+from onnxprune.recovery.refit import Fit, Refused, Rows, fit_layer
 from onnxprune.recovery.report import RecoveryReport
 from onnxprune.recovery.segments import Cursor, SuffixFailed, batched
-from onnxprune.recovery.snapshot import Edits, Snapshot, touching
-from onnxprune.runtime.memory import release
 from onnxprune.recovery.segments import supported as runs_in_stretches
+from onnxprune.recovery.snapshot import Edits, Snapshot, touching
 from onnxprune.recovery.stats import Moments, RowSample
+from onnxprune.runtime.memory import release
 
 __all__ = ["RecoveryError", "recover"]
 
@@ -75,7 +75,7 @@ def recover(original: onnx.ModelProto, pruned: onnx.ModelProto, analysis: Analys
     ``original`` is the prepared model ``analysis`` was made on; ``pruned`` is
     ``apply_plan(original, analysis, plan).model``; ``calib`` are unlabelled inputs.
 
-    - ``methods``: any of 'bn', 'bias', 'lstsq', 'scale' (the order given does not matter:
+    - ``methods``: any of 'bn', 'bias', 'lstsq', 'scale', 'temperature' (the order given does not matter:
       see the module docstring).
     - ``holdout``: the fraction of the calibration samples held out of every fit and used
       to accept or refuse each step (at least 4 samples, see ``holdout.split``; 0: none,
@@ -253,6 +253,8 @@ class _Recovery:
         release()
         if held_before is not None:
             self._final_check(held_before, bool(steps))
+        self._logits_steps()
+        if held_before is not None:
             self.held.drop_reference()  # type: ignore[union-attr]
             release()
         after = self.probe.mse(self.original, self.model) if steps else before
@@ -277,6 +279,60 @@ class _Recovery:
                 self.model = onnx.ModelProto()
                 self.model.CopyFrom(self.pruned)
             self.report.held_out.update(recovered=held_before, rejected=held_after)
+
+    def _logits_steps(self) -> None:
+        """The selected methods on a causal LM's logits (``temperature``), once the walk and its
+        final check are over; skipped, saying why, without held-out samples judged on the
+        next-token KL."""
+        chosen = self.selected["logits"]
+        if not chosen:
+            return
+        why = ("needs held-out samples (holdout > 0)" if self.held is None else
+               "needs a causal LM judged on the next-token KL (held_metric='kl')" if self.held.metric != "kl" else "")
+        if why:
+            for m in chosen:
+                self.report.skipped("(logits)", "-", m.name, why)
+            return
+        logits = self.held.logits_name()  # type: ignore[union-attr]
+        producer = GraphIndex(self.model).producer.get(logits)
+        for m in chosen:
+            m.run(self, logits if producer is None else producer.name, "")
+            release()
+
+    def temperature_step(self, node: str) -> str | None:
+        """One temperature on the logits (computed by ``node``), fitted on the held-out windows
+        and kept only if its cross-fitted held-out KL is lower (``recovery.temperature``)."""
+        from onnxprune.recovery.temperature import apply_temperature, fold_point
+
+        assert self.held is not None
+        logits = self.held.logits_name()
+        found = GraphIndex(self.model).nodes.get(node)
+        op = "-" if found is None else found.op_type
+        fold = fold_point(self.model, logits)
+        if isinstance(fold, str):
+            self.report.skipped(node, op, "temperature", fold)
+            return fold
+        if len(self.held) < 2:
+            why = "needs at least 2 held-out windows to cross-fit"
+            self.report.skipped(node, op, "temperature", why)
+            return why
+        fit = self.held.temperature(self.model)
+        details = {"t": fit.t, "fold_t": list(fit.folds), "held_out_kl_at_1": fit.kl_at_one,
+                   "held_out_kl_cross_fitted": fit.kl_cross_fitted,
+                   "folded_into": fold.tensor if fold.kind == "initializer" else f"a Mul on '{fold.tensor}'"}
+        if not fit.helps:
+            why = (f"does not lower the cross-fitted held-out next-token KL "
+                   f"({fit.kl_at_one:.4g} -> {fit.kl_cross_fitted:.4g} at t {fit.t:.3g})")
+            self.report.refused(node, op, "temperature", why, **details)
+            return why
+        if self.edits is not None:
+            self.edits.keep(Snapshot(self.model, fold.node))
+        apply_temperature(self.model, fold, fit.t)
+        self.report.updated(node, op, "temperature", **details)
+        if self.report.held_out is not None:
+            self.report.held_out["temperature"] = {"t": fit.t, "kl_at_1": fit.kl_at_one,
+                                                   "kl_cross_fitted": fit.kl_cross_fitted}
+        return None
 
     def _metric_name(self) -> str:
         return "next-token KL" if self.held is not None and self.held.metric == "kl" else "output MSE"

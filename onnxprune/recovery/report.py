@@ -8,7 +8,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from onnxprune.recovery.methods import names, refit_names
+from onnxprune.recovery.methods import RECOVERY_METHODS, names, refit_names
 
 
 def __getattr__(name: str) -> Any:
@@ -93,6 +93,10 @@ def summary_line(report: dict) -> str:
             line += f", cosine {before['mean_cosine']:.3f} -> {after['mean_cosine']:.3f}"
         if before.get("top1") is not None:
             line += f", top-1 agreement {before['top1']:.2f} -> {after['top1']:.2f}"
+        tempered = held.get("temperature")
+        if tempered:
+            line += (f", temperature {tempered['t']:.3g} (next-token KL {tempered['kl_at_1']:.3g} -> "
+                     f"{tempered['kl_cross_fitted']:.3g} cross-fitted)")
     else:
         line = "recovery: no held-out samples, quality not measured"
     updated = report.get("updated", {})
@@ -100,6 +104,9 @@ def summary_line(report: dict) -> str:
     counts += [f"{m} {len(updated[m])}" for m in ("bias", "bn") if updated.get(m)]
     counts.append(f"refused {report.get('refused_nodes', 0)}")
     line += "; " + ", ".join(counts)
+    refused = [s for s in report.get("steps", []) if s["method"] == "temperature" and s["status"] == "refused"]
+    if refused:
+        line += f"; temperature refused ({refused[0]['reason']})"
     line += _not_refittable(report)
     if report.get("reverted"):
         line += f"; {report.get('note') or 'kept the pruned model unchanged'}"
@@ -109,7 +116,8 @@ def summary_line(report: dict) -> str:
 def _not_refittable(report: dict) -> str:
     """'; N consumers not refittable (REASON)' for the consumers no method could touch (a QDQ
     weight, a grouped convolution), the most frequent reason; '' when there are none."""
-    steps = report.get("steps", [])
+    consumers = {m.name for m in RECOVERY_METHODS.values() if m.target == "consumer"}
+    steps = [s for s in report.get("steps", []) if s["method"] in consumers]
     touched = {s["node"] for s in steps if s["status"] != "skipped"}
     reasons: dict[str, list[str]] = {}
     for s in steps:

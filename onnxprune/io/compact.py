@@ -17,23 +17,22 @@ from pathlib import Path
 
 import onnx
 
-from onnxprune.io.external import _copy_fields, _shell
+from onnxprune.io.external import PRIVATE_KEYS, _copy_fields, _shell, is_external, tensor_nbytes
 
 COMPACT_BYTES = 64 << 20  # models with fewer bytes of weights are not worth the round trip
 
 
 def worth_compacting(model: onnx.ModelProto) -> bool:
-    """Whether ``model`` is large and keeps every weight in the message (weights in files,
-    external or mapped, are not in its arena: such a model is left as it is)."""
-    from onnxprune.io.modelio import has_file_weights, weight_bytes
-
-    return weight_bytes(model) > COMPACT_BYTES and not has_file_weights(model)
+    """Whether ``model`` keeps enough weights in its message to be worth moving (weights in
+    files, external or mapped, are not in its arena: only the in-memory ones count)."""
+    return sum(tensor_nbytes(t) for t in model.graph.initializer if not is_external(t)) > COMPACT_BYTES
 
 
 class Parked:
     """``model`` in a temporary folder until ``take`` reads it back (and removes the folder):
     the model without its initializers, then every initializer in order, a ``raw_data`` one as
-    its other fields and its bytes in a data file."""
+    its other fields and its bytes in a data file. Weights the model keeps in files stay there
+    (as references, read back with the entries naming their source)."""
 
     def __init__(self, model: onnx.ModelProto) -> None:
         self._folder = tempfile.TemporaryDirectory(prefix="onnxprune-parked-")
@@ -41,6 +40,7 @@ class Parked:
         self.path = folder / "model.onnx"
         self._data = folder / "weights.bin"
         self._records: list[tuple[bytes, int, int]] = []  # per initializer: fields, data offset, length (-1: none)
+        self._private = [(e.key, e.value) for e in model.metadata_props if e.key in PRIVATE_KEYS]
         self.path.write_bytes(_shell(model).SerializeToString())
         with open(self._data, "wb") as fh:
             for t in model.graph.initializer:
@@ -59,6 +59,8 @@ class Parked:
         try:
             model = onnx.ModelProto()
             model.ParseFromString(self.path.read_bytes())
+            for key, value in self._private:
+                model.metadata_props.add(key=key, value=value)
             initializers = model.graph.initializer
             with open(self._data, "rb") as fh, \
                     mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) if self._data.stat().st_size else _Empty() as data:

@@ -58,6 +58,13 @@ def mark_lazy(model: onnx.ModelProto, base_dir: Path) -> None:
     entry.key, entry.value = BASE_KEY, str(base_dir.resolve())
 
 
+def share_source(model: onnx.ModelProto, other: onnx.ModelProto) -> None:
+    """Let ``other`` (a sub-model built from ``model``'s tensors) read the weights ``model``
+    keeps in files: ``model``'s private entries naming where they are, copied."""
+    drop_private(other)
+    other.metadata_props.extend(e for e in model.metadata_props if e.key in PRIVATE_KEYS)
+
+
 def base_dir(model: onnx.ModelProto) -> Path | None:
     for entry in model.metadata_props:
         if entry.key == BASE_KEY:
@@ -615,26 +622,45 @@ def write_split(model: onnx.ModelProto, folder: Path, extra: Sequence[onnx.Tenso
     maps such a file's weights instead of parsing them into a message and copying them into
     tensors: a session made from it never holds a second copy of a weight (only the repacked
     copies its kernels make), even while it is made. Smaller tensors (the shapes and axes its
-    shape inference reads) stay in the model file; weights are read one at a time."""
+    shape inference reads) stay in the model file; weights are read one at a time.
+
+    Weights kept in files (mapped from the model file, or external data) are copied into the
+    data file too, whatever their size (``extra`` are read from ``model``'s source as well);
+    the mapping's pages leave this process's resident memory every ``CHUNK`` bytes."""
     min_bytes = SPLIT_MIN_BYTES if min_bytes is None else min_bytes
+    source = source_of(model)
     shell = _shell(model)
     data_path = folder / "weights.bin"
+    unreleased = 0
     with open(data_path, "wb") as fh:
         for t in [*model.graph.initializer, *extra]:
             head = shell.graph.initializer.add()
-            if is_external(t) or not t.HasField("raw_data") or tensor_nbytes(t) < min_bytes:
+            in_file = is_external(t) and source[0] is not None
+            if not in_file and (is_external(t) or not t.HasField("raw_data") or tensor_nbytes(t) < min_bytes):
                 head.CopyFrom(t)
                 continue
-            _copy_fields(t, head, skip=("raw_data",))
+            _copy_fields(t, head, skip=("raw_data", "external_data", "data_location"))
             offset = -(-fh.tell() // SPLIT_ALIGN) * SPLIT_ALIGN
             fh.seek(offset)
-            data = t.raw_data  # one weight's bytes at a time (upb copies on read)
-            fh.write(data)
+            if in_file:
+                data = read_tensor(t, model, source, unaligned_ok=True)
+                length = data.nbytes
+                fh.write(np.ascontiguousarray(data).data)
+                unreleased += length
+                if unreleased >= CHUNK:
+                    release_all(model)
+                    unreleased = 0
+            else:
+                data = t.raw_data  # one weight's bytes at a time (upb copies on read)
+                length = len(data)
+                fh.write(data)
             head.data_location = onnx.TensorProto.EXTERNAL
-            for key, value in (("location", data_path.name), ("offset", str(offset)), ("length", str(len(data)))):
+            for key, value in (("location", data_path.name), ("offset", str(offset)), ("length", str(length))):
                 entry = head.external_data.add()
                 entry.key, entry.value = key, value
             del data
+    if unreleased:
+        release_all(model)
     path = folder / "model.onnx"
     path.write_bytes(shell.SerializeToString())
     return path

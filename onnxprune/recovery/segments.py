@@ -33,6 +33,7 @@ from onnx import helper
 
 from onnxprune.graph import GraphIndex, static_batch
 from onnxprune.io.calib_data import CalibrationData
+from onnxprune.io.external import share_source
 from onnxprune.runtime.session import session
 
 log = logging.getLogger(__name__)
@@ -371,6 +372,7 @@ def _sub_graph(model: onnx.ModelProto, segment: Sequence[onnx.NodeProto], output
         [helper.make_tensor_value_info(t, helper.np_dtype_to_tensor_dtype(values[t].dtype), None) for t in inputs],
         [helper.make_tensor_value_info(t, index.elem_type(t) or onnx.TensorProto.FLOAT, None) for t in outputs])
     sub = helper.make_model(graph, opset_imports=list(model.opset_import), ir_version=model.ir_version)
+    share_source(model, sub)  # weights kept in files are read from where ``model``'s are
     return sub, inputs, inits
 
 

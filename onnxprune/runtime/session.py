@@ -93,12 +93,17 @@ STREAM_BYTES = 64 << 20  # models larger than this reach onnxruntime through a t
 
 
 def _streamed(model: onnx.ModelProto, initializers: Sequence[onnx.TensorProto] = ()) -> bool:
-    """Whether ``session`` hands ``model`` to onnxruntime as a temporary file rather than bytes: a
+    """Whether ``session`` hands ``model`` to onnxruntime as temporary files rather than bytes: a
     large model whose weights are all in it (onnxruntime reads the file as it parses it; the
-    bytes would be one more copy of every weight, next to the model and onnxruntime's own)."""
+    bytes would be one more copy of every weight, next to the model and onnxruntime's own), or
+    a model whose initializers are kept in files (mapped from the model file or external data
+    whose folder is known: ``write_split`` copies them into its data file, so that the session
+    never needs a copy of them in memory)."""
+    from onnxprune.io.external import all_tensors, base_dir, is_external
+
     tensors = [*model.graph.initializer, *initializers]
-    if any(t.data_location == onnx.TensorProto.EXTERNAL for t in tensors):
-        return False
+    if any(is_external(t) for t in tensors):
+        return base_dir(model) is not None and not any(is_external(t) for t in all_tensors(model, initializers=False))
     return _weight_bytes(tensors) > STREAM_BYTES
 
 

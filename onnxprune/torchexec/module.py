@@ -13,7 +13,8 @@ import torch
 from onnx import numpy_helper
 
 from onnxprune.errors import ModelRunError
-from onnxprune.torchexec.convert import LOW_TORCH_FLOATS, float32_node, tensor_from_proto, to_numpy
+from onnxprune.io.external import is_external, read_tensor, release_all, source_of, tensor_nbytes
+from onnxprune.torchexec.convert import LOW_TORCH_FLOATS, float32_node, to_numpy, to_torch
 from onnxprune.torchexec.ops import Node, OpFn, implementation
 
 # Constant inputs read as weights: float initializers there are trainable by default.
@@ -30,6 +31,7 @@ _PASS_THROUGH = {"Transpose", "Reshape", "Squeeze", "Unsqueeze", "Cast", "Identi
 _ELEMENTWISE = {"Add", "Mul"}
 # Float constants that steer an op rather than feed data into it: buffers, not parameters.
 CONTROL_SLOTS: dict[str, set[int]] = {"Resize": {1, 2, 3}, "Upsample": {1}, "Dropout": {1, 2}}
+RELEASE_BYTES = 64 << 20  # mapped weights read between two drops of the mapping's pages
 STATIC_MAX_ELEMS = 1 << 16  # constant buffers up to this size are also kept as numpy (no device sync)
 _DEFAULT_DOMAINS = ("", "ai.onnx")
 
@@ -115,8 +117,16 @@ class OnnxModule(torch.nn.Module):
         uses = self._uses(graph_nodes)
         trainable = trainable or self._default_trainable(graph, uses)
 
-        for init in graph.initializer:
-            self._register(init.name, tensor_from_proto(init), uses, trainable, "initializer")
+        source, unreleased = source_of(model), 0
+        for init in graph.initializer:  # weights kept in files are read (and copied) one at a time
+            value = to_torch(read_tensor(init, model, source, unaligned_ok=True), init.data_type)
+            self._register(init.name, value, uses, trainable, "initializer")
+            unreleased += tensor_nbytes(init) if is_external(init) else 0
+            if unreleased >= RELEASE_BYTES:  # a mapped model's pages leave the resident set
+                release_all(model)
+                unreleased = 0
+        if unreleased:
+            release_all(model)
         self.input_names = [vi.name for vi in graph.input if vi.name not in self._slots]
         self.output_names = [vi.name for vi in graph.output]
 

@@ -40,8 +40,9 @@ def load(path: str | os.PathLike[str], *, input_shapes: Mapping[str, Sequence[in
 
     ``mapped`` leaves the weights of a single-file model in the memory-mapped file (only
     the structure is parsed; see ``modelio.load_model``): the fastest and leanest way
-    through analyze, plan, apply_plan and save_model, which read and write such a model
-    directly. Call ``modelio.materialize`` on it before running it in onnxruntime.
+    through analyze, scoring, apply_plan, recovery and save_model, which read and write such
+    a model directly (``runtime.session`` hands its weights to onnxruntime from the file).
+    Call ``modelio.materialize`` on it before handing it to other tools.
     ``runtime_check``: refuse a model onnxruntime cannot load, with its reason
     (``modelio.check_runtime``; skipped when onnxruntime is not installed).
     """

@@ -45,9 +45,10 @@ def load_model(path: str | os.PathLike[str], *, check: bool = True, lazy: bool =
     one at a time when needed (see ``onnxprune.io.external``); otherwise they are loaded.
     With ``mapped``, the large weights of a single-file model stay in the (memory-mapped)
     file too: loading parses only the model's structure, and weights are read as zero-copy
-    views when needed (``onnxprune.io.external.map_model``). Such a model is for the pruning
-    pipeline (analyze, plan, apply_plan, save_model); ``materialize`` it before handing it
-    to onnxruntime or other tools.
+    views when needed (``onnxprune.io.external.map_model``). The pipeline reads such a model
+    throughout (analyze, score, apply_plan, recovery, save_model; ``runtime.session`` and the
+    torch execution copy its weights from the file); ``materialize`` it before handing it to
+    other tools.
     Raises ModelLoadError naming the file and what is wrong with it.
     """
     p = Path(path)

@@ -13,7 +13,7 @@ import torch
 from onnx import numpy_helper
 
 from onnxprune.errors import ModelRunError
-from onnxprune.io.external import is_external, read_tensor, release_all, source_of, tensor_nbytes
+from onnxprune.io.external import CHUNK, is_external, read_tensor, release_all, source_of, tensor_nbytes
 from onnxprune.torchexec.convert import LOW_TORCH_FLOATS, float32_node, to_numpy, to_torch
 from onnxprune.torchexec.ops import Node, OpFn, implementation
 
@@ -31,7 +31,6 @@ _PASS_THROUGH = {"Transpose", "Reshape", "Squeeze", "Unsqueeze", "Cast", "Identi
 _ELEMENTWISE = {"Add", "Mul"}
 # Float constants that steer an op rather than feed data into it: buffers, not parameters.
 CONTROL_SLOTS: dict[str, set[int]] = {"Resize": {1, 2, 3}, "Upsample": {1}, "Dropout": {1, 2}}
-RELEASE_BYTES = 64 << 20  # mapped weights read between two drops of the mapping's pages
 STATIC_MAX_ELEMS = 1 << 16  # constant buffers up to this size are also kept as numpy (no device sync)
 _DEFAULT_DOMAINS = ("", "ai.onnx")
 
@@ -122,7 +121,7 @@ class OnnxModule(torch.nn.Module):
             value = to_torch(read_tensor(init, model, source, unaligned_ok=True), init.data_type)
             self._register(init.name, value, uses, trainable, "initializer")
             unreleased += tensor_nbytes(init) if is_external(init) else 0
-            if unreleased >= RELEASE_BYTES:  # a mapped model's pages leave the resident set
+            if unreleased >= CHUNK:  # a mapped model's pages leave the resident set
                 release_all(model)
                 unreleased = 0
         if unreleased:

@@ -15,6 +15,7 @@ from onnxprune.analysis import Analysis
 from onnxprune.analysis.blocks import ResidualBlock, blocks_by_name
 from onnxprune.analysis.rules.quant import analysis_index, expand_weight_refs
 from onnxprune.graph import GraphIndex, attr
+from onnxprune.io.external import read_tensor
 from onnxprune.analysis.removal import Removal
 from onnxprune.plan import Plan
 
@@ -68,10 +69,10 @@ def _zero_quantized_inputs(model: onnx.ModelProto, analysis: Analysis, removal: 
         drop = ~removal.kept(ref.elems)
         if not drop.any():
             continue
-        codes = numpy_helper.to_array(inits[node.input[0]]).copy()
+        codes = read_tensor(inits[node.input[0]], model).copy()  # a mapped weight too
         fill = np.zeros((), codes.dtype)
         if node.op_type == "DequantizeLinear" and len(node.input) > 2 and node.input[2]:
-            zp = numpy_helper.to_array(inits[node.input[2]])
+            zp = read_tensor(inits[node.input[2]], model)
             shape = [1] * codes.ndim
             if zp.size > 1:
                 shape[int(attr(node, "axis", 1)) % codes.ndim] = zp.size

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Optional
@@ -502,9 +503,16 @@ def _ridge(text: str | None) -> float | str | None:
         raise OptionError(f"--ridge expects a number or auto, got {text!r}") from None
 
 
+PLAIN_STEPS_AFTER_S = 10  # ``_Steps`` without a terminal: steps starting later than this get a line
+
+
 class _Steps:
     """Progress of a long run on stderr: one line per step with its counts, bar and ETA when
-    the step reports them (layers refitted, batches scored, groups measured)."""
+    the step reports them (layers refitted, batches scored, groups measured). Where stderr is
+    not a terminal (a log file, CI), each step that starts once the run has taken
+    ``PLAIN_STEPS_AFTER_S`` is one plain line with the elapsed time, so a long run's log shows
+    where it is (a quick run, or a refusal, prints nothing more than its result or one error
+    line)."""
 
     def __init__(self, debug: bool) -> None:
         from rich.progress import BarColumn, MofNCompleteColumn, TimeRemainingColumn
@@ -513,6 +521,8 @@ class _Steps:
                                   MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("eta"),
                                   TimeRemainingColumn(), console=err, transient=True,
                                   disable=debug or not err.is_terminal)
+        self._lines = not debug and not err.is_terminal  # --debug logs each step instead
+        self._start = time.monotonic()
         self._label: str | None = None
         self._task = None
 
@@ -532,6 +542,9 @@ class _Steps:
             self._label = label
             self._task = self._progress.add_task(escape(label), total=None)
             logging.getLogger(__name__).debug("%s", label)
+            seconds = int(time.monotonic() - self._start)
+            if self._lines and seconds >= PLAIN_STEPS_AFTER_S:
+                err.print(f"[{seconds // 60}:{seconds % 60:02d}] {escape(label)}", soft_wrap=True, highlight=False)
         if done is not None:
             self._progress.update(self._task, completed=done, total=total)
 
@@ -628,8 +641,6 @@ def verify(
     Without --inputs or --calib, 8 random samples are compared (agreement only). Costs are in
     MACs. With --atol, --rtol, --min-cosine or --min-top1 it gates a pipeline: exit 1 and one
     line saying what failed when a tolerance is not met."""
-    import time
-
     from rich.markup import escape
 
     from onnxprune.io.fileutil import write_text_atomic

@@ -326,3 +326,21 @@ def test_refit_target_flag_reaches_the_recipe(monkeypatch, capsys, tmp_path):
     code, text, err = cli(monkeypatch, capsys, *args, "-o", tmp_path / "bad.onnx", "--refit-target", "output")
     assert code == 1 and "unknown refit target 'output'" in text + err
     assert not (tmp_path / "bad.onnx").exists()
+
+
+def test_prune_without_a_terminal_logs_long_runs_steps(monkeypatch, capsys, model_path, tmp_path):
+    """stderr not a terminal (a log file): a step starting after PLAIN_STEPS_AFTER_S is one plain
+    line with the elapsed time, user text (a path with brackets) printed as it is; a quick run
+    prints no step line."""
+    from onnxprune import cli as cli_module
+
+    out = tmp_path / "[b]x[red].onnx"
+    code, _, err = cli(monkeypatch, capsys, "prune", model_path, "-o", out, "--ratio", "0.5")
+    assert code == 0 and "] rewriting the graph" not in err
+    monkeypatch.setattr(cli_module, "PLAIN_STEPS_AFTER_S", 0)
+    code, _, err = cli(monkeypatch, capsys, "prune", model_path, "-o", out, "--ratio", "0.5")
+    assert code == 0
+    lines = [line for line in err.splitlines() if line.startswith("[0:")]
+    assert lines[0] == "[0:00] loading and inferring shapes"
+    assert any(line.endswith("] rewriting the graph") for line in lines)
+    assert any(line.endswith(f"] writing {out}") for line in lines), err

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import sys
@@ -990,6 +991,19 @@ def _print_error(message: object) -> None:
     err.print(f"[red]error:[/] {escape(text)}", highlight=False, soft_wrap=True)
 
 
+_DISK_FULL = {errno.ENOSPC, errno.EDQUOT}
+
+
+def _disk_full(exc: OSError) -> str:
+    """A full disk (the output, or the temporary files large models reach onnxruntime through,
+    ``runtime.session``) on one line: where, and where temporary files go."""
+    import tempfile
+
+    where = f": {exc.filename}" if exc.filename else ""
+    return (f"{exc.strerror or 'no space left on device'}{where} (temporary files go to "
+            f"{tempfile.gettempdir()}: set TMPDIR to a folder with room for the model's weights)")
+
+
 def main() -> None:
     """Console entry point: one-line errors and a non-zero exit on failure (``onnxprune.errors``):
     1 for the caller's errors (usage, model, data), 2 for command-line syntax, 70 for internal
@@ -1012,6 +1026,9 @@ def main() -> None:
             hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
             _print_error(exc.format_message() + hint)  # type: ignore[attr-defined]
             sys.exit(exc.exit_code)  # type: ignore[attr-defined]
+        if isinstance(exc, OSError) and exc.errno in _DISK_FULL:  # the machine's limit, not a bug
+            _print_error(_disk_full(exc))
+            sys.exit(EXIT_USER_ERROR)
         _print_error(f"unexpected {type(exc).__name__}: {exc}")
         sys.exit(EXIT_INTERNAL)
     if isinstance(code, int) and code:

@@ -344,3 +344,20 @@ def test_prune_without_a_terminal_logs_long_runs_steps(monkeypatch, capsys, mode
     assert lines[0] == "[0:00] loading and inferring shapes"
     assert any(line.endswith("] rewriting the graph") for line in lines)
     assert any(line.endswith(f"] writing {out}") for line in lines), err
+
+
+def test_a_full_disk_is_one_clear_line_and_exit_1(monkeypatch, capsys, model_path, tmp_path):
+    """No space left (the output's disk, or the temporary files a large model's sessions read):
+    a one-line error naming the file and TMPDIR, exit 1, not an 'unexpected' failure."""
+    import errno
+
+    def full(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        raise OSError(errno.ENOSPC, "No space left on device", "/tmp/onnxprune-session-x/weights.bin")
+
+    monkeypatch.setattr("onnxprune.api.apply_plan", full)  # compress imports it when it runs
+    code, _, err = cli(monkeypatch, capsys, "prune", model_path, "-o", tmp_path / "o.onnx", "--ratio", "0.5")
+    assert code == 1, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: No space left on device: /tmp/onnxprune-session-x")
+    assert "TMPDIR" in lines[0] and "unexpected" not in lines[0]
+    assert not (tmp_path / "o.onnx").exists()

@@ -510,10 +510,10 @@ PLAIN_STEPS_AFTER_S = 10  # ``_Steps`` without a terminal: steps starting later 
 class _Steps:
     """Progress of a long run on stderr: one line per step with its counts, bar and ETA when
     the step reports them (layers refitted, batches scored, groups measured). Where stderr is
-    not a terminal (a log file, CI), each step that starts once the run has taken
-    ``PLAIN_STEPS_AFTER_S`` is one plain line with the elapsed time, so a long run's log shows
-    where it is (a quick run, or a refusal, prints nothing more than its result or one error
-    line)."""
+    not a terminal (a log file, CI), each step is one plain line with the elapsed time when it
+    started, printed from the first step that starts once the run has taken
+    ``PLAIN_STEPS_AFTER_S`` (with the earlier steps' lines), so a long run's log shows where it
+    is while a quick run, or a refusal, prints nothing more than its result or one error line."""
 
     def __init__(self, debug: bool) -> None:
         from rich.progress import BarColumn, MofNCompleteColumn, TimeRemainingColumn
@@ -524,6 +524,7 @@ class _Steps:
                                   disable=debug or not err.is_terminal)
         self._lines = not debug and not err.is_terminal  # --debug logs each step instead
         self._start = time.monotonic()
+        self._held: list[str] = []  # step lines not printed yet (the run is still short)
         self._label: str | None = None
         self._task = None
 
@@ -543,9 +544,13 @@ class _Steps:
             self._label = label
             self._task = self._progress.add_task(escape(label), total=None)
             logging.getLogger(__name__).debug("%s", label)
-            seconds = int(time.monotonic() - self._start)
-            if self._lines and seconds >= PLAIN_STEPS_AFTER_S:
-                err.print(f"[{seconds // 60}:{seconds % 60:02d}] {escape(label)}", soft_wrap=True, highlight=False)
+            if self._lines:
+                seconds = int(time.monotonic() - self._start)
+                self._held.append(f"[{seconds // 60}:{seconds % 60:02d}] {escape(label)}")
+                if seconds >= PLAIN_STEPS_AFTER_S:
+                    for line in self._held:
+                        err.print(line, soft_wrap=True, highlight=False)
+                    self._held = []
         if done is not None:
             self._progress.update(self._task, completed=done, total=total)
 

@@ -346,6 +346,27 @@ def test_prune_without_a_terminal_logs_long_runs_steps(monkeypatch, capsys, mode
     assert any(line.endswith(f"] writing {out}") for line in lines), err
 
 
+def test_steps_before_the_threshold_are_printed_with_the_first_late_one(monkeypatch, capsys):
+    """A run that passes PLAIN_STEPS_AFTER_S prints the earlier steps' lines too (the whole log),
+    each with the time it started; [brackets] in a step's text are printed, not read as markup."""
+    import itertools
+
+    from onnxprune import cli as cli_module
+
+    clock = itertools.count(0, 4)  # the start, then every step 4 s later
+    monkeypatch.setattr(cli_module.time, "monotonic", lambda: float(next(clock)))
+    steps = cli_module._Steps(debug=False)
+    steps._lines = True  # as without a terminal
+    steps("loading [x].onnx")
+    steps("scoring")
+    assert capsys.readouterr().err == ""  # 4 s and 8 s: held
+    steps("rewriting")
+    steps("rewriting", 1, 2)  # counts of the same step: no new line
+    assert capsys.readouterr().err.splitlines() == ["[0:04] loading [x].onnx", "[0:08] scoring", "[0:12] rewriting"]
+    steps("writing")
+    assert capsys.readouterr().err.splitlines() == ["[0:16] writing"]
+
+
 def test_a_full_disk_is_one_clear_line_and_exit_1(monkeypatch, capsys, model_path, tmp_path):
     """No space left (the output's disk, or the temporary files a large model's sessions read):
     a one-line error naming the file and TMPDIR, exit 1, not an 'unexpected' failure."""

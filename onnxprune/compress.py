@@ -325,7 +325,7 @@ def _reorder_units(model: onnx.ModelProto, analysis: Analysis, r: Recipe, plan: 
 
 # token windows per backward pass when scoring a causal LM (activations over the vocabulary)
 LM_SCORE_BATCH = 2
-LM_RECOVERY_BATCH = 4  # token windows per onnxruntime run in a decoder LM's recovery
+LM_RECOVERY_BATCH = 2  # token windows per onnxruntime run in a decoder LM's recovery (docs/llm.md)
 
 
 def _next_token_scores(model: onnx.ModelProto, analysis: Analysis, r: Recipe, calib: CalibrationData,

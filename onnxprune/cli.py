@@ -1011,7 +1011,7 @@ def _disk_full(exc: OSError) -> str:
 
 def main() -> None:
     """Console entry point: one-line errors and a non-zero exit on failure (``onnxprune.errors``):
-    1 for the caller's errors (usage, model, data), 2 for command-line syntax, 70 for internal
+    1 for the caller's errors (usage, model, data, a full disk), 2 for command-line syntax, 70 for internal
     failures (an ``InternalError`` or any exception that is not an ``OnnxPruneError``)."""
     try:
         code = app(standalone_mode=False)  # a command's typer.Exit(n) comes back as n here

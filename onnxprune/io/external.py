@@ -258,6 +258,24 @@ def release_all(model: onnx.ModelProto) -> None:
         pass
 
 
+class PageRelease:
+    """Bytes read from a model's mapped or external weights, counted: every ``CHUNK`` of them the
+    mapping's pages leave this process's resident set (``release_all``); ``close`` for the rest."""
+
+    def __init__(self, model: onnx.ModelProto) -> None:
+        self.model, self.pending = model, 0
+
+    def read(self, nbytes: int) -> None:
+        self.pending += nbytes
+        if self.pending >= CHUNK:
+            self.close()
+
+    def close(self) -> None:
+        if self.pending:
+            release_all(self.model)
+            self.pending = 0
+
+
 def source_of(model: onnx.ModelProto) -> tuple[Path | None, str | None]:
     """(base directory, embedded file) of a model: what ``read_tensor`` looks up per call;
     callers reading many tensors pass it in once."""
@@ -631,7 +649,7 @@ def write_split(model: onnx.ModelProto, folder: Path, extra: Sequence[onnx.Tenso
     source = source_of(model)
     shell = _shell(model)
     data_path = folder / "weights.bin"
-    unreleased = 0
+    pages = PageRelease(model)
     with open(data_path, "wb") as fh:
         for t in [*model.graph.initializer, *extra]:
             head = shell.graph.initializer.add()
@@ -646,10 +664,7 @@ def write_split(model: onnx.ModelProto, folder: Path, extra: Sequence[onnx.Tenso
                 data = read_tensor(t, model, source, unaligned_ok=True)
                 length = data.nbytes
                 fh.write(np.ascontiguousarray(data).data)
-                unreleased += length
-                if unreleased >= CHUNK:
-                    release_all(model)
-                    unreleased = 0
+                pages.read(length)
             else:
                 data = t.raw_data  # one weight's bytes at a time (upb copies on read)
                 length = len(data)
@@ -659,8 +674,7 @@ def write_split(model: onnx.ModelProto, folder: Path, extra: Sequence[onnx.Tenso
                 entry = head.external_data.add()
                 entry.key, entry.value = key, value
             del data
-    if unreleased:
-        release_all(model)
+    pages.close()
     path = folder / "model.onnx"
     path.write_bytes(shell.SerializeToString())
     return path

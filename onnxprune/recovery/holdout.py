@@ -19,6 +19,7 @@ from onnxprune.recovery import activations
 from onnxprune.recovery.activations import Probe, Stored
 from onnxprune.recovery.errors import RecoveryError
 from onnxprune.recovery.temperature import (
+    KL_ROWS,
     TemperatureFit,
     fit_temperature,
     log_softmax,
@@ -28,7 +29,6 @@ from onnxprune.recovery.temperature import (
 
 MIN_HELD = 4  # held-out samples wanted at least (half the set when it is smaller than 8)
 METRICS = ("mse", "kl")  # what a recovery step must lower on the held-out samples (``HeldOut``)
-KL_ROWS = 64  # token positions of a causal LM's logits converted to float64 at a time
 
 
 def split(samples: int, fraction: float) -> tuple[np.ndarray, np.ndarray]:

@@ -14,7 +14,7 @@ every held-out window.
 
 The KL is convex in t (a log-sum-exp of t * z minus a linear term), so Newton's method from
 t = 1 with damped steps finds it: value, first and second derivative per window in one
-pass over the logits (``kl_terms``). The scalar is folded into the weights (``fold_point``):
+pass over the logits (``reference_terms`` once, ``logit_terms`` per pass, ``kl_at``). The scalar is folded into the weights (``fold_point``):
 a constant scaling the logits' MatMul input (an RMSNorm's weight, used nowhere else), the
 MatMul's own weight when only it reads it, or else a Mul by a scalar before the MatMul (one
 parameter): the graph computes t times the logits with no other change.
@@ -32,7 +32,7 @@ from onnx import numpy_helper
 from onnxprune.graph import GraphIndex
 from onnxprune.recovery.params import fresh_name, set_constant
 
-KL_ROWS = 64  # token positions converted to float64 at a time
+KL_ROWS = 64  # token positions of a causal LM's logits converted to float64 at a time
 T_RANGE = (0.25, 4.0)  # the temperatures considered
 MAX_STEP = 0.25  # Newton steps are clipped to this
 TOLERANCE = 1e-4  # Newton stops when a step is smaller

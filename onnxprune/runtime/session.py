@@ -10,6 +10,7 @@ import onnx
 
 from onnxprune.errors import RuntimeUnavailableError
 from onnxprune.graph import GraphIndex, batch_axes, static_batch
+from onnxprune.io.external import all_tensors, base_dir, is_external
 
 Feeds = dict[str, np.ndarray]
 
@@ -99,8 +100,6 @@ def _streamed(model: onnx.ModelProto, initializers: Sequence[onnx.TensorProto] =
     a model whose initializers are kept in files (mapped from the model file or external data
     whose folder is known: ``write_split`` copies them into its data file, so that the session
     never needs a copy of them in memory)."""
-    from onnxprune.io.external import all_tensors, base_dir, is_external
-
     tensors = [*model.graph.initializer, *initializers]
     if any(is_external(t) for t in tensors):
         return base_dir(model) is not None and not any(is_external(t) for t in all_tensors(model, initializers=False))

@@ -13,7 +13,7 @@ import torch
 from onnx import numpy_helper
 
 from onnxprune.errors import ModelRunError
-from onnxprune.io.external import CHUNK, is_external, read_tensor, release_all, source_of, tensor_nbytes
+from onnxprune.io.external import PageRelease, is_external, read_tensor, source_of, tensor_nbytes
 from onnxprune.torchexec.convert import LOW_TORCH_FLOATS, float32_node, to_numpy, to_torch
 from onnxprune.torchexec.ops import Node, OpFn, implementation
 
@@ -116,16 +116,13 @@ class OnnxModule(torch.nn.Module):
         uses = self._uses(graph_nodes)
         trainable = trainable or self._default_trainable(graph, uses)
 
-        source, unreleased = source_of(model), 0
+        source, pages = source_of(model), PageRelease(model)
         for init in graph.initializer:  # weights kept in files are read (and copied) one at a time
             value = to_torch(read_tensor(init, model, source, unaligned_ok=True), init.data_type)
             self._register(init.name, value, uses, trainable, "initializer")
-            unreleased += tensor_nbytes(init) if is_external(init) else 0
-            if unreleased >= CHUNK:  # a mapped model's pages leave the resident set
-                release_all(model)
-                unreleased = 0
-        if unreleased:
-            release_all(model)
+            if is_external(init):
+                pages.read(tensor_nbytes(init))
+        pages.close()
         self.input_names = [vi.name for vi in graph.input if vi.name not in self._slots]
         self.output_names = [vi.name for vi in graph.output]
 
